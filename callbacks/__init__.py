@@ -1,0 +1,1 @@
+"""Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring)."""

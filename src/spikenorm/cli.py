@@ -1,0 +1,67 @@
+"""The ``spikenorm`` console script: LightningCLI over every spikenorm task and datamodule.
+
+``spikenorm fit --config recipes/quickstart.yaml`` trains, then tests the best checkpoint (or the final
+weights when no checkpoint was kept) and prints a short summary: test accuracy, firing rate and where
+the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+
+class SpikenormCLI(LightningCLI):
+    """LightningCLI with class-path selection of task and datamodule and a post-fit test and summary."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            **kwargs,
+        )
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.interrupted or trainer.fast_dev_run:
+            return
+        checkpoint = trainer.checkpoint_callback
+        ckpt_path = "best" if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path else None
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        if trainer.is_global_zero:
+            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint))
+
+
+def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any) -> str:
+    """Human-readable end-of-fit report."""
+    lines = ["", "spikenorm summary"]
+    for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate")):
+        if key in metrics:
+            lines.append(f"  {label:<14} {float(metrics[key]):.4f}")
+    if ckpt_path == "best":
+        lines.append(f"  {'checkpoint':<14} {checkpoint.best_model_path}")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            lines.append(f"  {'wandb run':<14} {logger.experiment.dir}")
+        elif isinstance(logger, CSVLogger):
+            lines.append(f"  {'csv metrics':<14} {logger.log_dir}/metrics.csv")
+        elif getattr(logger, "log_dir", None):
+            lines.append(f"  {type(logger).__name__:<14} {logger.log_dir}")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``spikenorm`` console script."""
+    SpikenormCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Spiking models: input ``[T, B, ...]``, output per-step logits ``[T, B, num_classes]``."""
+
+from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, TimeDistributed
+from spikenorm.models.mlp import SpikingMLP
+from spikenorm.models.resnet import SpikingResNet19
+from spikenorm.models.vgg import VGG_CONFIGS, SpikingVGG
+
+__all__ = [
+    "SpikingLayerFactory",
+    "SpikingMLP",
+    "SpikingModel",
+    "SpikingResNet19",
+    "SpikingVGG",
+    "TimeDistributed",
+    "VGG_CONFIGS",
+]

@@ -1,0 +1,52 @@
+"""Spiking multi-layer perceptron."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+
+from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, SurrogateSpec, spiking_linear
+
+
+class SpikingMLP(SpikingModel):
+    """``[linear -> norm -> neuron] x len(hidden) -> linear`` readout, applied at every time step.
+
+    Input ``[T, B, in_features]`` or ``[T, B, *dims]`` with ``prod(dims) == in_features`` (flattened);
+    output per-step logits ``[T, B, num_classes]`` (the readout does not spike).
+    """
+
+    input_ndim = 3
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (256, 256),
+        norm: str = "tdbn",
+        neuron: str = "lif",
+        surrogate: SurrogateSpec = "sigmoid",
+        norm_kwargs: dict[str, Any] | None = None,
+        neuron_kwargs: dict[str, Any] | None = None,
+        surrogate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        factory = SpikingLayerFactory(
+            norm, neuron, surrogate, norm_kwargs or {}, neuron_kwargs or {}, surrogate_kwargs or {}
+        )
+        self.in_features = in_features
+        self.num_classes = num_classes
+        widths = [in_features, *hidden]
+        self.features = nn.Sequential(*(spiking_linear(factory, a, b) for a, b in zip(widths, widths[1:])))
+        self.classifier = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim > 3:
+            x = x.flatten(2)
+        self.check_input(x)
+        if x.shape[2] != self.in_features:
+            raise ValueError(
+                f"SpikingMLP expects [T, B, {self.in_features}] input (or [T, B, ...] flattening to it), "
+                f"got {x.shape[2]} features"
+            )
+        return self.classifier(self.features(x))

@@ -1,0 +1,91 @@
+"""Spiking VGG with a configurable layer list."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+
+from spikenorm.models.layers import (
+    SpikingLayerFactory,
+    SpikingModel,
+    SurrogateSpec,
+    TimeDistributed,
+    spiking_conv,
+)
+
+#: Layer lists: an int is a ``conv3x3 -> norm -> neuron`` with that many channels, ``"A"`` a 2x2 average
+#: pool, ``"M"`` a 2x2 max pool. The classifier is global average pooling and one linear layer.
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    # two stages for 8x8 to 16x16 inputs (digits); a few seconds per epoch on a laptop CPU
+    "small": [16, 32, "A", 64, "A"],
+    # VGG-11 with average pooling, for 32x32 inputs
+    "vgg11": [64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512],
+    # VGGSNN of OTTT/OSR: 64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-GAP-FC
+    "vggsnn": [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512],
+}
+
+
+class SpikingVGG(SpikingModel):
+    """VGG-style spiking CNN on ``[T, B, C, H, W]``, output per-step logits ``[T, B, num_classes]``.
+
+    Args:
+        cfg: a name from :data:`VGG_CONFIGS` (``small``, ``vgg11``, ``vggsnn``) or a layer list.
+        in_channels: input channels (1 for digits/MNIST, 2 for DVS polarity frames, 3 for CIFAR).
+        num_classes: classifier outputs.
+        dropout: dropout before the classifier (0 disables).
+        norm, neuron, surrogate, *_kwargs: see :class:`~spikenorm.models.layers.SpikingLayerFactory`.
+    """
+
+    input_ndim = 5
+
+    def __init__(
+        self,
+        cfg: str | Sequence[int | str] = "small",
+        in_channels: int = 3,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        norm: str = "tdbn",
+        neuron: str = "lif",
+        surrogate: SurrogateSpec = "sigmoid",
+        norm_kwargs: dict[str, Any] | None = None,
+        neuron_kwargs: dict[str, Any] | None = None,
+        surrogate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        layers_cfg = self._resolve(cfg)
+        factory = SpikingLayerFactory(
+            norm, neuron, surrogate, norm_kwargs or {}, neuron_kwargs or {}, surrogate_kwargs or {}
+        )
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in layers_cfg:
+            if item == "A":
+                layers.append(TimeDistributed(nn.AvgPool2d(2)))
+            elif item == "M":
+                layers.append(TimeDistributed(nn.MaxPool2d(2)))
+            else:
+                layers.append(spiking_conv(factory, channels, int(item)))
+                channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(channels, num_classes)
+
+    @staticmethod
+    def _resolve(cfg: str | Sequence[int | str]) -> list[int | str]:
+        if isinstance(cfg, str):
+            if cfg not in VGG_CONFIGS:
+                raise ValueError(f"unknown VGG config {cfg!r}; available: {', '.join(sorted(VGG_CONFIGS))}")
+            return list(VGG_CONFIGS[cfg])
+        items = list(cfg)
+        bad = [i for i in items if not (i in ("A", "M") or (isinstance(i, int) and i > 0))]
+        if bad or not any(isinstance(i, int) for i in items):
+            raise ValueError(f"VGG cfg entries must be positive ints, 'A' or 'M' (at least one conv), got {items}")
+        return items
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x, channels=self.in_channels)
+        features = self.features(x).mean(dim=(3, 4))  # global average pool -> [T, B, C]
+        return self.classifier(self.dropout(features))

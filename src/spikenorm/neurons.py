@@ -1,0 +1,248 @@
+"""Multi-step spiking neurons over time-major tensors ``[T, B, ...]``.
+
+Every neuron runs the same three phases at each step ``t`` (``x_t`` is the input current):
+
+1. charge: ``h_t = f(v_{t-1}, x_t)`` (see each class), the membrane before firing;
+2. fire: ``u_t = N(h_t)`` where ``N`` is the optional ``membrane_norm`` hook (identity by default; MPBN
+   plugs in here), then ``s_t = H(u_t - theta)`` with ``H`` the Heaviside step with a surrogate gradient;
+3. reset, acting on the un-normalised membrane ``h_t``:
+   hard ``v_t = h_t (1 - s_t) + v_reset s_t``, or soft ``v_t = h_t - theta s_t``.
+
+``theta`` is a buffer: a scalar, per-channel (``[C]``) or per-element (``[C, H, W]``, the feature shape)
+tensor; folding writes into it. ``detach_reset`` stops the gradient through ``s_t`` in the reset;
+``detach_membrane`` stops it through every state carried from step ``t-1`` (online training cuts the
+temporal path this way, OSR methods.md 2.1).
+
+State: a multi-step forward starts from zero state and keeps none, so no reset call can be forgotten.
+Single-step (online) use goes through :meth:`SpikingNeuron.step` with an explicit state dict, or through
+the :func:`stateful` scope, inside which successive forwards continue from the state the last one left
+(it is cleared on entry and on exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from spikenorm.registry import Registry
+from spikenorm.surrogate import Surrogate, build_surrogate
+from spikenorm.validation import check_time_major
+
+NEURONS: Registry["SpikingNeuron"] = Registry("neuron")
+
+State = dict[str, Tensor]
+ThresholdLike = float | Sequence[float] | Tensor
+
+
+class SpikingNeuron(nn.Module):
+    """Base class for multi-step neurons; subclasses define :attr:`state_names` and :meth:`charge`.
+
+    Args:
+        threshold: firing threshold theta: a float, or a tensor shaped ``[C]`` (per channel) or like the
+            feature shape ``[C, H, W]`` (per element). Stored as the buffer ``threshold``.
+        reset: ``"hard"`` (to ``reset_value``) or ``"soft"`` (subtract theta).
+        reset_value: membrane value after a spike under hard reset.
+        detach_reset: cut the gradient through the spike in the reset term.
+        detach_membrane: cut the gradient through the state carried between steps (online training).
+        surrogate: a registered surrogate name, a :class:`~spikenorm.surrogate.Surrogate`, or any
+            spike callable such as an ``snntorch.surrogate`` function.
+        surrogate_kwargs: parameters of a named surrogate (e.g. ``{"alpha": 4.0}``).
+        membrane_norm: optional module applied to the membrane ``h_t`` (``[B, ...]``) before the spike
+            comparison; leak and reset keep acting on ``h_t`` itself.
+    """
+
+    state_names: tuple[str, ...] = ("v",)
+
+    def __init__(
+        self,
+        threshold: ThresholdLike = 1.0,
+        reset: Literal["hard", "soft"] = "hard",
+        reset_value: float = 0.0,
+        detach_reset: bool = False,
+        detach_membrane: bool = False,
+        surrogate: str | Surrogate | Callable[[Tensor], Tensor] = "sigmoid",
+        surrogate_kwargs: dict[str, Any] | None = None,
+        membrane_norm: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if reset not in ("hard", "soft"):
+            raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone())
+        self.reset = reset
+        self.reset_value = float(reset_value)
+        self.detach_reset = detach_reset
+        self.detach_membrane = detach_membrane
+        self.surrogate = build_surrogate(surrogate, **(surrogate_kwargs or {}))
+        self.membrane_norm = membrane_norm
+        self._carried_state: State | None = None  # only used inside a `stateful` scope
+
+    # -- dynamics -----------------------------------------------------------------------------------
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Return the membrane before firing ``h_t`` and the updated non-membrane states."""
+        raise NotImplementedError
+
+    def init_state(self, x: Tensor) -> State:
+        """Zero state shaped like one step of input ``x`` (``[B, ...]``)."""
+        return {name: torch.zeros_like(x) for name in self.state_names}
+
+    def threshold_for(self, u: Tensor) -> Tensor:
+        """The threshold buffer broadcast against one step ``u`` of shape ``[B, *features]``."""
+        theta = self.threshold
+        if theta.ndim == 0:
+            return theta
+        features = u.shape[1:]
+        if theta.shape != features[: theta.ndim]:
+            raise ValueError(
+                f"{type(self).__name__} threshold of shape {tuple(theta.shape)} does not fit features "
+                f"{tuple(features)}; expected a scalar, per-channel ({features[0]},) or per-element "
+                f"{tuple(features)} threshold"
+            )
+        return theta.reshape(theta.shape + (1,) * (len(features) - theta.ndim))
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One time step: ``x`` is ``[B, ...]``; returns spikes ``s_t`` and the new state."""
+        if self.detach_membrane:
+            state = {k: v.detach() for k, v in state.items()}
+        h, state = self.charge(x, state)
+        u = h if self.membrane_norm is None else self.membrane_norm(h)
+        theta = self.threshold_for(u)
+        spike = self.surrogate(u - theta)
+        s_reset = spike.detach() if self.detach_reset else spike
+        if self.reset == "hard":
+            v = h * (1 - s_reset) + self.reset_value * s_reset
+        else:
+            v = h - theta * s_reset
+        return spike, {**state, "v": v}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape."""
+        check_time_major(x, type(self).__name__)
+        state = self._carried_state if self._carried_state else self.init_state(x[0])
+        spikes = []
+        for x_t in x.unbind(0):
+            s_t, state = self.step(x_t, state)
+            spikes.append(s_t)
+        if self._carried_state is not None:
+            self._carried_state = state
+        return torch.stack(spikes)
+
+    def extra_repr(self) -> str:
+        theta = self.threshold
+        shown = f"{theta.item():g}" if theta.ndim == 0 else f"tensor{tuple(theta.shape)}"
+        return (
+            f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
+            f"detach_membrane={self.detach_membrane}"
+        )
+
+
+def _decay(decay: float | None, tau: float | None, default: float) -> float:
+    """Resolve a decay factor from ``decay`` or a time constant ``tau`` (``decay = 1 - 1/tau``)."""
+    if decay is not None and tau is not None:
+        raise ValueError(f"give either decay or tau, not both (got decay={decay}, tau={tau})")
+    if tau is not None:
+        if tau < 1:
+            raise ValueError(f"tau must be >= 1 so that decay = 1 - 1/tau is in [0, 1), got {tau}")
+        return 1.0 - 1.0 / tau
+    value = default if decay is None else float(decay)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"decay must be in [0, 1], got {value}")
+    return value
+
+
+@NEURONS.register("if")
+class IF(SpikingNeuron):
+    """Integrate-and-fire: ``h_t = v_{t-1} + x_t``."""
+
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        return state["v"] + x, state
+
+
+@NEURONS.register("lif")
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire: ``h_t = decay * v_{t-1} + x_t`` (input not scaled by the leak).
+
+    ``decay`` defaults to 0.5 (``tau = 2``, the OSR/OTTT setting); pass ``tau`` instead to get
+    ``decay = 1 - 1/tau``. MPBN uses ``decay = 0.25``, CaRe-BN ``0.75``.
+    """
+
+    def __init__(self, decay: float | None = None, tau: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.decay = _decay(decay, tau, default=0.5)
+
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.decay * state["v"] + x, state
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, " + super().extra_repr()
+
+
+@NEURONS.register("clif")
+class CLIF(SpikingNeuron):
+    """Current-based LIF of CaRe-BN: ``c_t = a c_{t-1} + x_t``, ``h_t = b v_{t-1} + c_t``.
+
+    With hard reset to 0 this is ``v_t = b v_{t-1}(1 - s_{t-1}) + c_t`` (methods.md 1.2). Defaults are the
+    reference code's: ``current_decay a = 0.5``, ``decay b = 0.75``, threshold 0.5.
+    """
+
+    state_names = ("v", "c")
+
+    def __init__(
+        self,
+        decay: float | None = None,
+        tau: float | None = None,
+        current_decay: float = 0.5,
+        threshold: ThresholdLike = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(threshold=threshold, **kwargs)
+        self.decay = _decay(decay, tau, default=0.75)
+        self.current_decay = _decay(current_decay, None, default=0.5)
+
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        c = self.current_decay * state["c"] + x
+        return self.decay * state["v"] + c, {**state, "c": c}
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, current_decay={self.current_decay}, " + super().extra_repr()
+
+
+def available_neurons() -> list[str]:
+    """Names accepted by :func:`build_neuron`."""
+    return NEURONS.names()
+
+
+def build_neuron(name: str, **kwargs: Any) -> SpikingNeuron:
+    """Build a registered neuron by name, e.g. ``build_neuron("lif", decay=0.25, threshold=0.5)``."""
+    return NEURONS.get(name)(**kwargs)
+
+
+def spiking_neurons(model: nn.Module) -> Iterator[tuple[str, SpikingNeuron]]:
+    """``(qualified name, neuron)`` for every spikenorm neuron inside ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, SpikingNeuron):
+            yield name, module
+
+
+@contextlib.contextmanager
+def stateful(model: nn.Module) -> Iterator[nn.Module]:
+    """Scope in which the neurons of ``model`` carry their state from one forward call to the next.
+
+    Use it for single-step (online) execution: feed ``x[t:t+1]`` one step at a time and the neurons
+    continue from where the previous call left. State is cleared on entry and on exit, so nothing
+    leaks out of the scope::
+
+        with stateful(net):
+            for t in range(T):
+                out_t = net(x[t : t + 1])
+    """
+    neurons = [n for _, n in spiking_neurons(model)]
+    for neuron in neurons:
+        neuron._carried_state = {}
+    try:
+        yield model
+    finally:
+        for neuron in neurons:
+            neuron._carried_state = None

@@ -1,0 +1,41 @@
+"""Pluggable norm layers for time-major SNN activations and their registry.
+
+``build_norm("tdbn", 64)`` builds a layer by name; ``available_norms()`` lists the names. Every layer
+follows the protocol of :class:`~spikenorm.norm.base.TimeMajorNorm`.
+"""
+
+from typing import Any
+
+from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, TimeMajorNorm
+from spikenorm.norm.batchnorm import BNTT, TDBN, VanillaBN
+from spikenorm.norm.stats import batch_moments
+
+
+def available_norms() -> list[str]:
+    """Names accepted by :func:`build_norm`."""
+    return NORMS.names()
+
+
+def build_norm(name: str, num_features: int, **kwargs: Any) -> TimeMajorNorm:
+    """Build the norm layer registered as ``name`` for ``num_features`` channels.
+
+    Unknown names raise a ValueError listing :func:`available_norms`; unknown options a TypeError.
+    """
+    cls = NORMS.get(name)
+    try:
+        return cls(num_features, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"norm {name!r} ({cls.__name__}): {err}") from err
+
+
+__all__ = [
+    "BNTT",
+    "FoldTarget",
+    "NoNorm",
+    "TDBN",
+    "TimeMajorNorm",
+    "VanillaBN",
+    "available_norms",
+    "batch_moments",
+    "build_norm",
+]

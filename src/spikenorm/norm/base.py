@@ -1,0 +1,127 @@
+"""The norm-layer protocol shared by every spikenorm normalisation layer.
+
+A norm layer takes time-major input ``[T, B, C, ...]`` (``C`` = ``num_features``), owns its running
+statistics as buffers, documents its training and inference equations, and declares how it folds at
+inference through :attr:`TimeMajorNorm.fold_target`:
+
+* ``"weights"``: an affine map per channel at inference, folded into the preceding conv/linear;
+* ``"threshold"``: acts on the membrane, folded into the next neuron's threshold;
+* ``"identity"``: nothing to fold;
+* ``"unfoldable"``: inference depends on the time step (or the batch); folding raises a ValueError.
+
+Why the layers are not subclasses of ``torch.nn.modules.batchnorm._BatchNorm``: Lightning's
+``sync_batchnorm=True`` calls ``SyncBatchNorm.convert_sync_batchnorm``, which replaces every
+``_BatchNorm`` instance by a plain ``SyncBatchNorm`` expecting ``[N, C, ...]``; a time-major layer would
+then be silently normalised over the wrong axes (SpikingJelly issue #393). Instead the layers pool their
+statistics across processes themselves (:func:`spikenorm.norm.stats.batch_moments`) whenever
+``torch.distributed`` is initialised, so DDP needs no conversion at all. Parameter and buffer names
+(``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``) follow torch BN.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from spikenorm.registry import Registry
+from spikenorm.validation import check_time_major
+
+FoldTarget = Literal["weights", "threshold", "identity", "unfoldable"]
+
+NORMS: Registry["TimeMajorNorm"] = Registry("norm")
+
+
+class TimeMajorNorm(nn.Module):
+    """Base class: input checking, affine parameters and running-statistics buffers.
+
+    Args:
+        num_features: channels ``C`` of ``[T, B, C, ...]`` input.
+        eps: added to the variance before the square root.
+        momentum: EMA factor of the running statistics, torch convention
+            (``running <- (1 - momentum) * running + momentum * batch``).
+        affine: learn ``weight`` (gamma) and ``bias`` (beta).
+        stats_shape: leading shape of the statistics buffers before ``C`` (e.g. ``(T,)`` for BNTT).
+    """
+
+    fold_target: ClassVar[FoldTarget] = "unfoldable"
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        stats_shape: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        shape = (*stats_shape, num_features)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(shape))
+            self.bias = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(shape))
+        self.register_buffer("running_var", torch.ones(shape))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error unless ``x`` is ``[T, B, C, ...]`` with ``C == num_features``."""
+        check_time_major(x, type(self).__name__, min_ndim=3, channels=self.num_features)
+
+    @staticmethod
+    def channel_view(stat: Tensor, x: Tensor) -> Tensor:
+        """Reshape per-channel statistics ``[..., C]`` to broadcast against ``x`` = ``[T, B, C, *spatial]``.
+
+        ``stat`` may carry a leading time axis (``[T, C]``), which lines up with the time axis of ``x``.
+        """
+        spatial = x.ndim - 3
+        if stat.ndim == 1:
+            return stat.reshape(stat.shape[0], *([1] * spatial))
+        return stat.reshape(stat.shape[0], 1, stat.shape[1], *([1] * spatial))
+
+    def affine_transform(self, x_hat: Tensor) -> Tensor:
+        """``gamma * x_hat + beta`` (identity when ``affine=False``)."""
+        if not self.affine:
+            return x_hat
+        return x_hat * self.channel_view(self.weight, x_hat) + self.channel_view(self.bias, x_hat)
+
+    @torch.no_grad()
+    def update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:
+        """EMA update ``running <- (1 - m) running + m batch`` of both running statistics."""
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+        self.running_var.lerp_(var_unbiased.to(self.running_var.dtype), self.momentum)
+        self.num_batches_tracked += 1
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+@NORMS.register("none")
+class NoNorm(TimeMajorNorm):
+    """No normalisation: ``y = x`` (input layout still checked). Nothing to fold."""
+
+    fold_target: ClassVar[FoldTarget] = "identity"
+
+    def __init__(self, num_features: int, **kwargs: object) -> None:
+        nn.Module.__init__(self)
+        if kwargs:
+            raise TypeError(f"norm 'none' takes no options, got {sorted(kwargs)}")
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return str(self.num_features)

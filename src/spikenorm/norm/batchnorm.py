@@ -1,0 +1,147 @@
+"""Baseline batch normalisations for time-major SNN activations ``x`` of shape ``[T, B, C, *spatial]``.
+
+Notation: ``mu_t, var_t`` are the mean and biased variance of step ``t`` over ``(B, *spatial)``; ``mu, var``
+pool all steps, i.e. over ``(T, B, *spatial)``; ``n`` is the number of samples a statistic pools; hats are
+running estimates; ``m`` is ``momentum`` (torch convention). Running variances are Bessel-corrected
+(``var * n / (n - 1)``), as in torch BN.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
+from spikenorm.norm.stats import batch_moments, unbiased
+
+
+def _per_step_dims(x: Tensor) -> tuple[int, ...]:
+    """Axes of ``[T, B, C, *spatial]`` that per-step statistics reduce: ``B`` and the spatial axes."""
+    return (1, *range(3, x.ndim))
+
+
+def _pooled_dims(x: Tensor) -> tuple[int, ...]:
+    """Axes that statistics pooled over time reduce: ``T``, ``B`` and the spatial axes."""
+    return (0, 1, *range(3, x.ndim))
+
+
+@NORMS.register("bn")
+class VanillaBN(TimeMajorNorm):
+    """Per-step batch statistics, one shared affine and one running estimate ("vanilla BN", methods.md 2.5).
+
+    Training: ``y_t = gamma (x_t - mu_t) / sqrt(var_t + eps) + beta`` for each step ``t``.
+    Running update, once per forward: ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)`` and
+    ``var_hat <- (1 - m) var_hat + m mean_t(var_t n/(n-1))``: the mean of the per-step means and of the
+    per-step variances, without the between-step term (the OSR paper's baseline, ``BN_type: old``).
+    Inference: ``y = gamma (x - mu_hat) / sqrt(var_hat + eps) + beta`` at every step; an affine map per
+    channel, so it folds into the preceding weights.
+    """
+
+    fold_target: ClassVar[FoldTarget] = "weights"
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        if not self.training:
+            mean, var = self.running_mean, self.running_var
+        else:
+            mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+            self.update_running(mean.mean(0), unbiased(var, count).mean(0))
+        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
+        return self.affine_transform(x_hat)
+
+
+@NORMS.register("tdbn")
+class TDBN(TimeMajorNorm):
+    """Threshold-dependent BN (tdBN, Zheng et al., AAAI 2021): statistics pooled over time and batch.
+
+    Training: ``y = gamma * alpha * v_th * (x - mu) / sqrt(var + eps) + beta`` with ``mu, var`` pooled over
+    ``(T, B, *spatial)`` per channel (the paper's Eqs. 5-6; ``gamma`` is its ``lambda``, initialised to 1).
+    ``alpha * v_th`` is a constant that scales the normalised pre-activation to the firing threshold
+    ``v_th`` of the following neuron. Running update once per forward with ``mu`` and ``var n/(n-1)``.
+    Inference: the same map with running statistics; it folds into the preceding weights with the
+    effective gain :attr:`effective_weight`.
+
+    Args:
+        alpha: tdBN's alpha (1 for plain layers; ``1/sqrt(2)`` before residual additions in the paper).
+        v_th: threshold of the following neuron.
+    """
+
+    fold_target: ClassVar[FoldTarget] = "weights"
+
+    def __init__(self, num_features: int, alpha: float = 1.0, v_th: float = 1.0, **kwargs: object) -> None:
+        super().__init__(num_features, **kwargs)
+        self.alpha = float(alpha)
+        self.v_th = float(v_th)
+
+    @property
+    def effective_weight(self) -> Tensor:
+        """``gamma * alpha * v_th``: the per-channel gain applied to the normalised input."""
+        gain = self.alpha * self.v_th
+        return gain * self.weight if self.affine else torch.full_like(self.running_mean, gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        if not self.training:
+            mean, var = self.running_mean, self.running_var
+        else:
+            mean, var, count = batch_moments(x, _pooled_dims(x))  # [C] each
+            self.update_running(mean, unbiased(var, count))
+        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
+        return self.affine_transform(x_hat * (self.alpha * self.v_th))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}"
+
+
+@NORMS.register("bntt")
+class BNTT(TimeMajorNorm):
+    """Batch Normalization Through Time (BNTT, Kim & Panda 2021): a separate BN for every time step.
+
+    Training: ``y_t = gamma_t (x_t - mu_t) / sqrt(var_t + eps) + beta_t``; running statistics per step,
+    ``mu_hat_t <- (1 - m) mu_hat_t + m mu_t`` (likewise ``var_t n/(n-1)``). Inference uses ``mu_hat_t``,
+    ``var_hat_t``: the map depends on ``t``, so BNTT cannot fold into shared weights (``fold_target`` is
+    ``"unfoldable"``). The paper learns only ``gamma_t``; ``bias=True`` adds ``beta_t``.
+
+    Args:
+        time_steps: ``T``; inputs must have exactly this many steps.
+        bias: learn ``beta_t`` as well (default False, as in the paper).
+    """
+
+    fold_target: ClassVar[FoldTarget] = "unfoldable"
+
+    def __init__(self, num_features: int, time_steps: int, bias: bool = False, **kwargs: object) -> None:
+        if time_steps < 1:
+            raise ValueError(f"bntt needs time_steps >= 1, got {time_steps}")
+        super().__init__(num_features, stats_shape=(time_steps,), **kwargs)
+        self.time_steps = time_steps
+        if self.affine and not bias:
+            self.register_parameter("bias", None)
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if x.shape[0] != self.time_steps:
+            raise ValueError(
+                f"BNTT was built for T={self.time_steps} steps but got input [T, B, C, ...] with "
+                f"T={x.shape[0]} (shape {tuple(x.shape)})"
+            )
+
+    def affine_transform(self, x_hat: Tensor) -> Tensor:
+        if not self.affine:
+            return x_hat
+        y = x_hat * self.channel_view(self.weight, x_hat)
+        return y if self.bias is None else y + self.channel_view(self.bias, x_hat)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        if not self.training:
+            mean, var = self.running_mean, self.running_var
+        else:
+            mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+            self.update_running(mean, unbiased(var, count))
+        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
+        return self.affine_transform(x_hat)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", time_steps={self.time_steps}, bias={self.bias is not None}"

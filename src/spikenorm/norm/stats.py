@@ -1,0 +1,65 @@
+"""Batch moments for norm layers, pooled across processes when ``torch.distributed`` is initialised.
+
+Every spikenorm norm layer computes its training statistics here, so that under DDP the statistics are
+those of the global batch (exactly what one process would compute on the concatenated data) and the
+gradient flows through the cross-process reduction, like ``SyncBatchNorm``. The reduction uses the
+two-pass form ``mean = sum(x)/N``, ``var = sum((x - mean)^2)/N`` (both sums all-reduced), which avoids the
+cancellation of ``E[x^2] - E[x]^2`` in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def distributed_world_size() -> int:
+    """Number of processes to reduce over (1 when not running distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    # autograd-aware all-reduce: the backward pass all-reduces the gradient too
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def batch_moments(x: Tensor, dims: Sequence[int], sync: bool = True) -> tuple[Tensor, Tensor, int]:
+    """Mean and biased variance of ``x`` over ``dims`` and the number of samples they pool.
+
+    Args:
+        x: input tensor.
+        dims: axes to reduce; the remaining axes index the statistics.
+        sync: pool over all processes when distributed (requires equal shapes on every rank).
+
+    Returns:
+        ``(mean, var, count)``; ``mean`` and ``var`` have the shape of ``x`` with ``dims`` removed.
+    """
+    dims = tuple(d % x.ndim for d in dims)
+    local_count = 1
+    for d in dims:
+        local_count *= x.shape[d]
+    world = distributed_world_size() if sync else 1
+    if world == 1:
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        return mean, var, local_count
+    count = local_count * world
+    mean = _all_reduce_sum(x.sum(dim=dims)) / count
+    centred = x - mean.reshape(_keepdim_shape(x, dims))
+    var = _all_reduce_sum(centred.pow(2).sum(dim=dims)) / count
+    return mean, var, count
+
+
+def _keepdim_shape(x: Tensor, dims: tuple[int, ...]) -> list[int]:
+    return [1 if d in dims else size for d, size in enumerate(x.shape)]
+
+
+def unbiased(var: Tensor, count: int) -> Tensor:
+    """Bessel-corrected variance ``var * n / (n - 1)`` (the running-variance convention of torch BN)."""
+    return var * (count / max(count - 1, 1))

@@ -1,0 +1,55 @@
+"""Norm statistics are pooled across processes (2 CPU processes, gloo) and gradients match one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from spikenorm.norm import build_norm
+
+T, B, C = 3, 4, 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, 2 * B, C, 2, 2, generator=g, dtype=torch.float64)
+    return x * torch.linspace(0.5, 2.0, 2 * B, dtype=torch.float64).reshape(1, -1, 1, 1, 1) + 1.0
+
+
+def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        x = _data()[:, rank * B : (rank + 1) * B].clone().requires_grad_(True)
+        layer = build_norm(name, C).double()
+        layer(x).pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
+        torch.save(
+            {"mean": layer.running_mean, "var": layer.running_var, "grad": x.grad}, f"{out_dir}/rank{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["bn", "tdbn"])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(name, tmp_path):
+    mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x = _data().requires_grad_(True)
+    single = build_norm(name, C).double()
+    single(x).pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
+    for r, result in enumerate(ranks):
+        np.testing.assert_allclose(result["mean"].numpy(), single.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(result["var"].numpy(), single.running_var.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(result["grad"].numpy(), x.grad[:, r * B : (r + 1) * B].numpy(), rtol=1e-9, atol=1e-12)

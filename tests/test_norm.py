@@ -1,0 +1,137 @@
+"""Norm layers: training output and running statistics against numpy float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spikenorm.norm import BNTT, TDBN, NoNorm, VanillaBN, available_norms, build_norm
+
+T, B, C, H, W = 4, 6, 3, 5, 5
+EPS, MOM = 1e-5, 0.1
+
+
+def sample(seed: int, shape=(T, B, C, H, W)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # channels and steps with different scales and offsets, so pooled and per-step statistics differ
+    scale = rng.uniform(0.5, 3.0, size=(shape[0], 1, shape[2]) + (1,) * (len(shape) - 3))
+    shift = rng.uniform(-2.0, 2.0, size=scale.shape)
+    return rng.standard_normal(shape) * scale + shift
+
+
+def randomise_affine(layer, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g, dtype=layer.weight.dtype) + 0.5)
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=layer.bias.dtype))
+    return layer
+
+
+def channel(a: np.ndarray, ndim: int) -> np.ndarray:
+    """[C] -> broadcastable against [T, B, C, *spatial]; [T, C] -> [T, 1, C, *spatial]."""
+    spatial = (1,) * (ndim - 3)
+    return a.reshape((a.shape[0],) + spatial) if a.ndim == 1 else a.reshape((a.shape[0], 1, a.shape[1]) + spatial)
+
+
+@pytest.mark.parametrize("shape", [(T, B, C, H, W), (T, B, C)])
+def test_vanilla_bn_per_step_stats_and_mean_running_update(shape):
+    x = sample(0, shape)
+    layer = randomise_affine(VanillaBN(C, eps=EPS, momentum=MOM).double(), 1)
+    y = layer(torch.from_numpy(x)).detach().numpy()
+    axes = (1,) + tuple(range(3, x.ndim))
+    n = np.prod([x.shape[a] for a in axes])
+    mu_t = x.mean(axis=axes)  # [T, C]
+    var_t = x.var(axis=axes)
+    g, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    expected = channel(g, x.ndim) * (x - channel(mu_t, x.ndim)) / np.sqrt(channel(var_t, x.ndim) + EPS) + channel(b, x.ndim)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(layer.running_mean.numpy(), (1 - MOM) * 0 + MOM * mu_t.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), (1 - MOM) * 1 + MOM * (var_t * n / (n - 1)).mean(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(T, B, C, H, W), (T, B, C)])
+def test_tdbn_pooled_stats_with_threshold_scaling(shape):
+    x = sample(2, shape)
+    alpha, v_th = 0.7, 0.5
+    layer = randomise_affine(TDBN(C, alpha=alpha, v_th=v_th, eps=EPS, momentum=MOM).double(), 3)
+    y = layer(torch.from_numpy(x)).detach().numpy()
+    axes = (0, 1) + tuple(range(3, x.ndim))
+    n = np.prod([x.shape[a] for a in axes])
+    mu, var = x.mean(axis=axes), x.var(axis=axes)
+    g, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    expected = channel(g, x.ndim) * alpha * v_th * (x - channel(mu, x.ndim)) / np.sqrt(channel(var, x.ndim) + EPS) + channel(b, x.ndim)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(layer.running_mean.numpy(), MOM * mu, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), (1 - MOM) + MOM * var * n / (n - 1), rtol=1e-12)
+    np.testing.assert_allclose(layer.effective_weight.detach().numpy(), g * alpha * v_th)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_bntt_per_step_stats_and_per_step_affine(bias):
+    x = sample(4)
+    layer = randomise_affine(BNTT(C, time_steps=T, bias=bias, eps=EPS, momentum=MOM).double(), 5)
+    y = layer(torch.from_numpy(x)).detach().numpy()
+    axes = (1, 3, 4)
+    n = B * H * W
+    mu_t, var_t = x.mean(axis=axes), x.var(axis=axes)
+    g = layer.weight.detach().numpy()
+    b = layer.bias.detach().numpy() if bias else np.zeros_like(g)
+    expected = channel(g, 5) * (x - channel(mu_t, 5)) / np.sqrt(channel(var_t, 5) + EPS) + channel(b, 5)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(layer.running_mean.numpy(), MOM * mu_t, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), (1 - MOM) + MOM * var_t * n / (n - 1), rtol=1e-12)
+    assert layer.weight.shape == (T, C)
+
+
+@pytest.mark.parametrize("name", ["bn", "tdbn", "bntt"])
+def test_eval_uses_running_statistics(name):
+    kwargs = {"time_steps": T} if name == "bntt" else {}
+    layer = randomise_affine(build_norm(name, C, **kwargs).double(), 6)
+    for seed in range(3):  # a few training batches move the running estimate
+        layer(torch.from_numpy(sample(seed)))
+    layer.eval()
+    x = sample(10)
+    y = layer(torch.from_numpy(x)).detach().numpy()
+    mean, var = layer.running_mean.numpy(), layer.running_var.numpy()
+    gain = (layer.effective_weight if name == "tdbn" else layer.weight).detach().numpy()
+    b = layer.bias.detach().numpy() if layer.bias is not None else 0.0
+    b = channel(np.broadcast_to(b, mean.shape).copy(), 5)
+    expected = channel(gain, 5) * (x - channel(mean, 5)) / np.sqrt(channel(var, 5) + EPS) + b
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+    assert int(layer.num_batches_tracked) == 3
+
+
+def test_gradient_flows_through_batch_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(T, B, C, dtype=torch.float64, requires_grad=True)
+    layer = TDBN(C).double()
+    # the sum of a normalised (affine-free) channel is constant, so its gradient must vanish exactly
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    layer(x).sum().backward()
+    assert x.grad.abs().max() < 1e-10
+    assert torch.autograd.gradcheck(lambda z: TDBN(C).double()(z), (x.detach().requires_grad_(),))
+
+
+def test_registry_and_errors():
+    assert available_norms() == ["bn", "bntt", "none", "tdbn"]
+    with pytest.raises(ValueError, match="unknown norm 'mpbnx'; available: bn, bntt, none, tdbn"):
+        build_norm("mpbnx", 4)
+    with pytest.raises(TypeError, match="time_steps"):
+        build_norm("bntt", 4)
+    with pytest.raises(ValueError, match=r"\[T, B, C, \.\.\.\] with C=3"):
+        build_norm("tdbn", 3)(torch.randn(B, 3, H, W))  # time axis missing
+    with pytest.raises(ValueError, match="rank >= 3"):
+        build_norm("bn", 3)(torch.randn(B, 3))
+    with pytest.raises(ValueError, match="built for T=4 steps but got input"):
+        build_norm("bntt", 3, time_steps=4)(torch.randn(5, B, 3))
+    x = torch.randn(T, B, 3)
+    assert build_norm("none", 3)(x) is x
+    assert isinstance(build_norm("none", 3), NoNorm)
+
+
+def test_fold_targets_declared():
+    assert (VanillaBN.fold_target, TDBN.fold_target, BNTT.fold_target, NoNorm.fold_target) == (
+        "weights", "weights", "unfoldable", "identity")
