@@ -1,0 +1,110 @@
+"""Multi-step LIF forward+backward time against the elementwise memory-bandwidth floor.
+
+The floor is one elementwise pass over the same tensor (``y = x * a``: read once, write once). A
+multi-step neuron must at least read its input and write its spikes, so its forward can approach one
+such pass; forward+backward needs a few. The ratio says how far the neuron is from that floor.
+
+    python benchmarks/neurons.py                       # CPU (or CUDA when available), writes results
+    python benchmarks/neurons.py --repeats 20 --no-save
+
+Results (machine, date, medians and ratios) are appended to benchmarks/results/neurons.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from spikenorm.neurons import LIF
+
+RESULTS = Path(__file__).resolve().parent / "results" / "neurons.md"
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.randn(*args.shape, device=device)
+    x_grad = x.clone().requires_grad_(True)
+    neuron = LIF(decay=0.5, threshold=1.0, surrogate="sigmoid").to(device)
+    grad_out = torch.ones_like(x)
+
+    def floor() -> None:
+        torch.mul(x, 0.5)
+
+    def forward() -> None:
+        with torch.no_grad():
+            neuron(x)
+
+    def forward_backward() -> None:
+        x_grad.grad = None
+        neuron(x_grad).backward(grad_out)
+
+    rows = {name: statistics.median(timed(fn, device, args.repeats, args.warmup))
+            for name, fn in (("elementwise floor", floor), ("LIF forward", forward),
+                             ("LIF forward+backward", forward_backward))}
+    base = rows["elementwise floor"]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"## {stamp} — {machine(device)} ({device.type}), torch {torch.__version__}",
+        "",
+        f"Input {list(args.shape)} float32, LIF (decay 0.5, hard reset, sigmoid surrogate), eager multi-step loop;"
+        f" median of {args.repeats} repeats after {args.warmup} warm-up calls.",
+        "",
+        "| measurement | median ms | ratio to floor |",
+        "|---|---|---|",
+        *(f"| {name} | {sec * 1e3:.3f} | {sec / base:.1f}x |" for name, sec in rows.items()),
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        header = "" if RESULTS.exists() else "# Multi-step neuron vs the elementwise memory-bandwidth floor\n\n"
+        with RESULTS.open("a") as f:
+            f.write(header + report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Models: time-major in, per-step logits out, every norm/neuron/surrogate by name, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikenorm.models import SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.neurons import CLIF, spiking_neurons
+from spikenorm.norm import BNTT, TDBN
+
+
+@pytest.mark.parametrize("norm", ["none", "bn", "tdbn", "bntt"])
+@pytest.mark.parametrize("neuron", ["if", "lif", "clif"])
+def test_vgg_every_norm_and_neuron(norm, neuron):
+    torch.manual_seed(0)
+    kwargs = {"time_steps": 3} if norm == "bntt" else {}
+    model = SpikingVGG("small", in_channels=1, num_classes=7, norm=norm, neuron=neuron, norm_kwargs=kwargs)
+    x = torch.randn(3, 2, 1, 8, 8)
+    out = model(x)
+    assert out.shape == (3, 2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mlp_and_resnet_shapes_and_options():
+    mlp = SpikingMLP(64, 10, hidden=(32,), neuron="clif", surrogate="dspike", neuron_kwargs={"threshold": 0.4})
+    assert mlp(torch.rand(2, 5, 1, 8, 8)).shape == (2, 5, 10)
+    assert isinstance(mlp.features[0][2], CLIF) and float(mlp.features[0][2].threshold) == pytest.approx(0.4)
+    resnet = SpikingResNet19(num_classes=10, in_channels=3, width=0.125, norm="tdbn")
+    assert resnet(torch.randn(2, 2, 3, 16, 16)).shape == (2, 2, 10)
+    assert sum(isinstance(m, TDBN) for m in resnet.modules()) == 1 + 2 * 8 + 2 + 1  # stem, blocks, shortcuts, head
+    assert len(list(spiking_neurons(resnet))) == 1 + 2 * 8 + 1
+
+
+def test_vgg_named_and_custom_configs():
+    vgg11 = SpikingVGG("vgg11", in_channels=3, num_classes=10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg11.modules()) == 8
+    custom = SpikingVGG([8, "M", 16], in_channels=2, num_classes=3, norm="bntt", norm_kwargs={"time_steps": 2})
+    assert custom(torch.randn(2, 1, 2, 6, 6)).shape == (2, 1, 3)
+    assert sum(isinstance(m, BNTT) for m in custom.modules()) == 2
+
+
+def test_no_norm_keeps_conv_bias():
+    with_norm = SpikingVGG("small", in_channels=1, norm="tdbn")
+    without = SpikingVGG("small", in_channels=1, norm="none")
+    assert with_norm.features[0][0].module.bias is None
+    assert without.features[0][0].module.bias is not None
+
+
+def test_model_input_errors():
+    vgg = SpikingVGG("small", in_channels=1)
+    with pytest.raises(ValueError, match=r"\[T, B, C, \.\.\.\] with C=1"):
+        vgg(torch.randn(4, 3, 8, 8, 1))
+    with pytest.raises(ValueError, match="rank >= 5"):
+        vgg(torch.randn(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="features"):
+        SpikingMLP(64, 10)(torch.randn(2, 3, 50))
+    with pytest.raises(ValueError, match="unknown VGG config 'vgg99'"):
+        SpikingVGG("vgg99")
+    with pytest.raises(ValueError, match="unknown norm 'batchnorm'; available: bn, bntt, none, tdbn"):
+        SpikingVGG(norm="batchnorm")
+    with pytest.raises(ValueError, match="unknown neuron 'izh'; available: clif, if, lif"):
+        SpikingMLP(4, 2, neuron="izh")
+    with pytest.raises(ValueError, match="unknown surrogate 'erf'; available"):
+        SpikingResNet19(surrogate="erf")

@@ -1,0 +1,92 @@
+"""Every recipe runs through the spikenorm CLI (fast_dev_run); the W&B offline run holds val/acc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_datasets import write_cifar10
+from spikenorm.cli import main
+from spikenorm.loggers import read_offline_run
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+# what each recipe needs beyond its YAML to run offline on a CPU in seconds
+OVERRIDES = {
+    "quickstart.yaml": [],
+    "cifar10_resnet19_tdbn.yaml": [
+        "--data.init_args.verify_checksums=false",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--model.init_args.model.init_args.width=0.125",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+    ],
+}
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])  # the CLI gets its arguments from main(args)
+    return tmp_path
+
+
+def test_every_recipe_is_covered():
+    assert sorted(p.name for p in RECIPES.glob("*.yaml")) == sorted(OVERRIDES)
+
+
+@pytest.mark.parametrize("recipe", sorted(OVERRIDES))
+def test_recipe_fast_dev_run(recipe, offline_env):
+    write_cifar10(offline_env / "data")
+    main(["fit", "--config", str(RECIPES / recipe), "--trainer.fast_dev_run=true", *OVERRIDES[recipe]])
+
+
+def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
+    main([
+        "fit", "--config", str(RECIPES / "quickstart.yaml"),
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false",
+    ])
+    import wandb
+
+    wandb.finish()
+    runs = list((offline_env / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run = read_offline_run(runs[0])
+    val_rows = [row for row in run["history"] if "val/acc" in row]
+    assert val_rows and 0.0 <= val_rows[-1]["val/acc"] <= 1.0
+    assert any("val/firing_rate" in row for row in run["history"])
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "firing rate" in printed and str(runs[0].name) in printed
+
+
+def test_quickstart_ddp_two_cpu_processes(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / "quickstart.yaml"),
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+        "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size: 2" in done.stderr + done.stdout or "GLOBAL_RANK: 1" in done.stderr + done.stdout
+    assert "test accuracy" in done.stdout
+    metrics = next((tmp_path / "logs" / "quickstart").glob("version_*/metrics.csv")).read_text()
+    assert "val/acc" in metrics and "train/loss" in metrics
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_93_percent(offline_env, capsys):
+    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), "--trainer.enable_progress_bar=false"])
+    printed = capsys.readouterr().out
+    accuracy = float(printed.split("test accuracy")[1].split()[0])
+    assert accuracy >= 0.93, printed

@@ -1,0 +1,89 @@
+"""SpikingClassifier: encoding, losses against closed forms, logging, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from spikenorm.models import SpikingMLP, SpikingVGG
+from spikenorm.monitoring import FiringRateRecorder
+from spikenorm.tasks import SpikingClassifier, tet_loss
+
+
+def _task(**kw) -> SpikingClassifier:
+    model = SpikingVGG("small", in_channels=1, num_classes=10)
+    return SpikingClassifier(model, **{"time_steps": 3, **kw})
+
+
+def test_repeat_and_frames_encoding():
+    task = _task()
+    x = torch.randn(5, 1, 8, 8)
+    enc = task.encode(x)
+    assert enc.shape == (3, 5, 1, 8, 8) and torch.equal(enc[2], x)
+    frames = _task(encoding="frames")
+    seq = torch.randn(5, 3, 1, 8, 8)
+    assert torch.equal(frames.encode(seq)[1], seq[:, 1])
+    assert frames(seq).shape == (3, 5, 10)
+
+
+def test_time_mismatch_and_bad_input_errors():
+    with pytest.raises(ValueError, match=r"\[B, T, \.\.\.\] with T=3 .* got shape \(5, 4, 1, 8, 8\) with T=4"):
+        _task(encoding="frames")(torch.randn(5, 4, 1, 8, 8))
+    x = torch.randn(2, 1, 8, 8)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN and 0 Inf"):
+        _task(check_finite=True)(x)
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        _task(loss="mse")
+    with pytest.raises(ValueError, match="unknown encoding"):
+        _task(encoding="poisson")
+    with pytest.raises(ValueError, match="per-step logits"):
+        SpikingClassifier(torch.nn.Flatten(0, 1), num_classes=10, time_steps=2)(torch.randn(3, 4))
+
+
+def test_tet_loss_matches_closed_form():
+    torch.manual_seed(0)
+    o = torch.randn(4, 6, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    eps = 0.05
+    on, yn = o.numpy(), y.numpy()
+    total = 0.0
+    for t in range(4):
+        z = on[t] - on[t].max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        ce = -logp[np.arange(6), yn].mean()
+        mse = ((on[t] - np.eye(5)[yn]) ** 2).mean()
+        total += (1 - eps) * ce + eps * mse
+    assert float(tet_loss(o, y, eps)) == pytest.approx(total / 4, rel=1e-12)
+
+
+def test_firing_rate_recorder_counts_spikes():
+    torch.manual_seed(1)
+    model = SpikingMLP(8, 3, hidden=(16, 16))
+    x = torch.rand(4, 10, 8)
+    with FiringRateRecorder(model) as rec:
+        model(x)
+    first = model.features[0](x).detach()  # spikes of layer 1, computed again outside the recorder
+    layer = "features.0.2"
+    assert rec.layer_rates()[layer] == pytest.approx(float(first.mean()))
+    np.testing.assert_allclose(rec.step_rates()[layer].numpy(), first.mean(dim=(1, 2)).numpy(), rtol=1e-6)
+    assert rec.mean_rate() == pytest.approx(np.mean(list(rec.layer_rates().values())))
+
+
+def test_trains_and_logs_on_a_separable_problem(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    task = SpikingClassifier(SpikingMLP(8, 2, hidden=(32,)), time_steps=2, loss="tet",
+                             optimizer=lambda params: torch.optim.Adam(params, lr=0.01))
+    trainer = Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, loader, loader)
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/acc"]) > 0.9
+    assert 0.0 < float(metrics["val/firing_rate"]) < 1.0
+    assert {"train/loss", "val/loss"} <= set(metrics)
