@@ -31,6 +31,11 @@ OVERRIDES = {
 
 @pytest.fixture
 def offline_env(tmp_path, monkeypatch):
+    import wandb
+
+    # wandb's long-lived service writes run records relative to the directory it started in: stop any
+    # service left by an earlier test so this test's runs land in its own tmp_path
+    wandb.teardown()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -9,7 +9,7 @@ cancellation of ``E[x^2] - E[x]^2`` in float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,11 +23,25 @@ def distributed_world_size() -> int:
     return 1
 
 
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    # autograd-aware all-reduce: the backward pass all-reduces the gradient too
-    from torch.distributed.nn.functional import all_reduce
+class _AllReduceSum(torch.autograd.Function):
+    """``y = sum_r x_r`` over processes. Every rank's loss depends on ``y``, so the gradient of the
+    total loss with respect to ``x_r`` is the sum over ranks of ``dL_r/dy``: all-reduce in backward."""
 
-    return all_reduce(t, op=dist.ReduceOp.SUM)
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    return _AllReduceSum.apply(t)
 
 
 def batch_moments(x: Tensor, dims: Sequence[int], sync: bool = True) -> tuple[Tensor, Tensor, int]:
