@@ -7,13 +7,14 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from spikenorm.datamodules.base import SplitDataModule
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's bundled digits (1797 grey images, 8x8, 10 classes) as ``(x, y)`` batches.
 
     ``x`` is float32 ``[B, 1, H, W]`` with ``H = W = 8 * upsample``; ``y`` is int64 in ``[0, 10)``.
@@ -64,10 +65,6 @@ class DigitsDataModule(LightningDataModule):
         self.train_indices: np.ndarray | None = None
         self.val_indices: np.ndarray | None = None
         self.test_indices: np.ndarray | None = None
-        self.train_dataset: TensorDataset | None = None
-        self.val_dataset: TensorDataset | None = None
-        self.test_dataset: TensorDataset | None = None
-        self._generator: torch.Generator | None = None
 
     @property
     def num_classes(self) -> int:
@@ -122,26 +119,3 @@ class DigitsDataModule(LightningDataModule):
         self.train_dataset = TensorDataset(x[train_idx_t], y[train_idx_t])
         self.val_dataset = TensorDataset(x[torch.from_numpy(val_idx)], y[torch.from_numpy(val_idx)])
         self.test_dataset = TensorDataset(x[torch.from_numpy(test_idx)], y[torch.from_numpy(test_idx)])
-        self._generator = torch.Generator().manual_seed(hp.split_seed)
-
-    def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DigitsDataModule: call setup() before requesting a dataloader")
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            generator=self._generator if train else None,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, train=False)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import datasets, transforms
+
+from spikenorm.datamodules.base import SplitDataModule
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 
@@ -92,7 +93,7 @@ class _Transformed(Dataset):
         return self.transform(image), target
 
 
-class TorchvisionDataModule(LightningDataModule):
+class TorchvisionDataModule(SplitDataModule):
     """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 as ``(x, y)`` batches, read by torchvision.
 
     ``x`` is float32 ``[B, C, H, W]`` (1x28x28 for the MNISTs, 3x32x32 for CIFAR), ``y`` int64 class ids.
@@ -144,10 +145,6 @@ class TorchvisionDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.train_indices: list[int] | None = None
         self.val_indices: list[int] | None = None
-        self.train_dataset: _Transformed | None = None
-        self.val_dataset: _Transformed | None = None
-        self.test_dataset: _Transformed | None = None
-        self._generator: torch.Generator | None = None
 
     @property
     def _spec(self) -> _Spec:
@@ -249,30 +246,6 @@ class TorchvisionDataModule(LightningDataModule):
             self.val_indices, self.train_indices = order[:n_val], order[n_val:]
             self.train_dataset = _Transformed(full_train, self.train_indices, self.train_transform)
             self.val_dataset = _Transformed(full_train, self.val_indices, self.eval_transform)
-            self._generator = torch.Generator().manual_seed(self.hparams.split_seed)
         if stage in (None, "test") and self.test_dataset is None:
             test = self._load(train=False)
             self.test_dataset = _Transformed(test, range(len(test)), self.eval_transform)
-
-    def _loader(self, dataset: _Transformed | None, split: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"TorchvisionDataModule: call setup() before requesting the {split} dataloader")
-        train = split == "train"
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            generator=self._generator if train else None,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import Tensor, nn
@@ -44,11 +44,14 @@ class SpikingLayerFactory:
     norm: str = "tdbn"
     neuron: str = "lif"
     surrogate: SurrogateSpec = "sigmoid"
-    norm_kwargs: dict[str, Any] = field(default_factory=dict)
-    neuron_kwargs: dict[str, Any] = field(default_factory=dict)
-    surrogate_kwargs: dict[str, Any] = field(default_factory=dict)
+    norm_kwargs: dict[str, Any] | None = None
+    neuron_kwargs: dict[str, Any] | None = None
+    surrogate_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self.norm_kwargs = dict(self.norm_kwargs or {})
+        self.neuron_kwargs = dict(self.neuron_kwargs or {})
+        self.surrogate_kwargs = dict(self.surrogate_kwargs or {})
         # build one of each now, so a bad name or option fails at model construction
         self.make_norm(1)
         self.make_neuron()

@@ -31,9 +31,7 @@ class SpikingMLP(SpikingModel):
         surrogate_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs or {}, neuron_kwargs or {}, surrogate_kwargs or {}
-        )
+        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden]

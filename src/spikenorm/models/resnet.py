@@ -65,9 +65,7 @@ class SpikingResNet19(SpikingModel):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs or {}, neuron_kwargs or {}, surrogate_kwargs or {}
-        )
+        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
         self.in_channels = in_channels
         self.num_classes = num_classes
         widths = [max(1, round(c * width)) for c in (128, 256, 512)]

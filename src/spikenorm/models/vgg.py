@@ -54,9 +54,7 @@ class SpikingVGG(SpikingModel):
     ) -> None:
         super().__init__()
         layers_cfg = self._resolve(cfg)
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs or {}, neuron_kwargs or {}, surrogate_kwargs or {}
-        )
+        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
         self.in_channels = in_channels
         self.num_classes = num_classes
         layers: list[nn.Module] = []

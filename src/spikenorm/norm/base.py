@@ -96,6 +96,23 @@ class TimeMajorNorm(nn.Module):
             return x_hat
         return x_hat * self.channel_view(self.weight, x_hat) + self.channel_view(self.bias, x_hat)
 
+    def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Training statistics ``(mean, biased var)`` of ``x``, updating the running estimate."""
+        raise NotImplementedError
+
+    def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """``(x - mean) / sqrt(var + eps)`` with per-channel (or per-step, per-channel) statistics."""
+        return (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Batch statistics in training, running statistics in eval, then the affine map."""
+        self.check_input(x)
+        if self.training:
+            mean, var = self.batch_statistics(x)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return self.affine_transform(self.normalize(x, mean, var))
+
     @torch.no_grad()
     def update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:
         """EMA update ``running <- (1 - m) running + m batch`` of both running statistics."""

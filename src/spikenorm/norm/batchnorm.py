@@ -41,15 +41,10 @@ class VanillaBN(TimeMajorNorm):
 
     fold_target: ClassVar[FoldTarget] = "weights"
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        if not self.training:
-            mean, var = self.running_mean, self.running_var
-        else:
-            mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
-            self.update_running(mean.mean(0), unbiased(var, count).mean(0))
-        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
-        return self.affine_transform(x_hat)
+    def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+        self.update_running(mean.mean(0), unbiased(var, count).mean(0))
+        return mean, var
 
 
 @NORMS.register("tdbn")
@@ -81,15 +76,13 @@ class TDBN(TimeMajorNorm):
         gain = self.alpha * self.v_th
         return gain * self.weight if self.affine else torch.full_like(self.running_mean, gain)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        if not self.training:
-            mean, var = self.running_mean, self.running_var
-        else:
-            mean, var, count = batch_moments(x, _pooled_dims(x))  # [C] each
-            self.update_running(mean, unbiased(var, count))
-        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
-        return self.affine_transform(x_hat * (self.alpha * self.v_th))
+    def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, var, count = batch_moments(x, _pooled_dims(x))  # [C] each
+        self.update_running(mean, unbiased(var, count))
+        return mean, var
+
+    def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        return super().normalize(x, mean, var) * (self.alpha * self.v_th)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}"
@@ -133,15 +126,10 @@ class BNTT(TimeMajorNorm):
         y = x_hat * self.channel_view(self.weight, x_hat)
         return y if self.bias is None else y + self.channel_view(self.bias, x_hat)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        if not self.training:
-            mean, var = self.running_mean, self.running_var
-        else:
-            mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
-            self.update_running(mean, unbiased(var, count))
-        x_hat = (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
-        return self.affine_transform(x_hat)
+    def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+        self.update_running(mean, unbiased(var, count))
+        return mean, var
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", time_steps={self.time_steps}, bias={self.bias is not None}"
