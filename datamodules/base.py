@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 class SplitDataModule(LightningDataModule):
     """A DataModule whose ``setup`` fills ``train_dataset``, ``val_dataset`` and ``test_dataset``.
 
-    The train loader shuffles with a generator seeded by ``hparams.split_seed`` (same seed, same order,
+    ``predict`` runs over the test split. The train loader shuffles with a generator seeded by ``hparams.split_seed`` (same seed, same order,
     whatever the global RNG state); val and test keep their order. Subclasses must save ``batch_size``,
     ``num_workers`` and ``split_seed`` in their hyperparameters.
     """
@@ -43,3 +43,7 @@ class SplitDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Predictions run over the test split (``spikenorm predict``)."""
+        return self._loader(self.test_dataset, "predict")

@@ -246,6 +246,6 @@ class TorchvisionDataModule(SplitDataModule):
             self.val_indices, self.train_indices = order[:n_val], order[n_val:]
             self.train_dataset = _Transformed(full_train, self.train_indices, self.train_transform)
             self.val_dataset = _Transformed(full_train, self.val_indices, self.eval_transform)
-        if stage in (None, "test") and self.test_dataset is None:
+        if stage in (None, "test", "predict") and self.test_dataset is None:
             test = self._load(train=False)
             self.test_dataset = _Transformed(test, range(len(test)), self.eval_transform)

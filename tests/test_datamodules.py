@@ -278,3 +278,14 @@ def test_torchvision_download_without_network(tmp_path, monkeypatch, name):
 def test_torchvision_bad_args_raise(kw, words):
     with pytest.raises(ValueError, match=words):
         TorchvisionDataModule(**kw)
+
+
+def test_predict_runs_over_the_test_split(tmp_path):
+    digits = _digits()
+    digits.setup("predict")
+    assert len(digits.predict_dataloader().dataset) == 360
+    write_cifar10(tmp_path)
+    cifar = TorchvisionDataModule("cifar10", root=str(tmp_path), verify_checksums=False)
+    cifar.setup("predict")
+    x, y = next(iter(cifar.predict_dataloader()))
+    assert x.shape[1:] == (3, 32, 32) and len(cifar.predict_dataloader().dataset) == 6

@@ -58,7 +58,7 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
     main([
         "fit", "--config", str(RECIPES / "quickstart.yaml"),
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
-        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false",
+        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
     ])
     import wandb
 
@@ -89,7 +89,6 @@ def test_quickstart_ddp_two_cpu_processes(tmp_path):
     assert "val/acc" in metrics and "train/loss" in metrics
 
 
-@pytest.mark.slow
 def test_quickstart_reaches_93_percent(offline_env, capsys):
     main(["fit", "--config", str(RECIPES / "quickstart.yaml"), "--trainer.enable_progress_bar=false"])
     printed = capsys.readouterr().out
