@@ -87,3 +87,22 @@ def test_trains_and_logs_on_a_separable_problem(tmp_path):
     assert float(metrics["val/acc"]) > 0.9
     assert 0.0 < float(metrics["val/firing_rate"]) < 1.0
     assert {"train/loss", "val/loss"} <= set(metrics)
+
+
+def test_same_seed_gives_identical_training(tmp_path):
+    from lightning.pytorch import seed_everything
+
+    from spikenorm.datamodules import DigitsDataModule
+
+    def run():
+        seed_everything(3)
+        task = SpikingClassifier(SpikingVGG("small", in_channels=1, num_classes=10), time_steps=2)
+        trainer = Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=2, accelerator="cpu",
+                          deterministic=True, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(task, DigitsDataModule(batch_size=32))
+        return task.state_dict(), float(trainer.callback_metrics["val/loss"])
+
+    (weights_a, loss_a), (weights_b, loss_b) = run(), run()
+    assert loss_a == loss_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
