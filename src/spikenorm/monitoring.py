@@ -69,7 +69,7 @@ class FiringRateRecorder:
 def _add_padded(a: Tensor, b: Tensor) -> Tensor:
     """``a + b`` for 1-D tensors of possibly different lengths (forwards with different T)."""
     n = max(a.numel(), b.numel())
-    out = torch.zeros(n, dtype=a.dtype)
+    out = torch.zeros(n, dtype=a.dtype, device=a.device)
     out[: a.numel()] += a
     out[: b.numel()] += b
     return out
