@@ -13,47 +13,12 @@ Results (machine, date, medians and ratios) are appended to benchmarks/results/n
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import statistics
-import time
-from pathlib import Path
-from typing import Callable
 
 import torch
+from common import publish, stamp, timed
 
 from spikenorm.neurons import LIF
-
-RESULTS = Path(__file__).resolve().parent / "results" / "neurons.md"
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,9 +50,8 @@ def main() -> None:
             for name, fn in (("elementwise floor", floor), ("LIF forward", forward),
                              ("LIF forward+backward", forward_backward))}
     base = rows["elementwise floor"]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"## {stamp} — {machine(device)} ({device.type}), torch {torch.__version__}",
+        stamp(device),
         "",
         f"Input {list(args.shape)} float32, LIF (decay 0.5, hard reset, sigmoid surrogate), eager multi-step loop;"
         f" median of {args.repeats} repeats after {args.warmup} warm-up calls.",
@@ -98,12 +62,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(lines)
-    print(report)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        header = "" if RESULTS.exists() else "# Multi-step neuron vs the elementwise memory-bandwidth floor\n\n"
-        with RESULTS.open("a") as f:
-            f.write(header + report + "\n")
+    publish("neurons", "Multi-step neuron vs the elementwise memory-bandwidth floor", report, save=not args.no_save)
 
 
 if __name__ == "__main__":

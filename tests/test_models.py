@@ -54,11 +54,11 @@ def test_model_input_errors():
         vgg(torch.randn(4, 3, 8, 8, 1))
     with pytest.raises(ValueError, match="rank >= 5"):
         vgg(torch.randn(4, 1, 8, 8))
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match=r"with C=64"):
         SpikingMLP(64, 10)(torch.randn(2, 3, 50))
     with pytest.raises(ValueError, match="unknown VGG config 'vgg99'"):
         SpikingVGG("vgg99")
-    with pytest.raises(ValueError, match="unknown norm 'batchnorm'; available: bn, bntt, none, tdbn"):
+    with pytest.raises(ValueError, match="unknown norm 'batchnorm'; available: bn, bntt, mpbn, none, tdbn"):
         SpikingVGG(norm="batchnorm")
     with pytest.raises(ValueError, match="unknown neuron 'izh'; available: clif, if, lif"):
         SpikingMLP(4, 2, neuron="izh")

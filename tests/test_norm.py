@@ -116,8 +116,8 @@ def test_gradient_flows_through_batch_statistics():
 
 
 def test_registry_and_errors():
-    assert available_norms() == ["bn", "bntt", "none", "tdbn"]
-    with pytest.raises(ValueError, match="unknown norm 'mpbnx'; available: bn, bntt, none, tdbn"):
+    assert available_norms() == ["bn", "bntt", "mpbn", "none", "tdbn"]
+    with pytest.raises(ValueError, match="unknown norm 'mpbnx'; available: bn, bntt, mpbn, none, tdbn"):
         build_norm("mpbnx", 4)
     with pytest.raises(TypeError, match="time_steps"):
         build_norm("bntt", 4)
@@ -135,3 +135,42 @@ def test_registry_and_errors():
 def test_fold_targets_declared():
     assert (VanillaBN.fold_target, TDBN.fold_target, BNTT.fold_target, NoNorm.fold_target) == (
         "weights", "weights", "unfoldable", "identity")
+
+
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_mpbn_inside_a_neuron_matches_per_step_reference(elementwise):
+    """MPBN normalises each step's membrane with that step's batch statistics (per channel, or per neuron)
+    and receives one EMA update per step, as the reference code's per-step BatchNorm2d calls do."""
+    from spikenorm.neurons import LIF
+
+    x = sample(7)
+    shape = (C, H, W) if elementwise else None
+    norm = randomise_affine(build_norm("mpbn", C, feature_shape=shape).double(), 8)
+    neuron = LIF(decay=0.25, threshold=0.5, membrane_norm=norm).double()
+    spikes = neuron(torch.from_numpy(x)).detach().numpy()
+
+    axes = (0,) if elementwise else (0, 2, 3)  # of one step [B, C, H, W]
+    g = norm.weight.detach().numpy().reshape((C, H, W) if elementwise else (C, 1, 1))
+    b = norm.bias.detach().numpy().reshape(g.shape)
+    n = B if elementwise else B * H * W
+    m_prev = np.zeros(x.shape[1:])
+    run_mean, run_var = np.zeros(g.shape), np.ones(g.shape)
+    for t in range(T):
+        m = 0.25 * m_prev + x[t]
+        mu, var = m.mean(axis=axes, keepdims=True)[0], m.var(axis=axes, keepdims=True)[0]
+        u = g * (m - mu) / np.sqrt(var + EPS) + b
+        s = (u > 0.5).astype(float)
+        np.testing.assert_array_equal(spikes[t], s)
+        m_prev = m * (1 - s)
+        run_mean = (1 - MOM) * run_mean + MOM * mu
+        run_var = (1 - MOM) * run_var + MOM * var * n / (n - 1)
+    np.testing.assert_allclose(norm.running_mean.numpy().reshape(g.shape), run_mean, rtol=1e-10)
+    np.testing.assert_allclose(norm.running_var.numpy().reshape(g.shape), run_var, rtol=1e-10)
+    assert int(norm.num_batches_tracked) == T
+
+
+def test_soft_reset_with_membrane_norm_is_refused():
+    from spikenorm.neurons import LIF
+
+    with pytest.raises(ValueError, match="soft reset with a membrane norm"):
+        LIF(reset="soft", membrane_norm=build_norm("mpbn", 3))

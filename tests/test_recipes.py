@@ -16,16 +16,19 @@ from spikenorm.loggers import read_offline_run
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # what each recipe needs beyond its YAML to run offline on a CPU in seconds
+CIFAR_ON_CPU = [
+    "--data.init_args.verify_checksums=false",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--model.init_args.model.init_args.width=0.125",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+]
 OVERRIDES = {
     "quickstart.yaml": [],
-    "cifar10_resnet19_tdbn.yaml": [
-        "--data.init_args.verify_checksums=false",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.batch_size=4",
-        "--model.init_args.model.init_args.width=0.125",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-    ],
+    "quickstart_mpbn.yaml": [],
+    "cifar10_resnet19_tdbn.yaml": CIFAR_ON_CPU,
+    "cifar10_resnet19_mpbn.yaml": CIFAR_ON_CPU,
 }
 
 
@@ -94,3 +97,4 @@ def test_quickstart_reaches_93_percent(offline_env, capsys):
     printed = capsys.readouterr().out
     accuracy = float(printed.split("test accuracy")[1].split()[0])
     assert accuracy >= 0.93, printed
+    assert "folded model   accuracy" in printed and " 0 flipped spikes" in printed, printed

@@ -46,6 +46,12 @@ def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None
     for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate")):
         if key in metrics:
             lines.append(f"  {label:<14} {float(metrics[key]):.4f}")
+    if "test/acc_folded" in metrics:
+        lines.append(
+            f"  {'folded model':<14} accuracy {float(metrics['test/acc_folded']):.4f}, "
+            f"{int(metrics['fold/test_flipped_spikes'])} flipped spikes, "
+            f"max |output difference| {float(metrics['fold/test_max_abs_diff']):.2g}"
+        )
     if ckpt_path == "best":
         lines.append(f"  {'checkpoint':<14} {checkpoint.best_model_path}")
     for logger in loggers:

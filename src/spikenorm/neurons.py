@@ -4,7 +4,9 @@ Every neuron runs the same three phases at each step ``t`` (``x_t`` is the input
 
 1. charge: ``h_t = f(v_{t-1}, x_t)`` (see each class), the membrane before firing;
 2. fire: ``u_t = N(h_t)`` where ``N`` is the optional ``membrane_norm`` hook (identity by default; MPBN
-   plugs in here), then ``s_t = H(u_t - theta)`` with ``H`` the Heaviside step with a surrogate gradient;
+   plugs in here; it is called once per step with the time-major view ``[1, B, ...]``, so any registered
+   norm layer can serve), then ``s_t = H(u_t - theta)`` with ``H`` the Heaviside step with a surrogate
+   gradient;
 3. reset, acting on the un-normalised membrane ``h_t``:
    hard ``v_t = h_t (1 - s_t) + v_reset s_t``, or soft ``v_t = h_t - theta s_t``.
 
@@ -50,8 +52,10 @@ class SpikingNeuron(nn.Module):
         surrogate: a registered surrogate name, a :class:`~spikenorm.surrogate.Surrogate`, or any
             spike callable such as an ``snntorch.surrogate`` function.
         surrogate_kwargs: parameters of a named surrogate (e.g. ``{"alpha": 4.0}``).
-        membrane_norm: optional module applied to the membrane ``h_t`` (``[B, ...]``) before the spike
-            comparison; leak and reset keep acting on ``h_t`` itself.
+        membrane_norm: optional module applied to the membrane ``h_t`` before the spike comparison, called
+            with ``[1, B, ...]`` at every step; leak and reset keep acting on ``h_t`` itself, so only
+            hard reset is allowed with it (a soft reset would subtract a normalised threshold from a
+            raw membrane).
     """
 
     state_names: tuple[str, ...] = ("v",)
@@ -70,6 +74,11 @@ class SpikingNeuron(nn.Module):
         super().__init__()
         if reset not in ("hard", "soft"):
             raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+        if membrane_norm is not None and reset == "soft":
+            raise ValueError(
+                "soft reset with a membrane norm would subtract a normalised threshold from the raw membrane; "
+                "use reset='hard' (MPBN resets the un-normalised membrane, as in its reference code)"
+            )
         self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone())
         self.reset = reset
         self.reset_value = float(reset_value)
@@ -107,7 +116,7 @@ class SpikingNeuron(nn.Module):
         if self.detach_membrane:
             state = {k: v.detach() for k, v in state.items()}
         h, state = self.charge(x, state)
-        u = h if self.membrane_norm is None else self.membrane_norm(h)
+        u = h if self.membrane_norm is None else self.membrane_norm(h.unsqueeze(0)).squeeze(0)
         theta = self.threshold_for(u)
         spike = self.surrogate(u - theta)
         s_reset = spike.detach() if self.detach_reset else spike

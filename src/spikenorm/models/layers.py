@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.neurons import SpikingNeuron, build_neuron
@@ -39,6 +40,10 @@ class SpikingLayerFactory:
         norm_kwargs: options for every norm layer (e.g. ``{"time_steps": 4}`` for ``bntt``).
         neuron_kwargs: options for every neuron (e.g. ``{"decay": 0.25, "threshold": 0.5}``).
         surrogate_kwargs: options for a named surrogate (e.g. ``{"alpha": 4.0}``).
+        membrane_norm: registered norm applied to every neuron's membrane before firing (``"mpbn"``), or
+            None.
+        membrane_norm_kwargs: its options; ``{"elementwise": True}`` gives one statistic per neuron
+            (``C x H x W``), which needs the model's ``input_size``.
     """
 
     norm: str = "tdbn"
@@ -47,14 +52,18 @@ class SpikingLayerFactory:
     norm_kwargs: dict[str, Any] | None = None
     neuron_kwargs: dict[str, Any] | None = None
     surrogate_kwargs: dict[str, Any] | None = None
+    membrane_norm: str | None = None
+    membrane_norm_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.norm_kwargs = dict(self.norm_kwargs or {})
         self.neuron_kwargs = dict(self.neuron_kwargs or {})
         self.surrogate_kwargs = dict(self.surrogate_kwargs or {})
+        self.membrane_norm_kwargs = dict(self.membrane_norm_kwargs or {})
+        self.elementwise_membrane = bool(self.membrane_norm_kwargs.pop("elementwise", False))
         # build one of each now, so a bad name or option fails at model construction
         self.make_norm(1)
-        self.make_neuron()
+        self.make_neuron((1, 1, 1))
 
     @property
     def uses_norm(self) -> bool:
@@ -64,22 +73,60 @@ class SpikingLayerFactory:
     def make_norm(self, num_features: int) -> TimeMajorNorm:
         return build_norm(self.norm, num_features, **self.norm_kwargs)
 
-    def make_neuron(self) -> SpikingNeuron:
+    def make_neuron(self, feature_shape: tuple[int | None, ...]) -> SpikingNeuron:
+        """A neuron for features ``(C,)`` or ``(C, H, W)``; ``H, W`` may be None when unknown."""
+        membrane = None
+        if self.membrane_norm is not None:
+            shape = None
+            if self.elementwise_membrane:
+                if None in feature_shape:
+                    raise ValueError(
+                        "an element-wise membrane norm needs the spatial size of every layer: give the model "
+                        "its input_size"
+                    )
+                shape = tuple(feature_shape)
+            membrane = build_norm(self.membrane_norm, int(feature_shape[0]), feature_shape=shape, **self.membrane_norm_kwargs)
         return build_neuron(
-            self.neuron, surrogate=self.surrogate, surrogate_kwargs=self.surrogate_kwargs, **self.neuron_kwargs
+            self.neuron,
+            surrogate=self.surrogate,
+            surrogate_kwargs=self.surrogate_kwargs,
+            membrane_norm=membrane,
+            **self.neuron_kwargs,
         )
 
 
-def spiking_conv(factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """``conv3x3 -> norm -> neuron`` on ``[T, B, C, H, W]``."""
+def conv_output_size(size: int | None, stride: int) -> int | None:
+    """Spatial size after a 3x3 convolution with padding 1 (or 1x1 with padding 0) and ``stride``."""
+    return None if size is None else (size - 1) // stride + 1
+
+
+def spiking_conv(
+    factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int = 1, in_size: int | None = None
+) -> nn.Sequential:
+    """``conv3x3 -> norm -> neuron`` on ``[T, B, C, H, W]`` (``in_size``: input height = width, if known)."""
     conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not factory.uses_norm)
-    return nn.Sequential(TimeDistributed(conv), factory.make_norm(out_channels), factory.make_neuron())
+    size = conv_output_size(in_size, stride)
+    neuron = factory.make_neuron((out_channels, size, size))
+    return nn.Sequential(TimeDistributed(conv), factory.make_norm(out_channels), neuron)
 
 
 def spiking_linear(factory: SpikingLayerFactory, in_features: int, out_features: int) -> nn.Sequential:
     """``linear -> norm -> neuron`` on ``[T, B, F]`` (Linear acts on the last axis at every step)."""
     linear = nn.Linear(in_features, out_features, bias=not factory.uses_norm)
-    return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron())
+    return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
+
+
+def check_model_input(x: Tensor, where: str, ndim: int, channels: int | None) -> None:
+    """Check a model's time-major input: rank exactly ``ndim`` and ``channels`` at axis 2.
+
+    Registered with ``torch.fx.wrap``, so traced (and folded) models keep the check as one graph node.
+    """
+    check_time_major(x, where, min_ndim=ndim, channels=channels)
+    if x.ndim != ndim:
+        raise ValueError(f"{where} expects rank-{ndim} time-major input, got shape {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_model_input")
 
 
 class SpikingModel(nn.Module):
@@ -89,8 +136,4 @@ class SpikingModel(nn.Module):
     input_ndim: int  # rank of the expected time-major input
 
     def check_input(self, x: Tensor, channels: int | None = None) -> None:
-        check_time_major(x, type(self).__name__, min_ndim=self.input_ndim, channels=channels)
-        if x.ndim != self.input_ndim:
-            raise ValueError(
-                f"{type(self).__name__} expects rank-{self.input_ndim} time-major input, got shape {tuple(x.shape)}"
-            )
+        check_model_input(x, type(self).__name__, self.input_ndim, channels)

@@ -13,7 +13,8 @@ class SpikingMLP(SpikingModel):
     """``[linear -> norm -> neuron] x len(hidden) -> linear`` readout, applied at every time step.
 
     Input ``[T, B, in_features]`` or ``[T, B, *dims]`` with ``prod(dims) == in_features`` (flattened);
-    output per-step logits ``[T, B, num_classes]`` (the readout does not spike).
+    output per-step logits ``[T, B, num_classes]`` (the readout does not spike). ``membrane_norm="mpbn"``
+    adds MPBN to every neuron (per feature, so channel- and element-wise coincide).
     """
 
     input_ndim = 3
@@ -29,9 +30,13 @@ class SpikingMLP(SpikingModel):
         norm_kwargs: dict[str, Any] | None = None,
         neuron_kwargs: dict[str, Any] | None = None,
         surrogate_kwargs: dict[str, Any] | None = None,
+        membrane_norm: str | None = None,
+        membrane_norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+        factory = SpikingLayerFactory(
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+        )
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden]
@@ -39,12 +44,6 @@ class SpikingMLP(SpikingModel):
         self.classifier = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim > 3:
-            x = x.flatten(2)
-        self.check_input(x)
-        if x.shape[2] != self.in_features:
-            raise ValueError(
-                f"SpikingMLP expects [T, B, {self.in_features}] input (or [T, B, ...] flattening to it), "
-                f"got {x.shape[2]} features"
-            )
+        x = x.flatten(2)  # [T, B, *dims] -> [T, B, in_features]; a no-op on [T, B, F]
+        self.check_input(x, channels=self.in_features)
         return self.classifier(self.features(x))

@@ -11,6 +11,7 @@ from spikenorm.models.layers import (
     SpikingModel,
     SurrogateSpec,
     TimeDistributed,
+    conv_output_size,
     spiking_conv,
     spiking_linear,
 )
@@ -19,10 +20,13 @@ from spikenorm.models.layers import (
 class SpikingBasicBlock(nn.Module):
     """``conv-norm-neuron-conv-norm (+ shortcut) -> neuron``; the shortcut is ``conv1x1-norm`` when the shape changes."""
 
-    def __init__(self, factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(
+        self, factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int, in_size: int | None
+    ) -> None:
         super().__init__()
         bias = not factory.uses_norm
-        self.conv1 = spiking_conv(factory, in_channels, out_channels, stride)
+        self.conv1 = spiking_conv(factory, in_channels, out_channels, stride, in_size)
+        self.out_size = conv_output_size(in_size, stride)
         self.conv2 = TimeDistributed(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias))
         self.norm2 = factory.make_norm(out_channels)
         if stride != 1 or in_channels != out_channels:
@@ -32,7 +36,7 @@ class SpikingBasicBlock(nn.Module):
             )
         else:
             self.shortcut = nn.Identity()
-        self.neuron = factory.make_neuron()
+        self.neuron = factory.make_neuron((out_channels, self.out_size, self.out_size))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.neuron(self.norm2(self.conv2(self.conv1(x))) + self.shortcut(x))
@@ -46,6 +50,9 @@ class SpikingResNet19(SpikingModel):
 
     Args:
         width: channel multiplier (``0.25`` gives a CPU-sized 32/64/128 network).
+        input_size: input height (= width); needed only for element-wise membrane norms.
+        norm, neuron, surrogate, membrane_norm, *_kwargs: see
+            :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
 
     input_ndim = 5
@@ -55,27 +62,32 @@ class SpikingResNet19(SpikingModel):
         num_classes: int = 10,
         in_channels: int = 3,
         width: float = 1.0,
+        input_size: int | None = None,
         norm: str = "tdbn",
         neuron: str = "lif",
         surrogate: SurrogateSpec = "sigmoid",
         norm_kwargs: dict[str, Any] | None = None,
         neuron_kwargs: dict[str, Any] | None = None,
         surrogate_kwargs: dict[str, Any] | None = None,
+        membrane_norm: str | None = None,
+        membrane_norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
-        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+        factory = SpikingLayerFactory(
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         widths = [max(1, round(c * width)) for c in (128, 256, 512)]
-        self.stem = spiking_conv(factory, in_channels, widths[0])
-        blocks: list[nn.Module] = []
-        channels = widths[0]
+        self.stem = spiking_conv(factory, in_channels, widths[0], in_size=input_size)
+        blocks: list[SpikingBasicBlock] = []
+        channels, size = widths[0], input_size
         for out_channels, depth, stride in zip(widths, (3, 3, 2), (1, 2, 2)):
             for i in range(depth):
-                blocks.append(SpikingBasicBlock(factory, channels, out_channels, stride if i == 0 else 1))
-                channels = out_channels
+                blocks.append(SpikingBasicBlock(factory, channels, out_channels, stride if i == 0 else 1, size))
+                channels, size = out_channels, blocks[-1].out_size
         self.blocks = nn.Sequential(*blocks)
         hidden = max(1, round(256 * width))
         self.head = spiking_linear(factory, channels, hidden)

@@ -33,8 +33,10 @@ class SpikingVGG(SpikingModel):
         cfg: a name from :data:`VGG_CONFIGS` (``small``, ``vgg11``, ``vggsnn``) or a layer list.
         in_channels: input channels (1 for digits/MNIST, 2 for DVS polarity frames, 3 for CIFAR).
         num_classes: classifier outputs.
+        input_size: input height (= width); needed only for element-wise membrane norms.
         dropout: dropout before the classifier (0 disables).
-        norm, neuron, surrogate, *_kwargs: see :class:`~spikenorm.models.layers.SpikingLayerFactory`.
+        norm, neuron, surrogate, membrane_norm, *_kwargs: see
+            :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
 
     input_ndim = 5
@@ -44,6 +46,7 @@ class SpikingVGG(SpikingModel):
         cfg: str | Sequence[int | str] = "small",
         in_channels: int = 3,
         num_classes: int = 10,
+        input_size: int | None = None,
         dropout: float = 0.0,
         norm: str = "tdbn",
         neuron: str = "lif",
@@ -51,21 +54,25 @@ class SpikingVGG(SpikingModel):
         norm_kwargs: dict[str, Any] | None = None,
         neuron_kwargs: dict[str, Any] | None = None,
         surrogate_kwargs: dict[str, Any] | None = None,
+        membrane_norm: str | None = None,
+        membrane_norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         layers_cfg = self._resolve(cfg)
-        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+        factory = SpikingLayerFactory(
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels, size = in_channels, input_size
         for item in layers_cfg:
-            if item == "A":
-                layers.append(TimeDistributed(nn.AvgPool2d(2)))
-            elif item == "M":
-                layers.append(TimeDistributed(nn.MaxPool2d(2)))
+            if item in ("A", "M"):
+                pool = nn.AvgPool2d(2) if item == "A" else nn.MaxPool2d(2)
+                layers.append(TimeDistributed(pool))
+                size = None if size is None else size // 2
             else:
-                layers.append(spiking_conv(factory, channels, int(item)))
+                layers.append(spiking_conv(factory, channels, int(item), in_size=size))
                 channels = int(item)
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

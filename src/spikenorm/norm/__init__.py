@@ -8,6 +8,7 @@ from typing import Any
 
 from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, TimeMajorNorm
 from spikenorm.norm.batchnorm import BNTT, TDBN, VanillaBN
+from spikenorm.norm.mpbn import MPBN
 from spikenorm.norm.stats import batch_moments
 
 
@@ -31,6 +32,7 @@ def build_norm(name: str, num_features: int, **kwargs: Any) -> TimeMajorNorm:
 __all__ = [
     "BNTT",
     "FoldTarget",
+    "MPBN",
     "NoNorm",
     "TDBN",
     "TimeMajorNorm",

@@ -42,7 +42,9 @@ class TimeMajorNorm(nn.Module):
         momentum: EMA factor of the running statistics, torch convention
             (``running <- (1 - momentum) * running + momentum * batch``).
         affine: learn ``weight`` (gamma) and ``bias`` (beta).
-        stats_shape: leading shape of the statistics buffers before ``C`` (e.g. ``(T,)`` for BNTT).
+        stats_shape: leading shape of the statistics buffers before the features (``(T,)`` for BNTT).
+        feature_shape: the axes that own separate statistics: ``(C,)`` (channel-wise, the default) or
+            ``(C, H, W)`` (element-wise: one mean and variance per neuron, pooled over the batch only).
     """
 
     fold_target: ClassVar[FoldTarget] = "unfoldable"
@@ -54,17 +56,24 @@ class TimeMajorNorm(nn.Module):
         momentum: float = 0.1,
         affine: bool = True,
         stats_shape: tuple[int, ...] = (),
+        feature_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
+        feature_shape = (num_features,) if feature_shape is None else tuple(int(d) for d in feature_shape)
+        if feature_shape[0] != num_features or min(feature_shape) < 1:
+            raise ValueError(
+                f"feature_shape must start with num_features={num_features} and be positive, got {feature_shape}"
+            )
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
-        shape = (*stats_shape, num_features)
+        self.feature_shape = feature_shape
+        shape = (*stats_shape, *feature_shape)
         if affine:
             self.weight = nn.Parameter(torch.ones(shape))
             self.bias = nn.Parameter(torch.zeros(shape))
@@ -76,33 +85,44 @@ class TimeMajorNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def check_input(self, x: Tensor) -> None:
-        """Raise a clear error unless ``x`` is ``[T, B, C, ...]`` with ``C == num_features``."""
-        check_time_major(x, type(self).__name__, min_ndim=3, channels=self.num_features)
+        """Raise a clear error unless ``x`` is ``[T, B, *feature_shape, ...]``."""
+        check_time_major(x, type(self).__name__, min_ndim=2 + len(self.feature_shape), channels=self.num_features)
+        if tuple(x.shape[2 : 2 + len(self.feature_shape)]) != self.feature_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects input [T, B, {', '.join(map(str, self.feature_shape))}], "
+                f"got shape {tuple(x.shape)}"
+            )
 
-    @staticmethod
-    def channel_view(stat: Tensor, x: Tensor) -> Tensor:
-        """Reshape per-channel statistics ``[..., C]`` to broadcast against ``x`` = ``[T, B, C, *spatial]``.
+    def reduce_dims(self, x: Tensor, over_time: bool) -> tuple[int, ...]:
+        """Axes of ``x`` = ``[T, B, *feature_shape, *rest]`` that a statistic pools: the batch, the axes
+        after the feature shape, and the time axis when ``over_time``."""
+        rest = tuple(range(2 + len(self.feature_shape), x.ndim))
+        return (0, 1, *rest) if over_time else (1, *rest)
 
-        ``stat`` may carry a leading time axis (``[T, C]``), which lines up with the time axis of ``x``.
+    def feature_view(self, stat: Tensor, x: Tensor) -> Tensor:
+        """Reshape statistics ``[*feature_shape]`` or ``[T, *feature_shape]`` to broadcast against ``x``.
+
+        A leading time axis of ``stat`` lines up with the time axis of ``x`` = ``[T, B, *features, ...]``.
         """
-        spatial = x.ndim - 3
-        if stat.ndim == 1:
-            return stat.reshape(stat.shape[0], *([1] * spatial))
-        return stat.reshape(stat.shape[0], 1, stat.shape[1], *([1] * spatial))
+        k = len(self.feature_shape)
+        trailing = [1] * (x.ndim - 2 - k)
+        if stat.ndim == k:
+            return stat.reshape(*stat.shape, *trailing)
+        return stat.reshape(stat.shape[0], 1, *stat.shape[1:], *trailing)
 
     def affine_transform(self, x_hat: Tensor) -> Tensor:
         """``gamma * x_hat + beta`` (identity when ``affine=False``)."""
         if not self.affine:
             return x_hat
-        return x_hat * self.channel_view(self.weight, x_hat) + self.channel_view(self.bias, x_hat)
+        return x_hat * self.feature_view(self.weight, x_hat) + self.feature_view(self.bias, x_hat)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Training statistics ``(mean, biased var)`` of ``x``, updating the running estimate."""
         raise NotImplementedError
 
     def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        """``(x - mean) / sqrt(var + eps)`` with per-channel (or per-step, per-channel) statistics."""
-        return (x - self.channel_view(mean, x)) * torch.rsqrt(self.channel_view(var, x) + self.eps)
+        """``(x - mean) / sqrt(var + eps)`` with per-feature (optionally per-step) statistics."""
+        return (x - self.feature_view(mean, x)) * torch.rsqrt(self.feature_view(var, x) + self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         """Batch statistics in training, running statistics in eval, then the affine map."""
@@ -113,6 +133,22 @@ class TimeMajorNorm(nn.Module):
             mean, var = self.running_mean, self.running_var
         return self.affine_transform(self.normalize(x, mean, var))
 
+    @property
+    def effective_weight(self) -> Tensor:
+        """The gain applied to the normalised input: ``gamma`` (ones when ``affine=False``)."""
+        return self.weight if self.affine else torch.ones_like(self.running_mean)
+
+    @torch.no_grad()
+    def inference_affine(self) -> tuple[Tensor, Tensor]:
+        """The eval-mode map as ``y = scale * x + shift`` per feature, in float64.
+
+        ``scale = gain / sqrt(running_var + eps)`` and ``shift = beta - running_mean * scale``; this is what
+        :func:`spikenorm.fold.fold_model` folds into weights or thresholds.
+        """
+        scale = self.effective_weight.double() / torch.sqrt(self.running_var.double() + self.eps)
+        bias = self.bias.double() if self.bias is not None else torch.zeros_like(scale)
+        return scale, bias - self.running_mean.double() * scale
+
     @torch.no_grad()
     def update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:
         """EMA update ``running <- (1 - m) running + m batch`` of both running statistics."""
@@ -121,7 +157,8 @@ class TimeMajorNorm(nn.Module):
         self.num_batches_tracked += 1
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        features = f"{self.num_features}" if len(self.feature_shape) == 1 else f"feature_shape={self.feature_shape}"
+        return f"{features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
 
 @NORMS.register("none")
@@ -135,6 +172,7 @@ class NoNorm(TimeMajorNorm):
         if kwargs:
             raise TypeError(f"norm 'none' takes no options, got {sorted(kwargs)}")
         self.num_features = num_features
+        self.feature_shape = (num_features,)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -10,21 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
 from spikenorm.norm.stats import batch_moments, unbiased
-
-
-def _per_step_dims(x: Tensor) -> tuple[int, ...]:
-    """Axes of ``[T, B, C, *spatial]`` that per-step statistics reduce: ``B`` and the spatial axes."""
-    return (1, *range(3, x.ndim))
-
-
-def _pooled_dims(x: Tensor) -> tuple[int, ...]:
-    """Axes that statistics pooled over time reduce: ``T``, ``B`` and the spatial axes."""
-    return (0, 1, *range(3, x.ndim))
 
 
 @NORMS.register("bn")
@@ -42,7 +31,7 @@ class VanillaBN(TimeMajorNorm):
     fold_target: ClassVar[FoldTarget] = "weights"
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+        mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
         self.update_running(mean.mean(0), unbiased(var, count).mean(0))
         return mean, var
 
@@ -73,11 +62,10 @@ class TDBN(TimeMajorNorm):
     @property
     def effective_weight(self) -> Tensor:
         """``gamma * alpha * v_th``: the per-channel gain applied to the normalised input."""
-        gain = self.alpha * self.v_th
-        return gain * self.weight if self.affine else torch.full_like(self.running_mean, gain)
+        return super().effective_weight * (self.alpha * self.v_th)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, var, count = batch_moments(x, _pooled_dims(x))  # [C] each
+        mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=True))  # [C] each
         self.update_running(mean, unbiased(var, count))
         return mean, var
 
@@ -123,11 +111,11 @@ class BNTT(TimeMajorNorm):
     def affine_transform(self, x_hat: Tensor) -> Tensor:
         if not self.affine:
             return x_hat
-        y = x_hat * self.channel_view(self.weight, x_hat)
-        return y if self.bias is None else y + self.channel_view(self.bias, x_hat)
+        y = x_hat * self.feature_view(self.weight, x_hat)
+        return y if self.bias is None else y + self.feature_view(self.bias, x_hat)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, var, count = batch_moments(x, _per_step_dims(x))  # [T, C] each
+        mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
         self.update_running(mean, unbiased(var, count))
         return mean, var
 

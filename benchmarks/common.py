@@ -1,0 +1,65 @@
+"""Shared helpers of the benchmark scripts: timing, machine description, writing results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def machine(device: torch.device) -> str:
+    """CPU model and cores, or the GPU name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def stamp(device: torch.device) -> str:
+    """Heading line: UTC date and time, machine, torch version."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"## {now} — {machine(device)} ({device.type}), torch {torch.__version__}"
+
+
+def publish(name: str, title: str, report: str, save: bool) -> None:
+    """Print a report and, when ``save``, append it to ``benchmarks/results/<name>.md``."""
+    print(report)
+    if save:
+        append_result(name, title, report)
+
+
+def append_result(name: str, title: str, report: str) -> Path:
+    """Append a report to ``benchmarks/results/<name>.md`` (created with ``title`` as its heading)."""
+    path = RESULTS_DIR / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "" if path.exists() else f"# {title}\n\n"
+    with path.open("a") as f:
+        f.write(header + report + "\n")
+    return path

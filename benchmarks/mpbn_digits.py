@@ -1,0 +1,86 @@
+"""Reproduction on digits: tdBN vs tdBN + MPBN (channel-wise) vs tdBN + MPBN (element-wise), 5 seeds.
+
+Every run uses the MPBN paper's neuron (LIF decay 0.25, threshold 0.5, hard reset, Dspike b=3), T=4,
+SpikingVGG ``small``, Adam 5e-3 with cosine decay over 20 epochs (the ``quickstart_mpbn`` recipe); only
+the membrane norm differs. Test accuracy of the best-validation checkpoint; the folded model's test
+accuracy and flipped spikes (float64 check) come from FoldNormalization.
+
+    python benchmarks/mpbn_digits.py            # about 5 minutes on 2 CPU cores; appends to results/mpbn_digits.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from common import publish, stamp
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from spikenorm.callbacks import FoldNormalization
+from spikenorm.datamodules import DigitsDataModule
+from spikenorm.models import SpikingVGG
+from spikenorm.tasks import SpikingClassifier
+
+VARIANTS = {
+    "tdbn": {},
+    "tdbn + mpbn (channel-wise)": {"membrane_norm": "mpbn"},
+    "tdbn + mpbn (element-wise)": {"membrane_norm": "mpbn", "membrane_norm_kwargs": {"elementwise": True}},
+}
+
+
+def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
+    seed_everything(seed)
+    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8, norm="tdbn", surrogate="dspike",
+                     neuron_kwargs={"decay": 0.25, "threshold": 0.5}, **variant)
+    task = SpikingClassifier(
+        net, time_steps=4,
+        optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
+    )
+    with tempfile.TemporaryDirectory() as root:
+        checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
+        trainer = Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                          accelerator="cpu", deterministic=True, default_root_dir=root,
+                          callbacks=[checkpoint, FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)])
+        data = DigitsDataModule(batch_size=64)
+        trainer.fit(task, data)
+        result = trainer.test(task, data, ckpt_path="best", verbose=False)[0]
+    return {"acc": result["test/acc"], "acc_folded": result["test/acc_folded"],
+            "flipped": result["fold/test_flipped_spikes"], "firing_rate": result["test/firing_rate"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows = []
+    for name, variant in VARIANTS.items():
+        runs = [run(variant, seed, args.epochs) for seed in range(args.seeds)]
+        acc = [100 * r["acc"] for r in runs]
+        rows.append(
+            f"| {name} | {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} | "
+            f"{', '.join(f'{a:.2f}' for a in acc)} | "
+            f"{statistics.mean(100 * r['acc_folded'] for r in runs):.2f} | "
+            f"{int(sum(r['flipped'] for r in runs))} | {statistics.mean(r['firing_rate'] for r in runs):.3f} |"
+        )
+        print(rows[-1], flush=True)
+    report = "\n".join([
+        stamp(torch.device("cpu")), "",
+        f"Digits test set (360 images), {args.seeds} seeds (0..{args.seeds - 1}), {args.epochs} epochs, best-val "
+        f"checkpoint; wall {time.perf_counter() - start:.0f} s.", "",
+        "| variant | test acc % (mean ± std) | per seed | folded acc % (mean) | flipped spikes (all seeds) | firing rate |",
+        "|---|---|---|---|---|---|",
+        *rows, "",
+    ])
+    publish("mpbn_digits", "MPBN reproduction on digits", report, save=not args.no_save)
+
+
+if __name__ == "__main__":
+    main()
