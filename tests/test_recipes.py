@@ -20,15 +20,16 @@ CIFAR_ON_CPU = [
     "--data.init_args.verify_checksums=false",
     "--data.init_args.num_workers=0",
     "--data.init_args.batch_size=4",
-    "--model.init_args.model.init_args.width=0.125",
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
 ]
 OVERRIDES = {
     "quickstart.yaml": [],
     "quickstart_mpbn.yaml": [],
-    "cifar10_resnet19_tdbn.yaml": CIFAR_ON_CPU,
-    "cifar10_resnet19_mpbn.yaml": CIFAR_ON_CPU,
+    "quickstart_osr.yaml": [],
+    "cifar10_resnet19_tdbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
+    "cifar10_resnet19_mpbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
+    "cifar10_vggsnn_osr.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
 }
 
 
@@ -76,10 +77,11 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
     assert "test accuracy" in printed and "firing rate" in printed and str(runs[0].name) in printed
 
 
-def test_quickstart_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("recipe", ["quickstart", "quickstart_osr"])
+def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     cmd = [
-        sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / "quickstart.yaml"),
+        sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / f"{recipe}.yaml"),
         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
         "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
@@ -88,7 +90,7 @@ def test_quickstart_ddp_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size: 2" in done.stderr + done.stdout or "GLOBAL_RANK: 1" in done.stderr + done.stdout
     assert "test accuracy" in done.stdout
-    metrics = next((tmp_path / "logs" / "quickstart").glob("version_*/metrics.csv")).read_text()
+    metrics = next((tmp_path / "logs" / recipe).glob("version_*/metrics.csv")).read_text()
     assert "val/acc" in metrics and "train/loss" in metrics
 
 

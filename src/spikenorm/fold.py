@@ -15,6 +15,8 @@ are leaves) and removes every norm layer:
   multiply) in the neuron's membrane hook, which is exact for any reset value. For ``a = 0`` (gamma = 0)
   the decision is the constant ``b > theta``, realised exactly by a threshold of ``-inf`` (always fire)
   or ``+inf`` (never fire).
+* OTS neurons with ``ots_eval="running"``: the running threshold becomes the neuron's fixed threshold
+  (with ``"dynamic"`` the threshold depends on the inference batch and folding raises a ValueError).
 * ``identity`` norms are dropped; ``unfoldable`` ones (``bntt``: its map differs per step) raise a
   ValueError naming the layer.
 
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from spikenorm.models.layers import TimeDistributed
 from spikenorm.neurons import SpikingNeuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
+from spikenorm.trace import TraceSynapse
 
 _LINEAR_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -70,7 +73,7 @@ class _SpikingTracer(fx.Tracer):
     """Keeps neurons, norm layers and time-distributed layers as opaque leaves of the graph."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (SpikingNeuron, TimeMajorNorm, TimeDistributed)):
+        if isinstance(m, (SpikingNeuron, TimeMajorNorm, TimeDistributed, TraceSynapse)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -94,6 +97,7 @@ def fold_model(model: nn.Module) -> FoldedModel:
     folded = FoldedModel(source, graph, class_name=f"Folded{type(model).__name__}")
     _fold_post_linear_norms(folded)
     _fold_membrane_norms(folded)
+    _fold_ots_thresholds(folded)
     folded.graph.lint()
     folded.delete_all_unused_submodules()
     folded.recompile()
@@ -110,8 +114,10 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 
 def _linear_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    """The conv/linear layer a node calls (unwrapping TimeDistributed), else None."""
+    """The conv/linear layer a node calls (unwrapping TraceSynapse and TimeDistributed), else None."""
     m = _module(gm, node)
+    if isinstance(m, TraceSynapse):
+        m = m.layer
     if isinstance(m, TimeDistributed):
         m = m.module
     return m if isinstance(m, _LINEAR_TYPES) else None
@@ -198,6 +204,21 @@ def _fold_membrane_norms(gm: fx.GraphModule) -> None:
             else:
                 neuron.membrane_norm = SignFlip(sign.to(neuron.threshold.dtype))
         neuron.threshold = (sign * threshold).to(neuron.threshold.dtype)
+
+
+@torch.no_grad()
+def _fold_ots_thresholds(gm: fx.GraphModule) -> None:
+    for name, neuron in spiking_neurons(gm):
+        if not neuron.ots:
+            continue
+        if neuron.ots_eval != "running":
+            raise ValueError(
+                f"cannot fold the OTS threshold of neuron '{name}': with ots_eval='dynamic' it is recomputed "
+                "from every inference batch; train with ots_eval='running' for a fixed, foldable threshold"
+            )
+        neuron.threshold = neuron.ots_running_threshold.clone()
+        neuron.ots = False
+        del neuron.ots_running_threshold
 
 
 def membrane_threshold(norm: TimeMajorNorm, theta: Tensor) -> tuple[Tensor, Tensor]:

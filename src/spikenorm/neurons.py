@@ -29,7 +29,9 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from spikenorm.norm.stats import batch_moments, unbiased
 from spikenorm.registry import Registry
+from spikenorm.sequence import SequenceAware
 from spikenorm.surrogate import Surrogate, build_surrogate
 from spikenorm.validation import check_time_major
 
@@ -52,6 +54,15 @@ class SpikingNeuron(nn.Module):
         surrogate: a registered surrogate name, a :class:`~spikenorm.surrogate.Surrogate`, or any
             spike callable such as an ``snntorch.surrogate`` function.
         surrogate_kwargs: parameters of a named surrogate (e.g. ``{"alpha": 4.0}``).
+        ots: Online Threshold Stabilizer (OSR paper, methods.md 2.4): the threshold of step ``t`` is
+            ``theta_t = mu_t + sigma_t (theta - mu_1) / sigma_1`` with ``mu_t, sigma_t`` the mean and
+            unbiased std of this layer's membrane ``u_t`` over all its elements (batch and features; all
+            processes under DDP), so the standardised firing quantile stays that of step 1. No gradient
+            flows through it; a soft reset subtracts ``theta_t``.
+        ots_eval: ``"dynamic"`` recomputes ``theta_t`` on every inference batch (the paper; predictions then
+            depend on the batch), ``"running"`` uses the buffer ``ots_running_threshold``, an EMA of
+            ``theta_t`` over every training step (momentum ``ots_momentum``; the reference code's
+            ``0.1 / T``), which makes inference batch-independent and foldable.
         membrane_norm: optional module applied to the membrane ``h_t`` before the spike comparison, called
             with ``[1, B, ...]`` at every step; leak and reset keep acting on ``h_t`` itself, so only
             hard reset is allowed with it (a soft reset would subtract a normalised threshold from a
@@ -70,6 +81,9 @@ class SpikingNeuron(nn.Module):
         surrogate: str | Surrogate | Callable[[Tensor], Tensor] = "sigmoid",
         surrogate_kwargs: dict[str, Any] | None = None,
         membrane_norm: nn.Module | None = None,
+        ots: bool = False,
+        ots_eval: Literal["dynamic", "running"] = "dynamic",
+        ots_momentum: float = 0.025,
     ) -> None:
         super().__init__()
         if reset not in ("hard", "soft"):
@@ -86,6 +100,15 @@ class SpikingNeuron(nn.Module):
         self.detach_membrane = detach_membrane
         self.surrogate = build_surrogate(surrogate, **(surrogate_kwargs or {}))
         self.membrane_norm = membrane_norm
+        if ots_eval not in ("dynamic", "running"):
+            raise ValueError(f"ots_eval must be 'dynamic' or 'running', got {ots_eval!r}")
+        if ots and self.threshold.ndim:
+            raise ValueError("OTS adapts one threshold per layer: give a scalar threshold (theta_1), not a tensor")
+        self.ots = ots
+        self.ots_eval = ots_eval
+        self.ots_momentum = ots_momentum
+        if ots:
+            self.register_buffer("ots_running_threshold", self.threshold.clone())
         self._carried_state: State | None = None  # only used inside a `stateful` scope
 
     # -- dynamics -----------------------------------------------------------------------------------
@@ -118,6 +141,8 @@ class SpikingNeuron(nn.Module):
         h, state = self.charge(x, state)
         u = h if self.membrane_norm is None else self.membrane_norm(h.unsqueeze(0)).squeeze(0)
         theta = self.threshold_for(u)
+        if self.ots:
+            theta, state = self.ots_threshold(u, state)
         spike = self.surrogate(u - theta)
         s_reset = spike.detach() if self.detach_reset else spike
         if self.reset == "hard":
@@ -125,6 +150,22 @@ class SpikingNeuron(nn.Module):
         else:
             v = h - theta * s_reset
         return spike, {**state, "v": v}
+
+    @torch.no_grad()
+    def ots_threshold(self, u: Tensor, state: State) -> tuple[Tensor, State]:
+        """OTS threshold of this step (a scalar), and the state holding step 1's membrane statistics."""
+        if not self.training and self.ots_eval == "running":
+            return self.ots_running_threshold, state
+        mean, var, count = batch_moments(u, dims=range(u.ndim))
+        std = torch.sqrt(unbiased(var, count)).clamp_min(torch.finfo(u.dtype).tiny)
+        reference = state.get("ots_reference")
+        if reference is None:  # step 1: theta_1 is the configured threshold
+            reference = torch.stack([mean, std])
+            state = {**state, "ots_reference": reference}
+        theta = mean + std * (self.threshold - reference[0]) / reference[1]
+        if self.training:
+            self.ots_running_threshold.lerp_(theta.to(self.ots_running_threshold.dtype), self.ots_momentum)
+        return theta, state
 
     def forward(self, x: Tensor) -> Tensor:
         """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape."""
@@ -143,7 +184,7 @@ class SpikingNeuron(nn.Module):
         shown = f"{theta.item():g}" if theta.ndim == 0 else f"tensor{tuple(theta.shape)}"
         return (
             f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
-            f"detach_membrane={self.detach_membrane}"
+            f"detach_membrane={self.detach_membrane}" + (f", ots={self.ots_eval!r}" if self.ots else "")
         )
 
 
@@ -236,7 +277,7 @@ def spiking_neurons(model: nn.Module) -> Iterator[tuple[str, SpikingNeuron]]:
 
 
 @contextlib.contextmanager
-def stateful(model: nn.Module) -> Iterator[nn.Module]:
+def stateful(model: nn.Module, detach_membrane: bool | None = None) -> Iterator[nn.Module]:
     """Scope in which the neurons of ``model`` carry their state from one forward call to the next.
 
     Use it for single-step (online) execution: feed ``x[t:t+1]`` one step at a time and the neurons
@@ -246,12 +287,30 @@ def stateful(model: nn.Module) -> Iterator[nn.Module]:
         with stateful(net):
             for t in range(T):
                 out_t = net(x[t : t + 1])
+
+    Args:
+        detach_membrane: when given, every neuron's ``detach_membrane`` is set to it inside the scope
+            (online training passes True to cut the temporal gradient path) and restored on exit.
     """
     neurons = [n for _, n in spiking_neurons(model)]
+    aware = [m for m in model.modules() if isinstance(m, SequenceAware)]
+    saved = [n.detach_membrane for n in neurons]
     for neuron in neurons:
         neuron._carried_state = {}
+        if detach_membrane is not None:
+            neuron.detach_membrane = detach_membrane
+    for module in aware:
+        module.begin_sequence()
     try:
         yield model
+    except BaseException:
+        for module in aware:
+            module.abort_sequence()
+        raise
+    else:
+        for module in aware:
+            module.end_sequence()
     finally:
-        for neuron in neurons:
+        for neuron, flag in zip(neurons, saved):
             neuron._carried_state = None
+            neuron.detach_membrane = flag

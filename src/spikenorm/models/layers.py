@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from spikenorm.neurons import SpikingNeuron, build_neuron
 from spikenorm.norm import TimeMajorNorm, build_norm
 from spikenorm.surrogate import Surrogate
+from spikenorm.trace import TraceSynapse
 from spikenorm.validation import check_time_major
 
 SurrogateSpec = str | Surrogate | Callable[[Tensor], Tensor]
@@ -44,6 +45,9 @@ class SpikingLayerFactory:
             None.
         membrane_norm_kwargs: its options; ``{"elementwise": True}`` gives one statistic per neuron
             (``C x H x W``), which needs the model's ``input_size``.
+        trace: wrap every synaptic layer that receives spikes in a
+            :class:`~spikenorm.trace.TraceSynapse` (OTTT: weight gradients from presynaptic traces, with
+            the neuron's decay).
     """
 
     norm: str = "tdbn"
@@ -54,6 +58,7 @@ class SpikingLayerFactory:
     surrogate_kwargs: dict[str, Any] | None = None
     membrane_norm: str | None = None
     membrane_norm_kwargs: dict[str, Any] | None = None
+    trace: bool = False
 
     def __post_init__(self) -> None:
         self.norm_kwargs = dict(self.norm_kwargs or {})
@@ -72,6 +77,12 @@ class SpikingLayerFactory:
 
     def make_norm(self, num_features: int) -> TimeMajorNorm:
         return build_norm(self.norm, num_features, **self.norm_kwargs)
+
+    def synapse(self, layer: nn.Module, receives_spikes: bool = True) -> nn.Module:
+        """``layer`` itself, or wrapped in a TraceSynapse when ``trace`` is on and its input is spikes."""
+        if not (self.trace and receives_spikes):
+            return layer
+        return TraceSynapse(layer, decay=getattr(self.make_neuron((1,)), "decay", 1.0))
 
     def make_neuron(self, feature_shape: tuple[int | None, ...]) -> SpikingNeuron:
         """A neuron for features ``(C,)`` or ``(C, H, W)``; ``H, W`` may be None when unknown."""
@@ -101,18 +112,26 @@ def conv_output_size(size: int | None, stride: int) -> int | None:
 
 
 def spiking_conv(
-    factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int = 1, in_size: int | None = None
+    factory: SpikingLayerFactory,
+    in_channels: int,
+    out_channels: int,
+    stride: int = 1,
+    in_size: int | None = None,
+    receives_spikes: bool = True,
 ) -> nn.Sequential:
     """``conv3x3 -> norm -> neuron`` on ``[T, B, C, H, W]`` (``in_size``: input height = width, if known)."""
     conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not factory.uses_norm)
     size = conv_output_size(in_size, stride)
     neuron = factory.make_neuron((out_channels, size, size))
-    return nn.Sequential(TimeDistributed(conv), factory.make_norm(out_channels), neuron)
+    synapse = factory.synapse(TimeDistributed(conv), receives_spikes)
+    return nn.Sequential(synapse, factory.make_norm(out_channels), neuron)
 
 
-def spiking_linear(factory: SpikingLayerFactory, in_features: int, out_features: int) -> nn.Sequential:
+def spiking_linear(
+    factory: SpikingLayerFactory, in_features: int, out_features: int, receives_spikes: bool = True
+) -> nn.Sequential:
     """``linear -> norm -> neuron`` on ``[T, B, F]`` (Linear acts on the last axis at every step)."""
-    linear = nn.Linear(in_features, out_features, bias=not factory.uses_norm)
+    linear = factory.synapse(nn.Linear(in_features, out_features, bias=not factory.uses_norm), receives_spikes)
     return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
 
 

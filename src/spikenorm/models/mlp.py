@@ -14,7 +14,8 @@ class SpikingMLP(SpikingModel):
 
     Input ``[T, B, in_features]`` or ``[T, B, *dims]`` with ``prod(dims) == in_features`` (flattened);
     output per-step logits ``[T, B, num_classes]`` (the readout does not spike). ``membrane_norm="mpbn"``
-    adds MPBN to every neuron (per feature, so channel- and element-wise coincide).
+    adds MPBN to every neuron (per feature, so channel- and element-wise coincide); ``trace=True`` gives the
+    OTTT presynaptic-trace synapses.
     """
 
     input_ndim = 3
@@ -32,16 +33,19 @@ class SpikingMLP(SpikingModel):
         surrogate_kwargs: dict[str, Any] | None = None,
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
+        trace: bool = False,
     ) -> None:
         super().__init__()
         factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
         )
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden]
-        self.features = nn.Sequential(*(spiking_linear(factory, a, b) for a, b in zip(widths, widths[1:])))
-        self.classifier = nn.Linear(widths[-1], num_classes)
+        self.features = nn.Sequential(
+            *(spiking_linear(factory, a, b, receives_spikes=i > 0) for i, (a, b) in enumerate(zip(widths, widths[1:])))
+        )
+        self.classifier = factory.synapse(nn.Linear(widths[-1], num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(2)  # [T, B, *dims] -> [T, B, in_features]; a no-op on [T, B, F]

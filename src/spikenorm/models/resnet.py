@@ -27,11 +27,11 @@ class SpikingBasicBlock(nn.Module):
         bias = not factory.uses_norm
         self.conv1 = spiking_conv(factory, in_channels, out_channels, stride, in_size)
         self.out_size = conv_output_size(in_size, stride)
-        self.conv2 = TimeDistributed(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias))
+        self.conv2 = factory.synapse(TimeDistributed(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)))
         self.norm2 = factory.make_norm(out_channels)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = nn.Sequential(
-                TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)),
+                factory.synapse(TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias))),
                 factory.make_norm(out_channels),
             )
         else:
@@ -51,6 +51,7 @@ class SpikingResNet19(SpikingModel):
     Args:
         width: channel multiplier (``0.25`` gives a CPU-sized 32/64/128 network).
         input_size: input height (= width); needed only for element-wise membrane norms.
+        trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the stem.
         norm, neuron, surrogate, membrane_norm, *_kwargs: see
             :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
@@ -71,17 +72,18 @@ class SpikingResNet19(SpikingModel):
         surrogate_kwargs: dict[str, Any] | None = None,
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
+        trace: bool = False,
     ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
         factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
         widths = [max(1, round(c * width)) for c in (128, 256, 512)]
-        self.stem = spiking_conv(factory, in_channels, widths[0], in_size=input_size)
+        self.stem = spiking_conv(factory, in_channels, widths[0], in_size=input_size, receives_spikes=False)
         blocks: list[SpikingBasicBlock] = []
         channels, size = widths[0], input_size
         for out_channels, depth, stride in zip(widths, (3, 3, 2), (1, 2, 2)):
@@ -91,7 +93,7 @@ class SpikingResNet19(SpikingModel):
         self.blocks = nn.Sequential(*blocks)
         hidden = max(1, round(256 * width))
         self.head = spiking_linear(factory, channels, hidden)
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.classifier = factory.synapse(nn.Linear(hidden, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x, channels=self.in_channels)

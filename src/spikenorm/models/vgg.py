@@ -35,6 +35,7 @@ class SpikingVGG(SpikingModel):
         num_classes: classifier outputs.
         input_size: input height (= width); needed only for element-wise membrane norms.
         dropout: dropout before the classifier (0 disables).
+        trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the first layer.
         norm, neuron, surrogate, membrane_norm, *_kwargs: see
             :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
@@ -56,11 +57,12 @@ class SpikingVGG(SpikingModel):
         surrogate_kwargs: dict[str, Any] | None = None,
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
+        trace: bool = False,
     ) -> None:
         super().__init__()
         layers_cfg = self._resolve(cfg)
         factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs
+            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -72,11 +74,11 @@ class SpikingVGG(SpikingModel):
                 layers.append(TimeDistributed(pool))
                 size = None if size is None else size // 2
             else:
-                layers.append(spiking_conv(factory, channels, int(item), in_size=size))
+                layers.append(spiking_conv(factory, channels, int(item), in_size=size, receives_spikes=bool(layers)))
                 channels = int(item)
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = factory.synapse(nn.Linear(channels, num_classes))
 
     @staticmethod
     def _resolve(cfg: str | Sequence[int | str]) -> list[int | str]:

@@ -9,6 +9,7 @@ from typing import Any
 from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, TimeMajorNorm
 from spikenorm.norm.batchnorm import BNTT, TDBN, VanillaBN
 from spikenorm.norm.mpbn import MPBN
+from spikenorm.norm.osr import OSR
 from spikenorm.norm.stats import batch_moments
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "FoldTarget",
     "MPBN",
     "NoNorm",
+    "OSR",
     "TDBN",
     "TimeMajorNorm",
     "VanillaBN",

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
+from spikenorm.tasks.online import online_backward
 from spikenorm.validation import check_finite
 
 
@@ -33,6 +34,12 @@ class SpikingClassifier(LightningModule):
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``); Adam(lr=1e-3) if omitted.
         lr_scheduler: LR scheduler factory, stepped every epoch; none if omitted.
         check_finite: raise a ValueError on NaN/Inf input (off by default: costs one pass over the batch).
+        training_mode: ``bptt`` (one multi-step forward and backward) or ``online`` (methods.md 2.1: one
+            step at a time, ``loss_t / T`` back-propagated at once with the temporal path detached, memory
+            flat in ``T``; :func:`spikenorm.tasks.online.online_backward`). Online uses manual
+            optimization; the loss is per step (``ce``: cross-entropy of each step's logits).
+        online_update: ``batch`` (gradients accumulate over the T steps, one optimizer step per batch, OTTT_A)
+            or ``step`` (an optimizer step after every time step, OTTT_O).
 
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (mean over spiking
     layers) and the same under ``test/``.
@@ -52,6 +59,8 @@ class SpikingClassifier(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         check_finite: bool = False,
+        training_mode: Literal["bptt", "online"] = "bptt",
+        online_update: Literal["batch", "step"] = "batch",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
@@ -61,6 +70,11 @@ class SpikingClassifier(LightningModule):
             raise ValueError(f"unknown loss {loss!r}; available: ce, tet")
         if encoding not in ("repeat", "frames"):
             raise ValueError(f"unknown encoding {encoding!r}; available: frames, repeat")
+        if training_mode not in ("bptt", "online"):
+            raise ValueError(f"unknown training_mode {training_mode!r}; available: bptt, online")
+        if online_update not in ("batch", "step"):
+            raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
+        self.automatic_optimization = training_mode == "bptt"
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
             if num_classes is None:
@@ -98,12 +112,38 @@ class SpikingClassifier(LightningModule):
     # -- steps ----------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
+        if self.hparams.training_mode == "online":
+            loss, logits = self._online_step(x, y)
+        else:
+            logits = self(x)
+            loss = self.loss(logits, y)
         self.train_acc(logits.mean(0), y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def _online_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        optimizer = self.optimizers()
+        inputs = self.encode(x)
+        steps = inputs.shape[0]
+        per_step = self.hparams.online_update == "step"
+
+        def after_step(t: int) -> None:
+            if per_step:
+                optimizer.step()
+                optimizer.zero_grad()
+
+        optimizer.zero_grad()
+        loss, logits = online_backward(
+            self.model, inputs, lambda out: self.loss(out, y) / steps, self.manual_backward, after_step
+        )
+        if not per_step:
+            optimizer.step()
+        return loss, logits
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization and self.lr_scheduler_factory is not None:
+            self.lr_schedulers().step()  # manual optimization: Lightning leaves schedulers to us
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

@@ -1,0 +1,143 @@
+"""Online Spiking Renormalization (OSR; Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
+from spikenorm.norm.stats import batch_moments
+from spikenorm.sequence import SequenceAware
+
+
+@NORMS.register("osr")
+class OSR(TimeMajorNorm, SequenceAware):
+    """Batch renormalization per time step: the same statistics in training and test.
+
+    Forward, in training and inference alike (methods.md 2.2), with running ``mu_hat, var_hat``:
+    ``y = gamma (x - mu_hat) / sqrt(var_hat + eps) + beta``. In training the value is computed exactly so
+    (bit-identical to eval mode) while the gradient is that of the paper's stop-gradient form, with
+    ``mu_t, var_t`` the batch statistics of step ``t``::
+
+        x_hat = (x - mu_t) / sqrt(var_t + eps)
+        r = sg(sqrt(var_t + eps) / sqrt(var_hat + eps)),   d = sg((mu_t - mu_hat) / sqrt(var_hat + eps))
+        y = gamma (x_hat r + d) + beta
+
+    so ``dL/dx = BN-backward(dL/dy gamma r)`` through ``(mu_t, var_t)`` (Eq. 10), ``dL/dbeta = sum dL/dy``
+    (Eq. 12) and ``dL/dgamma = sum dL/dy (x_hat r + d)`` (Eq. 11, ``gamma_grad="paper"``). The reference
+    code omits ``r`` in the gamma gradient: ``gamma_grad="code"`` gives ``sum dL/dy (x_hat + d)``. The paper's
+    form is the default because it is the true gradient of the forward written above.
+
+    Running statistics ("all-time", Eq. 15): over the ``T`` steps of a sequence the layer accumulates
+    ``S_mu = mean_t mu_t`` and ``S_v = mean_t (var_t + mu_t^2)`` (float64), so ``S_v - S_mu^2`` is the biased
+    variance pooled over all ``T B H W`` samples; at the end of the sequence one EMA update
+    ``mu_hat <- mu_hat + m (S_mu - mu_hat)``, ``var_hat <- var_hat + m (S_v - S_mu^2 - var_hat)`` (``m`` = 0.1).
+    A multi-step (BPTT) forward is one sequence; in online training the sequence is the
+    :func:`spikenorm.neurons.stateful` scope, and the update happens when it closes (at ``t = T``, as in the
+    paper; the reference code applies it lazily at the next batch's first step).
+
+    Safeguard (reference code only, not in the paper): when ``max(sigma_t / sigma_hat, sigma_hat / sigma_t)``
+    exceeds ``fallback_ratio`` for any channel at step ``t`` (typically right after initialisation, where
+    ``mu_hat = 0, var_hat = 1``), that step is normalised with its batch statistics instead. The code uses
+    20 for static data and 50 for DVS; ``None`` disables it.
+
+    Inference is a fixed affine map per channel, so ``fold_model`` folds it into the preceding weights.
+
+    Args:
+        eps: 1e-4 as in the reference code's configuration.
+        momentum: 0.1 (the paper's EMA factor 0.9).
+        fallback_ratio: threshold of the safeguard, or None.
+        gamma_grad: ``"paper"`` (Eq. 11) or ``"code"`` (without the ratio ``r``).
+    """
+
+    fold_target: ClassVar[FoldTarget] = "weights"
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-4,
+        momentum: float = 0.1,
+        fallback_ratio: float | None = 20.0,
+        gamma_grad: Literal["paper", "code"] = "paper",
+        **kwargs: object,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        if gamma_grad not in ("paper", "code"):
+            raise ValueError(f"gamma_grad must be 'paper' or 'code', got {gamma_grad!r}")
+        if fallback_ratio is not None and fallback_ratio <= 1:
+            raise ValueError(f"fallback_ratio must be > 1 or None, got {fallback_ratio}")
+        self.fallback_ratio = fallback_ratio
+        self.gamma_grad = gamma_grad
+        self._in_sequence = False
+        self._sums: tuple[Tensor, Tensor, int] | None = None  # (sum of mu_t, sum of var_t + mu_t^2, steps)
+
+    # -- sequence protocol ---------------------------------------------------------------------------
+    def begin_sequence(self) -> None:
+        self._in_sequence, self._sums = True, None
+
+    def end_sequence(self) -> None:
+        self._in_sequence = False
+        self.commit()
+
+    def abort_sequence(self) -> None:
+        self._in_sequence, self._sums = False, None
+
+    @torch.no_grad()
+    def accumulate(self, mean_t: Tensor, var_t: Tensor) -> None:
+        """Add per-step statistics ``[T', C]`` to the all-time sums of the current sequence."""
+        mean_t, var_t = mean_t.double(), var_t.double()
+        sums = (mean_t.sum(0), (var_t + mean_t**2).sum(0), mean_t.shape[0])
+        if self._sums is not None:
+            sums = (self._sums[0] + sums[0], self._sums[1] + sums[1], self._sums[2] + sums[2])
+        self._sums = sums
+
+    def all_time_statistics(self) -> tuple[Tensor, Tensor]:
+        """``(S_mu, S_v - S_mu^2)`` of the steps accumulated so far (float64)."""
+        if self._sums is None:
+            raise ValueError("OSR has accumulated no training step in this sequence")
+        total_mean, total_sq, steps = self._sums
+        mean = total_mean / steps
+        return mean, (total_sq / steps - mean**2).clamp_min(0)
+
+    def commit(self) -> None:
+        """Apply the once-per-sequence EMA update with the all-time statistics (no-op if none)."""
+        if self._sums is not None:
+            mean, var = self.all_time_statistics()
+            self.update_running(mean, var)
+            self._sums = None
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        if not self.training:
+            return super().forward(x)
+        mean_t, var_t, _ = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T', C]
+        self.accumulate(mean_t, var_t)
+        running_std = torch.sqrt(self.running_var + self.eps)
+        batch_std = torch.sqrt(var_t + self.eps)
+        x_hat = (x - self.feature_view(mean_t, x)) / self.feature_view(batch_std, x)
+        r = (batch_std / running_std).detach()
+        d = ((mean_t - self.running_mean) / running_std).detach()
+        exact = self.normalize(x, self.running_mean, self.running_var)  # the eval transform's value
+        if self.fallback_ratio is not None:
+            fallback = (torch.maximum(r, 1 / r) > self.fallback_ratio).any(dim=1)  # per step [T']
+            r = torch.where(fallback[:, None], torch.ones_like(r), r)
+            d = torch.where(fallback[:, None], torch.zeros_like(d), d)
+            step_view = fallback.reshape(-1, *([1] * (x.ndim - 1)))
+            exact = torch.where(step_view, x_hat, exact)
+        renormalized = x_hat * self.feature_view(r, x) + self.feature_view(d, x)
+        z = exact.detach() + (renormalized - renormalized.detach())  # value: exact; gradient: renormalized
+        if not self._in_sequence:
+            self.commit()
+        if not self.affine:
+            return z
+        if self.gamma_grad == "paper":
+            return self.affine_transform(z)
+        weight = self.feature_view(self.weight, x)
+        code_grad = (weight - weight.detach()) * (x_hat + self.feature_view(d, x)).detach()
+        return z * weight.detach() + code_grad + self.feature_view(self.bias, x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fallback_ratio={self.fallback_ratio}, gamma_grad={self.gamma_grad!r}"

@@ -1,0 +1,215 @@
+"""OSR, OTS, presynaptic traces and online training against independent references."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from spikenorm.fold import check_equivalence, fold_model
+from spikenorm.models import SpikingMLP, SpikingVGG
+from spikenorm.neurons import LIF, stateful
+from spikenorm.norm import OSR, build_norm
+from spikenorm.tasks import tet_loss
+from spikenorm.tasks.online import online_backward
+from spikenorm.trace import TraceSynapse
+
+T, B, C, H, W = 4, 6, 3, 3, 3
+
+
+def osr_layer(seed=0, **kw) -> OSR:
+    torch.manual_seed(seed)
+    layer = build_norm("osr", C, fallback_ratio=None, **kw).double()
+    with torch.no_grad():
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+        layer.weight.uniform_(0.5, 1.5).mul_(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+        layer.bias.normal_()
+    return layer
+
+
+def data(seed=1, shape=(T, B, C, H, W)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64) * 1.7 + 0.4
+
+
+@pytest.mark.parametrize("gamma_grad", ["paper", "code"])
+def test_osr_training_forward_is_the_eval_transform_bit_for_bit(gamma_grad):
+    layer = osr_layer(gamma_grad=gamma_grad)
+    before = copy.deepcopy(layer).eval()
+    x = data()
+    assert torch.equal(layer(x), before(x))
+
+
+def test_osr_fallback_normalises_extreme_steps_with_batch_statistics():
+    layer = osr_layer()
+    layer.fallback_ratio = 20.0
+    x = data()
+    x[2] *= 100.0  # step 2's std is far from the running one
+    y = layer(x).detach()
+    mean = x[2].mean(dim=(0, 2, 3), keepdim=True)
+    var = x[2].var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    gamma, beta = layer.weight.detach().reshape(C, 1, 1), layer.bias.detach().reshape(C, 1, 1)
+    torch.testing.assert_close(y[2], gamma * (x[2] - mean) / torch.sqrt(var + layer.eps) + beta, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma_grad", ["paper", "code"])
+def test_osr_gradients_match_equations_10_to_12(gamma_grad):
+    layer = osr_layer(gamma_grad=gamma_grad)
+    mu_hat, var_hat = layer.running_mean.numpy().copy(), layer.running_var.numpy().copy()
+    gamma = layer.weight.detach().numpy().copy()
+    x = data().requires_grad_(True)
+    dy = data(seed=9)
+    (layer(x) * dy).sum().backward()
+
+    xn, dyn, eps = x.detach().numpy(), dy.numpy(), layer.eps
+    dx = np.zeros_like(xn)
+    dgamma = np.zeros(C)
+    dbeta = np.zeros(C)
+    for t in range(T):
+        for c in range(C):
+            v, g = xn[t, :, c], dyn[t, :, c]
+            mu, var = v.mean(), v.var()
+            sigma, sigma_hat = np.sqrt(var + eps), np.sqrt(var_hat[c] + eps)
+            x_hat = (v - mu) / sigma
+            r, d = sigma / sigma_hat, (mu - mu_hat[c]) / sigma_hat
+            upstream = g * gamma[c] * r  # Eq. 10: BN backward of dL/dx_hat = dL/dy * gamma * r
+            dx[t, :, c] = (upstream - upstream.mean() - x_hat * (upstream * x_hat).mean()) / sigma
+            dgamma[c] += (g * (x_hat * (r if gamma_grad == "paper" else 1.0) + d)).sum()  # Eq. 11 (or code)
+            dbeta[c] += g.sum()  # Eq. 12
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), dgamma, rtol=1e-9)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), dbeta, rtol=1e-9)
+
+
+def test_osr_all_time_statistics_pool_all_samples_and_update_once():
+    x = data()
+    pooled_mean = x.mean(dim=(0, 1, 3, 4))
+    pooled_var = x.var(dim=(0, 1, 3, 4), unbiased=False)
+    for online in (False, True):
+        layer = osr_layer()
+        start_mean, start_var = layer.running_mean.clone(), layer.running_var.clone()
+        if online:
+            with stateful(layer):
+                for t in range(T):
+                    layer(x[t : t + 1])
+                mean, var = layer.all_time_statistics()
+                torch.testing.assert_close(mean, pooled_mean, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(var, pooled_var, rtol=1e-12, atol=1e-12)
+                assert int(layer.num_batches_tracked) == 0  # committed when the sequence closes
+        else:
+            layer(x)
+        assert int(layer.num_batches_tracked) == 1
+        torch.testing.assert_close(layer.running_mean, 0.9 * start_mean + 0.1 * pooled_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer.running_var, 0.9 * start_var + 0.1 * pooled_var, rtol=1e-12, atol=1e-12)
+
+
+def test_ots_keeps_the_standardised_threshold_quantile_constant():
+    neuron = LIF(tau=2.0, threshold=1.0, reset="soft", detach_reset=True, ots=True).double()
+    thresholds, membranes = [], []
+    original = neuron.ots_threshold
+
+    def spy(u, state):
+        theta, state = original(u, state)
+        thresholds.append(float(theta))
+        membranes.append(u.detach().clone())
+        return theta, state
+
+    neuron.ots_threshold = spy
+    neuron(data(shape=(T, 32, 8)).abs())
+    assert thresholds[0] == pytest.approx(1.0)  # theta_1 = theta_0
+    quantiles = [(th - float(u.mean())) / float(u.std()) for th, u in zip(thresholds, membranes)]
+    assert np.allclose(quantiles, quantiles[0], rtol=1e-10)
+    assert len(set(np.round(thresholds, 8))) == T  # the thresholds themselves do move
+
+
+def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
+    torch.manual_seed(0)
+    model = SpikingMLP(12, 3, hidden=(16,), norm="osr", norm_kwargs={"fallback_ratio": None},
+                       neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True,
+                                      "ots_eval": "running"}).double()
+    for _ in range(5):
+        model(data(shape=(T, 32, 12)).abs())
+    model.eval()
+    x = data(seed=5, shape=(T, 8, 12))
+    single = torch.cat([model(x[:, i : i + 1]) for i in range(8)], dim=1)
+    torch.testing.assert_close(single, model(x))  # batch size 1 gives the same answers
+    report = check_equivalence(model, fold_model(model), x)
+    assert report.flipped_spikes == 0 and report.max_abs_diff < 1e-9
+    model.features[0][2].ots_eval = "dynamic"
+    with pytest.raises(ValueError, match="ots_eval='dynamic'"):
+        fold_model(model)
+
+
+def test_osr_folds_into_weights_exactly():
+    torch.manual_seed(0)
+    model = SpikingVGG("small", in_channels=1, num_classes=4, norm="osr",
+                       neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True}).double()
+    model(data(shape=(T, 8, 1, 8, 8)))
+    model.eval()
+    report = check_equivalence(model, fold_model(model), data(seed=3, shape=(T, 8, 1, 8, 8)))
+    assert report.flipped_spikes == 0 and report.total_spikes > 0
+
+
+def _grads(model):
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("norm,ots,trace", [("osr", True, False), ("bn", False, False), ("none", False, True)])
+def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm, ots, trace):
+    torch.manual_seed(0)
+    neuron = {"tau": 2.0, "reset": "soft", "detach_reset": True, "detach_membrane": True, "ots": ots}
+    kwargs = {"fallback_ratio": None} if norm == "osr" else {}
+    bptt = SpikingVGG("small", in_channels=1, num_classes=5, norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron,
+                      trace=trace).double()
+    online = copy.deepcopy(bptt)
+    x, y = data(shape=(T, 8, 1, 8, 8)), torch.arange(8) % 5
+    tet_loss(bptt(x), y).backward()  # tet is the mean over steps of per-step losses
+    loss, logits = online_backward(online, x, lambda out: tet_loss(out, y) / T)
+    reference, got = _grads(bptt), _grads(online)
+    assert reference.keys() == got.keys() and reference
+    for k in reference:
+        torch.testing.assert_close(got[k], reference[k], rtol=1e-9, atol=1e-12, msg=k)
+    if norm == "osr":
+        for (name, a), b in zip(bptt.named_buffers(), online.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_trace_synapse_value_and_weight_gradient():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3).double()
+    synapse = TraceSynapse(layer, decay=0.5)
+    spikes = (torch.rand(T, 4, 5, dtype=torch.float64) > 0.5).double().requires_grad_(True)
+    out = synapse(spikes)
+    torch.testing.assert_close(out, layer(spikes), rtol=0, atol=0)
+    delta = torch.randn_like(out)
+    (out * delta).sum().backward()
+    trace, expected = torch.zeros(4, 5, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64)
+    for t in range(T):
+        trace = 0.5 * trace + spikes[t].detach()
+        expected += delta[t].T @ trace
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(spikes.grad, delta @ layer.weight.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_online_training_memory_does_not_keep_step_graphs():
+    """Saved activations of earlier steps are freed by each step's backward."""
+    model = SpikingVGG("small", in_channels=1, num_classes=5, norm="osr")
+    x, y = torch.randn(8, 4, 1, 8, 8), torch.arange(4)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    peaks = []
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        def step_loss(out):
+            peaks.append(sum(saved))
+            saved.clear()
+            return tet_loss(out, y) / 8
+        online_backward(model, x, step_loss)
+    # the first step starts from zero state; every later step saves exactly as much: nothing accumulates
+    assert len(set(peaks[1:])) == 1 and abs(peaks[0] - peaks[1]) < 0.01 * peaks[1]
