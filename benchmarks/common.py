@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -63,3 +66,15 @@ def append_result(name: str, title: str, report: str) -> Path:
     with path.open("a") as f:
         f.write(header + report + "\n")
     return path
+
+
+def fit_and_test(task: LightningModule, data: LightningDataModule, epochs: int,
+                 callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Train on CPU deterministically, then test the best-validation checkpoint; returns the test metrics."""
+    with tempfile.TemporaryDirectory() as root:
+        checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
+        trainer = Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                          accelerator="cpu", deterministic=True, default_root_dir=root,
+                          callbacks=[checkpoint, *callbacks])
+        trainer.fit(task, data)
+        return trainer.test(task, data, ckpt_path="best", verbose=False)[0]

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
-from common import publish, stamp
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from common import fit_and_test, publish, stamp
+from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import FoldNormalization
 from spikenorm.datamodules import DigitsDataModule
@@ -41,14 +39,8 @@ def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
     )
-    with tempfile.TemporaryDirectory() as root:
-        checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
-        trainer = Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                          accelerator="cpu", deterministic=True, default_root_dir=root,
-                          callbacks=[checkpoint, FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)])
-        data = DigitsDataModule(batch_size=64)
-        trainer.fit(task, data)
-        result = trainer.test(task, data, ckpt_path="best", verbose=False)[0]
+    result = fit_and_test(task, DigitsDataModule(batch_size=64), epochs,
+                          [FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)])
     return {"acc": result["test/acc"], "acc_folded": result["test/acc_folded"],
             "flipped": result["fold/test_flipped_spikes"], "firing_rate": result["test/firing_rate"]}
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
-from common import publish, stamp
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from common import fit_and_test, publish, stamp
+from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import SpikingVGG
@@ -53,12 +51,7 @@ def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
     )
     data = DigitsDataModule(batch_size=64)
-    with tempfile.TemporaryDirectory() as root:
-        checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
-        trainer = Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                          accelerator="cpu", deterministic=True, default_root_dir=root, callbacks=[checkpoint])
-        trainer.fit(task, data)
-        accuracy = trainer.test(task, data, ckpt_path="best", verbose=False)[0]["test/acc"]
+    accuracy = fit_and_test(task, data, epochs)["test/acc"]
     task.eval()
     with torch.no_grad(), FiringRateRecorder(task.model) as recorder:
         for x, _ in data.test_dataloader():
