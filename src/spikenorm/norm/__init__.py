@@ -8,6 +8,7 @@ from typing import Any
 
 from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, TimeMajorNorm
 from spikenorm.norm.batchnorm import BNTT, TDBN, VanillaBN
+from spikenorm.norm.carebn import CaReBN, ca_bn_update, ca_bn_updates
 from spikenorm.norm.mpbn import MPBN
 from spikenorm.norm.osr import OSR
 from spikenorm.norm.stats import batch_moments
@@ -32,6 +33,7 @@ def build_norm(name: str, num_features: int, **kwargs: Any) -> TimeMajorNorm:
 
 __all__ = [
     "BNTT",
+    "CaReBN",
     "FoldTarget",
     "MPBN",
     "NoNorm",
@@ -41,5 +43,7 @@ __all__ = [
     "VanillaBN",
     "available_norms",
     "batch_moments",
+    "ca_bn_update",
+    "ca_bn_updates",
     "build_norm",
 ]

@@ -48,6 +48,9 @@ class TimeMajorNorm(nn.Module):
     """
 
     fold_target: ClassVar[FoldTarget] = "unfoldable"
+    #: whether the running variance estimates the unbiased (Bessel-corrected) variance, as torch BN does;
+    #: exact re-calibration (:func:`spikenorm.recalibrate.recalibrate_bn`) writes the same kind
+    running_var_unbiased: ClassVar[bool] = True
 
     def __init__(
         self,

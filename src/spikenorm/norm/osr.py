@@ -53,6 +53,7 @@ class OSR(TimeMajorNorm, SequenceAware):
     """
 
     fold_target: ClassVar[FoldTarget] = "weights"
+    running_var_unbiased: ClassVar[bool] = False  # the paper's all-time variance is the pooled biased one
 
     def __init__(
         self,

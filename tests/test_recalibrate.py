@@ -1,0 +1,92 @@
+"""Re-BN / exact recalibration against pooled numpy statistics; the Chan merge against direct pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikenorm.neurons import LIF
+from spikenorm.norm import build_norm
+from spikenorm.recalibrate import PooledMoments, recalibrate_bn
+
+T, B, F = 5, 16, 6
+
+
+def actor_like(norm: str) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, F), build_norm(norm, F), LIF(decay=0.75, threshold=0.5),
+                         nn.Linear(F, F), build_norm(norm, F), LIF(decay=0.75, threshold=0.5)).double()
+
+
+def batches(m=6):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(T, B, 4, generator=g, dtype=torch.float64) * (1 + j) + j for j in range(m)]
+
+
+def test_chan_merge_equals_direct_pooling():
+    data = [np.random.default_rng(i).normal(i, 1 + i, size=(3 + i, 7)) for i in range(5)]
+    moments = PooledMoments()
+    for d in data:
+        moments.add(torch.from_numpy(d), dims=(0,))
+    pooled = np.concatenate(data)
+    np.testing.assert_allclose(moments.mean.numpy(), pooled.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(moments.variance(unbiased=False).numpy(), pooled.var(0), rtol=1e-12)
+    np.testing.assert_allclose(moments.variance(unbiased=True).numpy(), pooled.var(0, ddof=1), rtol=1e-12)
+
+
+def _inputs_of(model, layer, data):
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
+    with torch.no_grad():
+        for x in data:
+            model(x)
+    handle.remove()
+    return torch.cat([c.reshape(-1, F) for c in captured]).numpy()
+
+
+@pytest.mark.parametrize("norm", ["carebn", "tdbn", "bn"])
+def test_exact_mode_gives_pooled_statistics_of_every_layer(norm):
+    model = actor_like(norm)
+    model.train()
+    data = batches()
+    report = recalibrate_bn(model, data)
+    assert model.training and all(m.training for m in model.modules())  # flags restored
+    model.eval()
+    for index in (1, 4):
+        layer = model[index]
+        x = _inputs_of(model, layer, data)  # with upstream layers on their final statistics
+        ddof = 1 if layer.running_var_unbiased else 0
+        np.testing.assert_allclose(layer.running_mean.numpy(), x.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.running_var.numpy(), x.var(0, ddof=ddof), rtol=1e-10)
+    assert set(report.layers) == {"1", "4"} and report.layers["1"].samples == len(data) * T * B
+    assert report.layers["1"].stat_error > 0
+
+
+def test_statistics_equal_those_of_the_concatenated_data():
+    model = actor_like("carebn")
+    data = batches()
+    recalibrate_bn(model, data)
+    concatenated = torch.cat(data, dim=1)  # one batch holding every sample
+    x = model[0](concatenated).reshape(-1, F).detach().numpy()
+    np.testing.assert_allclose(model[1].running_mean.numpy(), x.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model[1].running_var.numpy(), x.var(0), rtol=1e-10)
+
+
+def test_single_pass_matches_exact_on_the_first_layer_only():
+    exact, single = actor_like("carebn"), actor_like("carebn")
+    data = batches()
+    recalibrate_bn(exact, data, mode="exact")
+    recalibrate_bn(single, data, mode="single_pass")
+    torch.testing.assert_close(single[1].running_mean, exact[1].running_mean, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(single[4].running_mean, exact[4].running_mean)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_bn(actor_like("tdbn"), [])
+    with pytest.raises(ValueError, match="no norm layer"):
+        recalibrate_bn(nn.Linear(2, 2), [torch.zeros(1, 2)])
+    with pytest.raises(ValueError, match="unknown recalibration mode"):
+        recalibrate_bn(actor_like("tdbn"), batches(), mode="fast")
