@@ -1,5 +1,6 @@
 """Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring)."""
 
 from spikenorm.callbacks.fold import FoldNormalization
+from spikenorm.callbacks.recalibration import ReplayRecalibration
 
-__all__ = ["FoldNormalization"]
+__all__ = ["FoldNormalization", "ReplayRecalibration"]

@@ -14,3 +14,7 @@ __all__ = [
     "TimeDistributed",
     "VGG_CONFIGS",
 ]
+
+from spikenorm.models.rl import DDPGCritic, PopSANActor, PopulationDecoder, PopulationEncoder, TwinQCritic
+
+__all__ += ["DDPGCritic", "PopSANActor", "PopulationDecoder", "PopulationEncoder", "TwinQCritic"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,12 @@ class CaBNState:
 
 
 def ca_bn_update(
-    state: CaBNState, batch_mean: Tensor, batch_var: Tensor, momentum: float = 0.8, sample_count: float = 255.0
+    state: CaBNState,
+    batch_mean: Tensor,
+    batch_var: Tensor,
+    momentum: float = 0.8,
+    sample_count: float = 255.0,
+    prior: Literal["innovation", "debiased"] = "innovation",
 ) -> tuple[CaBNState, Tensor, Tensor]:
     """One confidence-adaptive update of the running statistics (methods.md 1.3, the reference code).
 
@@ -40,10 +45,15 @@ def ca_bn_update(
         K_mu = P_mu / (P_mu + var_b / N),   K_v = P_v / (P_v + 2 var_b^2 / N)
         mu_hat <- mu_hat + K_mu d_mu,       var_hat <- var_hat + K_v d_v
 
-    ``var_b / N`` and ``2 var_b^2 / N`` are the sampling variances of the batch mean and variance; ``N`` is
-    ``sample_count``: 255 in the reference code (batch 256 minus one, ignoring the T time steps pooled);
-    pass the pooled count ``B * T`` for the textbook value. The gains lie in [0, 1]: under drift the
-    innovations grow and ``K -> 1`` (fast tracking); when stable ``K -> 0`` (noise suppression).
+    ``var_b / N`` and ``2 var_b^2 / N`` are the sampling variances ``R`` of the batch mean and variance;
+    ``N`` is ``sample_count``: 255 in the reference code (batch 256 minus one, ignoring the T time steps
+    pooled); pass the pooled count ``B * T`` for the textbook value. The gains lie in [0, 1].
+
+    ``prior="innovation"`` (default, the reference code) uses ``P`` as the prior error variance. But the
+    innovation ``d`` contains the batch's own sampling noise, ``E[d^2] = P_prior + R``, so ``P`` is biased
+    upward by ``R`` and the gain never falls below about 0.56 in a stable phase (reviewers raised this;
+    ``benchmarks/bn_tracking.py`` measures it). ``prior="debiased"`` uses the Kalman estimate
+    ``P_prior = max(P - R, 0)``, so ``K -> 0`` when the statistics are stable and ``K -> 1`` under drift.
 
     Returns:
         The new state and the gains ``(K_mu, K_v)``.
@@ -51,9 +61,15 @@ def ca_bn_update(
     d_mean, d_var = batch_mean - state.mean, batch_var - state.var
     p_mean = momentum * state.p_mean + (1 - momentum) * d_mean**2
     p_var = momentum * state.p_var + (1 - momentum) * d_var**2
+    if prior not in ("innovation", "debiased"):
+        raise ValueError(f"prior must be 'innovation' or 'debiased', got {prior!r}")
+    noise_mean, noise_var = batch_var / sample_count, 2 * batch_var**2 / sample_count
+    prior_mean, prior_var = p_mean, p_var
+    if prior == "debiased":
+        prior_mean, prior_var = (p_mean - noise_mean).clamp_min(0), (p_var - noise_var).clamp_min(0)
     tiny = torch.finfo(p_mean.dtype).tiny
-    gain_mean = p_mean / (p_mean + batch_var / sample_count).clamp_min(tiny)
-    gain_var = p_var / (p_var + 2 * batch_var**2 / sample_count).clamp_min(tiny)
+    gain_mean = prior_mean / (prior_mean + noise_mean).clamp_min(tiny)
+    gain_var = prior_var / (prior_var + noise_var).clamp_min(tiny)
     new = CaBNState(state.mean + gain_mean * d_mean, state.var + gain_var * d_var, p_mean, p_var)
     return new, gain_mean, gain_var
 
@@ -75,6 +91,7 @@ class CaReBN(TimeMajorNorm):
     Args:
         innovation_momentum: ``m`` of the innovation EMA (0.8 in the reference code).
         sample_count: ``N`` of the gains; ``None`` uses the pooled sample count of each batch (``B T``).
+        prior: ``"innovation"`` (the reference code) or ``"debiased"`` (see :func:`ca_bn_update`).
         v_th: threshold of the following neuron, for the initial ``gamma = beta = v_th / 2``.
     """
 
@@ -86,6 +103,7 @@ class CaReBN(TimeMajorNorm):
         num_features: int,
         innovation_momentum: float = 0.8,
         sample_count: float | None = 255.0,
+        prior: Literal["innovation", "debiased"] = "innovation",
         v_th: float = 0.5,
         **kwargs: object,
     ) -> None:
@@ -94,8 +112,11 @@ class CaReBN(TimeMajorNorm):
             raise ValueError(f"innovation_momentum must be in [0, 1), got {innovation_momentum}")
         if sample_count is not None and sample_count <= 0:
             raise ValueError(f"sample_count must be > 0 or None, got {sample_count}")
+        if prior not in ("innovation", "debiased"):
+            raise ValueError(f"prior must be 'innovation' or 'debiased', got {prior!r}")
         self.innovation_momentum = innovation_momentum
         self.sample_count = sample_count
+        self.prior = prior
         if self.affine:
             with torch.no_grad():
                 self.weight.fill_(v_th / 2)
@@ -116,7 +137,7 @@ class CaReBN(TimeMajorNorm):
         """One Ca-BN update of the running statistics with a batch's pooled mean and biased variance."""
         state = CaBNState(self.running_mean, self.running_var, self.p_mean, self.p_var)
         n = float(count) if self.sample_count is None else self.sample_count
-        new, gain_mean, gain_var = ca_bn_update(state, batch_mean, batch_var, self.innovation_momentum, n)
+        new, gain_mean, gain_var = ca_bn_update(state, batch_mean, batch_var, self.innovation_momentum, n, self.prior)
         self.running_mean.copy_(new.mean)
         self.running_var.copy_(new.var)
         self.p_mean.copy_(new.p_mean)
@@ -126,7 +147,7 @@ class CaReBN(TimeMajorNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (
-            f", innovation_momentum={self.innovation_momentum}, sample_count={self.sample_count}"
+            f", innovation_momentum={self.innovation_momentum}, sample_count={self.sample_count}, prior={self.prior!r}"
         )
 
 

@@ -1,0 +1,410 @@
+"""Reinforcement-learning models: the population-coded spiking actor of CaRe-BN and ANN critics.
+
+The actor (:class:`PopSANActor`, methods.md 1.2, after PopSAN, Tang et al. 2020) takes a plain batch of
+observations ``[B, obs_dim]`` and encodes time itself:
+
+    obs -> tanh -> Gaussian receptive fields (``pop_dim`` neurons per observation dimension)
+        -> deterministic regular spike trains over ``T`` steps                 [T, B, obs_dim * pop_dim]
+        -> [Linear -> norm -> neuron] x len(hidden)
+        -> Linear -> norm -> neuron   (the output population, normalised too)  [T, B, act_dim * pop_dim]
+        -> mean over T -> one learned weighted sum per action dimension       [B, act_dim]
+        -> tanh * max_action
+
+Inside the network every activation is time-major ``[T, B, ...]``, so the norm layers, neurons and
+:func:`spikenorm.fold.fold_model` treat it like every other spikenorm model. The neurons are multi-step and
+stateless: every call (every environment step) starts from zero membrane state.
+
+The critics (:class:`TwinQCritic` for TD3, :class:`DDPGCritic` for DDPG) are the reference code's ANN
+critics on ``concat[obs, action]`` (methods.md 1.4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+from torch import Tensor, nn
+
+from spikenorm.models.layers import SpikingLayerFactory, SurrogateSpec, spiking_linear
+from spikenorm.validation import check_time_major
+
+__all__ = [
+    "DDPGCritic",
+    "PopSANActor",
+    "PopulationDecoder",
+    "PopulationEncoder",
+    "TwinQCritic",
+    "regular_spike_train",
+]
+
+
+# --- input checks ------------------------------------------------------------------------------------
+
+
+def check_batch_input(x: Tensor, where: str, features: int, name: str = "obs") -> None:
+    """Raise a clear error unless ``x`` is a floating batch ``[B, features]`` with ``B >= 1``.
+
+    Registered with ``torch.fx.wrap``, so a traced (folded) actor keeps the check as one graph node.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where} expects {name} as a torch.Tensor [B, {features}], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{where} expects a floating-point {name} [B, {features}], got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != features or x.shape[0] < 1:
+        hint = ""
+        if x.ndim == 1 and x.shape[0] == features:
+            hint = f"; a single {name} needs a batch axis: {name}.unsqueeze(0)"
+        elif x.ndim == 3:
+            hint = " (the actor encodes time itself: give a plain batch, not [T, B, ...])"
+        raise ValueError(f"{where} expects {name} of shape [B, {features}], got shape {tuple(x.shape)}{hint}")
+
+
+torch.fx.wrap("check_batch_input")
+
+
+def check_spike_input(x: Tensor, where: str, features: int) -> None:
+    """Raise a clear error unless ``x`` is time-major ``[T, B, features]`` (fx-wrapped like the above)."""
+    check_time_major(x, where, min_ndim=3, channels=features)
+    if x.ndim != 3:
+        raise ValueError(f"{where} expects spikes of shape [T, B, {features}], got shape {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_spike_input")
+
+
+def _check_same_batch(obs: Tensor, action: Tensor, where: str) -> None:
+    if obs.shape[0] != action.shape[0]:
+        raise ValueError(
+            f"{where} expects obs and action with the same batch size, got obs {tuple(obs.shape)} and "
+            f"action {tuple(action.shape)}"
+        )
+
+
+# --- encoder -----------------------------------------------------------------------------------------
+
+
+class _StraightThroughSpike(torch.autograd.Function):
+    """Forward ``1[v > threshold]``; backward passes the gradient unchanged (identity)."""
+
+    @staticmethod
+    def forward(ctx: Any, v: Tensor, threshold: float) -> Tensor:
+        return (v > threshold).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        return grad_output, None
+
+
+def regular_spike_train(act: Tensor, time_steps: int, threshold: float = 0.999) -> Tensor:
+    """Deterministic regular spike trains of ``act`` (``[B, ...]`` in ``[0, 1]``) over ``time_steps`` steps.
+
+    An integrate-and-fire generator with soft reset, per element::
+
+        v_t = v_{t-1} + a;   s_t = 1[v_t > threshold];   v_t <- v_t - threshold * s_t     (v_0 = 0)
+
+    so ``a`` fires about ``floor(t a / threshold)`` times in the first ``t`` steps (``a = 0.5`` fires at
+    steps 2 and 4 of 5). The spike's gradient w.r.t. ``v_t`` is the identity (straight-through, PopSAN's
+    ``PseudoEncoderSpikeRegular``); as in the reference code the reset is not detached, so
+    ``ds_t/da = sum_{k<t} (1 - threshold)^k``, i.e. 1 up to 0.1 %.
+
+    Returns:
+        Spikes ``[time_steps, B, ...]`` (time-major).
+    """
+    v = torch.zeros_like(act)
+    spikes = []
+    for _ in range(time_steps):
+        v = v + act
+        s = _StraightThroughSpike.apply(v, threshold)
+        v = v - threshold * s
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+torch.fx.wrap("regular_spike_train")
+
+
+class PopulationEncoder(nn.Module):
+    """Learnable Gaussian population coding of observations into regular spike trains (PopSAN).
+
+    ``obs [B, obs_dim] -> o = tanh(obs)``; neuron ``j`` of dimension ``i`` has activation
+    ``a_ij = exp(-(o_i - m_ij)^2 / (2 s_ij^2))`` with learnable means ``m`` (initialised evenly spaced on
+    ``mean_range`` for every dimension) and stds ``s`` (initialised to ``std``), both ``nn.Parameter``
+    of shape ``[obs_dim, pop_dim]``; then :func:`regular_spike_train` over ``time_steps`` steps.
+
+    Output: spikes ``[T, B, obs_dim * pop_dim]``, dimension-major (the ``pop_dim`` neurons of observation
+    dimension ``i`` are features ``i * pop_dim ... (i + 1) * pop_dim - 1``).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        pop_dim: int = 10,
+        mean_range: tuple[float, float] = (-1.0, 1.0),
+        std: float = math.sqrt(0.05),
+        time_steps: int = 5,
+        threshold: float = 0.999,
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or pop_dim < 1:
+            raise ValueError(f"obs_dim and pop_dim must be >= 1, got obs_dim={obs_dim}, pop_dim={pop_dim}")
+        if time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        low, high = (float(v) for v in mean_range)
+        self.obs_dim = obs_dim
+        self.pop_dim = pop_dim
+        self.time_steps = time_steps
+        self.threshold = float(threshold)
+        centres = torch.linspace(low, high, pop_dim) if pop_dim > 1 else torch.tensor([(low + high) / 2])
+        self.mean = nn.Parameter(centres.repeat(obs_dim, 1))
+        self.std = nn.Parameter(torch.full((obs_dim, pop_dim), float(std)))
+
+    @property
+    def out_features(self) -> int:
+        return self.obs_dim * self.pop_dim
+
+    def activation(self, obs: Tensor) -> Tensor:
+        """Receptive-field activations ``[B, obs_dim * pop_dim]`` of ``obs [B, obs_dim]`` (in ``(0, 1]``)."""
+        check_batch_input(obs, type(self).__name__, self.obs_dim)
+        o = torch.tanh(obs).unsqueeze(-1)  # [B, obs_dim, 1]
+        act = torch.exp(-0.5 * (o - self.mean) ** 2 / self.std**2)
+        return act.flatten(1)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return regular_spike_train(self.activation(obs), self.time_steps, self.threshold)
+
+    def extra_repr(self) -> str:
+        return (
+            f"obs_dim={self.obs_dim}, pop_dim={self.pop_dim}, time_steps={self.time_steps}, "
+            f"threshold={self.threshold}"
+        )
+
+
+# --- decoder -----------------------------------------------------------------------------------------
+
+
+class PopulationDecoder(nn.Module):
+    """Firing rates of the output populations -> one learned weighted sum per action dimension.
+
+    ``spikes [T, B, act_dim * pop_dim] -> rate = mean over T -> [B, act_dim, pop_dim]`` -> grouped
+    ``Conv1d(act_dim, act_dim, kernel_size=pop_dim, groups=act_dim)`` (weights and a bias per action
+    dimension) -> raw actions ``[B, act_dim]`` (the actor applies ``tanh * max_action``).
+    """
+
+    def __init__(self, act_dim: int, pop_dim: int = 10) -> None:
+        super().__init__()
+        if act_dim < 1 or pop_dim < 1:
+            raise ValueError(f"act_dim and pop_dim must be >= 1, got act_dim={act_dim}, pop_dim={pop_dim}")
+        self.act_dim = act_dim
+        self.pop_dim = pop_dim
+        self.decoder = nn.Conv1d(act_dim, act_dim, kernel_size=pop_dim, groups=act_dim)
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        check_spike_input(spikes, type(self).__name__, self.act_dim * self.pop_dim)
+        rate = spikes.mean(0)  # [B, act_dim * pop_dim]
+        return self.decoder(rate.unflatten(1, (self.act_dim, self.pop_dim))).squeeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"act_dim={self.act_dim}, pop_dim={self.pop_dim}"
+
+
+# --- actor -------------------------------------------------------------------------------------------
+
+
+class PopSANActor(nn.Module):
+    """Population-coded spiking actor of CaRe-BN (methods.md 1.2): ``obs [B, obs_dim] -> action [B, act_dim]``.
+
+    ``encoder`` (:class:`PopulationEncoder`) -> ``snn``: ``[Linear -> norm -> neuron]`` for every width in
+    ``hidden`` and once more for the output population (``act_dim * pop_dim`` neurons), so there are
+    ``len(hidden) + 1`` norm layers, the output population's included, as in the reference -> ``decoder``
+    (:class:`PopulationDecoder`) -> ``tanh(.) * max_action``.
+
+    The linear layers have no bias when followed by a norm (it would be cancelled by the normalisation);
+    with ``norm="none"`` they keep it. Every call starts from zero neuron state (the neurons are stateless
+    multi-step modules), i.e. the state is reset at every environment step as in the reference.
+
+    Defaults follow the reference code: CLIF neurons (current decay 0.5, voltage decay 0.75, threshold
+    0.5, hard reset, reset gradient not detached), rectangular surrogate of width 1, CaRe-BN norms with
+    ``gamma = beta = v_th / 2``.
+
+    Args:
+        obs_dim: observation size.
+        act_dim: action size.
+        max_action: action bound, one float for every dimension or one per dimension (a buffer).
+        hidden: widths of the hidden spiking layers.
+        pop_dim: encoder and output neurons per observation / action dimension.
+        time_steps: ``T`` of the spike trains.
+        norm: registered norm name (``carebn``, ``bn``, ``tdbn``, ``none``, ...).
+        neuron: registered neuron name (``clif``, ``lif``, ``if``).
+        surrogate: surrogate name, Surrogate or callable.
+        norm_kwargs: options of every norm. ``carebn`` and ``tdbn`` get ``v_th`` = the neuron threshold
+            unless given; ``bntt`` gets ``time_steps`` unless given.
+        neuron_kwargs: options of every neuron; ``threshold`` defaults to 0.5 and, for ``lif``, ``decay``
+            to 0.75 (the reference's LIF).
+        surrogate_kwargs: options of a named surrogate (``rectangle``: ``width``, default 1).
+        mean_range: initial span of the encoder means.
+        encoder_std: initial std of the encoder's receptive fields.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        max_action: float | list[float],
+        hidden: Sequence[int] = (256, 256),
+        pop_dim: int = 10,
+        time_steps: int = 5,
+        norm: str = "carebn",
+        neuron: str = "clif",
+        surrogate: SurrogateSpec = "rectangle",
+        norm_kwargs: dict[str, Any] | None = None,
+        neuron_kwargs: dict[str, Any] | None = None,
+        surrogate_kwargs: dict[str, Any] | None = None,
+        mean_range: tuple[float, float] = (-1.0, 1.0),
+        encoder_std: float = math.sqrt(0.05),
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+        hidden = [int(h) for h in hidden]
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"hidden must hold at least one positive width, got {hidden}")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.pop_dim = pop_dim
+        self.time_steps = time_steps
+        self.register_buffer("max_action", _action_bound(max_action, act_dim))
+
+        neuron_kwargs = dict(neuron_kwargs or {})
+        neuron_kwargs.setdefault("threshold", 0.5)
+        if isinstance(neuron, str) and neuron.lower() == "lif":
+            neuron_kwargs.setdefault("decay", 0.75)
+        norm_kwargs = dict(norm_kwargs or {})
+        threshold = neuron_kwargs["threshold"]
+        if isinstance(norm, str) and norm.lower() in ("carebn", "tdbn") and isinstance(threshold, (int, float)):
+            norm_kwargs.setdefault("v_th", float(threshold))
+        if isinstance(norm, str) and norm.lower() == "bntt":
+            norm_kwargs.setdefault("time_steps", time_steps)
+        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+
+        self.encoder = PopulationEncoder(obs_dim, pop_dim, mean_range, encoder_std, time_steps)
+        widths = [self.encoder.out_features, *hidden, act_dim * pop_dim]
+        self.snn = nn.Sequential(*(spiking_linear(factory, a, b) for a, b in zip(widths, widths[1:])))
+        self.decoder = PopulationDecoder(act_dim, pop_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """``obs [B, obs_dim]`` -> actions ``[B, act_dim]`` in ``[-max_action, max_action]``."""
+        check_batch_input(obs, type(self).__name__, self.obs_dim)
+        return torch.tanh(self.decoder(self.output_spikes(obs))) * self.max_action
+
+    def output_spikes(self, obs: Tensor) -> Tensor:
+        """Spikes of the output populations ``[T, B, act_dim * pop_dim]``."""
+        return self.snn(self.encoder(obs))
+
+    def norm_layers(self) -> list[nn.Module]:
+        """The norm layer of every spiking layer, input side first (the output population's last)."""
+        return [block[1] for block in self.snn]
+
+    def extra_repr(self) -> str:
+        return f"obs_dim={self.obs_dim}, act_dim={self.act_dim}, time_steps={self.time_steps}"
+
+
+def _action_bound(max_action: float | Sequence[float] | Tensor, act_dim: int) -> Tensor:
+    bound = torch.as_tensor(max_action, dtype=torch.get_default_dtype()).detach().clone()
+    if bound.ndim == 0:
+        bound = bound.expand(act_dim).clone()
+    if bound.shape != (act_dim,):
+        raise ValueError(
+            f"max_action must be one float or {act_dim} floats (one per action dimension), got shape "
+            f"{tuple(bound.shape)}"
+        )
+    if not bool(torch.isfinite(bound).all()) or not bool((bound > 0).all()):
+        raise ValueError(f"max_action must be finite and > 0, got {bound.tolist()}")
+    return bound
+
+
+# --- critics -----------------------------------------------------------------------------------------
+
+
+def _mlp(in_features: int, hidden: Sequence[int], out_features: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+class _Critic(nn.Module):
+    obs_dim: int
+    act_dim: int
+
+    def check_inputs(self, obs: Tensor, action: Tensor) -> None:
+        where = type(self).__name__
+        check_batch_input(obs, where, self.obs_dim, "obs")
+        check_batch_input(action, where, self.act_dim, "action")
+        _check_same_batch(obs, action, where)
+
+
+class TwinQCritic(_Critic):
+    """TD3's clipped double-Q critic: two independent ReLU MLPs on ``concat[obs, action]``.
+
+    Each is ``Linear(obs_dim + act_dim, 256) -> ReLU -> Linear(256, 256) -> ReLU -> Linear(256, 1)`` (with
+    the default ``hidden``). ``forward(obs, action) -> (q1, q2)``, each ``[B, 1]``; :meth:`q1` evaluates
+    only the first (the actor loss).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.q1_net = _mlp(obs_dim + act_dim, hidden)
+        self.q2_net = _mlp(obs_dim + act_dim, hidden)
+
+    def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_inputs(obs, action)
+        x = torch.cat([obs, action], dim=1)
+        return self.q1_net(x), self.q2_net(x)
+
+    def q1(self, obs: Tensor, action: Tensor) -> Tensor:
+        """The first Q estimate ``[B, 1]``."""
+        self.check_inputs(obs, action)
+        return self.q1_net(torch.cat([obs, action], dim=1))
+
+
+class DDPGCritic(_Critic):
+    """DDPG critic of the reference code (methods.md 1.4): the action joins after the first layer.
+
+    ``h = ReLU(Linear(obs_dim, 400)(obs))``, ``h = ReLU(Linear(400 + act_dim, 300)(concat[h, action]))``,
+    ``q = Linear(300, 1)(h)`` ``[B, 1]``. :meth:`q1` is the same (so TD3 and DDPG tasks share one actor
+    loss call).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, int] = (400, 300)) -> None:
+        super().__init__()
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+        if len(hidden) != 2:
+            raise ValueError(f"DDPGCritic takes two hidden widths (obs layer, joint layer), got {hidden}")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.l1 = nn.Linear(obs_dim, hidden[0])
+        self.l2 = nn.Linear(hidden[0] + act_dim, hidden[1])
+        self.l3 = nn.Linear(hidden[1], 1)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        self.check_inputs(obs, action)
+        h = torch.relu(self.l1(obs))
+        h = torch.relu(self.l2(torch.cat([h, action], dim=1)))
+        return self.l3(h)
+
+    def q1(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Same as :meth:`forward`: the single Q estimate ``[B, 1]``."""
+        return self(obs, action)

@@ -1,0 +1,48 @@
+"""TorchRL glue: env factory, BN-aware target updates, and collection with the policy in eval mode.
+
+TorchRL gets two things wrong for normalized (spiking) actors and critics, and this package fixes them:
+
+* ``torchrl.objectives.SoftUpdate`` averages parameters only, so BN running statistics of target
+  networks never move. :func:`soft_update` also averages floating-point buffers.
+* Collectors never switch the policy to eval mode, so BN layers run on single-sample batches and
+  rollouts overwrite their running statistics. :func:`make_collector` runs the policy through
+  :class:`EvalModePolicy`.
+"""
+
+from spikenorm.rl.collect import (
+    BatchedActor,
+    EvalModePolicy,
+    TD3GaussianNoise,
+    eval_mode,
+    make_collector,
+    make_exploration_policy,
+    make_policy,
+)
+from spikenorm.rl.envs import (
+    action_bounds,
+    action_dim,
+    available_mujoco_envs,
+    bounds_from_spec,
+    make_env,
+    observation_dim,
+)
+from spikenorm.rl.target import hard_update, make_target, soft_update
+
+__all__ = [
+    "BatchedActor",
+    "EvalModePolicy",
+    "TD3GaussianNoise",
+    "action_bounds",
+    "action_dim",
+    "available_mujoco_envs",
+    "bounds_from_spec",
+    "eval_mode",
+    "hard_update",
+    "make_collector",
+    "make_env",
+    "make_exploration_policy",
+    "make_policy",
+    "make_target",
+    "observation_dim",
+    "soft_update",
+]

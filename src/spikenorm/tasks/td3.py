@@ -1,0 +1,261 @@
+"""Online off-policy RL with spiking actors: TD3 and DDPG as a LightningModule over TorchRL primitives."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from tensordict import TensorDict
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+from spikenorm.models.rl import DDPGCritic, PopSANActor, TwinQCritic
+from spikenorm.norm.carebn import ca_bn_updates
+from spikenorm.rl import (
+    action_bounds,
+    action_dim,
+    eval_mode,
+    hard_update,
+    make_collector,
+    make_env,
+    make_policy,
+    make_target,
+    observation_dim,
+    soft_update,
+)
+
+
+class _Ticks(IterableDataset):
+    """``count`` integers: one per training iteration (Lightning needs a loader; the data is the env)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.count))
+
+
+class SpikingTD3(LightningModule):
+    """TD3 (or DDPG) with a spiking actor, trained online on a gymnasium MuJoCo env (methods.md 1.4).
+
+    Each training iteration collects ``frames_per_batch`` environment steps with a TorchRL ``Collector``
+    (the policy in eval mode: BN layers use their running statistics, so a batch of one works; Gaussian
+    exploration noise; uniform random actions for the first ``warmup_steps``), stores them in a TensorDict
+    replay buffer, and then makes ``updates_per_step`` gradient updates per collected step:
+
+    * critic: ``y = r + gamma (1 - terminated) min(Q1', Q2')(s', clip(actor'(s') + clip(N(0, policy_noise),
+      +-noise_clip)))`` (TD3; DDPG: one critic, no target noise), MSE loss;
+    * actor, every ``policy_delay`` updates (DDPG: every update): ``-Q1(s, actor(s))``; this is the only
+      training-mode actor forward, and it is where CaRe-BN's confidence-adaptive update happens
+      (:func:`spikenorm.norm.carebn.ca_bn_updates`);
+    * targets: Polyak averaging with ``tau`` over parameters *and* BN statistics, as the CaRe-BN reference
+      code does (TorchRL's ``SoftUpdate`` skips BN buffers), or a hard copy every ``hard_update_every``
+      updates. The target actor always runs in eval mode.
+
+    The losses are written here rather than taken from TorchRL's ``TD3Loss``, whose target networks are
+    copied and soft-updated inside the loss without BN statistics and evaluated in training mode.
+
+    Every ``eval_every`` env steps, ``eval_episodes`` episodes with the deterministic actor (eval mode) on a
+    separate env seeded ``seed + 100`` are logged as ``rl/eval_return``; finished training episodes as
+    ``rl/train_return``; throughput as ``rl/env_steps_per_s``.
+
+    Args:
+        env_name: a gymnasium MuJoCo v5 env id.
+        total_env_steps: environment steps to train for (warm-up included).
+        actor_norm, neuron: the PopSAN actor's norm (``carebn``, ``bn``, ``tdbn``, ``none``) and neuron.
+        algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau per methods.md 1.4 when left
+            at their defaults).
+    """
+
+    def __init__(
+        self,
+        env_name: str = "InvertedPendulum-v5",
+        total_env_steps: int = 50_000,
+        warmup_steps: int = 5_000,
+        algorithm: Literal["td3", "ddpg"] = "td3",
+        actor_norm: str = "carebn",
+        neuron: str = "clif",
+        time_steps: int = 5,
+        hidden: tuple[int, ...] = (256, 256),
+        batch_size: int = 256,
+        buffer_size: int = 1_000_000,
+        frames_per_batch: int = 1,
+        updates_per_step: int = 1,
+        gamma: float = 0.99,
+        tau: float | None = None,
+        target_update: Literal["soft", "hard"] = "soft",
+        hard_update_every: int = 1000,
+        policy_delay: int = 2,
+        exploration_noise: float = 0.1,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        actor_lr: float | None = None,
+        critic_lr: float | None = None,
+        critic_weight_decay: float | None = None,
+        eval_every: int = 5_000,
+        eval_episodes: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if algorithm not in ("td3", "ddpg"):
+            raise ValueError(f"unknown algorithm {algorithm!r}; available: ddpg, td3")
+        if target_update not in ("soft", "hard"):
+            raise ValueError(f"unknown target_update {target_update!r}; available: hard, soft")
+        if warmup_steps % frames_per_batch:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must be a multiple of frames_per_batch ({frames_per_batch})")
+        if warmup_steps >= total_env_steps:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must be below total_env_steps ({total_env_steps})")
+        ddpg = algorithm == "ddpg"
+        defaults = {"tau": 0.001 if ddpg else 0.005, "actor_lr": 1e-4 if ddpg else 3e-4,
+                    "critic_lr": 1e-3 if ddpg else 3e-4, "critic_weight_decay": 0.01 if ddpg else 0.0}
+        self.save_hyperparameters()
+        for key, value in defaults.items():
+            if self.hparams[key] is None:
+                self.hparams[key] = value
+        self.automatic_optimization = False
+        self.env = make_env(env_name, seed=seed)
+        self.eval_env = make_env(env_name, seed=seed + 100)
+        obs_dim, act_dim = observation_dim(self.env), action_dim(self.env)
+        low, high = action_bounds(self.env)
+        self.register_buffer("action_low", low.float())
+        self.register_buffer("action_high", high.float())
+        self.actor = PopSANActor(obs_dim, act_dim, max_action=high.float().tolist(), hidden=hidden,
+                                 time_steps=time_steps, norm=actor_norm, neuron=neuron)
+        self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
+        self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
+        self.critic_target = make_target(self.critic)
+        self.replay_buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(buffer_size), batch_size=batch_size)
+        self.env_steps = 0
+        self.updates = 0
+        self._last_eval = 0
+        self._collector = None
+        self._collector_iter: Iterator[TensorDict] | None = None
+        self._clock = time.perf_counter()
+
+    # -- Lightning plumbing -----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        iterations = -(-self.hparams.total_env_steps // self.hparams.frames_per_batch)
+        return DataLoader(_Ticks(iterations), batch_size=None)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.hparams.actor_lr)
+        critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.hparams.critic_lr,
+                                      weight_decay=self.hparams.critic_weight_decay)
+        return [actor_opt, critic_opt]
+
+    def on_fit_start(self) -> None:
+        remaining_warmup = max(0, self.hparams.warmup_steps - self.env_steps)
+        self._collector = make_collector(
+            self.env, self.actor, frames_per_batch=self.hparams.frames_per_batch,
+            total_frames=-1, init_random_frames=remaining_warmup,
+            exploration_sigma=self.hparams.exploration_noise,
+        )
+        self._collector_iter = iter(self._collector)
+        self._clock = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector, self._collector_iter = None, None
+
+    # -- one iteration -------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        frames = next(self._collector_iter)
+        frames = frames.reshape(-1)
+        self.replay_buffer.extend(frames.cpu())
+        self.env_steps += frames.numel()
+        self._log_episodes(frames)
+        if self.env_steps >= self.hparams.warmup_steps and len(self.replay_buffer) >= self.hparams.batch_size:
+            for _ in range(frames.numel() * self.hparams.updates_per_step):
+                self.update(self.replay_buffer.sample())
+        elapsed = time.perf_counter() - self._clock
+        self.log("rl/env_steps", float(self.env_steps), on_step=True)
+        self.log("rl/env_steps_per_s", self.env_steps / max(elapsed, 1e-9), on_step=True, prog_bar=True)
+        if self.env_steps - self._last_eval >= self.hparams.eval_every:
+            self._last_eval = self.env_steps
+            self.log("rl/eval_return", self.evaluate(), on_step=True, prog_bar=True)
+
+    def _log_episodes(self, frames: TensorDict) -> None:
+        done = frames["next", "done"].reshape(-1)
+        if bool(done.any()):
+            returns = frames["next", "episode_reward"].reshape(-1)[done]
+            self.log("rl/train_return", returns.float().mean(), on_step=True, prog_bar=True)
+
+    def update(self, sample: TensorDict) -> dict[str, Tensor]:
+        """One critic update and, every ``policy_delay`` updates, one actor update and target update."""
+        hp = self.hparams
+        actor_opt, critic_opt = self.optimizers()
+        obs, action = sample["observation"].float(), sample["action"].float()
+        reward = sample["next", "reward"].float().reshape(-1, 1)
+        not_done = 1.0 - sample["next", "terminated"].float().reshape(-1, 1)
+        next_obs = sample["next", "observation"].float()
+        with torch.no_grad():
+            next_action = self.actor_target(next_obs)  # eval mode: running statistics
+            if hp.algorithm == "td3":
+                scale = self.action_high
+                noise = (torch.randn_like(next_action) * hp.policy_noise * scale).clamp(-hp.noise_clip * scale,
+                                                                                       hp.noise_clip * scale)
+                next_action = torch.maximum(torch.minimum(next_action + noise, self.action_high), self.action_low)
+                q1_next, q2_next = self.critic_target(next_obs, next_action)
+                q_next = torch.minimum(q1_next, q2_next)
+            else:
+                q_next = self.critic_target(next_obs, next_action)
+            target = reward + hp.gamma * not_done * q_next
+        if hp.algorithm == "td3":
+            q1, q2 = self.critic(obs, action)
+            critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        else:
+            critic_loss = F.mse_loss(self.critic(obs, action), target)
+        critic_opt.zero_grad()
+        self.manual_backward(critic_loss)
+        critic_opt.step()
+        self.updates += 1
+        losses = {"critic_loss": critic_loss.detach()}
+        if hp.algorithm == "ddpg" or self.updates % hp.policy_delay == 0:
+            with ca_bn_updates(self.actor):  # the only training-mode actor forward: CaRe-BN updates here
+                policy_action = self.actor(obs)
+            q = self.critic.q1(obs, policy_action) if hp.algorithm == "td3" else self.critic(obs, policy_action)
+            actor_loss = -q.mean()
+            actor_opt.zero_grad()
+            self.manual_backward(actor_loss)
+            actor_opt.step()
+            self._update_targets()
+            losses["actor_loss"] = actor_loss.detach()
+        for key, value in losses.items():
+            self.log(f"train/{key}", value, on_step=True)
+        return losses
+
+    def _update_targets(self) -> None:
+        hp = self.hparams
+        if hp.target_update == "soft":
+            soft_update(self.actor_target, self.actor, hp.tau)
+            soft_update(self.critic_target, self.critic, hp.tau)
+        elif self.updates % hp.hard_update_every < hp.policy_delay:
+            hard_update(self.actor_target, self.actor)
+            hard_update(self.critic_target, self.critic)
+
+    @torch.no_grad()
+    def evaluate(self, episodes: int | None = None, max_steps: int = 1000) -> float:
+        """Mean return of deterministic episodes on the evaluation env (actor in eval mode, no noise)."""
+        policy = make_policy(self.actor)
+        returns = []
+        with eval_mode(self.actor):
+            for _ in range(episodes or self.hparams.eval_episodes):
+                rollout = self.eval_env.rollout(max_steps, policy=policy, break_when_any_done=True)
+                returns.append(float(rollout["next", "reward"].sum()))
+        return sum(returns) / len(returns)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["spikenorm_rl"] = {"env_steps": self.env_steps, "updates": self.updates,
+                                      "last_eval": self._last_eval}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("spikenorm_rl", {})
+        self.env_steps = state.get("env_steps", 0)
+        self.updates = state.get("updates", 0)
+        self._last_eval = state.get("last_eval", 0)
