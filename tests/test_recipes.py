@@ -30,6 +30,9 @@ OVERRIDES = {
     "cifar10_resnet19_tdbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_resnet19_mpbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_vggsnn_osr.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
+    **{f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
+       for env in ("hopper", "halfcheetah", "ant", "walker2d")},
+    "quickstart_rl.yaml": [],
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -22,7 +22,7 @@ class SpikenormCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             LightningModule,
-            LightningDataModule,
+            None,  # data by class path but optional: RL tasks bring their own environment loop
             subclass_mode_model=True,
             subclass_mode_data=True,
             args=args,
@@ -35,7 +35,10 @@ class SpikenormCLI(LightningCLI):
             return
         checkpoint = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path else None
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        if self.datamodule is None:  # nothing to test on (RL): summarise what was logged during fit
+            results = [{k: float(v) for k, v in trainer.callback_metrics.items()}]
+        else:
+            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if trainer.is_global_zero:
             print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint))
 
@@ -43,7 +46,9 @@ class SpikenormCLI(LightningCLI):
 def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any) -> str:
     """Human-readable end-of-fit report."""
     lines = ["", "spikenorm summary"]
-    for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate")):
+    for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate"),
+                       ("rl/eval_return", "eval return"), ("rl/env_steps", "env steps"),
+                       ("rl/env_steps_per_s", "env steps/s")):
         if key in metrics:
             lines.append(f"  {label:<14} {float(metrics[key]):.4f}")
     if "test/acc_folded" in metrics:

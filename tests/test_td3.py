@@ -1,0 +1,87 @@
+"""SpikingTD3 end to end on MuJoCo: logging to offline W&B, eval-mode targets, checkpoint/resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from spikenorm.callbacks import ReplayRecalibration
+from spikenorm.loggers import WandbLogger, read_offline_run
+from spikenorm.tasks import SpikingTD3
+
+SMALL = dict(env_name="InvertedPendulum-v5", total_env_steps=240, warmup_steps=80, batch_size=32,
+             buffer_size=1000, hidden=(32, 32), eval_every=120, eval_episodes=1)
+
+
+def _trainer(tmp_path, callbacks=(), logger=False, **kw):
+    return Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                   callbacks=list(callbacks), log_every_n_steps=1, **kw)
+
+
+def test_td3_runs_end_to_end_and_logs_to_offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    import wandb
+
+    wandb.teardown()
+    seed_everything(0)
+    task = SpikingTD3(**SMALL)
+    target_modes: list[bool] = []
+    task.actor_target.register_forward_hook(lambda m, i, o: target_modes.append(m.training))
+    logger = WandbLogger(save_dir=str(tmp_path / "logs"))
+    recalibration = ReplayRecalibration(every_n_env_steps=100, num_batches=4, batch_size=32)
+    _trainer(tmp_path, [recalibration], logger=logger).fit(task)
+    wandb.finish()
+    assert task.env_steps == 240 and task.updates == 240 - 80 + 1
+    assert target_modes and not any(target_modes)  # the target actor always ran in eval mode
+    assert recalibration.recalibrations == 2
+    run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
+    keys = set().union(*run["history"])
+    assert {"rl/eval_return", "rl/env_steps_per_s", "train/critic_loss", "train/actor_loss"} <= keys
+    assert any(k.startswith("bn/stat_error/") for k in keys)
+
+
+def test_checkpoint_resume_restores_networks_optimizers_carebn_and_callback(tmp_path):
+    seed_everything(1)
+    task = SpikingTD3(**SMALL)
+    callback = ReplayRecalibration(every_n_env_steps=100, num_batches=2, batch_size=16)
+    trainer = _trainer(tmp_path, [callback])
+    trainer.fit(task)
+    path = tmp_path / "td3.ckpt"
+    trainer.save_checkpoint(path)
+    carebn = [m for m in task.actor.modules() if type(m).__name__ == "CaReBN"]
+    assert carebn and int(carebn[0].num_batches_tracked) > 0
+
+    restored = SpikingTD3(**SMALL)
+    restored_callback = ReplayRecalibration(every_n_env_steps=100, num_batches=2, batch_size=16)
+    resumed = _trainer(tmp_path, [restored_callback])
+    resumed.fit(restored, ckpt_path=path)  # the run is complete: this only restores
+    for (name, a), b in zip(task.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+    for opt_a, opt_b in zip(trainer.optimizers, resumed.optimizers):
+        for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
+            assert all(torch.equal(state_a[k], state_b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert (restored.env_steps, restored.updates) == (task.env_steps, task.updates)
+    assert restored_callback.state_dict() == callback.state_dict() and callback.recalibrations == 2
+
+
+def test_ddpg_and_hard_target_updates_run(tmp_path):
+    seed_everything(2)
+    task = SpikingTD3(**{**SMALL, "algorithm": "ddpg", "target_update": "hard", "hard_update_every": 20,
+                         "actor_norm": "bn"})
+    _trainer(tmp_path).fit(task)
+    assert task.updates == 240 - 80 + 1
+    for a, b in zip(task.actor.parameters(), task.actor_target.parameters()):
+        assert a.shape == b.shape
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        SpikingTD3(algorithm="sac")
+    with pytest.raises(ValueError, match="multiple of frames_per_batch"):
+        SpikingTD3(warmup_steps=101, frames_per_batch=10, total_env_steps=1000)
+    with pytest.raises(ValueError, match="must be below total_env_steps"):
+        SpikingTD3(warmup_steps=100, total_env_steps=100)
