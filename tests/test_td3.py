@@ -38,6 +38,7 @@ def test_td3_runs_end_to_end_and_logs_to_offline_wandb(tmp_path, monkeypatch):
     assert task.env_steps == 240 and task.updates == 240 - 80 + 1
     assert target_modes and not any(target_modes)  # the target actor always ran in eval mode
     assert recalibration.recalibrations == 2
+    assert [steps for steps, _ in task.eval_history] == [120, 240]
     run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
     keys = set().union(*run["history"])
     assert {"rl/eval_return", "rl/env_steps_per_s", "train/critic_loss", "train/actor_loss"} <= keys
@@ -65,6 +66,7 @@ def test_checkpoint_resume_restores_networks_optimizers_carebn_and_callback(tmp_
         for state_a, state_b in zip(opt_a.state.values(), opt_b.state.values()):
             assert all(torch.equal(state_a[k], state_b[k]) for k in ("exp_avg", "exp_avg_sq"))
     assert (restored.env_steps, restored.updates) == (task.env_steps, task.updates)
+    assert restored.eval_history == task.eval_history
     assert restored_callback.state_dict() == callback.state_dict() and callback.recalibrations == 2
 
 

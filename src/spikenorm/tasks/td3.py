@@ -132,6 +132,7 @@ class SpikingTD3(LightningModule):
         self.env_steps = 0
         self.updates = 0
         self._last_eval = 0
+        self.eval_history: list[tuple[int, float]] = []  # (env steps, mean evaluation return)
         self._collector = None
         self._collector_iter: Iterator[TensorDict] | None = None
         self._clock = time.perf_counter()
@@ -177,7 +178,8 @@ class SpikingTD3(LightningModule):
         self.log("rl/env_steps_per_s", self.env_steps / max(elapsed, 1e-9), on_step=True, prog_bar=True)
         if self.env_steps - self._last_eval >= self.hparams.eval_every:
             self._last_eval = self.env_steps
-            self.log("rl/eval_return", self.evaluate(), on_step=True, prog_bar=True)
+            self.eval_history.append((self.env_steps, self.evaluate()))
+            self.log("rl/eval_return", self.eval_history[-1][1], on_step=True, prog_bar=True)
 
     def _log_episodes(self, frames: TensorDict) -> None:
         done = frames["next", "done"].reshape(-1)
@@ -252,10 +254,11 @@ class SpikingTD3(LightningModule):
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["spikenorm_rl"] = {"env_steps": self.env_steps, "updates": self.updates,
-                                      "last_eval": self._last_eval}
+                                      "last_eval": self._last_eval, "eval_history": self.eval_history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("spikenorm_rl", {})
         self.env_steps = state.get("env_steps", 0)
         self.updates = state.get("updates", 0)
         self._last_eval = state.get("last_eval", 0)
+        self.eval_history = [tuple(e) for e in state.get("eval_history", [])]
