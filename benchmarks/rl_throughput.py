@@ -34,6 +34,12 @@ mode (``exact`` and ``single_pass``) on the trained actor. At the paper's rate (
 with ``t_env_step`` the median post-warm-up seconds per env step of the spikenorm run (collection and one
 update). Acceptance: share <= 3 % (exact mode, the default of the callback).
 
+Threads: ``--threads 1`` by default (both loops, same process). The machine these results come from has
+2 cores shared with other jobs; with torch's default of 2 intra-op threads, a concurrent process makes
+the OpenMP workers spin against each other (an actor update went from ~30 ms to over a second), so the
+numbers become noise. ``--threads 0`` keeps torch's default on an idle machine. More threads shrink the
+update, not the per-step plumbing, so the ratio is lower with more threads.
+
 A breakdown run (not timed in the table) wraps the collector iterator, replay-buffer extend/sample, the
 update, ``self.log`` and ``training_step`` of SpikingTD3 with timers, and the same parts of the plain
 loop, to show where the time per env step goes; ``--profile`` adds a cProfile top list of a spikenorm run.
@@ -374,8 +380,12 @@ def main() -> None:
                         help="extra SpikingTD3 row with this frames_per_batch (0: none)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-part timer run")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile top list of a spikenorm run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for both loops (0: torch's default); see the module doc")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.frames_per_batch and (args.warmup % args.frames_per_batch or args.steps % args.frames_per_batch):
         parser.error("--warmup and --steps must be multiples of --frames-per-batch")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -418,7 +428,8 @@ def main() -> None:
         f" medians. Steps/s over the post-warm-up part only (timestamps at the end of env step {args.warmup} and"
         f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
         f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
-        f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores).",
+        f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
+        f"torch threads {torch.get_num_threads()}.",
         "",
         "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates | vs plain |",
         "|---|---|---|---|---|---|---|",
