@@ -59,6 +59,7 @@ import logging
 import os
 import pstats
 import statistics
+import subprocess
 import time
 import warnings
 from collections import defaultdict
@@ -351,6 +352,20 @@ def time_rebn(task: SpikingTD3, mode: str) -> tuple[float, float]:
 # --- report ----------------------------------------------------------------------------------------------
 
 
+def code_state() -> str:
+    """Commit of the checkout and the library files that differ from it (results depend on them)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "callbacks"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "code state unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"commit {commit}" + (f" with uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def breakdown_rows(label: str, timers: Timers, post_s: float, steps: int) -> list[str]:
     rows = []
     for name, sec in sorted(timers.seconds.items(), key=lambda kv: -kv[1]):
@@ -429,7 +444,7 @@ def main() -> None:
         f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
         f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
         f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
-        f"torch threads {torch.get_num_threads()}.",
+        f"torch threads {torch.get_num_threads()}; {code_state()}.",
         "",
         "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates | vs plain |",
         "|---|---|---|---|---|---|---|",

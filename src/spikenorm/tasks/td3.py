@@ -133,6 +133,7 @@ class SpikingTD3(LightningModule):
         self.updates = 0
         self._last_eval = 0
         self.eval_history: list[tuple[int, float]] = []  # (env steps, mean evaluation return)
+        self._log_now = True  # whether this iteration logs its per-step scalars
         self._collector = None
         self._collector_iter: Iterator[TensorDict] | None = None
         self._clock = time.perf_counter()
@@ -165,6 +166,7 @@ class SpikingTD3(LightningModule):
 
     # -- one iteration -------------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        self._log_now = self._logging_step(batch_idx)
         frames = next(self._collector_iter)
         frames = frames.reshape(-1)
         self.replay_buffer.extend(frames.cpu())
@@ -173,13 +175,18 @@ class SpikingTD3(LightningModule):
         if self.env_steps >= self.hparams.warmup_steps and len(self.replay_buffer) >= self.hparams.batch_size:
             for _ in range(frames.numel() * self.hparams.updates_per_step):
                 self.update(self.replay_buffer.sample())
-        elapsed = time.perf_counter() - self._clock
-        self.log("rl/env_steps", float(self.env_steps), on_step=True)
-        self.log("rl/env_steps_per_s", self.env_steps / max(elapsed, 1e-9), on_step=True, prog_bar=True)
+        if self._log_now:
+            elapsed = time.perf_counter() - self._clock
+            self.log("rl/env_steps", float(self.env_steps), on_step=True)
+            self.log("rl/env_steps_per_s", self.env_steps / max(elapsed, 1e-9), on_step=True, prog_bar=True)
         if self.env_steps - self._last_eval >= self.hparams.eval_every:
             self._last_eval = self.env_steps
             self.eval_history.append((self.env_steps, self.evaluate()))
             self.log("rl/eval_return", self.eval_history[-1][1], on_step=True, prog_bar=True)
+
+    def _logging_step(self, batch_idx: int) -> bool:
+        """Log per-step scalars only on the steps Lightning writes (``self.log`` costs ~0.2 ms a call)."""
+        return (batch_idx + 1) % max(self.trainer.log_every_n_steps, 1) == 0
 
     def _log_episodes(self, frames: TensorDict) -> None:
         done = frames["next", "done"].reshape(-1)
@@ -227,8 +234,9 @@ class SpikingTD3(LightningModule):
             actor_opt.step()
             self._update_targets()
             losses["actor_loss"] = actor_loss.detach()
-        for key, value in losses.items():
-            self.log(f"train/{key}", value, on_step=True)
+        if self._log_now:
+            for key, value in losses.items():
+                self.log(f"train/{key}", value, on_step=True)
         return losses
 
     def _update_targets(self) -> None:
