@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.loggers import WandbLogger, read_offline_run
+from spikenorm.loggers import read_offline_run
 from spikenorm.tasks import SpikingTD3
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SMALL = dict(env_name="InvertedPendulum-v5", total_env_steps=240, warmup_steps=80, batch_size=32,
              buffer_size=1000, hidden=(32, 32), eval_every=120, eval_episodes=1)
 
@@ -20,25 +26,30 @@ def _trainer(tmp_path, callbacks=(), logger=False, **kw):
                    callbacks=list(callbacks), log_every_n_steps=1, **kw)
 
 
-def test_td3_runs_end_to_end_and_logs_to_offline_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    import wandb
-
-    wandb.teardown()
+def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
     seed_everything(0)
     task = SpikingTD3(**SMALL)
     target_modes: list[bool] = []
     task.actor_target.register_forward_hook(lambda m, i, o: target_modes.append(m.training))
-    logger = WandbLogger(save_dir=str(tmp_path / "logs"))
     recalibration = ReplayRecalibration(every_n_env_steps=100, num_batches=4, batch_size=32)
-    _trainer(tmp_path, [recalibration], logger=logger).fit(task)
-    wandb.finish()
+    _trainer(tmp_path, [recalibration]).fit(task)
     assert task.env_steps == 240 and task.updates == 240 - 80 + 1
     assert target_modes and not any(target_modes)  # the target actor always ran in eval mode
     assert recalibration.recalibrations == 2
     assert [steps for steps, _ in task.eval_history] == [120, 240]
+
+
+def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
+    """The real command in a fresh process (a fresh wandb service writing under tmp_path)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    env.pop("WANDB_API_KEY", None)
+    overrides = [f"--model.init_args.{k}={v}" for k, v in SMALL.items() if k != "hidden"]
+    cmd = [sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / "quickstart_rl.yaml"),
+           *overrides, "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+           "--trainer.callbacks.init_args.every_n_env_steps=100", "--trainer.callbacks.init_args.num_batches=4"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval return" in done.stdout
     run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
     keys = set().union(*run["history"])
     assert {"rl/eval_return", "rl/env_steps_per_s", "train/critic_loss", "train/actor_loss"} <= keys
