@@ -41,8 +41,10 @@ def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
 
 def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     """The real command in a fresh process (a fresh wandb service writing under tmp_path)."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
-    env.pop("WANDB_API_KEY", None)
+    # no inherited WANDB_* variables: WANDB_SERVICE would attach the child to this process's wandb service,
+    # which writes run records relative to the directory it started in
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     overrides = [f"--model.init_args.{k}={v}" for k, v in SMALL.items() if k != "hidden"]
     cmd = [sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / "quickstart_rl.yaml"),
            *overrides, "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
