@@ -63,8 +63,9 @@ import subprocess
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -72,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from common import publish, stamp
 from lightning.pytorch import Callback, Trainer, seed_everything
-
 from spikenorm.callbacks import ReplayRecalibration
+
 from spikenorm.models.rl import PopSANActor, TwinQCritic
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.recalibrate import recalibrate_bn
@@ -437,14 +438,14 @@ def main() -> None:
     lines = [
         stamp(device),
         "",
-        f"`{args.env}`, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with one "
+        (f"`{args.env}`, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with one "
         f"TD3 update each (batch {hp.batch_size}, PopSAN actor CLIF/CaRe-BN T={hp.time_steps}, twin-Q critic "
         f"{list(hp.hidden)}); loops alternated, {args.repeats} repeats (seeds {args.seed}..{args.seed + args.repeats - 1}),"
         f" medians. Steps/s over the post-warm-up part only (timestamps at the end of env step {args.warmup} and"
         f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
         f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
         f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
-        f"torch threads {torch.get_num_threads()}; {code_state()}.",
+        f"torch threads {torch.get_num_threads()}; {code_state()}."),
         "",
         "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates | vs plain |",
         "|---|---|---|---|---|---|---|",
@@ -459,10 +460,10 @@ def main() -> None:
         "",
         f"**Throughput ratio spikenorm / plain = {ratio:.3f} (target >= 0.9): {verdict}.**",
         "",
-        f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
+        (f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
         f"observations from the replay buffer, then `recalibrate_bn` on the trained actor), median of "
         f"{args.repeats}. Share at the paper's rate = t_recalibration / ({PAPER_REBN_EVERY} x t_env_step), "
-        f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm post-warm-up):",
+        f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm post-warm-up):"),
         "",
         "| mode | s / re-calibration | of which recalibrate_bn | share of training time | target <= 3% |",
         "|---|---|---|---|---|",
@@ -474,8 +475,8 @@ def main() -> None:
         lines += ["", f"In-run re-calibrations by the callback (every {PAPER_REBN_EVERY} env steps): "
                   + ", ".join(f"{d:.3f} s" for d in in_run)]
     else:
-        lines += ["", f"(The runs are shorter than {PAPER_REBN_EVERY} env steps, so the attached callback did not "
-                  "fire; the share above is computed from the timed re-calibrations.)"]
+        lines += ["", (f"(The runs are shorter than {PAPER_REBN_EVERY} env steps, so the attached callback did not "
+                  "fire; the share above is computed from the timed re-calibrations.)")]
 
     if not args.no_breakdown:
         seed = args.seed
@@ -484,11 +485,11 @@ def main() -> None:
         spike, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, timers=t_spike)
         lines += [
             "",
-            f"Where the time goes (one extra instrumented run each, seed {seed}, post-warm-up part: plain "
+            (f"Where the time goes (one extra instrumented run each, seed {seed}, post-warm-up part: plain "
             f"{plain.steps_per_s:.1f} steps/s, spikenorm {spike.steps_per_s:.1f} steps/s). Parts nest for "
             "spikenorm: `training_step` holds `collector next`, `buffer extend`, `buffer sample`, "
             "`update (incl. self.log)`, `_log_episodes` and the throughput `self.log` calls; "
-            "the rest of the wall time is Lightning's loop (and the callbacks).",
+            "the rest of the wall time is Lightning's loop (and the callbacks)."),
             "",
             "| loop | part | calls | ms / env step | share of wall |",
             "|---|---|---|---|---|",
@@ -500,10 +501,10 @@ def main() -> None:
         in_step_other = ts["training_step"] - sum(ts[k] for k in ("collector next", "buffer extend", "buffer sample",
                                                                    "update (incl. self.log)", "_log_episodes"))
         lines += [
-            f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | {outside / spike.steps * 1e3:.3f} | "
-            f"{outside / spike.post_s:.1%} |",
-            f"| spikenorm | rest of training_step (throughput self.log, ...) | | "
-            f"{in_step_other / spike.steps * 1e3:.3f} | {in_step_other / spike.post_s:.1%} |",
+            (f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | {outside / spike.steps * 1e3:.3f} | "
+            f"{outside / spike.post_s:.1%} |"),
+            (f"| spikenorm | rest of training_step (throughput self.log, ...) | | "
+            f"{in_step_other / spike.steps * 1e3:.3f} | {in_step_other / spike.post_s:.1%} |"),
         ]
     lines.append("")
     report = "\n".join(lines)
