@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,14 @@ def stamp(device: torch.device) -> str:
     """Heading line: UTC date and time, machine, torch version."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"## {now} — {machine(device)} ({device.type}), torch {torch.__version__}"
+
+
+def seed_cells(values: list[float], digits: int = 2) -> str:
+    """Table cells ``mean ± std | v1, v2, ...`` for per-seed results (no std for a single seed)."""
+    spread = f"{statistics.mean(values):.{digits}f}"
+    if len(values) > 1:
+        spread += f" ± {statistics.stdev(values):.{digits}f}"
+    return f"{spread} | {', '.join(f'{v:.{digits}f}' for v in values)}"
 
 
 def publish(name: str, title: str, report: str, save: bool) -> None:

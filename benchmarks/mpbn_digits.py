@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from common import fit_and_test, publish, stamp
+from common import fit_and_test, publish, seed_cells, stamp
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import FoldNormalization
@@ -57,8 +57,7 @@ def main() -> None:
         runs = [run(variant, seed, args.epochs) for seed in range(args.seeds)]
         acc = [100 * r["acc"] for r in runs]
         rows.append(
-            f"| {name} | {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} | "
-            f"{', '.join(f'{a:.2f}' for a in acc)} | "
+            f"| {name} | {seed_cells(acc)} | "
             f"{statistics.mean(100 * r['acc_folded'] for r in runs):.2f} | "
             f"{int(sum(r['flipped'] for r in runs))} | {statistics.mean(r['firing_rate'] for r in runs):.3f} |"
         )

@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from common import fit_and_test, publish, stamp
+from common import fit_and_test, publish, seed_cells, stamp
 from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
@@ -74,8 +74,7 @@ def main() -> None:
         acc = [100 * r["acc"] for r in runs]
         steps = [statistics.mean(r["steps"][t] for r in runs) for t in range(args.time_steps)]
         rows.append(
-            f"| {name} | {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} | "
-            f"{', '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(r['gross'] for r in runs):.3f} | "
+            f"| {name} | {seed_cells(acc)} | {statistics.mean(r['gross'] for r in runs):.3f} | "
             f"{' / '.join(f'{s:.3f}' for s in steps)} | {steps[0] / statistics.mean(steps[1:]):.2f} |"
         )
         print(rows[-1], flush=True)
