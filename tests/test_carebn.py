@@ -16,8 +16,10 @@ def drifting_batches(n=12):
     return [torch.randn(T, B, F, generator=g, dtype=torch.float64) * (1 + 0.2 * j) + 0.3 * j for j in range(n)]
 
 
-def reference_filter(batches, momentum=0.8, count=255.0):
-    """The update equations of methods.md 1.3 in plain numpy float64."""
+def reference_filter(batches, momentum=0.8, count=255.0, prior="innovation", noise="batch"):
+    """The update equations of methods.md 1.3 in plain numpy float64, with spikenorm's two corrections:
+    ``debiased`` subtracts the observation noise from the innovation EMA, ``noise="prior"`` evaluates that
+    noise at the prior variance instead of the batch's."""
     mean, var, p_mean, p_var = np.zeros(F), np.ones(F), np.zeros(F), np.zeros(F)
     gains = []
     for x in batches:
@@ -26,23 +28,32 @@ def reference_filter(batches, momentum=0.8, count=255.0):
         dm, dv = mb - mean, vb - var
         p_mean = momentum * p_mean + (1 - momentum) * dm**2
         p_var = momentum * p_var + (1 - momentum) * dv**2
-        km = p_mean / (p_mean + vb / count)
-        kv = p_var / (p_var + 2 * vb**2 / count)
+        s = vb if noise == "batch" else var
+        r_mean, r_var = s / count, 2 * s**2 / count
+        q_mean, q_var = p_mean, p_var
+        if prior == "debiased":
+            q_mean, q_var = np.maximum(p_mean - r_mean, 0), np.maximum(p_var - r_var, 0)
+        km = q_mean / (q_mean + r_mean)
+        kv = q_var / (q_var + r_var)
         mean, var = mean + km * dm, var + kv * dv
         gains.append((km, kv))
     return mean, var, gains
 
 
-@pytest.mark.parametrize("sample_count", [255.0, None])
-def test_ca_bn_update_matches_reference_and_gains_are_in_unit_interval(sample_count):
-    layer = build_norm("carebn", F, sample_count=sample_count).double()
+@pytest.mark.parametrize(
+    "sample_count, prior, noise",
+    [(255.0, "innovation", "batch"), (None, "innovation", "batch"), (255.0, "debiased", "batch"),
+     (255.0, "debiased", "prior"), (None, "innovation", "prior")],
+)
+def test_ca_bn_update_matches_reference_and_gains_are_in_unit_interval(sample_count, prior, noise):
+    layer = build_norm("carebn", F, sample_count=sample_count, prior=prior, noise=noise).double()
     data = drifting_batches()
     with ca_bn_updates(layer):
         gains = []
         for x in data:
             layer(x)
             gains.append(layer.last_gains)
-    mean, var, ref_gains = reference_filter(data, count=sample_count or float(T * B))
+    mean, var, ref_gains = reference_filter(data, count=sample_count or float(T * B), prior=prior, noise=noise)
     np.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
     np.testing.assert_allclose(layer.running_var.numpy(), var, rtol=1e-12)
     for (km, kv), (rkm, rkv) in zip(gains, ref_gains):
@@ -84,3 +95,5 @@ def test_initialisation_and_validation():
         CaReBN(3, innovation_momentum=1.0)
     with pytest.raises(ValueError, match="sample_count"):
         CaReBN(3, sample_count=0)
+    with pytest.raises(ValueError, match="noise"):
+        CaReBN(3, noise="observed")
