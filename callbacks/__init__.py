@@ -1,6 +1,7 @@
 """Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring)."""
 
+from spikenorm.callbacks.binary_export import PackedBinaryExport
 from spikenorm.callbacks.fold import FoldNormalization
 from spikenorm.callbacks.recalibration import ReplayRecalibration
 
-__all__ = ["FoldNormalization", "ReplayRecalibration"]
+__all__ = ["FoldNormalization", "PackedBinaryExport", "ReplayRecalibration"]

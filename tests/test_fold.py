@@ -13,14 +13,16 @@ from spikenorm.norm import MPBN, TimeMajorNorm, build_norm
 MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
 
 
-def vgg(elementwise=False, norm="tdbn"):
-    return SpikingVGG("small", in_channels=1, num_classes=5, input_size=8, norm=norm, membrane_norm="mpbn",
-                      membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON, surrogate="dspike")
+def vgg(elementwise=False, norm="tdbn", cfg="small", shortcuts="none"):
+    return SpikingVGG(cfg, in_channels=1, num_classes=5, input_size=8, norm=norm, membrane_norm="mpbn",
+                      membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON, surrogate="dspike",
+                      shortcuts=shortcuts)
 
 
-def resnet(elementwise=False):
+def resnet(elementwise=False, shortcuts="per_block"):
     return SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, input_size=8, membrane_norm="mpbn",
-                           membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON)
+                           membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON,
+                           shortcuts=shortcuts)
 
 
 def mlp():
@@ -29,7 +31,9 @@ def mlp():
 
 MODELS = {"vgg": (vgg, (3, 12, 1, 8, 8)), "vgg_elementwise": (lambda: vgg(True), (3, 12, 1, 8, 8)),
           "resnet": (resnet, (2, 8, 2, 8, 8)), "resnet_elementwise": (lambda: resnet(True), (2, 8, 2, 8, 8)),
-          "mlp": (mlp, (4, 16, 20))}
+          "mlp": (mlp, (4, 16, 20)),
+          "vgg_per_layer_shortcuts": (lambda: vgg(cfg=[8, 8, "A", 16, 16], shortcuts="per_layer"), (3, 12, 1, 8, 8)),
+          "resnet_per_layer_shortcuts": (lambda: resnet(shortcuts="per_layer"), (2, 8, 2, 8, 8))}
 
 
 def prepared(name: str, gamma: str, seed: int = 0, train_steps: int = 0):

@@ -200,6 +200,9 @@ def test_offline_run_holds_logged_metrics(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    wandb.teardown()  # a service left by an earlier test writes relative to its own start directory
     pl.seed_everything(0)
     data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
     module = _TinyClassifier()
@@ -220,6 +223,7 @@ def test_offline_run_holds_logged_metrics(tmp_path: Path, monkeypatch: pytest.Mo
         trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
     finally:
         logger.experiment.finish()
+        wandb.teardown()  # waits for the service to write the run's last records (the exit record)
 
     run_dirs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1

@@ -64,3 +64,50 @@ def test_model_input_errors():
         SpikingMLP(4, 2, neuron="izh")
     with pytest.raises(ValueError, match="unknown surrogate 'erf'; available"):
         SpikingResNet19(surrogate="erf")
+
+
+def test_shortcut_layouts_build_the_blocks_they_name():
+    from spikenorm.models.blocks import ResidualConvBlock
+
+    def blocks(model):
+        return [m for m in model.modules() if isinstance(m, ResidualConvBlock)]
+
+    cfg = [8, 8, "A", 16, 16, 16]
+    per_layer = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="per_layer"))
+    # every conv after the first: 8->8 (identity), 8->16 (projection), 16->16, 16->16
+    assert [len(b.layers) for b in per_layer] == [0, 0, 0, 0]
+    assert [type(b.shortcut).__name__ for b in per_layer] == ["Identity", "Sequential", "Identity", "Identity"]
+    per_block = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="per_block"))
+    # runs after the first conv: [8] | [16, 16, 16] -> [8], [16, 16], [16]
+    assert [len(b.layers) + 1 for b in per_block] == [1, 2, 1]
+    assert not blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="none"))
+    resnet = {s: blocks(SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, shortcuts=s))
+              for s in ("per_block", "per_layer", "none")}
+    assert len(resnet["per_block"]) == 8 and len(resnet["per_layer"]) == 16 and len(resnet["none"]) == 8
+    assert all(b.shortcut is None for b in resnet["none"])
+    convs = {s: sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in
+                    SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, shortcuts=s).modules())
+             for s in resnet}
+    assert len(set(convs.values())) == 1  # same 3x3 convs in every layout
+    with pytest.raises(ValueError, match="shortcuts"):
+        SpikingVGG(cfg, shortcuts="dense")
+
+
+def test_identity_shortcut_carries_the_input_spikes():
+    from spikenorm.models.blocks import ResidualConvBlock
+    from spikenorm.models.layers import SpikingLayerFactory
+
+    factory = SpikingLayerFactory(norm="bn", neuron="if", neuron_kwargs={"threshold": 0.5})
+    block = ResidualConvBlock(factory, [4, 4]).eval()
+    with torch.no_grad():
+        block.norm.weight.zero_()
+        block.norm.bias.zero_()
+    spikes = (torch.rand(3, 2, 4, 5, 5) < 0.5).float()
+    # the conv path contributes nothing: the membrane input is the input spikes themselves (above threshold)
+    assert torch.equal(block(spikes), spikes)
+    plain = ResidualConvBlock(factory, [4, 4], shortcut=False).eval()
+    plain.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        plain.norm.weight.zero_()
+        plain.norm.bias.zero_()
+    assert plain(spikes).sum() == 0

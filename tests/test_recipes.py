@@ -30,6 +30,15 @@ OVERRIDES = {
     "cifar10_resnet19_tdbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_resnet19_mpbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_vggsnn_osr.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
+    "quickstart_bw.yaml": ["--model.init_args.teacher_epochs=1"],
+    "cifar10_resnet19_bw.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125",
+                                 "--model.init_args.teacher.init_args.width=0.125",
+                                 "--model.init_args.teacher_checkpoint=null"],
+    "cifar10_transformer_bw.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.embed_dim=16",
+                                    "--model.init_args.model.init_args.num_heads=2",
+                                    "--model.init_args.model.init_args.depth=1",
+                                    "--model.init_args.teacher.init_args.width=0.125",
+                                    "--model.init_args.teacher_checkpoint=null"],
     **{f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
        for env in ("hopper", "halfcheetah", "ant", "walker2d")},
     "quickstart_rl.yaml": [],
@@ -70,6 +79,7 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
     import wandb
 
     wandb.finish()
+    wandb.teardown()  # waits for the service to write the run's last records
     runs = list((offline_env / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     run = read_offline_run(runs[0])

@@ -40,11 +40,13 @@ class SpikenormCLI(LightningCLI):
         else:
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if trainer.is_global_zero:
-            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint))
+            extra = [line for cb in trainer.callbacks if (line := getattr(cb, "summary_line", lambda: None)())]
+            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint, extra))
 
 
-def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any) -> str:
-    """Human-readable end-of-fit report."""
+def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any,
+            callback_lines: list[str] = ()) -> str:
+    """Human-readable end-of-fit report (``callback_lines``: what callbacks report through ``summary_line()``)."""
     lines = ["", "spikenorm summary"]
     for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate"),
                        ("rl/eval_return", "eval return"), ("rl/env_steps", "env steps"),
@@ -57,6 +59,7 @@ def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None
             f"{int(metrics['fold/test_flipped_spikes'])} flipped spikes, "
             f"max |output difference| {float(metrics['fold/test_max_abs_diff']):.2g}"
         )
+    lines += [f"  {line}" for line in callback_lines]
     if ckpt_path == "best":
         lines.append(f"  {'checkpoint':<14} {checkpoint.best_model_path}")
     for logger in loggers:

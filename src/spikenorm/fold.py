@@ -37,6 +37,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from spikenorm.binary import BINARY_WEIGHT_FUNCTIONS, BinaryLayer
 from spikenorm.models.layers import TimeDistributed
 from spikenorm.neurons import SpikingNeuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
@@ -120,6 +121,15 @@ def _linear_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
         m = m.layer
     if isinstance(m, TimeDistributed):
         m = m.module
+    # a binary layer is a module call when wrapped, or traced through (its weight made by a binarizer node)
+    binarizer = next((a for a in node.args if isinstance(a, fx.Node) and a.target in BINARY_WEIGHT_FUNCTIONS), None)
+    if isinstance(m, BinaryLayer) or (node.op == "call_function" and binarizer is not None):
+        where = node.target if m is not None else str(binarizer.all_input_nodes[-1].target).rpartition(".")[0]
+        raise ValueError(
+            f"cannot fold into '{where}': it is a binary-weight layer ({type(m).__name__ if m is not None else 'traced'});"
+            " folding into binary weights is not supported (a fold would rescale the latent weights, not the "
+            "±alpha weights the layer uses); keep this layer full precision or do not fold"
+        )
     return m if isinstance(m, _LINEAR_TYPES) else None
 
 

@@ -3,6 +3,7 @@
 from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, TimeDistributed
 from spikenorm.models.mlp import SpikingMLP
 from spikenorm.models.resnet import SpikingResNet19
+from spikenorm.models.transformer import SpikingTransformer
 from spikenorm.models.vgg import VGG_CONFIGS, SpikingVGG
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "SpikingMLP",
     "SpikingModel",
     "SpikingResNet19",
+    "SpikingTransformer",
     "SpikingVGG",
     "TimeDistributed",
     "VGG_CONFIGS",

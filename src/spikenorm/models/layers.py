@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch.fx
 from torch import Tensor, nn
 
+from spikenorm.binary import binarize_model
 from spikenorm.neurons import SpikingNeuron, build_neuron
 from spikenorm.norm import TimeMajorNorm, build_norm
 from spikenorm.surrogate import Surrogate
@@ -156,3 +157,9 @@ class SpikingModel(nn.Module):
 
     def check_input(self, x: Tensor, channels: int | None = None) -> None:
         check_model_input(x, type(self).__name__, self.input_ndim, channels)
+
+    def use_binary_weights(self, enabled: bool) -> None:
+        """SEI-BWSNN: 1-bit weights (:func:`spikenorm.binary.binarize_model`) in every conv/linear layer except
+        the first and the last, shortcut projections included."""
+        if enabled:
+            binarize_model(self)

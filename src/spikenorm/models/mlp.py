@@ -15,7 +15,8 @@ class SpikingMLP(SpikingModel):
     Input ``[T, B, in_features]`` or ``[T, B, *dims]`` with ``prod(dims) == in_features`` (flattened);
     output per-step logits ``[T, B, num_classes]`` (the readout does not spike). ``membrane_norm="mpbn"``
     adds MPBN to every neuron (per feature, so channel- and element-wise coincide); ``trace=True`` gives the
-    OTTT presynaptic-trace synapses.
+    OTTT presynaptic-trace synapses; ``binary_weights=True`` gives 1-bit weights in the hidden layers but the
+    first (:mod:`spikenorm.binary`).
     """
 
     input_ndim = 3
@@ -34,6 +35,7 @@ class SpikingMLP(SpikingModel):
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
         trace: bool = False,
+        binary_weights: bool = False,
     ) -> None:
         super().__init__()
         factory = SpikingLayerFactory(
@@ -46,6 +48,7 @@ class SpikingMLP(SpikingModel):
             *(spiking_linear(factory, a, b, receives_spikes=i > 0) for i, (a, b) in enumerate(zip(widths, widths[1:])))
         )
         self.classifier = factory.synapse(nn.Linear(widths[-1], num_classes))
+        self.use_binary_weights(binary_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(2)  # [T, B, *dims] -> [T, B, in_features]; a no-op on [T, B, F]

@@ -6,40 +6,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from spikenorm.models.layers import (
-    SpikingLayerFactory,
-    SpikingModel,
-    SurrogateSpec,
-    TimeDistributed,
-    conv_output_size,
-    spiking_conv,
-    spiking_linear,
-)
-
-
-class SpikingBasicBlock(nn.Module):
-    """``conv-norm-neuron-conv-norm (+ shortcut) -> neuron``; the shortcut is ``conv1x1-norm`` when the shape changes."""
-
-    def __init__(
-        self, factory: SpikingLayerFactory, in_channels: int, out_channels: int, stride: int, in_size: int | None
-    ) -> None:
-        super().__init__()
-        bias = not factory.uses_norm
-        self.conv1 = spiking_conv(factory, in_channels, out_channels, stride, in_size)
-        self.out_size = conv_output_size(in_size, stride)
-        self.conv2 = factory.synapse(TimeDistributed(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)))
-        self.norm2 = factory.make_norm(out_channels)
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = nn.Sequential(
-                factory.synapse(TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias))),
-                factory.make_norm(out_channels),
-            )
-        else:
-            self.shortcut = nn.Identity()
-        self.neuron = factory.make_neuron((out_channels, self.out_size, self.out_size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.neuron(self.norm2(self.conv2(self.conv1(x))) + self.shortcut(x))
+from spikenorm.models.blocks import ResidualConvBlock, Shortcuts, check_shortcuts
+from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, SurrogateSpec, spiking_conv, spiking_linear
 
 
 class SpikingResNet19(SpikingModel):
@@ -52,6 +20,11 @@ class SpikingResNet19(SpikingModel):
         width: channel multiplier (``0.25`` gives a CPU-sized 32/64/128 network).
         input_size: input height (= width); needed only for element-wise membrane norms.
         trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the stem.
+        shortcuts: ``per_block`` (ResNet's basic blocks, the default), ``per_layer`` (each basic block split
+            into two single-conv blocks, each with its shortcut) or ``none`` (the same convs, no shortcuts);
+            see :mod:`spikenorm.models.blocks`. The head's linear layer has no shortcut.
+        binary_weights: 1-bit weights in every conv/linear layer except the first and the last
+            (:mod:`spikenorm.binary`, SEI-BWSNN).
         norm, neuron, surrogate, membrane_norm, *_kwargs: see
             :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
@@ -73,8 +46,11 @@ class SpikingResNet19(SpikingModel):
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
         trace: bool = False,
+        binary_weights: bool = False,
+        shortcuts: Shortcuts =  "per_block",
     ) -> None:
         super().__init__()
+        check_shortcuts(shortcuts)
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
         factory = SpikingLayerFactory(
@@ -84,16 +60,22 @@ class SpikingResNet19(SpikingModel):
         self.num_classes = num_classes
         widths = [max(1, round(c * width)) for c in (128, 256, 512)]
         self.stem = spiking_conv(factory, in_channels, widths[0], in_size=input_size, receives_spikes=False)
-        blocks: list[SpikingBasicBlock] = []
+        blocks: list[ResidualConvBlock] = []
         channels, size = widths[0], input_size
         for out_channels, depth, stride in zip(widths, (3, 3, 2), (1, 2, 2)):
             for i in range(depth):
-                blocks.append(SpikingBasicBlock(factory, channels, out_channels, stride if i == 0 else 1, size))
-                channels, size = out_channels, blocks[-1].out_size
+                # a basic block: two 3x3 convs, the first with the stage's stride
+                units = [[out_channels], [out_channels]] if shortcuts == "per_layer" else [[out_channels] * 2]
+                for j, unit in enumerate(units):
+                    first_stride = stride if i == 0 and j == 0 else 1
+                    blocks.append(ResidualConvBlock(factory, [channels, *unit], first_stride, size,
+                                                    shortcut=shortcuts != "none"))
+                    channels, size = out_channels, blocks[-1].out_size
         self.blocks = nn.Sequential(*blocks)
         hidden = max(1, round(256 * width))
         self.head = spiking_linear(factory, channels, hidden)
         self.classifier = factory.synapse(nn.Linear(hidden, num_classes))
+        self.use_binary_weights(binary_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x, channels=self.in_channels)

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
+from spikenorm.models.blocks import ResidualConvBlock, Shortcuts, check_shortcuts, group_convs
 from spikenorm.models.layers import (
     SpikingLayerFactory,
     SpikingModel,
@@ -36,6 +37,10 @@ class SpikingVGG(SpikingModel):
         input_size: input height (= width); needed only for element-wise membrane norms.
         dropout: dropout before the classifier (0 disables).
         trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the first layer.
+        shortcuts: ``none`` (plain VGG), ``per_layer`` (a shortcut around every conv after the first) or
+            ``per_block`` (around pairs of convs at one resolution); see :mod:`spikenorm.models.blocks`.
+        binary_weights: 1-bit weights in every conv/linear layer except the first and the last
+            (:mod:`spikenorm.binary`, SEI-BWSNN).
         norm, neuron, surrogate, membrane_norm, *_kwargs: see
             :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
     """
@@ -58,8 +63,11 @@ class SpikingVGG(SpikingModel):
         membrane_norm: str | None = None,
         membrane_norm_kwargs: dict[str, Any] | None = None,
         trace: bool = False,
+        binary_weights: bool = False,
+        shortcuts: Shortcuts =  "none",
     ) -> None:
         super().__init__()
+        check_shortcuts(shortcuts)
         layers_cfg = self._resolve(cfg)
         factory = SpikingLayerFactory(
             norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
@@ -68,17 +76,31 @@ class SpikingVGG(SpikingModel):
         self.num_classes = num_classes
         layers: list[nn.Module] = []
         channels, size = in_channels, input_size
+        run: list[int] = []  # convs at the current resolution still to be built as shortcut blocks
+
+        def flush() -> None:
+            nonlocal channels
+            for group in group_convs(run, shortcuts):
+                layers.append(ResidualConvBlock(factory, [channels, *group], in_size=size))
+                channels = group[-1]
+            run.clear()
+
         for item in layers_cfg:
             if item in ("A", "M"):
+                flush()
                 pool = nn.AvgPool2d(2) if item == "A" else nn.MaxPool2d(2)
                 layers.append(TimeDistributed(pool))
                 size = None if size is None else size // 2
+            elif layers and shortcuts != "none":
+                run.append(int(item))
             else:
                 layers.append(spiking_conv(factory, channels, int(item), in_size=size, receives_spikes=bool(layers)))
                 channels = int(item)
+        flush()
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = factory.synapse(nn.Linear(channels, num_classes))
+        self.use_binary_weights(binary_weights)
 
     @staticmethod
     def _resolve(cfg: str | Sequence[int | str]) -> list[int | str]:

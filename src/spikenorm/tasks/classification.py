@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from spikenorm.monitoring import FiringRateRecorder
+from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
 from spikenorm.tasks.online import online_backward
@@ -40,9 +41,22 @@ class SpikingClassifier(LightningModule):
             optimization; the loss is per step (``ce``: cross-entropy of each step's logits).
         online_update: ``batch`` (gradients accumulate over the T steps, one optimizer step per batch, OTTT_A)
             or ``step`` (an optimizer step after every time step, OTTT_O).
+        teacher: a frozen teacher for knowledge distillation (any module: an ANN on the raw batch or an SNN
+            on the encoded one, see ``teacher_input``); always in eval mode, never optimized. ``None``: no KD.
+        teacher_checkpoint: weights for ``teacher``: a Lightning checkpoint of a SpikingClassifier (its
+            ``model.*`` entries, e.g. from a full-precision recipe's run) or a plain state_dict file.
+        teacher_input: ``encoded`` (the teacher gets ``[T, B, ...]`` like the student and returns ``[T, B, C]``)
+            or ``raw`` (the un-encoded batch, returns ``[B, C]``).
+        teacher_epochs: train the teacher on the fly at fit start for this many epochs over the datamodule's
+            training data (Adam, ``teacher_lr``, cross-entropy) when no ``teacher_checkpoint`` is given; its
+            trained state is saved in checkpoints, so a resumed run does not train it again.
+        kd_weight: ``alpha`` of ``loss = (1 - alpha) task_loss + alpha KD`` (1: distillation only, ReActNet).
+        kd_temperature: softening temperature ``tau`` of :func:`~spikenorm.tasks.distillation.distillation_loss`.
+        kd_per_step: distil every time step's logits (each step a self-ensemble member) instead of the
+            time-averaged ones.
 
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (mean over spiking
-    layers) and the same under ``test/``.
+    layers) and the same under ``test/``; with a teacher also ``train/kd_loss`` and ``val/teacher_acc``.
 
     The model is not stored in the hyperparameters; to restore a checkpoint pass it again:
     ``SpikingClassifier.load_from_checkpoint(path, model=SpikingVGG(...))``.
@@ -61,9 +75,17 @@ class SpikingClassifier(LightningModule):
         check_finite: bool = False,
         training_mode: Literal["bptt", "online"] = "bptt",
         online_update: Literal["batch", "step"] = "batch",
+        teacher: nn.Module | None = None,
+        teacher_checkpoint: str | None = None,
+        teacher_input: Literal["encoded", "raw"] = "encoded",
+        teacher_epochs: int = 0,
+        teacher_lr: float = 1e-3,
+        kd_weight: float = 0.5,
+        kd_temperature: float = 4.0,
+        kd_per_step: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "teacher"])
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         if loss not in ("ce", "tet"):
@@ -74,6 +96,7 @@ class SpikingClassifier(LightningModule):
             raise ValueError(f"unknown training_mode {training_mode!r}; available: bptt, online")
         if online_update not in ("batch", "step"):
             raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
+        self._check_distillation(teacher, teacher_checkpoint, teacher_input, teacher_epochs, kd_weight, training_mode)
         self.automatic_optimization = training_mode == "bptt"
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
@@ -86,6 +109,38 @@ class SpikingClassifier(LightningModule):
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.teacher = teacher
+        if teacher is not None:
+            self.teacher_acc = MulticlassAccuracy(self.num_classes, average="micro")
+            self.register_buffer("teacher_trained", torch.tensor(teacher_epochs == 0 or teacher_checkpoint is not None))
+            if teacher_checkpoint is not None:
+                load_teacher_weights(teacher, teacher_checkpoint)
+            teacher.requires_grad_(False).eval()
+
+    @staticmethod
+    def _check_distillation(teacher: nn.Module | None, checkpoint: str | None, teacher_input: str, epochs: int,
+                            kd_weight: float, training_mode: str) -> None:
+        if teacher is None:
+            if checkpoint is not None or epochs:
+                raise ValueError("teacher_checkpoint / teacher_epochs need a teacher module")
+            return
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        if teacher_input not in ("encoded", "raw"):
+            raise ValueError(f"unknown teacher_input {teacher_input!r}; available: encoded, raw")
+        if not 0.0 <= kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+        if epochs < 0:
+            raise ValueError(f"teacher_epochs must be >= 0, got {epochs}")
+        if training_mode != "bptt":
+            raise ValueError("knowledge distillation is implemented for training_mode='bptt' only")
+
+    def train(self, mode: bool = True) -> SpikingClassifier:
+        """Lightning's ``train()`` on the task; the teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     # -- forward ------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -104,6 +159,11 @@ class SpikingClassifier(LightningModule):
             )
         return logits
 
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        """The frozen teacher's logits for an un-encoded batch: ``[B, C]`` or ``[T, B, C]``."""
+        with torch.no_grad():
+            return self.teacher(self.encode(x) if self.hparams.teacher_input == "encoded" else x)
+
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.hparams.loss == "tet":
             return tet_loss(logits, target, self.hparams.tet_mse_weight)
@@ -117,6 +177,11 @@ class SpikingClassifier(LightningModule):
         else:
             logits = self(x)
             loss = self.loss(logits, y)
+            if self.teacher is not None:
+                kd = distillation_loss(logits, self.teacher_logits(x), self.hparams.kd_temperature,
+                                       self.hparams.kd_per_step)
+                loss = (1 - self.hparams.kd_weight) * loss + self.hparams.kd_weight * kd
+                self.log("train/kd_loss", kd)
         self.train_acc(logits.mean(0), y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -141,6 +206,24 @@ class SpikingClassifier(LightningModule):
             optimizer.step()
         return loss, logits
 
+    def on_fit_start(self) -> None:
+        if self.teacher is None or bool(self.teacher_trained):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError("teacher_epochs trains the teacher on the datamodule's training data: fit with a datamodule")
+
+        def batches() -> Any:
+            for x, y in datamodule.train_dataloader():
+                yield x.to(self.device), y.to(self.device)
+
+        raw = self.hparams.teacher_input == "raw"
+        self.teacher.requires_grad_(True)
+        fit_teacher(self.teacher, batches, lambda x: self.teacher(x if raw else self.encode(x)),
+                    self.hparams.teacher_epochs, self.hparams.teacher_lr)
+        self.teacher.requires_grad_(False).eval()
+        self.teacher_trained.fill_(True)
+
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization and self.lr_scheduler_factory is not None:
             self.lr_schedulers().step()  # manual optimization: Lightning leaves schedulers to us
@@ -150,6 +233,10 @@ class SpikingClassifier(LightningModule):
         with FiringRateRecorder(self.model) as recorder:
             logits = self(x)
         metric(logits.mean(0), y)
+        if self.teacher is not None and stage == "val":
+            teacher = self.teacher_logits(x)
+            self.teacher_acc(teacher.mean(0) if teacher.ndim == 3 else teacher, y)
+            self.log("val/teacher_acc", self.teacher_acc)
         self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True)
         self.log(f"{stage}/firing_rate", recorder.mean_rate(), sync_dist=True, batch_size=x.shape[0])

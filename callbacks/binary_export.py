@@ -1,0 +1,67 @@
+"""PackedBinaryExport: write the binary-weight network in its packed 1-bit form at fit end and check it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from spikenorm.binary import ModelSize, binary_layers, load_packed, model_size, save_packed
+
+
+class PackedBinaryExport(Callback):
+    """At fit end, save ``pl_module.model`` packed (:func:`spikenorm.binary.save_packed`: 1 bit per binary
+    weight plus the per-channel ``alpha``) as ``<filename>.pt`` next to the checkpoints, reload it into a copy
+    of the network (:func:`spikenorm.binary.load_packed`) and check that the copy gives the same outputs on
+    the first validation batch. Reports (and keeps in ``size`` / ``max_abs_diff``) the storage against
+    float32 and the largest output difference (0 when the round trip is exact).
+
+    The LightningModule must hold its network as ``model`` (with binary layers, e.g. ``binary_weights: true``)
+    and may encode batches with ``encode(x)``, as :class:`~spikenorm.tasks.SpikingClassifier` does.
+    """
+
+    def __init__(self, filename: str = "binary_packed") -> None:
+        super().__init__()
+        self.filename = filename
+        self.path: Path | None = None
+        self.size: ModelSize | None = None
+        self.max_abs_diff: float | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        network = getattr(pl_module, "model", None)
+        if network is None or not binary_layers(network):
+            raise ValueError("PackedBinaryExport needs a LightningModule whose `model` has binary-weight layers "
+                             "(build it with binary_weights=True or spikenorm.binary.binarize_model)")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        network = pl_module.model
+        directory = Path(getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = save_packed(network, directory / f"{self.filename}.pt")
+        self.size = model_size(network)
+        restored = load_packed(copy.deepcopy(network), self.path)
+        x, _ = next(iter(trainer.datamodule.val_dataloader()))
+        x = x.to(pl_module.device)
+        inputs = pl_module.encode(x) if hasattr(pl_module, "encode") else x
+        was_training = network.training
+        network.eval()
+        restored.eval()
+        with torch.no_grad():
+            self.max_abs_diff = float((network(inputs) - restored(inputs)).abs().max())
+        network.train(was_training)
+        rank_zero_info(f"PackedBinaryExport: {self.summary_line()}")
+
+    def summary_line(self) -> str | None:
+        """One line for the CLI's end-of-fit summary (None before the export ran)."""
+        if self.size is None:
+            return None
+        return (
+            f"{'packed model':<14} {self.path}: {self.size.binary_weights} 1-bit weights, "
+            f"{self.size.packed_bytes} B packed vs {self.size.full_precision_bytes} B float32 "
+            f"(ratio {self.size.ratio:.3f}); reloaded model max |output difference| {self.max_abs_diff:.3g}"
+        )

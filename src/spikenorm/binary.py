@@ -1,0 +1,562 @@
+"""Binary-weight (1-bit) synaptic layers for binary-weight SNNs (SEI-BWSNN; methods.md section 3).
+
+The SEI-BWSNN abstract (arXiv 2508.12609) fixes only three things: 1-bit weights, multiple shortcuts and
+knowledge distillation. **The binarizer here is inferred, XNOR-Net/IR-Net style; methods.md section 3**;
+every choice below is an inference, not the paper's, and is configurable:
+
+* Effective weight per output channel ``i`` (row ``W_i`` of the latent weight, ``n_i`` entries):
+
+      ``W_b[i, j] = alpha_i * s_ij``,  ``s_ij = sign(W_ij)`` with ``sign(0) = +1`` (so ``s`` is exactly ±1),
+      ``alpha_i = mean_j |W_ij| = (1 / n_i) sum_j s_ij W_ij``.
+
+* Straight-through estimator with clipping (``clip``, default 1): ``d s_ij / d W_ij := 1[|W_ij| <= clip]``.
+* ``alpha_grad=True``: the gradient also flows through ``alpha`` (XNOR-Net's full derivative); with
+  ``g = dL/dW_b``,
+
+      ``dL/dW_ij = alpha_i g_ij 1[|W_ij| <= clip] + s_ij (sum_k g_ik s_ik) / n_i``;
+
+  ``alpha_grad=False`` drops the second term (``alpha`` is a detached per-channel scale).
+* The latent full-precision ``.weight`` stays the optimizer's parameter; only the forward sees ``W_b``.
+* :func:`binarize_model` keeps the first and last conv/linear layers full precision by default (BNN practice).
+
+Deployment: :func:`pack_binary` / :func:`save_packed` store 1 bit per binary weight plus ``alpha``;
+:func:`load_packed` restores a model whose binary layers hold ``weight = ±1`` and a stored ``alpha`` buffer,
+so it reproduces the packed model's outputs bit for bit. :func:`model_size` reports the compression.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BINARY_WEIGHT_FUNCTIONS",
+    "PACKED_FORMAT_KEY",
+    "PACKED_FORMAT_VERSION",
+    "BinaryConv2d",
+    "BinaryLayer",
+    "BinaryLinear",
+    "ModelSize",
+    "SignSTE",
+    "binarize_model",
+    "binarize_weight",
+    "binary_layers",
+    "load_packed",
+    "model_size",
+    "pack_binary",
+    "save_packed",
+]
+
+PACKED_FORMAT_KEY = "__spikenorm_binary_format__"
+PACKED_FORMAT_VERSION = 1
+
+
+class SignSTE(torch.autograd.Function):
+    """``sign`` with ``sign(0) = +1`` (outputs exactly ±1) and a clipped straight-through gradient.
+
+    Forward: ``s = +1 if w >= 0 else -1``. Backward: ``dL/dw = dL/ds * 1[|w| <= clip]``.
+    Call as ``SignSTE.apply(w, clip)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, clip: float = 1.0) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        ctx.clip = float(clip)
+        return _sign(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        return grad * (weight.abs() <= ctx.clip).to(grad.dtype), None
+
+
+def _sign(weight: Tensor) -> Tensor:
+    """``sign`` with ``sign(0) = +1`` (also for ``-0.0``): exactly ±1 in ``weight``'s dtype."""
+    one = torch.ones((), dtype=weight.dtype, device=weight.device)
+    return torch.where(weight >= 0, one, -one)
+
+
+def _channel_alpha(weight: Tensor) -> Tensor:
+    """``alpha_i = (1/n_i) sum_j s_ij W_ij = mean_j |W_ij|``, shaped ``[O, 1, ...]`` (broadcastable to W).
+
+    Written as ``W * s`` with a detached ``s`` (instead of ``W.abs()``) so that the gradient at ``W_ij = 0`` is
+    ``s_ij / n_i = +1 / n_i``, consistent with ``sign(0) = +1``; the value is the same (``|w| = w * s``
+    exactly in floating point).
+    """
+    dims = tuple(range(1, weight.ndim))
+    return (weight * _sign(weight).detach()).mean(dim=dims, keepdim=True)
+
+
+def binarize_weight(weight: Tensor, clip: float = 1.0, alpha_grad: bool = True) -> Tensor:
+    """``W_b = alpha * SignSTE(W)`` with per-output-channel ``alpha_i = mean_j |W_ij|`` (over all dims but 0).
+
+    Gradient (``g = dL/dW_b``, ``s = sign(W)`` with ``sign(0) = +1``, ``n_i`` = entries per output channel):
+
+        ``alpha_grad=True``:  ``dL/dW_ij = alpha_i g_ij 1[|W_ij| <= clip] + s_ij (sum_k g_ik s_ik) / n_i``
+        ``alpha_grad=False``: ``dL/dW_ij = alpha_i g_ij 1[|W_ij| <= clip]`` (alpha detached)
+
+    Args:
+        weight: the latent full-precision weight, ``[O, ...]`` (at least 2-D).
+        clip: STE clipping threshold: no gradient where ``|W| > clip``.
+        alpha_grad: let the gradient flow through ``alpha`` too.
+    """
+    if weight.ndim < 2:
+        raise ValueError(f"binarize_weight expects a weight of rank >= 2 ([out, in, ...]), got shape {tuple(weight.shape)}")
+    alpha = _channel_alpha(weight)
+    if not alpha_grad:
+        alpha = alpha.detach()
+    return alpha * SignSTE.apply(weight, clip)
+
+
+def _deployed_weight(alpha: Tensor, weight: Tensor, clip: float) -> Tensor:
+    """``alpha_i * SignSTE(W_ij)`` with a stored flat ``alpha`` (the deployed state of a binary layer)."""
+    return alpha.reshape((-1,) + (1,) * (weight.ndim - 1)) * SignSTE.apply(weight, clip)
+
+
+# torch.fx (e.g. spikenorm.fold) traces through binary layers: keep the weight binarization one graph node,
+# whose target is one of these functions (so a graph pass can tell a binary layer's weight from a float one)
+torch.fx.wrap("binarize_weight")
+torch.fx.wrap("_deployed_weight")
+BINARY_WEIGHT_FUNCTIONS = (binarize_weight, _deployed_weight)
+
+
+class BinaryLayer(nn.Module):
+    """Common base of the binary-weight layers: latent ``.weight`` trained, ``{-alpha_i, +alpha_i}`` used.
+
+    Training state (``alpha`` buffer is None): the forward weight is :func:`binarize_weight` of the latent
+    weight (``alpha`` recomputed as ``mean |W|`` every call). Deployed state (``alpha`` set, e.g. by
+    :func:`load_packed`): the forward weight is ``alpha_i * sign(W_ij)`` with the stored ``alpha``, so a model
+    unpacked from 1-bit weights (``W = ±1``) reproduces the original outputs bit for bit. Set ``layer.alpha =
+    None`` to return to the training state. The ``alpha`` buffer is checkpointed when set; loading a state
+    dict with (without) ``<prefix>alpha`` puts the layer in the deployed (training) state.
+    """
+
+    weight: Tensor
+    alpha: Tensor | None
+    clip: float
+    alpha_grad: bool
+
+    def _init_binary(self, clip: float, alpha_grad: bool) -> None:
+        if not (isinstance(clip, (int, float)) and clip > 0):
+            raise ValueError(f"clip must be a positive number, got {clip!r}")
+        self.clip = float(clip)
+        self.alpha_grad = bool(alpha_grad)
+        self.register_buffer("alpha", None)
+
+    def effective_weight(self) -> Tensor:
+        """The weight the forward uses: ``alpha_i * sign(W_ij)`` (differentiable through the STE)."""
+        if self.alpha is not None:
+            return _deployed_weight(self.alpha, self.weight, self.clip)
+        return binarize_weight(self.weight, self.clip, self.alpha_grad)
+
+    @torch.no_grad()
+    def binary_weight(self) -> Tensor:
+        """The effective weight (values ``{-alpha_i, +alpha_i}`` per output channel ``i``), without gradient."""
+        return self.effective_weight().detach()
+
+    @torch.no_grad()
+    def current_alpha(self) -> Tensor:
+        """The per-output-channel ``alpha`` (flat ``[O]``) exactly as the forward uses it."""
+        if self.alpha is not None:
+            return self.alpha.detach().reshape(-1).clone()
+        return _channel_alpha(self.weight).detach().reshape(-1)
+
+    @property
+    def deployed(self) -> bool:
+        """True when ``alpha`` is a stored buffer (set by :func:`load_packed`) instead of ``mean |W|``."""
+        return self.alpha is not None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "alpha"
+        if key in state_dict and self.alpha is None:
+            value = state_dict[key]
+            if isinstance(value, Tensor):  # a placeholder of the right shape; the default loader copies into it
+                self.alpha = torch.empty(value.shape, dtype=self.weight.dtype, device=self.weight.device)
+        elif key not in state_dict and self.alpha is not None:
+            self.alpha = None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _binary_repr(self) -> str:
+        return f"clip={self.clip}, alpha_grad={self.alpha_grad}" + (", deployed" if self.alpha is not None else "")
+
+
+class BinaryLinear(BinaryLayer, nn.Linear):
+    """``nn.Linear`` whose forward uses the 1-bit weight ``W_b[i, j] = alpha_i sign(W_ij)`` (see :class:`BinaryLayer`).
+
+    ``y = x W_b^T + b``; the bias stays full precision.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        clip: float = 1.0,
+        alpha_grad: bool = True,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_binary(clip, alpha_grad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, **kw: Any) -> BinaryLinear:
+        """A BinaryLinear with a copy of ``layer``'s weight (the latent weight) and bias; ``kw``: clip, alpha_grad."""
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"BinaryLinear.from_float expects an nn.Linear, got {type(layer).__name__}")
+        new = cls(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
+        _copy_params(layer, new)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{nn.Linear.extra_repr(self)}, {self._binary_repr()}"
+
+
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose forward uses the 1-bit kernel ``W_b[o, :, :, :] = alpha_o sign(W[o, :, :, :])``.
+
+    ``alpha_o = mean |W[o]|`` over ``in_channels/groups x kH x kW``; the bias stays full precision.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        clip: float = 1.0,
+        alpha_grad: bool = True,
+    ) -> None:
+        nn.Conv2d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._init_binary(clip, alpha_grad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, **kw: Any) -> BinaryConv2d:
+        """A BinaryConv2d with a copy of ``layer``'s weight (the latent weight) and bias; ``kw``: clip, alpha_grad."""
+        if not isinstance(layer, nn.Conv2d):
+            raise TypeError(f"BinaryConv2d.from_float expects an nn.Conv2d, got {type(layer).__name__}")
+        new = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,  # type: ignore[arg-type]
+            stride=layer.stride,  # type: ignore[arg-type]
+            padding=layer.padding,  # type: ignore[arg-type]
+            dilation=layer.dilation,  # type: ignore[arg-type]
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
+        _copy_params(layer, new)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{nn.Conv2d.extra_repr(self)}, {self._binary_repr()}"
+
+
+@torch.no_grad()
+def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+    dst.weight.copy_(src.weight)
+    dst.weight.requires_grad_(src.weight.requires_grad)
+    if getattr(src, "bias", None) is not None:
+        dst.bias.copy_(src.bias)
+        dst.bias.requires_grad_(src.bias.requires_grad)
+    dst.train(src.training)
+
+
+# --------------------------------------------------------------------------------------------- model surgery
+
+_FLOAT_TO_BINARY: dict[type[nn.Module], type[BinaryLayer]] = {nn.Linear: BinaryLinear, nn.Conv2d: BinaryConv2d}
+
+
+def _is_layer(m: nn.Module) -> bool:
+    """A conv/linear position binarize_model counts: exactly nn.Linear/nn.Conv2d, or a binary layer.
+
+    Subclasses of nn.Linear (e.g. MultiheadAttention's ``out_proj``, whose parent reads ``.weight`` directly)
+    are not eligible: replacing them would not change what their parent computes.
+    """
+    return type(m) in _FLOAT_TO_BINARY or isinstance(m, BinaryLayer)
+
+
+def binarize_model(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_first_last: bool = True,
+    **layer_kwargs: Any,
+) -> list[str]:
+    """Replace, in place, ``nn.Linear``/``nn.Conv2d`` submodules with :class:`BinaryLinear`/:class:`BinaryConv2d`.
+
+    Layers are found at any depth (also inside wrappers such as ``TimeDistributed.module`` or
+    ``TraceSynapse.layer``) and replaced on their direct parent. Build the optimizer *after* this call: the
+    new layers hold copies of the old parameters.
+
+    Args:
+        model: the model to modify.
+        include: fnmatch patterns over qualified names (``model.named_modules()``; ``*`` also matches dots);
+            a layer must match one. None: every eligible layer.
+        exclude: fnmatch patterns; a layer matching any is left full precision.
+        keep_first_last: keep the first and the last conv/linear layer (in ``named_modules`` order, counting
+            binary ones) full precision: the first sees the real-valued input, the last produces the logits.
+        **layer_kwargs: ``clip``, ``alpha_grad`` for the new layers.
+
+    Returns:
+        The sorted qualified names of the layers replaced (layers that match but are already binary are left
+        alone and not listed).
+
+    Raises:
+        ValueError: no layer matches the selection (the message lists the eligible names).
+    """
+    positions = [(name, m) for name, m in model.named_modules() if name and _is_layer(m)]
+    if _is_layer(model) and not positions:
+        raise ValueError(
+            f"binarize_model replaces submodules in place, but the model itself is a {type(model).__name__}; "
+            f"use {_FLOAT_TO_BINARY.get(type(model), BinaryLinear).__name__}.from_float(model) instead"
+        )
+    names = [name for name, _ in positions]
+    kept = {names[0], names[-1]} if keep_first_last and names else set()
+
+    def selected(name: str) -> bool:
+        if name in kept:
+            return False
+        if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+    matched = [(name, m) for name, m in positions if selected(name)]
+    if not matched:
+        raise ValueError(
+            f"binarize_model matched no layer (include={list(include) if include is not None else None}, "
+            f"exclude={list(exclude) if exclude else None}, keep_first_last={keep_first_last} keeps "
+            f"{sorted(kept)} full precision); eligible nn.Linear/nn.Conv2d layers: {names}"
+        )
+    replacements: dict[int, nn.Module] = {}
+    replaced: list[str] = []
+    for name, m in matched:
+        if isinstance(m, BinaryLayer):
+            continue
+        if id(m) not in replacements:
+            replacements[id(m)] = _FLOAT_TO_BINARY[type(m)].from_float(m, **layer_kwargs)  # type: ignore[attr-defined]
+        replaced.append(name)
+    # set on every parent that holds a replaced module (a module shared at several places stays shared)
+    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
+        for child_name, child in list(parent._modules.items()):  # named_children() would skip repeats
+            if id(child) in replacements:
+                setattr(parent, child_name, replacements[id(child)])
+    return sorted(set(replaced))
+
+
+def binary_layers(model: nn.Module) -> dict[str, BinaryLayer]:
+    """The binary layers of ``model`` by qualified name, in ``named_modules`` order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, BinaryLayer)}
+
+
+# --------------------------------------------------------------------------------------------- packed export
+
+_PACKED_SUFFIXES = (".weight_bits", ".weight_shape", ".alpha")
+
+
+@torch.no_grad()
+def pack_binary(model: nn.Module) -> dict[str, Tensor]:
+    """A state dict with each binary layer's weight stored as 1 bit per entry.
+
+    For a binary layer ``<name>``: ``<name>.weight`` (and a stored ``<name>.alpha`` buffer) are replaced by
+    ``<name>.weight_bits`` (uint8, ``numpy.packbits`` of the flattened ``W >= 0``), ``<name>.weight_shape``
+    (int64) and ``<name>.alpha`` (flat ``[O]``, the values the forward uses, in the weight's dtype: float32
+    for a float32 model). Every other entry is ``model.state_dict()``'s.
+    """
+    layers = binary_layers(model)
+    state = model.state_dict()
+    packed: dict[str, Tensor] = {}
+    skip = {f"{name}.{key}" for name in layers for key in ("weight", "alpha")}
+    for key, value in state.items():
+        if key not in skip:
+            packed[key] = value
+    for name, layer in layers.items():
+        w = layer.weight.detach()
+        packed[f"{name}.weight_bits"] = torch.from_numpy(np.packbits((w >= 0).reshape(-1).cpu().numpy()))
+        packed[f"{name}.weight_shape"] = torch.tensor(list(w.shape), dtype=torch.int64)
+        packed[f"{name}.alpha"] = layer.current_alpha().clone()
+    return packed
+
+
+def save_packed(model: nn.Module, path: str | Path) -> Path:
+    """``torch.save`` of :func:`pack_binary` plus the format version key; returns the path."""
+    path = Path(path)
+    packed: dict[str, Any] = dict(pack_binary(model))
+    packed[PACKED_FORMAT_KEY] = PACKED_FORMAT_VERSION
+    torch.save(packed, path)
+    return path
+
+
+@torch.no_grad()
+def load_packed(model: nn.Module, path_or_dict: str | Path | io.BytesIO | Mapping[str, Any]) -> nn.Module:
+    """Load a packed state (file or :func:`pack_binary` dict) into ``model``, in place; returns ``model``.
+
+    ``model`` must have the packed model's architecture with binary layers in the same places (built and
+    :func:`binarize_model`-ed the same way). Binary layers get ``weight = ±1`` (bit 1 -> +1) and their ``alpha``
+    buffer set (the deployed state, see :class:`BinaryLayer`); everything else loads strictly.
+
+    Raises:
+        ValueError: a different format version, binary layers in different places, a missing or unexpected
+            entry, or a shape mismatch (all named).
+    """
+    if isinstance(path_or_dict, Mapping):
+        packed = dict(path_or_dict)
+    else:
+        packed = torch.load(path_or_dict, map_location="cpu", weights_only=True)
+        if not isinstance(packed, dict):
+            raise TypeError(f"a packed binary model file holds a dict, got {type(packed).__name__}")
+    version = packed.pop(PACKED_FORMAT_KEY, PACKED_FORMAT_VERSION)
+    if version != PACKED_FORMAT_VERSION:
+        raise ValueError(f"packed binary format version {version!r} is not supported (expected {PACKED_FORMAT_VERSION})")
+
+    layers = binary_layers(model)
+    packed_names = {k[: -len(".weight_bits")] for k in packed if k.endswith(".weight_bits")}
+    if packed_names != set(layers):
+        raise ValueError(
+            "binary layers differ between the packed state and the model: "
+            f"packed only {sorted(packed_names - set(layers))}, model only {sorted(set(layers) - packed_names)}; "
+            "build and binarize_model the model the same way as the packed one"
+        )
+    full: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        missing = [name + s for s in _PACKED_SUFFIXES if name + s not in packed]
+        if missing:
+            raise ValueError(f"packed state lacks {missing} for binary layer '{name}'")
+        shape = tuple(int(d) for d in packed.pop(f"{name}.weight_shape").tolist())
+        bits = packed.pop(f"{name}.weight_bits")
+        alpha = packed.pop(f"{name}.alpha")
+        if shape != tuple(layer.weight.shape):
+            raise ValueError(
+                f"binary layer '{name}': packed weight shape {shape}, model weight shape {tuple(layer.weight.shape)}"
+            )
+        numel = math.prod(shape)
+        if bits.dtype != torch.uint8 or bits.ndim != 1 or bits.numel() != (numel + 7) // 8:
+            raise ValueError(
+                f"binary layer '{name}': weight_bits must be a flat uint8 tensor of {(numel + 7) // 8} bytes, got "
+                f"{bits.dtype} {tuple(bits.shape)}"
+            )
+        if tuple(alpha.shape) != (shape[0],):
+            raise ValueError(f"binary layer '{name}': alpha must have shape ({shape[0]},), got {tuple(alpha.shape)}")
+        ones = np.unpackbits(bits.cpu().numpy(), count=numel).reshape(shape)
+        full[f"{name}.weight"] = torch.from_numpy(ones.astype(np.float64) * 2.0 - 1.0).to(layer.weight.dtype)
+        full[f"{name}.alpha"] = alpha
+
+    expected = {k: v for k, v in model.state_dict().items() if not _is_binary_key(k, layers)}
+    missing_keys = sorted(set(expected) - set(packed))
+    unexpected = sorted(set(packed) - set(expected))
+    if missing_keys or unexpected:
+        raise ValueError(f"packed state does not match the model: missing {missing_keys}, unexpected {unexpected}")
+    bad = [
+        f"{k}: packed {tuple(packed[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(packed[k], Tensor) and tuple(packed[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise ValueError(f"packed state shapes do not match the model: {bad}")
+    full.update(packed)
+    for layer in layers.values():  # deployed state; the loader below copies the stored values in
+        layer.alpha = torch.empty(layer.weight.shape[0], dtype=layer.weight.dtype, device=layer.weight.device)
+    model.load_state_dict(full, strict=True)
+    return model
+
+
+def _is_binary_key(key: str, layers: Mapping[str, BinaryLayer]) -> bool:
+    prefix, _, leaf = key.rpartition(".")
+    return prefix in layers and leaf in ("weight", "alpha")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Storage of a model: all state as float32 vs packed (1 bit per binary weight).
+
+    Attributes:
+        full_precision_bytes: 4 bytes per entry of every parameter and persistent buffer (binary layers'
+            stored ``alpha`` excluded: a full-precision model has none).
+        packed_bytes: ``ceil(n/8)`` per binary weight tensor of ``n`` entries + ``alpha`` at its dtype size +
+            every other tensor at its dtype size.
+        ratio: ``packed_bytes / full_precision_bytes``.
+        binary_weights: number of 1-bit weights.
+    """
+
+    full_precision_bytes: int
+    packed_bytes: int
+    ratio: float
+    binary_weights: int
+
+
+def model_size(model: nn.Module) -> ModelSize:
+    """Full-precision vs packed storage of ``model`` (see :class:`ModelSize`)."""
+    layers = binary_layers(model)
+    full = packed = n_binary = 0
+    for key, value in model.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix in layers and leaf == "alpha":
+            continue  # counted below, once per binary layer
+        full += 4 * value.numel()
+        if prefix in layers and leaf == "weight":
+            n_binary += value.numel()
+            packed += (value.numel() + 7) // 8
+        else:
+            packed += value.numel() * value.element_size()
+    for layer in layers.values():
+        packed += layer.weight.shape[0] * layer.weight.element_size()
+    return ModelSize(full, packed, packed / full if full else float("nan"), n_binary)
