@@ -100,3 +100,11 @@ def test_bad_arguments():
         SpikingTD3(warmup_steps=101, frames_per_batch=10, total_env_steps=1000)
     with pytest.raises(ValueError, match="must be below total_env_steps"):
         SpikingTD3(warmup_steps=100, total_env_steps=100)
+
+
+def test_actor_norm_kwargs_reach_the_carebn_layers():
+    from spikenorm.norm import CaReBN
+
+    task = SpikingTD3(**SMALL, actor_norm_kwargs={"prior": "debiased", "noise": "prior"})
+    layers = [m for m in task.actor.modules() if isinstance(m, CaReBN)]
+    assert layers and all((m.prior, m.noise) == ("debiased", "prior") for m in layers)

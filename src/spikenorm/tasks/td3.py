@@ -64,9 +64,12 @@ class SpikingTD3(LightningModule):
     ``rl/train_return``; throughput as ``rl/env_steps_per_s``.
 
     Args:
-        env_name: a gymnasium MuJoCo v5 env id.
+        env_name: a gymnasium env id with a bounded continuous action space (MuJoCo v5, or classic control
+            such as ``Pendulum-v1``).
         total_env_steps: environment steps to train for (warm-up included).
         actor_norm, neuron: the PopSAN actor's norm (``carebn``, ``bn``, ``tdbn``, ``none``) and neuron.
+        actor_norm_kwargs: options of the actor's norm layers, e.g. ``{"prior": "debiased", "noise": "prior"}``
+            for CaRe-BN's Kalman variant (:func:`spikenorm.norm.carebn.ca_bn_update`).
         algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau per methods.md 1.4 when left
             at their defaults).
     """
@@ -78,6 +81,7 @@ class SpikingTD3(LightningModule):
         warmup_steps: int = 5_000,
         algorithm: Literal["td3", "ddpg"] = "td3",
         actor_norm: str = "carebn",
+        actor_norm_kwargs: dict[str, Any] | None = None,
         neuron: str = "clif",
         time_steps: int = 5,
         hidden: tuple[int, ...] = (256, 256),
@@ -124,7 +128,7 @@ class SpikingTD3(LightningModule):
         self.register_buffer("action_low", low.float())
         self.register_buffer("action_high", high.float())
         self.actor = PopSANActor(obs_dim, act_dim, max_action=high.float().tolist(), hidden=hidden,
-                                 time_steps=time_steps, norm=actor_norm, neuron=neuron)
+                                 time_steps=time_steps, norm=actor_norm, norm_kwargs=actor_norm_kwargs, neuron=neuron)
         self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
         self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
         self.critic_target = make_target(self.critic)
