@@ -54,7 +54,8 @@ def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     assert "eval return" in done.stdout
     run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
     keys = set().union(*run["history"])
-    assert {"rl/eval_return", "rl/env_steps_per_s", "train/critic_loss", "train/actor_loss"} <= keys
+    assert {"rl/eval_return", "rl/best_eval_return", "rl/env_steps_per_s", "train/critic_loss",
+            "train/actor_loss"} <= keys
     assert any(k.startswith("bn/stat_error/") for k in keys)
 
 

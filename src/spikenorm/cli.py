@@ -49,7 +49,8 @@ def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None
     """Human-readable end-of-fit report (``callback_lines``: what callbacks report through ``summary_line()``)."""
     lines = ["", "spikenorm summary"]
     for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate"),
-                       ("rl/eval_return", "eval return"), ("rl/env_steps", "env steps"),
+                       ("rl/eval_return", "eval return"), ("rl/best_eval_return", "best eval"),
+                       ("rl/env_steps", "env steps"),
                        ("rl/env_steps_per_s", "env steps/s")):
         if key in metrics:
             lines.append(f"  {label:<14} {float(metrics[key]):.4f}")

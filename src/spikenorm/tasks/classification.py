@@ -159,10 +159,14 @@ class SpikingClassifier(LightningModule):
             )
         return logits
 
+    def teacher_forward(self, x: Tensor) -> Tensor:
+        """The teacher's logits for an un-encoded batch (``[B, C]`` or ``[T, B, C]``), fed as ``teacher_input`` says."""
+        return self.teacher(self.encode(x) if self.hparams.teacher_input == "encoded" else x)
+
     def teacher_logits(self, x: Tensor) -> Tensor:
-        """The frozen teacher's logits for an un-encoded batch: ``[B, C]`` or ``[T, B, C]``."""
+        """The frozen teacher's logits, without gradient."""
         with torch.no_grad():
-            return self.teacher(self.encode(x) if self.hparams.teacher_input == "encoded" else x)
+            return self.teacher_forward(x)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.hparams.loss == "tet":
@@ -217,10 +221,8 @@ class SpikingClassifier(LightningModule):
             for x, y in datamodule.train_dataloader():
                 yield x.to(self.device), y.to(self.device)
 
-        raw = self.hparams.teacher_input == "raw"
         self.teacher.requires_grad_(True)
-        fit_teacher(self.teacher, batches, lambda x: self.teacher(x if raw else self.encode(x)),
-                    self.hparams.teacher_epochs, self.hparams.teacher_lr)
+        fit_teacher(self.teacher, batches, self.teacher_forward, self.hparams.teacher_epochs, self.hparams.teacher_lr)
         self.teacher.requires_grad_(False).eval()
         self.teacher_trained.fill_(True)
 

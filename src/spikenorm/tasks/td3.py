@@ -60,8 +60,9 @@ class SpikingTD3(LightningModule):
     copied and soft-updated inside the loss without BN statistics and evaluated in training mode.
 
     Every ``eval_every`` env steps, ``eval_episodes`` episodes with the deterministic actor (eval mode) on a
-    separate env seeded ``seed + 100`` are logged as ``rl/eval_return``; finished training episodes as
-    ``rl/train_return``; throughput as ``rl/env_steps_per_s``.
+    separate env seeded ``seed + 100`` are logged as ``rl/eval_return`` (the best so far as
+    ``rl/best_eval_return``, the paper's metric); finished training episodes as ``rl/train_return``;
+    throughput as ``rl/env_steps_per_s``.
 
     Args:
         env_name: a gymnasium env id with a bounded continuous action space (MuJoCo v5, or classic control
@@ -187,6 +188,7 @@ class SpikingTD3(LightningModule):
             self._last_eval = self.env_steps
             self.eval_history.append((self.env_steps, self.evaluate()))
             self.log("rl/eval_return", self.eval_history[-1][1], on_step=True, prog_bar=True)
+            self.log("rl/best_eval_return", max(r for _, r in self.eval_history), on_step=True)
 
     def _logging_step(self, batch_idx: int) -> bool:
         """Log per-step scalars only on the steps Lightning writes (``self.log`` costs ~0.2 ms a call)."""
