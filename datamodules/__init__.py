@@ -1,6 +1,16 @@
-"""Lightning DataModules: embedded digits, torchvision datasets."""
+"""Lightning DataModules: embedded digits and event-digits, torchvision datasets, tonic DVS datasets."""
 
 from .digits import DigitsDataModule
+from .event_digits import EventDigits, EventDigitsDataModule
+from .frame_augment import FrameAugmentation
+from .neuromorphic import TonicDataModule
 from .vision import TorchvisionDataModule
 
-__all__ = ["DigitsDataModule", "TorchvisionDataModule"]
+__all__ = [
+    "DigitsDataModule",
+    "EventDigits",
+    "EventDigitsDataModule",
+    "FrameAugmentation",
+    "TonicDataModule",
+    "TorchvisionDataModule",
+]

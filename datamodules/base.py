@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -190,6 +192,22 @@ class ResumableDataLoader(DataLoader):
             set_epoch(self.epoch + 1)
 
 
+class TransformedSubset(Dataset):
+    """The items of ``dataset`` at ``indices``, with ``transform`` applied to each input (not the target)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable) -> None:
+        self.dataset = dataset
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image, target = self.dataset[self.indices[i]]
+        return self.transform(image), target
+
+
 class SplitDataModule(LightningDataModule):
     """A DataModule whose ``setup`` fills ``train_dataset``, ``val_dataset`` and ``test_dataset``.
 
@@ -245,3 +263,22 @@ class SplitDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Predictions run over the test split (``spikenorm predict``)."""
         return self._loader(self.test_dataset, "predict")
+
+
+
+def stratified_holdout(labels: Sequence[int], held_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0..n-1`` into ``(kept, held)`` with ``held_out`` positions held out, stratified.
+
+    scikit-learn's ``train_test_split(arange(n), test_size=held_out, stratify=labels, random_state=seed)``:
+    every class keeps its share on both sides, and the same ``(labels, held_out, seed)`` give the same
+    split on every machine. Raises a ``ValueError`` when a side would miss a class.
+    """
+    labels = np.asarray(labels)
+    n, num_classes = len(labels), len(np.unique(labels))
+    if min(held_out, n - held_out) < num_classes:
+        raise ValueError(
+            f"a stratified split of {n} samples of {num_classes} classes needs at least one sample per class "
+            f"on each side, got {n - held_out} kept / {held_out} held out"
+        )
+    kept, held = train_test_split(np.arange(n), test_size=held_out, stratify=labels, random_state=seed)
+    return kept, held

@@ -8,10 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from spikenorm.datamodules.base import SplitDataModule, stratified_holdout
 from torch.utils.data import TensorDataset
-
-from spikenorm.datamodules.base import SplitDataModule
 
 
 class DigitsDataModule(SplitDataModule):
@@ -96,11 +94,9 @@ class DigitsDataModule(SplitDataModule):
                 f"train/val/test = {n_train}/{n_val}/{n_test} from val_fraction={hp.val_fraction}, "
                 f"test_fraction={hp.test_fraction}"
             )
-        all_idx = np.arange(n)
-        rest_idx, test_idx = train_test_split(all_idx, test_size=n_test, stratify=labels, random_state=hp.split_seed)
-        train_idx, val_idx = train_test_split(
-            rest_idx, test_size=n_val, stratify=labels[rest_idx], random_state=hp.split_seed
-        )
+        rest_idx, test_idx = stratified_holdout(labels, n_test, hp.split_seed)
+        train_pos, val_pos = stratified_holdout(labels[rest_idx], n_val, hp.split_seed)
+        train_idx, val_idx = rest_idx[train_pos], rest_idx[val_pos]
 
         x = torch.from_numpy(digits.images).to(torch.float32).unsqueeze(1) / 16.0
         if hp.upsample > 1:

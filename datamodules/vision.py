@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from torch.utils.data import Dataset
+from spikenorm.datamodules.base import SplitDataModule, TransformedSubset
 from torchvision import datasets, transforms
-
-from spikenorm.datamodules.base import SplitDataModule
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 
@@ -75,22 +72,6 @@ def _expected_files(cls: type[datasets.VisionDataset], root: str) -> tuple[str, 
             f"they are the official {', '.join(name for name, _ in cls.resources)} from {cls.mirrors[0]}, gunzipped"
         )
     return folder, names, origin
-
-
-class _Transformed(Dataset):
-    """The items of ``dataset`` at ``indices``, with ``transform`` applied to each image."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable) -> None:
-        self.dataset = dataset
-        self.indices = indices
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image, target = self.dataset[self.indices[i]]
-        return self.transform(image), target
 
 
 class TorchvisionDataModule(SplitDataModule):
@@ -244,8 +225,8 @@ class TorchvisionDataModule(SplitDataModule):
                 )
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.split_seed)).tolist()
             self.val_indices, self.train_indices = order[:n_val], order[n_val:]
-            self.train_dataset = _Transformed(full_train, self.train_indices, self.train_transform)
-            self.val_dataset = _Transformed(full_train, self.val_indices, self.eval_transform)
+            self.train_dataset = TransformedSubset(full_train, self.train_indices, self.train_transform)
+            self.val_dataset = TransformedSubset(full_train, self.val_indices, self.eval_transform)
         if stage in (None, "test", "predict") and self.test_dataset is None:
             test = self._load(train=False)
-            self.test_dataset = _Transformed(test, range(len(test)), self.eval_transform)
+            self.test_dataset = TransformedSubset(test, range(len(test)), self.eval_transform)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fake_datasets import write_cifar10
+import numpy as np
+
+from fake_datasets import write_cifar10, write_cifar10dvs, write_ibm_gesture
 from spikenorm.cli import main
 from spikenorm.loggers import read_offline_run
 
@@ -20,6 +22,13 @@ CIFAR_ON_CPU = [
     "--data.init_args.verify_checksums=false",
     "--data.init_args.num_workers=0",
     "--data.init_args.batch_size=4",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+]
+DVS_ON_CPU = [
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.sensor_size=16",
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
 ]
@@ -42,6 +51,11 @@ OVERRIDES = {
     **{f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
        for env in ("hopper", "halfcheetah", "ant", "walker2d")},
     "quickstart_rl.yaml": [],
+    "quickstart_dvs.yaml": [],
+    "dvsgesture_vggsnn_osr.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
+    "cifar10dvs_vggsnn_osr.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
+    "cifar10dvs_resnet19_mpbn.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.width=0.125",
+                                      "--model.init_args.model.init_args.input_size=16"],
 }
 
 
@@ -67,6 +81,11 @@ def test_every_recipe_is_covered():
 @pytest.mark.parametrize("recipe", sorted(OVERRIDES))
 def test_recipe_fast_dev_run(recipe, offline_env):
     write_cifar10(offline_env / "data")
+    if recipe.startswith("dvsgesture"):
+        train_trials = [f"user{u:02d}_led" for u in range(1, 11)]  # 120 segments: every class in validation
+        write_ibm_gesture(str(offline_env / "data"), train_trials, ["user24_natural"], np.random.default_rng(0))
+    if recipe.startswith("cifar10dvs"):
+        write_cifar10dvs(str(offline_env / "data"), 20, np.random.default_rng(0))
     main(["fit", "--config", str(RECIPES / recipe), "--trainer.fast_dev_run=true", *OVERRIDES[recipe]])
 
 

@@ -28,7 +28,10 @@ class SpikingClassifier(LightningModule):
     Args:
         model: any module mapping ``[T, B, ...]`` to ``[T, B, classes]`` (a spikenorm model, or your own).
         num_classes: number of classes; read from ``model.num_classes`` when omitted.
-        time_steps: ``T``.
+        time_steps: ``T`` in training.
+        eval_time_steps: ``T`` in validation, test and prediction when it differs from training's, e.g.
+            DVS128 Gesture trained on 14 of 20 frames by random temporal deletion and tested on all 20
+            (methods.md 2.6); ``None``: the same as ``time_steps``.
         encoding: ``repeat`` (static input, direct encoding) or ``frames`` (``[B, T, ...]`` event frames).
         loss: ``ce`` (cross-entropy of the mean logits) or ``tet`` (per-step CE + MSE, methods.md 2.1).
         tet_mse_weight: the MSE weight ``eps`` of the ``tet`` loss.
@@ -67,6 +70,7 @@ class SpikingClassifier(LightningModule):
         model: nn.Module,
         num_classes: int | None = None,
         time_steps: int = 4,
+        eval_time_steps: int | None = None,
         encoding: Encoding = "repeat",
         loss: Literal["ce", "tet"] = "ce",
         tet_mse_weight: float = 0.05,
@@ -88,6 +92,8 @@ class SpikingClassifier(LightningModule):
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "teacher"])
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        if eval_time_steps is not None and eval_time_steps < 1:
+            raise ValueError(f"eval_time_steps must be >= 1 or None, got {eval_time_steps}")
         if loss not in ("ce", "tet"):
             raise ValueError(f"unknown loss {loss!r}; available: ce, tet")
         if encoding not in ("repeat", "frames"):
@@ -147,12 +153,19 @@ class SpikingClassifier(LightningModule):
         """``[B, ...]`` or ``[B, T, ...]`` batch -> ``[T, B, ...]``, checked."""
         if self.hparams.check_finite:
             check_finite(x, type(self).__name__)
-        return encode(x, self.hparams.time_steps, self.hparams.encoding)
+        return encode(x, self.time_steps, self.hparams.encoding)
+
+    @property
+    def time_steps(self) -> int:
+        """``T`` of the current mode: ``time_steps`` in training, ``eval_time_steps`` (if set) otherwise."""
+        if self.training or self.hparams.eval_time_steps is None:
+            return self.hparams.time_steps
+        return self.hparams.eval_time_steps
 
     def forward(self, x: Tensor) -> Tensor:
         """Per-step logits ``[T, B, classes]`` of an un-encoded batch."""
         logits = self.model(self.encode(x))
-        expected = (self.hparams.time_steps, x.shape[0], self.num_classes)
+        expected = (self.time_steps, x.shape[0], self.num_classes)
         if logits.shape != expected:
             raise ValueError(
                 f"model must return per-step logits [T, B, classes] = {list(expected)}, got {list(logits.shape)}"

@@ -1,0 +1,254 @@
+"""The event-to-frame pipeline shared by the DVS DataModules: downsample, frame, cache, split, augment.
+
+Per sample: structured events ``(x, y, t, p)`` -> optional spatial downsampling (tonic ``Downsample``)
+-> ``T`` frames of per-polarity event counts (``[T, 2, H, W]`` int16, every event counted; tonic's
+``ToFrame`` as an option) -> on-disk
+cache (tonic ``DiskCachedDataset``, one HDF5 file per sample) -> float32 tensor -> train-time
+augmentation (:class:`~spikenorm.datamodules.frame_augment.FrameAugmentation`, train split only).
+Batches are ``[B, T, 2, H, W]``; the task transposes them once (``encoding="frames"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from spikenorm.datamodules.base import (
+    SplitDataModule,
+    TransformedSubset,
+    stratified_holdout,
+)
+from spikenorm.datamodules.frame_augment import FrameAugmentation
+from tonic import DiskCachedDataset
+from tonic.transforms import Downsample, ToFrame
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SplitBy = Literal["number", "time"]
+FrameEngine = Literal["exact", "tonic"]
+CACHE_VERSION = 1  # bump when the cached frames of the same settings change
+
+
+class EventsToFrames:
+    """Structured events -> ``[T, P, H, W]`` int16 per-polarity event counts; the pre-cache transform.
+
+    ``split_by="number"``: slice ``i < T - 1`` holds events ``[i d, (i + 1) d)`` with ``d = N // T`` and the
+    last slice the rest (SpikingJelly's ``split_by='number'``, which the OSR/MPBN code uses).
+    ``split_by="time"``: event ``k`` goes to slice ``min(T - 1, floor(T (t_k - t_0) / (t_{N-1} - t_0)))``
+    (equal durations, the last slice closed). With ``size`` the ``x``/``y`` coordinates are first scaled by
+    ``size / W`` and ``size / H`` and floored (tonic ``Downsample``), so frames are ``size x size``.
+    Polarity ``p > 0`` is channel 1, else channel 0. An empty recording gives zero frames.
+
+    ``engine="exact"`` (the default) counts every event. ``engine="tonic"`` frames with tonic's
+    ``ToFrame(n_event_bins=T)`` / ``ToFrame(n_time_bins=T)`` instead, for bit-compatibility with tonic
+    pipelines; tonic 1.7 drops the last ``N mod T`` events in the first mode and the events at the last
+    timestamp in the second (on event-digits, up to a few percent of a recording's events).
+    """
+
+    def __init__(self, sensor_size: tuple[int, int, int], time_bins: int, size: int | None = None,
+                 split_by: SplitBy = "number", engine: FrameEngine = "exact") -> None:
+        if time_bins < 1:
+            raise ValueError(f"EventsToFrames expects time_bins >= 1, got {time_bins}")
+        if split_by not in ("number", "time"):
+            raise ValueError(f"unknown split_by {split_by!r}; available: number, time")
+        if engine not in ("exact", "tonic"):
+            raise ValueError(f"unknown frame engine {engine!r}; available: exact, tonic")
+        width, height, polarities = sensor_size
+        if size is not None and not 1 <= size <= min(width, height):
+            raise ValueError(f"sensor_size (the downsampled side) must be in [1, {min(width, height)}], got {size}")
+        self.frame_size = (size or width, size or height, polarities)
+        self.downsample = None if size is None else Downsample(spatial_factor=(size / width, size / height))
+        self.time_bins, self.split_by = time_bins, split_by
+        bins = {"n_event_bins": time_bins} if split_by == "number" else {"n_time_bins": time_bins}
+        self.tonic_frames = ToFrame(sensor_size=self.frame_size, **bins) if engine == "tonic" else None
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        width, height, polarities = self.frame_size
+        if len(events) == 0:
+            return np.zeros((self.time_bins, polarities, height, width), np.int16)
+        if self.downsample is not None:
+            events = self.downsample(events)
+        if self.tonic_frames is not None:
+            return self.tonic_frames(events)
+        steps, count = self.time_bins, len(events)
+        if self.split_by == "number":
+            slice_of = np.minimum(np.arange(count) // max(count // steps, 1), steps - 1)
+            if count < steps:
+                slice_of[:] = steps - 1
+        else:
+            t = events["t"].astype(np.float64)
+            span = t[-1] - t[0]
+            slice_of = np.zeros(count, np.int64) if span <= 0 else np.minimum(steps - 1, (steps * (t - t[0]) / span).astype(np.int64))
+        channel = (events["p"].astype(np.int64) > 0).astype(np.int64) if polarities > 1 else 0
+        flat = ((slice_of * polarities + channel) * height + events["y"].astype(np.int64)) * width + events["x"].astype(np.int64)
+        counts = np.bincount(flat, minlength=steps * polarities * height * width)
+        return counts.reshape(steps, polarities, height, width).astype(np.int16)
+
+
+class FramesToTensor:
+    """Cached count frames -> float32 tensor ``[T, P, H, W]``, then ``augmentation`` (if any)."""
+
+    def __init__(self, augmentation: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.augmentation = augmentation
+
+    def __call__(self, frames: np.ndarray) -> Tensor:
+        tensor = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+        return tensor if self.augmentation is None else self.augmentation(tensor)
+
+
+def as_augmentation(value: FrameAugmentation | Mapping[str, Any] | None) -> FrameAugmentation | None:
+    """``value`` as a :class:`FrameAugmentation`: LightningCLI hands the nested ``class_path``/``init_args``
+    of a DataModule selected by class path over as a plain mapping, and a mapping of keyword arguments is
+    accepted too."""
+    if value is None or isinstance(value, FrameAugmentation):
+        return value
+    if isinstance(value, Mapping):
+        if "class_path" in value and not str(value["class_path"]).endswith("FrameAugmentation"):
+            raise TypeError(f"augmentation must be a FrameAugmentation, got class_path {value['class_path']!r}")
+        return FrameAugmentation(**dict(value.get("init_args", {}) if "class_path" in value else value))
+    raise TypeError(f"augmentation must be a FrameAugmentation, a mapping of its arguments or None, "
+                    f"got {type(value).__name__}")
+
+
+def sample_list_signature(dataset: Any, root: str) -> str:
+    """Fingerprint of a tonic-style dataset's samples (``data`` entries relative to ``root``, ``targets``)."""
+    digest = hashlib.sha256()
+    prefix = os.path.abspath(os.path.expanduser(root))
+    for item, target in zip(dataset.data, dataset.targets, strict=True):
+        digest.update(f"{str(item).replace(prefix, '')}|{int(target)}\n".encode())
+    return f"n{len(dataset.targets)}-{digest.hexdigest()[:12]}"
+
+
+class EventFrameDataModule(SplitDataModule):
+    """Base of the event DataModules: subclasses say where events come from, this class does the rest.
+
+    A subclass implements :meth:`_event_sources` (the event datasets, tonic style: ``data``, ``targets``,
+    ``transform`` applied in ``__getitem__``) and :attr:`native_sensor_size`; it may override
+    :meth:`_test_holdout` and :attr:`dataset_name`. Its hyperparameters must include ``time_bins``,
+    ``sensor_size``, ``split_by``, ``frame_engine``, ``augment``, ``augmentation``, ``cache``, ``val_fraction``,
+    ``batch_size``, ``num_workers`` and ``split_seed``.
+
+    Splits: with sources ``{"train", "test"}`` the official test set is the test split; with one source
+    ``{"all"}`` the test split is a stratified holdout given by :meth:`_test_holdout`. Validation is a
+    stratified holdout of ``ceil(val_fraction * n)`` of the remaining ``n`` samples, seeded by
+    ``split_seed``; it never uses test samples and is never augmented.
+    """
+
+    dataset_name: str = "events"
+
+    @property
+    def native_sensor_size(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def _event_sources(self, transform: EventsToFrames) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _test_holdout(self, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} has no official test set and no holdout rule")
+
+    def _cache_root(self) -> str:
+        raise NotImplementedError
+
+    def _source_signature(self, name: str, dataset: Any) -> str:
+        raise NotImplementedError
+
+    # -- shapes -------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        return self.native_sensor_size[2]
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the frames (the downsampled ``sensor_size`` if set)."""
+        return self.hparams.sensor_size or self.native_sensor_size[0]
+
+    @property
+    def train_augmentation(self) -> FrameAugmentation | None:
+        """The augmentation of the train split: ``augmentation``, else the dataset's paper default."""
+        if not self.hparams.augment:
+            return None
+        return as_augmentation(self.hparams.augmentation) or FrameAugmentation.paper_default(self.dataset_name)
+
+    @property
+    def train_time_steps(self) -> int:
+        """``T`` of a train batch: ``keep_steps`` under temporal deletion, else ``time_bins``."""
+        augmentation = self.train_augmentation
+        keep = getattr(augmentation, "keep_steps", None)
+        return keep or self.hparams.time_bins
+
+    # -- pipeline -----------------------------------------------------------------------------------
+    def cache_path(self, source: str, dataset: Any) -> str:
+        """Cache folder of one source: every setting that changes its frames is in the name."""
+        hp = self.hparams
+        settings = (
+            f"v{CACHE_VERSION}|{self.dataset_name}|{source}|{self._source_signature(source, dataset)}|"
+            f"T{hp.time_bins}|size{hp.sensor_size}|{hp.split_by}|{hp.frame_engine}"
+        )
+        key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        return os.path.join(self._cache_root(), f"{self.dataset_name}-{source}-T{hp.time_bins}-{key}")
+
+    def _framed(self, source: str, dataset: Any) -> Dataset:
+        if not self.hparams.cache:
+            return dataset
+        return DiskCachedDataset(dataset, cache_path=self.cache_path(source, dataset))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the sample lists, make the splits and wrap them with cache and transforms (once)."""
+        if self.train_dataset is not None:
+            return
+        hp = self.hparams
+        to_frames = EventsToFrames(self.native_sensor_size, hp.time_bins, hp.sensor_size, hp.split_by, hp.frame_engine)
+        sources = self._event_sources(to_frames)
+        if set(sources) == {"train", "test"}:
+            fit_source, fit_positions = "train", np.arange(len(sources["train"].targets))
+            test_source, test_positions = "test", np.arange(len(sources["test"].targets))
+        elif set(sources) == {"all"}:
+            fit_source = test_source = "all"
+            fit_positions, test_positions = self._test_holdout(sources["all"].targets)
+        else:
+            raise RuntimeError(f"{type(self).__name__}._event_sources returned {sorted(sources)}")
+        fit_targets = np.asarray(sources[fit_source].targets)[fit_positions]
+        n_val = math.ceil(hp.val_fraction * len(fit_positions))
+        train_rel, val_rel = stratified_holdout(fit_targets, n_val, hp.split_seed)
+        self.train_indices = fit_positions[train_rel]
+        self.val_indices = fit_positions[val_rel]
+        self.test_indices = test_positions
+        framed = {name: self._framed(name, dataset) for name, dataset in sources.items()}
+        evaluate = FramesToTensor()
+        self.train_dataset = TransformedSubset(
+            framed[fit_source], self.train_indices, FramesToTensor(self.train_augmentation)
+        )
+        self.val_dataset = TransformedSubset(framed[fit_source], self.val_indices, evaluate)
+        self.test_dataset = TransformedSubset(framed[test_source], self.test_indices, evaluate)
+
+    def _check_common(self) -> None:
+        """Validate the shared hyperparameters (call after ``save_hyperparameters``)."""
+        hp, name = self.hparams, type(self).__name__
+        if hp.time_bins < 1:
+            raise ValueError(f"{name} expects time_bins >= 1, got {hp.time_bins}")
+        if hp.frame_engine not in ("exact", "tonic"):
+            raise ValueError(f"{name}: unknown frame_engine {hp.frame_engine!r}; available: exact, tonic")
+        if hp.split_by not in ("number", "time"):
+            raise ValueError(f"{name}: unknown split_by {hp.split_by!r}; available: number, time")
+        side = min(self.native_sensor_size[:2])
+        if hp.sensor_size is not None and not 1 <= hp.sensor_size <= side:
+            raise ValueError(f"{name} expects sensor_size (the downsampled side) in [1, {side}] or None, "
+                             f"got {hp.sensor_size}")
+        if not 0.0 < hp.val_fraction < 1.0:
+            raise ValueError(f"{name} expects val_fraction in the open interval (0, 1), got {hp.val_fraction}")
+        if hp.batch_size < 1:
+            raise ValueError(f"{name} expects batch_size >= 1, got {hp.batch_size}")
+        if hp.num_workers < 0:
+            raise ValueError(f"{name} expects num_workers >= 0, got {hp.num_workers}")
+        keep = getattr(as_augmentation(hp.augmentation), "keep_steps", None)
+        if keep is not None and keep > hp.time_bins:
+            raise ValueError(f"{name}: augmentation keeps {keep} steps of only time_bins={hp.time_bins}")
