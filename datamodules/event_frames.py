@@ -196,8 +196,13 @@ class EventFrameDataModule(SplitDataModule):
         key = hashlib.sha256(settings.encode()).hexdigest()[:16]
         return os.path.join(self._cache_root(), f"{self.dataset_name}-{source}-T{hp.time_bins}-{key}")
 
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether frames are cached on disk (``cache``)."""
+        return bool(self.hparams.cache)
+
     def _framed(self, source: str, dataset: Any) -> Dataset:
-        if not self.hparams.cache:
+        if not self.cache_enabled:
             return dataset
         return DiskCachedDataset(dataset, cache_path=self.cache_path(source, dataset))
 

@@ -32,10 +32,14 @@ class TonicDataModule(EventFrameDataModule):
 
     ``frames`` is float32 ``[B, T, 2, H, W]`` (per-polarity event counts in ``T = time_bins`` slices;
     ``H = W = sensor_size`` when downsampling, else the sensor's 128 or 34), ``label`` is int64. Use the
-    task with ``encoding="frames"``. The pipeline is :mod:`spikenorm.datamodules.event_frames`: tonic
-    ``Downsample`` and ``ToFrame``, then tonic's ``DiskCachedDataset`` under ``cache_dir`` (default
+    task with ``encoding="frames"``. The pipeline is :mod:`spikenorm.datamodules.event_frames`: tonic's
+    readers and ``Downsample``, exact framing (or tonic's ``ToFrame`` with ``frame_engine="tonic"``), then,
+    with the cache on, tonic's ``DiskCachedDataset`` under ``cache_dir`` (default
     ``<root>/spikenorm_cache``), keyed by every setting that changes the frames, so that epochs after the
-    first read HDF5 frames instead of raw events.
+    first read one HDF5 file of frames per sample instead of the raw events. Reading an HDF5 file costs
+    about 0.7 ms, so the cache pays off for large recordings only (benchmarks/dvs_loading.py: 6.6x faster
+    at 100k events per AEDAT4 file, 6x slower at 4k events per N-MNIST file); ``cache=None`` therefore
+    means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST.
 
     Files (what tonic expects after download and extraction; ``download=True`` fetches them where tonic
     can, otherwise a ``FileNotFoundError`` says which files go where):
@@ -72,7 +76,7 @@ class TonicDataModule(EventFrameDataModule):
         frame_engine: FrameEngine = "exact",
         augment: bool = True,
         augmentation: FrameAugmentation | None = None,
-        cache: bool = True,
+        cache: bool | None = None,
         cache_dir: str | None = None,
         split_convention: SplitConvention = "tonic",
         test_split: Literal["stratified", "per_class"] = "stratified",
@@ -97,6 +101,13 @@ class TonicDataModule(EventFrameDataModule):
     @property
     def native_sensor_size(self) -> tuple[int, int, int]:
         return _SENSOR_SIZE[self.hparams.dataset]
+
+    @property
+    def cache_enabled(self) -> bool:
+        """``cache``; by default on for DVS128 Gesture and CIFAR10-DVS, off for N-MNIST (see the class docs)."""
+        if self.hparams.cache is None:
+            return self.hparams.dataset != "nmnist"
+        return bool(self.hparams.cache)
 
     @property
     def num_classes(self) -> int:

@@ -106,7 +106,7 @@ def test_cache_is_hit_from_the_second_epoch(nmnist_root, tmp_path, monkeypatch):
     reads = []
     original = tonic.datasets.nmnist.read_mnist_file
     monkeypatch.setattr(tonic.datasets.nmnist, "read_mnist_file", lambda *a, **k: reads.append(1) or original(*a, **k))
-    dm = _module(root, "nmnist", tmp_path, val_fraction=0.25)
+    dm = _module(root, "nmnist", tmp_path, val_fraction=0.25, cache=True)
     dm.setup("fit")
     first = [x for x, _ in dm.train_dataloader()]
     assert len(reads) == 30
@@ -115,11 +115,11 @@ def test_cache_is_hit_from_the_second_epoch(nmnist_root, tmp_path, monkeypatch):
     second = [x for x, _ in dm.train_dataloader()]
     assert len(reads) == 30  # the second epoch read no event file
     assert sum(float(x.sum()) for x in first) == sum(float(x.sum()) for x in second)
-    fresh = _module(root, "nmnist", tmp_path, val_fraction=0.25)  # a new run with the same settings
+    fresh = _module(root, "nmnist", tmp_path, val_fraction=0.25, cache=True)  # a new run with the same settings
     fresh.setup("fit")
     list(fresh.train_dataloader())
     assert len(reads) == 30
-    other = _module(root, "nmnist", tmp_path, val_fraction=0.25, time_bins=3)  # other frames, other cache
+    other = _module(root, "nmnist", tmp_path, val_fraction=0.25, time_bins=3, cache=True)  # other frames, other cache
     other.setup("fit")
     assert other.cache_path("train", other.train_dataset.dataset.dataset) != cache
 
@@ -129,6 +129,8 @@ def test_no_cache_reads_events_every_epoch(nmnist_root, tmp_path, monkeypatch):
     reads = []
     original = tonic.datasets.nmnist.read_mnist_file
     monkeypatch.setattr(tonic.datasets.nmnist, "read_mnist_file", lambda *a, **k: reads.append(1) or original(*a, **k))
+    assert not _module(root, "nmnist", tmp_path).cache_enabled  # the default: N-MNIST files are cheap to read
+    assert _module(root, "cifar10dvs", tmp_path).cache_enabled and _module(root, "dvsgesture", tmp_path).cache_enabled
     dm = _module(root, "nmnist", tmp_path, val_fraction=0.25, cache=False)
     dm.setup("fit")
     for _ in range(2):
