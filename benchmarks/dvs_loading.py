@@ -30,10 +30,9 @@ import torch
 from common import publish, stamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_datasets import write_cifar10dvs, write_nmnist  # noqa: E402
-
-from spikenorm.datamodules import EventDigitsDataModule, TonicDataModule  # noqa: E402
-from spikenorm.datamodules.base import SplitDataModule  # noqa: E402
+from fake_datasets import write_cifar10dvs, write_nmnist
+from spikenorm.datamodules import EventDigitsDataModule, TonicDataModule
+from spikenorm.datamodules.base import SplitDataModule
 
 
 def epoch_seconds(dm: SplitDataModule) -> float:
@@ -101,8 +100,8 @@ def main() -> None:
     report = "\n".join([
         stamp(torch.device("cpu")),
         "",
-        f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
-        f"{args.repeats} interleaved repeats.",
+        (f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
+         f"{args.repeats} interleaved repeats."),
         "",
         "| data | train samples | no cache | cache cold | cache warm | warm / no cache | cold / no cache |",
         "|---|---|---|---|---|---|---|",

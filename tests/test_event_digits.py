@@ -7,7 +7,6 @@ import pytest
 import tonic
 import torch
 from sklearn.datasets import load_digits
-
 from spikenorm.datamodules import (
     DigitsDataModule,
     EventDigits,
@@ -17,6 +16,7 @@ from spikenorm.datamodules import (
 from spikenorm.datamodules import event_digits as event_digits_module
 from spikenorm.datamodules.dvs_emulator import image_to_events
 from spikenorm.datamodules.event_frames import EventsToFrames
+
 from spikenorm.models import SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 

@@ -67,6 +67,7 @@ def offline_env(tmp_path, monkeypatch):
     # service left by an earlier test so this test's runs land in its own tmp_path
     wandb.teardown()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPIKENORM_CACHE", str(tmp_path / "cache"))  # event-digits streams stay in tmp_path
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -109,9 +110,9 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
     assert "test accuracy" in printed and "firing rate" in printed and str(runs[0].name) in printed
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "quickstart_osr"])
+@pytest.mark.parametrize("recipe", ["quickstart", "quickstart_osr", "quickstart_dvs"])
 def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "SPIKENORM_CACHE": str(tmp_path / "cache")}
     cmd = [
         sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / f"{recipe}.yaml"),
         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
@@ -126,9 +127,14 @@ def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
     assert "val/acc" in metrics and "train/loss" in metrics
 
 
-def test_quickstart_reaches_93_percent(offline_env, capsys):
-    main(["fit", "--config", str(RECIPES / "quickstart.yaml"), "--trainer.enable_progress_bar=false"])
+@pytest.mark.parametrize(("recipe", "bar"), [("quickstart", 0.93), ("quickstart_dvs", 0.90)])
+def test_quickstart_reaches_its_accuracy(offline_env, capsys, recipe, bar):
+    """The full CPU runs (99.4% and 94.2% measured with seed 0) clear a bar below the documented accuracy."""
+    import wandb
+
+    main(["fit", "--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.enable_progress_bar=false"])
+    wandb.finish()  # close the run in this process before the next test starts another one
     printed = capsys.readouterr().out
     accuracy = float(printed.split("test accuracy")[1].split()[0])
-    assert accuracy >= 0.93, printed
+    assert accuracy >= bar, printed
     assert "folded model   accuracy" in printed and " 0 flipped spikes" in printed, printed

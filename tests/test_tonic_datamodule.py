@@ -237,6 +237,19 @@ def test_missing_files_say_what_goes_where(tmp_path, dataset, convention, expect
     assert "download=True" in str(info.value) or "manual download" in str(info.value)
 
 
+def test_failed_download_says_what_goes_where(tmp_path, monkeypatch):
+    """download=True without network: tonic's downloader fails, the error still names the expected files."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tonic.dataset, "download_and_extract_archive", offline)
+    dm = TonicDataModule("nmnist", root=str(tmp_path), download=True)
+    with pytest.raises(FileNotFoundError, match=r"downloading failed \(URLError.*NMNIST/Train/<digit>/\*\.bin"):
+        dm.prepare_data()
+
+
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="dataset in"):
         TonicDataModule("dvs_lips", root=str(tmp_path))
