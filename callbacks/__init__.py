@@ -1,7 +1,8 @@
 """Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring)."""
 
 from spikenorm.callbacks.binary_export import PackedBinaryExport
+from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.fold import FoldNormalization
 from spikenorm.callbacks.recalibration import ReplayRecalibration
 
-__all__ = ["FoldNormalization", "PackedBinaryExport", "ReplayRecalibration"]
+__all__ = ["BNRecalibration", "FoldNormalization", "PackedBinaryExport", "ReplayRecalibration"]

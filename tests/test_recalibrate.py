@@ -86,7 +86,7 @@ def test_single_pass_matches_exact_on_the_first_layer_only():
 def test_errors():
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_bn(actor_like("tdbn"), [])
-    with pytest.raises(ValueError, match="no norm layer"):
+    with pytest.raises(ValueError, match="no BN layer"):
         recalibrate_bn(nn.Linear(2, 2), [torch.zeros(1, 2)])
     with pytest.raises(ValueError, match="unknown recalibration mode"):
         recalibrate_bn(actor_like("tdbn"), batches(), mode="fast")
