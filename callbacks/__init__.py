@@ -3,6 +3,7 @@
 from spikenorm.callbacks.binary_export import PackedBinaryExport
 from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.fold import FoldNormalization
+from spikenorm.callbacks.nir_export import NIRExport
 from spikenorm.callbacks.recalibration import ReplayRecalibration
 
-__all__ = ["BNRecalibration", "FoldNormalization", "PackedBinaryExport", "ReplayRecalibration"]
+__all__ = ["BNRecalibration", "FoldNormalization", "NIRExport", "PackedBinaryExport", "ReplayRecalibration"]
