@@ -1,0 +1,155 @@
+"""EnergyMonitor: synaptic operations, MACs and energy per sample of the model (and of its folded form)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from spikenorm.callbacks._monitoring import (
+    batch_samples,
+    check_every_n_epochs,
+    monitored_network,
+    validation_due,
+)
+from torch import nn
+
+from spikenorm.energy import EnergyCosts, EnergyReport, OpCounter
+from spikenorm.fold import fold_model
+
+
+class EnergyMonitor(Callback):
+    """Count SOPs and MACs (:class:`spikenorm.energy.OpCounter`) during validation and log energy per sample.
+
+    ``E = E_MAC * MACs + E_AC * SOPs`` per sample (see :mod:`spikenorm.energy` for what counts as which, and
+    what is not counted). The live model is ``pl_module.model`` (or the LightningModule itself without its
+    ``teacher``). With ``folded=True`` the model is folded once per monitored epoch
+    (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the same validation batches
+    (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches ``(x, ...)``); a model that
+    cannot be folded gets one warning and no folded numbers. Counts are summed over processes (DDP).
+
+    Logged per sample (``energy/folded/...`` for the folded model):
+
+    * ``energy/sops``, ``energy/macs``, ``energy/uj`` (µJ);
+    * ``energy/ann_uj``: the same synaptic layers as an ANN (one dense step), when ``T`` is known
+      (``time_steps``, else an integer ``pl_module.time_steps``);
+    * ``energy/layer_uj/<layer>``, ``energy/layer_sops/<layer>``, ``energy/layer_macs/<layer>`` with ``per_layer``.
+
+    Args:
+        e_ac_pj: energy of one accumulate (SOP) in pJ (45 nm: 0.9).
+        e_mac_pj: energy of one multiply-accumulate in pJ (45 nm: 4.6).
+        folded: also count the folded inference model.
+        every_n_epochs: monitor every n-th validation epoch of a fit (every ``trainer.validate`` is monitored).
+        per_layer: log per-layer numbers too.
+        time_steps: ``T`` of a validation forward, for the ANN reference; None reads ``pl_module.time_steps``.
+
+    Raises:
+        ValueError: a negative (or NaN/infinite) energy, ``every_n_epochs < 1``, ``time_steps < 1``; at setup, a
+            model without Linear, Conv or norm layers.
+    """
+
+    def __init__(
+        self,
+        e_ac_pj: float = 0.9,
+        e_mac_pj: float = 4.6,
+        folded: bool = True,
+        every_n_epochs: int = 1,
+        per_layer: bool = False,
+        time_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.costs = EnergyCosts(e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
+        self.folded = folded
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
+        self.per_layer = per_layer
+        if time_steps is not None and time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1 or None, got {time_steps}")
+        self.time_steps = time_steps
+        self._live: OpCounter | None = None
+        self._folded: tuple[nn.Module, OpCounter] | None = None
+        self._fold_warned = False
+
+    # -- counting -----------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        OpCounter(*monitored_network(pl_module))  # fail at setup if there is nothing to count
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._release()
+        if not validation_due(trainer, self.every_n_epochs):
+            return
+        if self.folded:  # before the live counter's hooks exist, so that the folded copy has none
+            self._folded = self._fold(pl_module)
+        network, exclude = monitored_network(pl_module)
+        self._live = OpCounter(network, exclude).start()
+
+    def _fold(self, pl_module: LightningModule) -> tuple[nn.Module, OpCounter] | None:
+        model = getattr(pl_module, "model", None)
+        try:
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"{type(pl_module).__name__} holds no network as `model`")
+            folded = fold_model(model)
+        except (ValueError, TypeError) as err:
+            if not self._fold_warned:
+                rank_zero_warn(f"EnergyMonitor: the model cannot be folded ({err}); no energy/folded numbers")
+                self._fold_warned = True
+            return None
+        return folded, OpCounter(folded)
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._live is None:
+            return
+        samples = batch_samples(batch)
+        self._live.add_samples(samples)
+        if self._folded is not None:
+            folded, counter = self._folded
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            encode = getattr(pl_module, "encode", None)
+            with torch.no_grad(), counter:
+                folded(encode(x) if callable(encode) else x)
+            counter.add_samples(samples)
+
+    # -- reporting ----------------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        live, folded = self._release()
+        if live is None:
+            return
+        steps = self.time_steps
+        if steps is None and isinstance(getattr(pl_module, "time_steps", None), int):
+            steps = pl_module.time_steps
+        for prefix, counter in (("energy", live), ("energy/folded", folded)):
+            if counter is None:
+                continue
+            counter.all_reduce()
+            if counter.samples == 0:
+                rank_zero_warn(f"EnergyMonitor: no validation samples were counted for {prefix}")
+                continue
+            for key, value in self._metrics(counter.report(self.costs, steps)).items():
+                # identical on every rank after all_reduce, so their mean over ranks (sync_dist) is the value itself
+                pl_module.log(f"{prefix}/{key}", value, sync_dist=True)
+
+    def _metrics(self, report: EnergyReport) -> dict[str, float]:
+        metrics = {"sops": report.sops, "macs": report.macs, "uj": report.energy_uj}
+        if report.ann_energy_pj is not None:
+            metrics["ann_uj"] = report.ann_energy_pj * 1e-6
+        if self.per_layer:
+            for layer, energy_pj in report.layer_energy_pj().items():
+                metrics[f"layer_uj/{layer}"] = energy_pj * 1e-6
+                metrics[f"layer_sops/{layer}"] = report.layers[layer].sops
+                metrics[f"layer_macs/{layer}"] = report.layers[layer].macs
+        return metrics
+
+    def _release(self) -> tuple[OpCounter | None, OpCounter | None]:
+        """Detach the counters (if any) and hand them over: ``(live, folded)``."""
+        live, folded = self._live, self._folded[1] if self._folded is not None else None
+        self._live, self._folded = None, None
+        for counter in (live, folded):
+            if counter is not None:
+                counter.stop()
+        return live, folded
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()

@@ -1,0 +1,129 @@
+"""SpikeMonitor: firing rates, dead and saturated neurons of any spiking model during validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from spikenorm.callbacks._monitoring import (
+    check_every_n_epochs,
+    monitored_network,
+    validation_due,
+)
+from torch import Tensor
+
+from spikenorm.monitoring import FiringRateRecorder
+from spikenorm.plots import firing_rate_heatmap
+
+
+class SpikeMonitor(Callback):
+    """Record every spiking neuron (spikenorm, snnTorch or SpikingJelly) of the model during validation.
+
+    Recorded with :class:`spikenorm.monitoring.FiringRateRecorder` on ``pl_module.model`` (or, when the module
+    has no ``model``, on the LightningModule itself without its ``teacher``). Every validation batch starts a
+    new sequence, so single-step networks called once per time step from the module's own loop get step
+    indices ``0..T-1`` like multi-step ones. At the end of the epoch the totals are summed over processes
+    (DDP) and logged:
+
+    * ``spikes/rate/<layer>``: spikes per neuron per step over the epoch; ``spikes/mean_rate``: their mean;
+    * ``spikes/dead/<layer>``: fraction of neurons that never fired over the epoch;
+    * ``spikes/saturated/<layer>``: fraction that fired at every step of every sample;
+    * ``spikes/step_rate/<layer>/t<t>`` (``log_step_scalars``): the rate at step ``t``;
+    * ``heatmap_key`` (``heatmap``, rank zero): the layers x steps heatmap
+      (:func:`spikenorm.plots.firing_rate_heatmap`), to every W&B logger (``log_image``) and every logger whose
+      ``experiment`` has ``add_figure`` (TensorBoard).
+
+    Args:
+        every_n_epochs: record every n-th validation epoch of a fit (every ``trainer.validate`` is recorded).
+        log_step_scalars: log the per-step rates as scalars.
+        heatmap: log the heatmap figure.
+        heatmap_key: the key (W&B) or tag (TensorBoard) of the heatmap.
+
+    Raises:
+        ValueError: ``every_n_epochs < 1``; at setup, a model without spiking neurons.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        log_step_scalars: bool = True,
+        heatmap: bool = True,
+        heatmap_key: str = "spikes/heatmap",
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
+        self.log_step_scalars = log_step_scalars
+        self.heatmap = heatmap
+        self.heatmap_key = heatmap_key
+        self._recorder: FiringRateRecorder | None = None
+
+    @staticmethod
+    def _new_recorder(pl_module: LightningModule) -> FiringRateRecorder:
+        network, exclude = monitored_network(pl_module)
+        return FiringRateRecorder(network, sequence_on_forward=False, exclude=exclude)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._new_recorder(pl_module)  # fail at setup, not after an epoch of training, if there are no neurons
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._release()
+        if validation_due(trainer, self.every_n_epochs):
+            self._recorder = self._new_recorder(pl_module).start()
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._recorder is not None:
+            self._recorder.new_sequence()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        recorder = self._release()
+        if recorder is None:
+            return
+        recorder.all_reduce()
+        rates = recorder.layer_rates()
+        if not rates:
+            rank_zero_warn(
+                f"SpikeMonitor recorded no spikes: none of the neurons of {type(recorder.model).__name__} ran "
+                "during validation"
+            )
+            return
+        metrics = {"spikes/mean_rate": recorder.mean_rate()}
+        for prefix, values in (
+            ("rate", rates),
+            ("dead", recorder.dead_fractions()),
+            ("saturated", recorder.saturated_fractions()),
+        ):
+            metrics.update({f"spikes/{prefix}/{layer}": value for layer, value in values.items()})
+        step_rates = recorder.step_rates()
+        if self.log_step_scalars:
+            for layer, per_step in step_rates.items():
+                metrics.update({f"spikes/step_rate/{layer}/t{t}": float(r) for t, r in enumerate(per_step)})
+        for key, value in metrics.items():
+            # identical on every rank after all_reduce, so their mean over ranks (sync_dist) is the value itself
+            pl_module.log(key, value, sync_dist=True)
+        if self.heatmap and trainer.is_global_zero:
+            self._log_heatmap(trainer, step_rates)
+
+    def _log_heatmap(self, trainer: Trainer, step_rates: dict[str, Tensor]) -> None:
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        writers = [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_figure")]
+        if not wandb and not writers:
+            return
+        figure = firing_rate_heatmap(step_rates, title=f"firing rates, epoch {trainer.current_epoch}")
+        for logger in wandb:
+            logger.log_image(key=self.heatmap_key, images=[figure], step=trainer.global_step)
+        for writer in writers:
+            writer.add_figure(self.heatmap_key, figure, global_step=trainer.global_step, close=False)
+
+    def _release(self) -> FiringRateRecorder | None:
+        """Detach the current recorder (if any) from the model and hand it over."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.stop()
+        return recorder
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
