@@ -44,7 +44,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -265,7 +265,7 @@ class OpCounter:
             raise ValueError(f"the number of samples must be >= 0, got {n}")
         self.samples += int(n)
 
-    def start(self) -> Self:
+    def start(self) -> "OpCounter":
         """Attach the hooks (what ``with`` does on entry)."""
         self.stop()
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
@@ -282,7 +282,7 @@ class OpCounter:
         self._counts.clear()
         self.samples = 0
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "OpCounter":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

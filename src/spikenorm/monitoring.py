@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Self
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -130,7 +130,7 @@ class FiringRateRecorder:
         """Start a new sequence: the next step every neuron produces is step 0."""
         self._steps_in_sequence.clear()
 
-    def start(self) -> Self:
+    def start(self) -> "FiringRateRecorder":
         """Attach the hooks (what ``with`` does on entry); a new sequence starts."""
         self.stop()
         self.new_sequence()
@@ -156,7 +156,7 @@ class FiringRateRecorder:
         self._totals.clear()
         self.new_sequence()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "FiringRateRecorder":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

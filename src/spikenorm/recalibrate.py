@@ -26,10 +26,15 @@ Modes:
 * ``"exact"`` (default): layer by layer in execution order, one pass over the batches per layer, so each
   layer's statistics are computed from inputs produced by upstream layers that already use their final
   re-calibrated statistics (the fixed point: running the model in eval mode afterwards feeds every layer
-  inputs whose pooled statistics are exactly its running statistics). ``L + 1`` passes for ``L`` layers.
+  inputs whose pooled statistics are exactly its running statistics). The first, full pass records the
+  execution order and each layer's calls per batch while it measures the first layer; every later pass
+  stops a batch's forward as soon as the layer it measures has seen all of that batch's inputs, so a
+  layer ``k`` deep costs only the part of the network up to it (about ``L / 2 + 1`` forwards in all).
   A membrane norm (MPBN) sees membranes that depend on its own earlier outputs through spikes and resets,
-  so its pass is repeated on its written statistics until they reproduce themselves (usually 1 to 3 more
-  passes; a warning if they have not settled after 20).
+  so its pass is repeated on its written statistics until they reproduce themselves, or return to earlier
+  values (a cycle: neurons sitting at the threshold fire or not depending on the statistics, so no exact
+  fixed point exists; the report's ``fixed_point_gap`` says how far apart the cycle's statistics are), at
+  most 10 more passes.
 * ``"single_pass"``: the CaRe-BN reference code: one pass in which every layer normalises with its
   partially accumulated statistics, so downstream layers see upstream activations normalised with
   not-yet-final statistics (methods.md 1.3 and 6.8). Costs one forward per batch.
@@ -41,11 +46,12 @@ module are restored afterwards and no momentum is touched. Layers whose statisti
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
@@ -72,12 +78,14 @@ class PooledMoments:
 
     def add(self, x: Tensor, dims: tuple[int, ...]) -> None:
         """Merge the samples of ``x`` over ``dims`` (the remaining axes index the features)."""
-        x = x.detach().double()
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.double()  # CPU reductions of float32 already accumulate in float64; others may not
         n = 1
         for d in dims:
             n *= x.shape[d]
         var, mean = torch.var_mean(x, dim=dims, correction=0)
-        self.merge(n, mean, var * n)
+        self.merge(n, mean.double(), var.double() * n)
 
     def merge(self, n: int, mean: Tensor, m2: Tensor) -> None:
         if n == 0:
@@ -111,13 +119,15 @@ class PooledMoments:
 @dataclass
 class LayerRecalibration:
     """How far a layer's running statistics moved: mean absolute changes and the mean W2 distance
-    between N(mu_before, var_before) and N(mu_after, var_after) over features (``stat_error``), and the
-    number of samples pooled per feature."""
+    between N(mu_before, var_before) and N(mu_after, var_after) over features (``stat_error``), the
+    number of samples pooled per feature, and for membrane norms the W2 distance between the last two
+    iterates of the fixed-point iteration (``fixed_point_gap``, 0 when the statistics reproduce exactly)."""
 
     mean_shift: float
     var_shift: float
     stat_error: float
     samples: int
+    fixed_point_gap: float = 0.0
 
 
 @dataclass
@@ -260,15 +270,9 @@ def recalibrate_bn(
     model.eval()
     try:
         if mode == "single_pass":
-            moments = _pass(model, layers, batches, run, active=set(layers))
+            moments, gaps = _single_pass(model, layers, batches, run), {}
         else:
-            moments = {}
-            recurrent = _membrane_norm_names(model, layers)
-            for name in _execution_order(model, layers, batches[0], run):
-                moments.update(_pass(model, layers, batches, run, active={name}))
-                layers[name].write(moments[name])
-                if name in recurrent:
-                    moments[name] = _fixed_point(model, layers, batches, run, name, moments[name])
+            moments, gaps = _exact(model, layers, batches, run)
         for name, m in moments.items():
             layers[name].write(m)
             samples[name] = m.count
@@ -283,34 +287,93 @@ def recalibrate_bn(
         report.layers[name] = LayerRecalibration(
             mean_shift=float((mean1 - mean0).abs().mean()),
             var_shift=float((var1 - var0).abs().mean()),
-            stat_error=float(torch.sqrt((mean0 - mean1) ** 2
-                                        + (var0.clamp_min(0).sqrt() - var1.clamp_min(0).sqrt()) ** 2).mean()),
+            stat_error=_w2((mean0, var0), (mean1, var1)),
             samples=samples[name],
+            fixed_point_gap=gaps.get(name, 0.0),
         )
     return report
 
 
+class _StopForward(Exception):
+    """Raised inside a forward once the layer being measured has seen all of its inputs for this batch."""
+
+
 def _run_fresh(model: nn.Module, run: Callable, batch: Any) -> None:
-    """One forward from fresh neuron state."""
+    """One forward from fresh neuron state (ended early by :class:`_StopForward`)."""
     reset_neuron_states(model)
-    run(model, batch)
-
-
-def _execution_order(model: nn.Module, layers: dict[str, StatisticsLayer], batch: Any, run: Callable) -> list[str]:
-    order: list[str] = []
-    handles = [
-        layer.module.register_forward_hook(lambda m, i, o, name=name: order.append(name) if name not in order else None)
-        for name, layer in layers.items()
-    ]
     try:
-        _run_fresh(model, run, batch)
+        run(model, batch)
+    except _StopForward:
+        pass
+
+
+@contextlib.contextmanager
+def _intercepted(layers: dict[str, StatisticsLayer], make: Callable[[str, Callable], Callable]) -> Iterator[None]:
+    """Replace the forward of each named layer by ``make(name, original_forward)`` for the scope.
+
+    Replacing the forward (rather than hooking it) spares computing an output that would be thrown away."""
+    own = {name: layer.module.__dict__.get("forward") for name, layer in layers.items()}  # instance overrides
+    for name, layer in layers.items():
+        layer.module.forward = make(name, layer.module.forward)
+    try:
+        yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for name, layer in layers.items():
+            if own[name] is None:
+                del layer.module.forward
+            else:
+                layer.module.forward = own[name]
+
+
+def _exact(
+    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable
+) -> tuple[dict[str, PooledMoments], dict[str, float]]:
+    """Layer by layer in execution order (see the module doc); passes after the first stop each forward
+    as soon as the layer being measured has seen all of its inputs of that batch."""
+    moments, order, calls = _first_layer_pass(model, layers, batches, run)
+    recurrent = _membrane_norm_names(model, layers)
+    gaps: dict[str, float] = {}
+    for name in order:
+        if name != order[0]:
+            moments[name] = _pass(model, layers, batches, run, name, normalize=True, stop_after=calls[name])
+        layers[name].write(moments[name])
+        if name in recurrent:
+            moments[name], gaps[name] = _fixed_point(model, layers, batches, run, name, calls[name])
+    return moments, gaps
+
+
+def _first_layer_pass(
+    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable
+) -> tuple[dict[str, PooledMoments], list[str], dict[str, list[int]]]:
+    """A full pass that records the execution order of the layers and their calls per batch, and
+    measures the first layer (whose inputs depend on no other layer)."""
+    order: list[str] = []
+    calls = {name: [0] * len(batches) for name in layers}
+    first = PooledMoments()
+    current = 0
+
+    def make(name: str, original: Callable) -> Callable:
+        layer = layers[name]
+
+        def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            calls[name][current] += 1
+            if name not in order:
+                order.append(name)
+            if name != order[0]:
+                return original(x, *args, **kwargs)
+            first.add(x, layer.reduce_dims(x))
+            return layer.normalized(x, first.mean.to(x.dtype), first.variance(unbiased=False).to(x.dtype))
+
+        return forward
+
+    with _intercepted(layers, make):
+        for current, batch in enumerate(batches):
+            _run_fresh(model, run, batch)
     missing = [name for name in layers if name not in order]
     if missing:
         raise ValueError(f"the forward never called these BN layers, so they cannot be recalibrated: {missing}")
-    return order
+    first.all_reduce()
+    return {order[0]: first}, order, calls
 
 
 def _membrane_norm_names(model: nn.Module, layers: dict[str, StatisticsLayer]) -> set[str]:
@@ -320,60 +383,89 @@ def _membrane_norm_names(model: nn.Module, layers: dict[str, StatisticsLayer]) -
     return {name for name, layer in layers.items() if id(layer.module) in membrane_norms}
 
 
+def _w2(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:
+    """Mean over features of the W2 distance between N(mean_a, var_a) and N(mean_b, var_b)."""
+    return float(torch.sqrt((a[0] - b[0]) ** 2 + (a[1].clamp_min(0).sqrt() - b[1].clamp_min(0).sqrt()) ** 2).mean())
+
+
 def _fixed_point(
     model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable, name: str,
-    moments: PooledMoments, max_iterations: int = 20,
-) -> PooledMoments:
+    calls: list[int], max_iterations: int = 10,
+) -> tuple[PooledMoments, float]:
     """Re-measure a membrane norm's inputs with its written statistics until they reproduce themselves.
 
     The first pass normalised with partially accumulated statistics, which changes the spikes, resets and
     hence the membranes it measured. Each further pass runs the layer on the statistics written by the last
-    one; spike trains are discrete, so the iteration usually lands on statistics that reproduce exactly.
+    one. Spike trains are discrete, so the iteration either lands on statistics that reproduce exactly (a
+    fixed point) or returns to earlier ones (a cycle: a few neurons at the threshold fire or not depending on
+    the statistics, and no exact fixed point exists). Returns the last moments and the gap: the W2 distance between the last two written
+    statistics, 0 at a fixed point.
     """
+    layer = layers[name]
+    history = [(layer.running_mean.clone(), layer.running_var.clone())]
     for _ in range(max_iterations):
-        again = _pass(model, layers, batches, run, active={name}, normalize=False)[name]
-        layers[name].write(again)
-        if torch.allclose(again.mean, moments.mean, rtol=1e-12, atol=1e-15) and torch.allclose(
-            again.m2, moments.m2, rtol=1e-12, atol=1e-15
-        ):
-            return again
-        moments = again
+        moments = _pass(model, layers, batches, run, name, normalize=False, stop_after=calls)
+        layer.write(moments)
+        state = (layer.running_mean.clone(), layer.running_var.clone())
+        if any(torch.equal(state[0], h[0]) and torch.equal(state[1], h[1]) for h in history):
+            return moments, _w2(state, history[-1])
+        history.append(state)
     warnings.warn(
-        f"recalibrate_bn: the statistics of membrane norm {name!r} did not settle in {max_iterations} passes "
-        "(spikes keep changing with them); the last pass's statistics were written",
+        f"recalibrate_bn: the statistics of membrane norm {name!r} neither settled nor cycled in {max_iterations} "
+        f"passes (last change {_w2(history[-1], history[-2]):.3g}); the last pass's statistics were written",
         stacklevel=3,
     )
+    return moments, _w2(history[-1], history[-2])
+
+
+def _single_pass(model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable) -> dict[str, PooledMoments]:
+    """Every layer accumulates its inputs and normalises with what it has accumulated so far."""
+    moments = {name: PooledMoments() for name in layers}
+
+    def make(name: str, original: Callable) -> Callable:
+        layer, m = layers[name], moments[name]
+
+        def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            m.add(x, layer.reduce_dims(x))
+            return layer.normalized(x, m.mean.to(x.dtype), m.variance(unbiased=False).to(x.dtype))
+
+        return forward
+
+    with _intercepted(layers, make):
+        for batch in batches:
+            _run_fresh(model, run, batch)
+    for m in moments.values():
+        m.all_reduce()
     return moments
 
 
 def _pass(
-    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable, active: set[str],
-    normalize: bool = True,
-) -> dict[str, PooledMoments]:
-    """One pass over the batches; active layers accumulate their inputs and, when ``normalize``, normalise
-    with what they accumulated so far (otherwise they run on their running statistics)."""
-    moments = {name: PooledMoments() for name in active}
+    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable, name: str,
+    normalize: bool, stop_after: list[int],
+) -> PooledMoments:
+    """One pass measuring layer ``name``: it accumulates its inputs and, when ``normalize``, normalises
+    with what it has accumulated so far (otherwise it runs on its running statistics). The forward of
+    batch ``b`` stops after the layer's ``stop_after[b]``-th call."""
+    layer, moments = layers[name], PooledMoments()
+    seen = 0
+    current = 0
 
-    def hook(name: str) -> Callable:
-        layer = layers[name]
-
-        def accumulate(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
-            x = inputs[0]
-            moments[name].add(x, layer.reduce_dims(x))
+    def make(_: str, original: Callable) -> Callable:
+        def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            nonlocal seen
+            moments.add(x, layer.reduce_dims(x))
+            seen += 1
+            if seen == stop_after[current]:
+                raise _StopForward
             if not normalize:
-                return None
-            m = moments[name]
-            return layer.normalized(x, m.mean.to(x.dtype), m.variance(unbiased=False).to(x.dtype))
+                return original(x, *args, **kwargs)
+            return layer.normalized(x, moments.mean.to(x.dtype), moments.variance(unbiased=False).to(x.dtype))
 
-        return accumulate
+        return forward
 
-    handles = [layers[name].module.register_forward_hook(hook(name)) for name in active]
-    try:
-        for batch in batches:
+    with _intercepted({name: layer}, make):
+        for current, batch in enumerate(batches):
+            seen = 0
             _run_fresh(model, run, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for m in moments.values():
-        m.all_reduce()
+    moments.all_reduce()
     return moments
