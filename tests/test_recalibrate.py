@@ -90,3 +90,15 @@ def test_errors():
         recalibrate_bn(nn.Linear(2, 2), [torch.zeros(1, 2)])
     with pytest.raises(ValueError, match="unknown recalibration mode"):
         recalibrate_bn(actor_like("tdbn"), batches(), mode="fast")
+
+
+def test_float32_moments_are_accurate_to_float32_precision():
+    """Centred float32 sums against numpy float64 pooling, on data whose mean is 300 standard deviations."""
+    rng = np.random.default_rng(0)
+    data = [rng.normal(3.0 + 0.01 * i, 0.01, size=(4, 8, 3, 5, 5)) for i in range(4)]
+    moments = PooledMoments()
+    for d in data:
+        moments.add(torch.from_numpy(d).float(), dims=(0, 1, 3, 4))
+    pooled = np.concatenate([np.moveaxis(d.astype(np.float32).astype(np.float64), 2, -1).reshape(-1, 3) for d in data])
+    np.testing.assert_allclose(moments.mean.numpy(), pooled.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(moments.variance(unbiased=False).numpy(), pooled.var(0), rtol=2e-6)
