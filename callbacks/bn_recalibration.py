@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
+from spikenorm.callbacks._monitoring import check_every_n_epochs
 from spikenorm.recalibrate import RecalibrationReport, recalibrate_bn
 
 BatchForward = Callable[[LightningModule, Any], Any]
@@ -81,12 +82,10 @@ class BNRecalibration(Callback):
         super().__init__()
         if num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if mode not in ("exact", "single_pass"):
             raise ValueError(f"mode must be 'exact' or 'single_pass', got {mode!r}")
         self.num_batches = num_batches
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.before_validation = before_validation
         self.at_train_end = at_train_end
         self.mode = mode

