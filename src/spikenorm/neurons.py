@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from spikenorm import fused
 from spikenorm.norm.stats import batch_moments, unbiased
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
@@ -67,6 +68,13 @@ class SpikingNeuron(nn.Module):
             with ``[1, B, ...]`` at every step; leak and reset keep acting on ``h_t`` itself, so only
             hard reset is allowed with it (a soft reset would subtract a normalised threshold from a
             raw membrane).
+        backend: how a multi-step forward runs. ``"eager"`` (default): the Python loop over
+            :meth:`step`, the reference. ``"fused"``: all ``T`` steps of charge, fire and reset in one
+            ``torch.compile``-d kernel with a hand-written BPTT backward (:mod:`spikenorm.fused`), same
+            spikes bit for bit and the same gradients up to rounding; cases it does not cover (OTS,
+            training-mode membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...)
+            and failed compilations run the eager loop instead. ``"auto"``: fused only for CUDA inputs of
+            at least ``spikenorm.fused.AUTO_MIN_NUMEL`` elements (on CPU a first compilation costs seconds).
     """
 
     state_names: tuple[str, ...] = ("v",)
@@ -84,8 +92,12 @@ class SpikingNeuron(nn.Module):
         ots: bool = False,
         ots_eval: Literal["dynamic", "running"] = "dynamic",
         ots_momentum: float = 0.025,
+        backend: Literal["auto", "eager", "fused"] = "eager",
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "eager", "fused"):
+            raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
+        self.backend = backend
         if reset not in ("hard", "soft"):
             raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
         if membrane_norm is not None and reset == "soft":
@@ -170,6 +182,9 @@ class SpikingNeuron(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape."""
         check_time_major(x, type(self).__name__)
+        backend = getattr(self, "backend", "eager")  # modules pickled before the option existed
+        if backend != "eager" and fused.use_fused(self, x, backend):
+            return fused.fused_forward(self, x)
         state = self._carried_state if self._carried_state else self.init_state(x[0])
         spikes = []
         for x_t in x.unbind(0):
@@ -185,6 +200,7 @@ class SpikingNeuron(nn.Module):
         return (
             f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
             f"detach_membrane={self.detach_membrane}" + (f", ots={self.ots_eval!r}" if self.ots else "")
+            + (f", backend={self.backend!r}" if getattr(self, "backend", "eager") != "eager" else "")
         )
 
 

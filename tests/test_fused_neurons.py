@@ -1,0 +1,200 @@
+"""The fused multi-step neuron path (spikenorm.fused) against the eager loop, the reference.
+
+Compilation dominates the cost, so every test uses the same small shape and the kernels (cached per
+configuration inside spikenorm.fused) are shared across tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from spikenorm import fused
+from spikenorm.neurons import CLIF, IF, LIF, SpikingNeuron, stateful
+from spikenorm.norm import build_norm
+from spikenorm.surrogate import CallableSurrogate, Sigmoid
+
+pytestmark = pytest.mark.skipif(not fused.compile_available(), reason="torch.compile unavailable")
+
+SHAPE = (4, 3, 5, 2, 2)  # [T, B, C, H, W]
+CLASSES = {"if": IF, "lif": LIF, "clif": CLIF}
+
+
+@pytest.fixture
+def count_fused(monkeypatch):
+    """Counts the calls that actually took the fused path."""
+    calls = []
+    real = fused.fused_forward
+
+    def spy(neuron, x):
+        calls.append(type(neuron).__name__)
+        return real(neuron, x)
+
+    monkeypatch.setattr(fused, "fused_forward", spy)
+    return calls
+
+
+def threshold(kind: str, dtype: torch.dtype) -> float | torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    if kind == "scalar":
+        return 0.7
+    if kind == "channel":
+        return (0.4 + torch.rand(SHAPE[2], generator=gen)).to(dtype)
+    return (0.4 + torch.rand(SHAPE[2:], generator=gen)).to(dtype)
+
+
+def compare(eager: SpikingNeuron, dtype: torch.dtype, seed: int = 0, scale: float = 1.0, atol: float | None = None):
+    """Run eager and a fused copy on the same input; assert equal spikes and close input gradients."""
+    fast = copy.deepcopy(eager)
+    fast.backend = "fused"
+    assert fused.unsupported_reason(fast, torch.zeros(SHAPE, dtype=dtype)) is None
+    gen = torch.Generator().manual_seed(seed)
+    x = (scale * torch.randn(SHAPE, generator=gen)).to(dtype)
+    grad_out = torch.randn(SHAPE, generator=gen).to(dtype)
+    xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    se, sf = eager(xe), fast(xf)
+    assert torch.equal(se, sf)
+    assert 0 < se.mean() < 1  # the case fires, but not everywhere
+    (se * grad_out).sum().backward()
+    (sf * grad_out).sum().backward()
+    tol = atol if atol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
+    torch.testing.assert_close(xf.grad, xe.grad, rtol=0, atol=tol)
+    assert xe.grad.abs().sum() > 0
+    with torch.no_grad():  # the spikes-only kernel
+        assert torch.equal(fast(x), se)
+
+
+@pytest.mark.parametrize("theta_kind", ["scalar", "channel", "element"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("kind", ["if", "lif", "clif"])
+def test_fused_matches_eager_float64(kind, reset, detach_reset, theta_kind, count_fused):
+    neuron = CLASSES[kind](threshold=threshold(theta_kind, torch.float64), reset=reset, detach_reset=detach_reset)
+    compare(neuron.double(), torch.float64)
+    assert count_fused  # the fused path really ran
+
+
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_fused_matches_eager_float32(reset, detach_reset, count_fused):
+    compare(LIF(decay=0.75, threshold=threshold("channel", torch.float32), reset=reset, detach_reset=detach_reset),
+            torch.float32)
+    assert count_fused
+
+
+@pytest.mark.parametrize("name, kwargs", [("rectangle", {}), ("atan", {}), ("triangle", {"width": 0.8}),
+                                          ("dspike", {"b": 3.0})])
+def test_fused_surrogates(name, kwargs, count_fused):
+    compare(LIF(threshold=0.6, surrogate=name, surrogate_kwargs=kwargs, reset_value=-0.1).double(), torch.float64)
+    assert count_fused
+
+
+@pytest.mark.parametrize("feature_shape", [None, SHAPE[2:]])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fused_with_eval_mpbn(feature_shape, affine, count_fused):
+    """Eval-mode MPBN in the loop: u_t = (h_t - mu) rstd gamma + beta feeds the comparison, spikes identical."""
+    norm = build_norm("mpbn", SHAPE[2], feature_shape=feature_shape, affine=affine)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        norm.running_mean.copy_(0.3 * torch.randn(norm.running_mean.shape, generator=gen))
+        norm.running_var.copy_(0.5 + torch.rand(norm.running_var.shape, generator=gen))
+        if affine:
+            norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=gen))
+            norm.bias.copy_(0.2 * torch.randn(norm.bias.shape, generator=gen))
+            norm.requires_grad_(False)  # gradients w.r.t. norm parameters are not covered (see below)
+    neuron = LIF(decay=0.25, threshold=0.5, membrane_norm=norm.eval())
+    compare(neuron, torch.float32)
+    compare(neuron.double(), torch.float64)
+    assert count_fused
+
+
+def _assert_eager_fallback(neuron: SpikingNeuron, x: torch.Tensor, calls: list, train: bool = True):
+    fast = copy.deepcopy(neuron)
+    fast.backend = "fused"
+    assert fused.unsupported_reason(fast, x) is not None
+    xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    se, sf = neuron(xe), fast(xf)
+    assert torch.equal(se, sf)
+    se.sum().backward()
+    sf.sum().backward()
+    assert torch.equal(xe.grad, xf.grad)
+    assert not calls
+    for a, b in zip(neuron.buffers(), fast.buffers()):  # e.g. running statistics updated the same way
+        assert torch.equal(a, b)
+
+
+def test_fallback_for_unsupported_cases(count_fused):
+    x = torch.randn(SHAPE)
+    _assert_eager_fallback(LIF(ots=True), x, count_fused)
+    _assert_eager_fallback(LIF(membrane_norm=build_norm("mpbn", SHAPE[2])), x, count_fused)  # training mode
+    _assert_eager_fallback(LIF(detach_membrane=True), x, count_fused)
+    _assert_eager_fallback(LIF(surrogate=CallableSurrogate(Sigmoid(4.0))), x, count_fused)
+    norm = build_norm("mpbn", SHAPE[2]).eval()  # eval mode, but its parameters want gradients
+    _assert_eager_fallback(LIF(membrane_norm=norm), x, count_fused)
+    _assert_eager_fallback(LIF(membrane_norm=build_norm("tdbn", SHAPE[2]).eval()), x, count_fused)
+
+    assert "float32/float64" in fused.unsupported_reason(LIF(), x.bfloat16())
+
+    class MyLIF(LIF):
+        pass
+
+    _assert_eager_fallback(MyLIF(), x, count_fused)
+
+
+def test_stateful_scope_uses_eager(count_fused):
+    neuron, fast = LIF(), LIF(backend="fused")
+    x = torch.randn(SHAPE)
+    outs = []
+    for n in (neuron, fast):
+        with stateful(n):
+            outs.append(torch.cat([n(x[t : t + 1]) for t in range(SHAPE[0])]))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], neuron(x))
+    assert not count_fused
+
+
+def test_backend_selection(count_fused):
+    x = torch.randn(SHAPE)
+    assert LIF().backend == "eager"
+    LIF()(x)
+    LIF(backend="auto")(x)  # auto: fused only on CUDA, large inputs
+    assert not count_fused
+    assert not fused.use_fused(LIF(backend="auto"), x, "auto")
+    assert "backend='fused'" in repr(LIF(backend="fused"))
+    assert "backend" not in repr(LIF())
+    with pytest.raises(ValueError, match="backend"):
+        LIF(backend="triton")
+
+
+def test_compile_failure_falls_back(monkeypatch):
+    """A failing compilation warns once and runs the same ops uncompiled: identical spikes and gradients."""
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler")
+
+        return run
+
+    monkeypatch.setattr(fused.torch, "compile", broken_compile)
+    neuron = LIF(decay=0.3, threshold=0.55)  # a configuration no other test compiles
+    fast = LIF(decay=0.3, threshold=0.55, backend="fused")
+    x = torch.randn(SHAPE)
+    xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        sf = fast(xf)
+    se = neuron(xe)
+    assert torch.equal(se, sf)
+    se.sum().backward()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        sf.sum().backward()
+    torch.testing.assert_close(xf.grad, xe.grad, rtol=0, atol=1e-6)
+    assert "compilation failed" in fused.unsupported_reason(fast, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fast(x), se)  # now the eager loop, silently
+    for key in [k for k in fused._CACHE if k[1].decay == 0.3]:  # leave no broken entries behind
+        fused._CACHE.pop(key)
+        fused._BROKEN.discard(key)
