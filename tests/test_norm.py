@@ -175,3 +175,31 @@ def test_soft_reset_with_membrane_norm_is_refused():
 
     with pytest.raises(ValueError, match="soft reset with a membrane norm"):
         LIF(reset="soft", membrane_norm=build_norm("mpbn", 3))
+
+
+@pytest.mark.parametrize("name, steps", [("tdbn", 3), ("bn", 1), ("mpbn", 1)])
+def test_torch_batch_norm_path_equals_the_reference_ops(name, steps, monkeypatch):
+    """The fused F.batch_norm training path gives the reference path's outputs, gradients and running stats."""
+    from spikenorm.norm.base import TimeMajorNorm
+
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        layer = build_norm(name, 4).double().train()
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.uniform_(-0.5, 0.5)
+        assert layer.uses_torch_batch_norm(torch.zeros(steps, 2, 4, 3, 3, dtype=torch.float64))
+        if not fused:
+            monkeypatch.setattr(type(layer), "uses_torch_batch_norm", TimeMajorNorm.uses_torch_batch_norm)
+        x = (torch.randn(steps, 5, 4, 3, 3, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+        y = layer(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)).sum().backward()
+        results.append((y.detach(), x.grad, layer.weight.grad, layer.running_mean.clone(), layer.running_var.clone(),
+                        int(layer.num_batches_tracked)))
+        monkeypatch.undo()
+    for a, b in zip(*results):
+        if isinstance(a, int):
+            assert a == b == 1
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

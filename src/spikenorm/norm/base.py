@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikenorm.registry import Registry
@@ -127,9 +128,22 @@ class TimeMajorNorm(nn.Module):
         """``(x - mean) / sqrt(var + eps)`` with per-feature (optionally per-step) statistics."""
         return (x - self.feature_view(mean, x)) * torch.rsqrt(self.feature_view(var, x) + self.eps)
 
+    def uses_torch_batch_norm(self, x: Tensor) -> bool:
+        """Whether this training forward is exactly torch's channel-wise batch norm of ``x`` with the time
+        axis folded into the batch (statistics pooled over every axis but the channels, one EMA update, no
+        process synchronisation needed); then :meth:`forward` calls ``F.batch_norm``, one fused kernel,
+        instead of the reference ops. Subclasses say when; the base class never does."""
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         """Batch statistics in training, running statistics in eval, then the affine map."""
         self.check_input(x)
+        if self.training and self.uses_torch_batch_norm(x):
+            # the same statistics, normalisation, gain and EMA update (unbiased variance) as the reference path
+            y = F.batch_norm(x.flatten(0, 1), self.running_mean, self.running_var, self.effective_weight,
+                             self.bias, training=True, momentum=self.momentum, eps=self.eps)
+            self.num_batches_tracked += 1
+            return y.unflatten(0, x.shape[:2])
         if self.training:
             mean, var = self.batch_statistics(x)
         else:

@@ -13,7 +13,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
-from spikenorm.norm.stats import batch_moments, unbiased
+from spikenorm.norm.stats import batch_moments, distributed_world_size, unbiased
 
 
 @NORMS.register("bn")
@@ -29,6 +29,11 @@ class VanillaBN(TimeMajorNorm):
     """
 
     fold_target: ClassVar[FoldTarget] = "weights"
+
+    def uses_torch_batch_norm(self, x: Tensor) -> bool:
+        """One step (``T = 1``, e.g. MPBN called by its neuron), channel-wise, one process: per-step
+        statistics are then torch's batch norm of the step."""
+        return x.shape[0] == 1 and _channelwise_single_process(self)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
@@ -63,6 +68,11 @@ class TDBN(TimeMajorNorm):
     def effective_weight(self) -> Tensor:
         """``gamma * alpha * v_th``: the per-channel gain applied to the normalised input."""
         return super().effective_weight * (self.alpha * self.v_th)
+
+    def uses_torch_batch_norm(self, x: Tensor) -> bool:
+        """Channel-wise and one process: statistics pooled over ``(T, B, *spatial)`` are torch's batch
+        norm of ``x`` with time folded into the batch, with gain ``gamma * alpha * v_th``."""
+        return _channelwise_single_process(self)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=True))  # [C] each
@@ -121,3 +131,8 @@ class BNTT(TimeMajorNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", time_steps={self.time_steps}, bias={self.bias is not None}"
+
+
+def _channelwise_single_process(norm: TimeMajorNorm) -> bool:
+    """Statistics per channel (not per element) and no other process to pool with."""
+    return len(norm.feature_shape) == 1 and distributed_world_size() == 1
