@@ -103,6 +103,23 @@ def spikenorm_backends() -> tuple[str, ...]:
     return tuple(args) if args else (("eager", "fused", "auto") if param is not None else ("eager",))
 
 
+def vgg_features(
+    cfg: Sequence[int | str], in_channels: int, pool: Callable[[], nn.Module],
+    block: Callable[[int, int], list[nn.Module]],
+) -> tuple[nn.Sequential, int]:
+    """The feature stack of a layer list (an int is ``block(c_in, c_out)``, ``"A"`` a ``pool()``) and its
+    output channels: how the peer networks mirror spikenorm's SpikingVGG."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in cfg:
+        if item == "A":
+            layers.append(pool())
+        else:
+            layers += block(channels, int(item))
+            channels = int(item)
+    return nn.Sequential(*layers), channels
+
+
 class SpikingJellyVGG(nn.Module):
     """The same VGG with SpikingJelly multi-step layers; input and output time-major like spikenorm's."""
 
@@ -110,21 +127,15 @@ class SpikingJellyVGG(nn.Module):
         super().__init__()
         from spikingjelly.activation_based import layer, neuron, surrogate
 
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in cfg:
-            if item == "A":
-                layers.append(layer.AvgPool2d(2, step_mode="m"))
-            else:
-                layers += [
-                    layer.Conv2d(channels, int(item), 3, padding=1, bias=False, step_mode="m"),
-                    layer.BatchNorm2d(int(item), step_mode="m"),
-                    neuron.LIFNode(tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=THRESHOLD, v_reset=0.0,
-                                   surrogate_function=surrogate.Sigmoid(alpha=ALPHA), detach_reset=True,
-                                   step_mode="m"),
-                ]
-                channels = int(item)
-        self.features = nn.Sequential(*layers)
+        self.features, channels = vgg_features(
+            cfg, in_channels, pool=lambda: layer.AvgPool2d(2, step_mode="m"),
+            block=lambda c_in, c_out: [
+                layer.Conv2d(c_in, c_out, 3, padding=1, bias=False, step_mode="m"),
+                layer.BatchNorm2d(c_out, step_mode="m"),
+                neuron.LIFNode(tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=THRESHOLD, v_reset=0.0,
+                               surrogate_function=surrogate.Sigmoid(alpha=ALPHA), detach_reset=True, step_mode="m"),
+            ],
+        )
         self.classifier = layer.Linear(channels, num_classes, step_mode="m")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -142,20 +153,15 @@ class SnnTorchVGG(nn.Module):
         import snntorch as snn
         from snntorch import surrogate
 
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in cfg:
-            if item == "A":
-                layers.append(nn.AvgPool2d(2))
-            else:
-                layers += [
-                    nn.Conv2d(channels, int(item), 3, padding=1, bias=False),
-                    nn.BatchNorm2d(int(item)),
-                    snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=surrogate.sigmoid(slope=ALPHA),
-                              reset_mechanism="zero", init_hidden=True),
-                ]
-                channels = int(item)
-        self.features = nn.Sequential(*layers)
+        self.features, channels = vgg_features(
+            cfg, in_channels, pool=lambda: nn.AvgPool2d(2),
+            block=lambda c_in, c_out: [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=surrogate.sigmoid(slope=ALPHA),
+                          reset_mechanism="zero", init_hidden=True),
+            ],
+        )
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -53,6 +53,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from spikenorm.distributed import sum_across_processes
+from spikenorm.hooks import HookSession
 from spikenorm.monitoring import excluded
 from spikenorm.norm import TimeMajorNorm
 
@@ -211,7 +212,7 @@ def _layer_kind(module: nn.Module) -> LayerKind | None:
     return None
 
 
-class OpCounter:
+class OpCounter(HookSession):
     """Counts SOPs and MACs of every Linear/Conv and norm layer of ``model`` while it runs (module doc)::
 
         with OpCounter(net) as counter:
@@ -229,6 +230,7 @@ class OpCounter:
     """
 
     def __init__(self, model: nn.Module, exclude: Sequence[str] = ()) -> None:
+        super().__init__()
         self.kinds: dict[str, LayerKind] = {}
         self.layers: dict[str, nn.Module] = {}
         for name, module in model.named_modules():
@@ -240,7 +242,6 @@ class OpCounter:
             raise ValueError(f"{type(model).__name__} has no Linear, Conv or norm layer whose operations can be counted")
         self._counts: dict[str, list[int]] = {}
         self.samples = 0
-        self._handles: list[RemovableHandle] = []
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         kind, layer = self.kinds[name], self.layers[name]
@@ -265,28 +266,13 @@ class OpCounter:
             raise ValueError(f"the number of samples must be >= 0, got {n}")
         self.samples += int(n)
 
-    def start(self) -> "OpCounter":
-        """Attach the hooks (what ``with`` does on entry)."""
-        self.stop()
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
-        return self
-
-    def stop(self) -> None:
-        """Remove the hooks; the counts stay."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def attach(self) -> list[RemovableHandle]:
+        return [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
 
     def reset(self) -> None:
         """Forget all counts and samples."""
         self._counts.clear()
         self.samples = 0
-
-    def __enter__(self) -> "OpCounter":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def all_reduce(self) -> None:
         """Sum counts and samples over processes when ``torch.distributed`` is initialised (all must call it)."""

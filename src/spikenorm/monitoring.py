@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from spikenorm.distributed import sum_across_processes
+from spikenorm.hooks import HookSession
 from spikenorm.interop import any_spiking_neurons, is_multi_step, spike_tensor
 
 
@@ -47,7 +48,7 @@ def excluded(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-class FiringRateRecorder:
+class FiringRateRecorder(HookSession):
     """Context manager that accumulates the firing of every spiking neuron in ``model`` (see the module doc).
 
     Neurons of spikenorm, snnTorch and SpikingJelly are recognised (:mod:`spikenorm.interop`). Several
@@ -72,6 +73,7 @@ class FiringRateRecorder:
     """
 
     def __init__(self, model: nn.Module, sequence_on_forward: bool = True, exclude: Sequence[str] = ()) -> None:
+        super().__init__()
         self.model = model
         self.sequence_on_forward = sequence_on_forward
         self.layers = {
@@ -86,7 +88,6 @@ class FiringRateRecorder:
             )
         self._totals: dict[str, _LayerTotals] = {}
         self._steps_in_sequence: dict[str, int] = {}
-        self._handles: list[RemovableHandle] = []
 
     # -- recording -------------------------------------------------------------------------------------
     def _hook(self, name: str, module: nn.Module) -> Callable[[nn.Module, Any, Any], None]:
@@ -130,11 +131,10 @@ class FiringRateRecorder:
         """Start a new sequence: the next step every neuron produces is step 0."""
         self._steps_in_sequence.clear()
 
-    def start(self) -> "FiringRateRecorder":
-        """Attach the hooks (what ``with`` does on entry); a new sequence starts."""
-        self.stop()
+    def attach(self) -> list[RemovableHandle]:
+        """The neuron hooks, and the sequence-start hook on the root; a new sequence starts."""
         self.new_sequence()
-        self._handles = [m.register_forward_hook(self._hook(name, m)) for name, m in self.layers.items()]
+        handles = [m.register_forward_hook(self._hook(name, m)) for name, m in self.layers.items()]
         if self.sequence_on_forward:
             root = self.model
 
@@ -142,25 +142,13 @@ class FiringRateRecorder:
                 if module is root:  # not a deepcopy that carried the hook along
                     self.new_sequence()
 
-            self._handles.append(root.register_forward_pre_hook(root_called))
-        return self
-
-    def stop(self) -> None:
-        """Remove the hooks; the totals stay."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+            handles.append(root.register_forward_pre_hook(root_called))
+        return handles
 
     def reset(self) -> None:
         """Forget everything recorded so far."""
         self._totals.clear()
         self.new_sequence()
-
-    def __enter__(self) -> "FiringRateRecorder":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def all_reduce(self) -> None:
         """Sum the totals over processes when ``torch.distributed`` is initialised (every process must call it).
