@@ -4,7 +4,10 @@ The network (CIFAR-sized input ``[T=4, B=32, 3, 32, 32]``, 10 classes) is built 
 
 - **spikenorm**: :class:`spikenorm.models.SpikingVGG` with layer list ``CFG`` (an int is conv3x3 -> tdBN
   -> LIF, ``"A"`` a 2x2 average pool), then global average pooling and one linear layer. tdBN here has
-  ``alpha = v_th = 1``, i.e. plain BN with statistics pooled over ``(T, B, H, W)``.
+  ``alpha = v_th = 1``, i.e. plain BN with statistics pooled over ``(T, B, H, W)``. Built with the
+  library's defaults (neurons ``backend="auto"``, which at these layer sizes runs the compiled kernel of
+  :mod:`spikenorm.fused`; convolutions in channels-last layout on CPU), and as the variants of
+  :data:`VARIANTS` that take those choices back (``[eager]``, ``[eager, NCHW]``), so each one's share shows.
 - **SpikingJelly 2.0** (``spikingjelly.activation_based``): ``layer.Conv2d / BatchNorm2d / AvgPool2d /
   Linear`` with ``step_mode='m'`` (T folded into the batch, so BN pools over ``(T, B, H, W)`` like tdBN)
   and ``neuron.LIFNode(tau=2, decay_input=False, v_reset=0, step_mode='m')``. Its charge is
@@ -62,13 +65,11 @@ Results are appended to benchmarks/results/compare.md.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
 import tempfile
 import time
-import typing
 from typing import Callable, Sequence
 
 import torch
@@ -76,7 +77,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikenorm.models import SpikingVGG
-from spikenorm.neurons import LIF, SpikingNeuron
+from spikenorm.models.layers import TimeDistributed
+from spikenorm.neurons import LIF
 from spikenorm.norm.base import TimeMajorNorm
 
 #: conv widths and pools of the compared VGG (4 convs at 32, 16, 16, 8 pixels after pooling, then GAP + FC)
@@ -86,21 +88,27 @@ LIBRARIES = ("spikenorm", "spikingjelly", "snntorch")
 
 
 # --------------------------------------------------------------------------------------------- builders
+#: spikenorm configurations measured, as ``build_spikenorm`` options. ``spikenorm`` is the library's default
+#: (neuron ``backend="auto"``: fused kernel for large layers; convolutions channels-last on CPU) and the
+#: reference of every ratio; the others take those choices back one at a time.
+VARIANTS: dict[str, dict[str, object]] = {
+    "spikenorm": {},
+    "spikenorm[eager]": {"backend": "eager"},
+    "spikenorm[eager, NCHW]": {"backend": "eager", "channels_last": False},
+}
+
+
 def build_spikenorm(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
-                    norm: str = "tdbn", backend: str = "eager") -> nn.Module:
-    """spikenorm's SpikingVGG; ``backend`` is the neurons' multi-step backend (``eager`` | ``fused`` | ``auto``)."""
-    neuron_kwargs = {"decay": DECAY, "threshold": THRESHOLD, "detach_reset": True}
-    if backend != "eager":  # the default; only passed when asked for
-        neuron_kwargs["backend"] = backend
-    return SpikingVGG(list(cfg), in_channels=in_channels, num_classes=num_classes, norm=norm, neuron="lif",
-                      surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA}, neuron_kwargs=neuron_kwargs)
-
-
-def spikenorm_backends() -> tuple[str, ...]:
-    """The multi-step backends spikenorm's neurons accept (``("eager",)`` before the option existed)."""
-    param = inspect.signature(SpikingNeuron.__init__).parameters.get("backend")
-    args = typing.get_args(param.annotation) if param is not None and not isinstance(param.annotation, str) else ()
-    return tuple(args) if args else (("eager", "fused", "auto") if param is not None else ("eager",))
+                    norm: str = "tdbn", backend: str = "auto", channels_last: bool | None = None) -> nn.Module:
+    """spikenorm's SpikingVGG; ``backend`` is the neurons' multi-step backend (``auto`` | ``eager`` |
+    ``fused``), ``channels_last`` the convolutions' layout (None: spikenorm's choice, see ``TimeDistributed``)."""
+    neuron_kwargs = {"decay": DECAY, "threshold": THRESHOLD, "detach_reset": True, "backend": backend}
+    net = SpikingVGG(list(cfg), in_channels=in_channels, num_classes=num_classes, norm=norm, neuron="lif",
+                     surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA}, neuron_kwargs=neuron_kwargs)
+    for module in net.modules():
+        if isinstance(module, TimeDistributed):
+            module.channels_last = channels_last
+    return net
 
 
 def vgg_features(
@@ -213,21 +221,17 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
     return dst
 
 
-def label(backend: str) -> str:
-    """Row name of a spikenorm backend: ``spikenorm`` for the eager reference, ``spikenorm[fused]`` etc."""
-    return "spikenorm" if backend == "eager" else f"spikenorm[{backend}]"
-
-
 def build_all(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-              backends: Sequence[str] = ()) -> dict[str, nn.Module]:
-    """The three networks (plus spikenorm with each extra neuron ``backends``), weights copied from spikenorm's."""
+              variants: Sequence[str] = ()) -> dict[str, nn.Module]:
+    """The three networks (plus the spikenorm ``variants``, names of :data:`VARIANTS`), weights copied from
+    spikenorm's."""
     torch.manual_seed(seed)
     ref = build_spikenorm(cfg, in_channels, num_classes)
     nets = {"spikenorm": ref}
-    for backend in backends:
-        if backend != "eager":
-            nets[label(backend)] = copy_weights(ref, build_spikenorm(cfg, in_channels, num_classes, backend=backend))
+    for name in variants:
+        if name != "spikenorm":
+            nets[name] = copy_weights(ref, build_spikenorm(cfg, in_channels, num_classes, **VARIANTS[name]))
     for name in ("spikingjelly", "snntorch"):
         nets[name] = copy_weights(ref, BUILDERS[name](cfg, in_channels, num_classes))
     return {k: v.to(device=device, dtype=dtype) for k, v in nets.items()}
@@ -235,7 +239,7 @@ def build_all(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes:
 
 def equivalence(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
                 shape: tuple[int, int, int] = (4, 8, 32), device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float64, backends: Sequence[str] = ()) -> dict[str, float]:
+                dtype: torch.dtype = torch.float64, variants: Sequence[str] = ()) -> dict[str, float]:
     """Max absolute differences of outputs (and input gradients) against spikenorm after weight copy.
 
     ``shape`` is ``(T, B, H)``. Keys: ``"<lib> train"`` / ``"<lib> eval"`` for outputs, ``"<lib> grad"`` for
@@ -247,7 +251,7 @@ def equivalence(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classe
     t, b, h = shape
     gen = torch.Generator().manual_seed(1)
     x = (2.0 * torch.rand(t, b, in_channels, h, h, generator=gen)).to(device=device, dtype=dtype)
-    nets = build_all(cfg, in_channels, num_classes, device, dtype, backends=backends)
+    nets = build_all(cfg, in_channels, num_classes, device, dtype, variants=variants)
     per_step = copy_weights(nets["spikenorm"], build_spikenorm(cfg, in_channels, num_classes, norm="bn")).to(device, dtype)
     out: dict[str, float] = {}
 
@@ -272,9 +276,8 @@ def equivalence(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classe
     y_st, g_st = run(nets["snntorch"], True)
     out["snntorch train"] = (y_st - pn_train).abs().max().item()
     out["snntorch grad"] = (g_st - pn_grad).abs().max().item()
-    for backend in backends:
-        if backend != "eager":
-            name = label(backend)
+    for name in variants:
+        if name != "spikenorm":
             y_b, g_b = run(nets[name], True)
             out[f"{name} train"] = (y_b - ref_train).abs().max().item()
             out[f"{name} grad"] = (g_b - ref_grad).abs().max().item()
@@ -371,7 +374,7 @@ def peak_step_memory(step: Callable[[], object], device: torch.device, table: bo
 
 
 def neuron_fns(shape: Sequence[int], device: torch.device,
-               backends: Sequence[str] = ()) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+               variants: Sequence[str] = ()) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor."""
     import snntorch as snn
     from snntorch import surrogate as st_surrogate
@@ -381,8 +384,12 @@ def neuron_fns(shape: Sequence[int], device: torch.device,
     x = torch.randn(*shape, device=device) + 0.5
     x_grad = x.clone().requires_grad_(True)
     grad_out = torch.ones_like(x)
-    sn = LIF(decay=DECAY, threshold=THRESHOLD, surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA},
-             detach_reset=True).to(device)
+    def spikenorm_lif(variant: str) -> LIF:
+        backend = str(VARIANTS[variant].get("backend", "auto"))
+        return LIF(decay=DECAY, threshold=THRESHOLD, surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA},
+                   detach_reset=True, backend=backend).to(device)
+
+    sn = spikenorm_lif("spikenorm")
     sj = neuron.LIFNode(tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=THRESHOLD, v_reset=0.0,
                         surrogate_function=sj_surrogate.Sigmoid(alpha=ALPHA), detach_reset=True, step_mode="m").to(device)
     st = snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=st_surrogate.sigmoid(slope=ALPHA),
@@ -397,10 +404,10 @@ def neuron_fns(shape: Sequence[int], device: torch.device,
         return torch.stack([st(x_t) for x_t in inp.unbind(0)])
 
     runs = {"spikenorm": sn, "spikingjelly": run_sj, "snntorch": run_st}
-    for backend in backends:
-        if backend != "eager":
-            runs[label(backend)] = LIF(decay=DECAY, threshold=THRESHOLD, surrogate="sigmoid",
-                                       surrogate_kwargs={"alpha": ALPHA}, detach_reset=True, backend=backend).to(device)
+    for variant in variants:  # the layout does not matter to a neuron alone: one row per backend
+        backend = VARIANTS[variant].get("backend", "auto")
+        if variant != "spikenorm" and VARIANTS[variant] == {"backend": backend}:
+            runs[variant] = spikenorm_lif(variant)
 
     def pair(fn: Callable[[Tensor], Tensor]) -> tuple[Callable[[], object], Callable[[], object]]:
         def fwd() -> None:
@@ -438,21 +445,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--neuron-repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--spikenorm-backend", nargs="+", choices=spikenorm_backends(),
-                        default=[b for b in spikenorm_backends() if b != "auto"],
-                        help="spikenorm neuron backends, one row each (the eager loop is the reference of the ratios)")
+    parser.add_argument("--variants", nargs="*", choices=[v for v in VARIANTS if v != "spikenorm"],
+                        default=[v for v in VARIANTS if v != "spikenorm"],
+                        help="spikenorm configurations besides the default, one row each (the default is the reference)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    backends = ["eager", *[b for b in dict.fromkeys(args.spikenorm_backend) if b != "eager"]]
-    libraries = [label(b) for b in backends] + ["spikingjelly", "snntorch"]
+    variants = ["spikenorm", *dict.fromkeys(args.variants)]
+    libraries = variants + ["spikingjelly", "snntorch"]
     device = torch.device(args.device)
     cfg = [c if c in ("A", "M") else int(c) for c in args.cfg]
     t, b = args.time_steps, args.batch
 
-    eq = equivalence(cfg, shape=(t, 4, args.size), device=device, backends=backends)
+    eq = equivalence(cfg, shape=(t, 4, args.size), device=device, variants=variants)
     print("equivalence (max |diff| to spikenorm, float64):", {k: f"{v:.3g}" for k, v in eq.items()})
 
-    nets = build_all(cfg, device=device, backends=backends)
+    nets = build_all(cfg, device=device, variants=variants)
     torch.manual_seed(0)
     x = torch.rand(t, b, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (b,), device=device)
@@ -474,7 +481,7 @@ def main() -> None:
         profile_table = text or profile_table
     print("one spikenorm training step, top ops by self CPU time:\n" + profile_table)
 
-    nfns = neuron_fns(args.neuron_shape, device, backends)
+    nfns = neuron_fns(args.neuron_shape, device, variants)
     fwd_t = interleaved({k: v[0] for k, v in nfns.items()}, device, args.neuron_repeats, args.warmup)
     bwd_t = interleaved({k: v[1] for k, v in nfns.items()}, device, args.neuron_repeats, args.warmup)
 
@@ -489,13 +496,16 @@ def main() -> None:
         def ratio(d: dict[str, float], k: str = name) -> str:
             return rel or f"{d[k] / d['spikenorm']:.2f}"
 
-        fwd, fb = med(fwd_t[name]), med(bwd_t[name])
-        fwd_rel = rel or f"{fwd / med(fwd_t['spikenorm']):.2f}"
-        fb_rel = rel or f"{fb / med(bwd_t['spikenorm']):.2f}"
+        neuron = "| – | – |"
+        if name in fwd_t:
+            fwd, fb = med(fwd_t[name]), med(bwd_t[name])
+            fwd_rel = rel or f"{fwd / med(fwd_t['spikenorm']):.2f}"
+            fb_rel = rel or f"{fb / med(bwd_t['spikenorm']):.2f}"
+            neuron = (f"| {fwd * 1e3:.2f} ({fwd_rel}; {fwd / floor:.1f}x floor) "
+                      f"| {fb * 1e3:.2f} ({fb_rel}; {fb / floor:.1f}x floor) |")
         rows.append(
             f"| {name} | {train_sps[name]:.1f} ({ratio(train_sps)}) | {infer_sps[name]:.1f} ({ratio(infer_sps)}) "
-            f"| {memory[name] / 2**20:.0f} ({ratio(memory)}) | {fwd * 1e3:.2f} ({fwd_rel}; "
-            f"{fwd / floor:.1f}x floor) | {fb * 1e3:.2f} ({fb_rel}; {fb / floor:.1f}x floor) |"
+            f"| {memory[name] / 2**20:.0f} ({ratio(memory)}) " + neuron
         )
     eq_text = ", ".join(f"{k} {v:.2g}" for k, v in eq.items() if k != "spike rate")
     lines = [
@@ -505,8 +515,10 @@ def main() -> None:
         f"threshold 1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm tdBN (alpha = v_th = 1), "
         f"SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. Medians of {args.repeats} interleaved rounds "
         f"after {args.warmup} warm-up calls (neuron: {args.neuron_repeats} rounds). In brackets: ratio to spikenorm "
-        f"(throughput: higher is faster; memory and time: lower is better). spikenorm rows: neuron backend "
-        f"{', '.join(backends)} (`spikenorm` = eager loop; fused = compiled kernel, compilation done in warm-up).",
+        f"(throughput: higher is faster; memory and time: lower is better). `spikenorm` = the library's defaults "
+        f"(neuron `backend=\"auto\"`, which picks the compiled kernel for these layer sizes; convolutions channels-last "
+        f"on CPU); `[eager]` = the python loop over time; `[eager, NCHW]` = also convolutions in NCHW (the neuron "
+        f"alone has no layout: no row). Compilation happens in the warm-up.",
         "",
         f"Equivalence after weight copy (max |diff| to spikenorm, float64, [T={t}, B=4] input): {eq_text}; first-layer "
         f"spike rate {eq['spike rate']:.2f}. float32 benchmark nets, eval: "

@@ -46,23 +46,40 @@ def threshold(kind: str, dtype: torch.dtype) -> float | torch.Tensor:
     return (0.4 + torch.rand(SHAPE[2:], generator=gen)).to(dtype)
 
 
-def compare(eager: SpikingNeuron, dtype: torch.dtype, seed: int = 0, scale: float = 1.0, atol: float | None = None):
-    """Run eager and a fused copy on the same input; assert equal spikes and close input gradients."""
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (``[T, B, C, H, W]``) stored with channels innermost, as convolution outputs in channels-last
+    layout are: same values, strides of a ``[T, B, H, W, C]`` tensor."""
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def compare(eager: SpikingNeuron, dtype: torch.dtype, seed: int = 0, scale: float = 1.0, atol: float | None = None,
+            layout: str = "contiguous"):
+    """Run eager and a fused copy on the same input; assert equal spikes and close input gradients.
+
+    ``layout="channels_last"`` stores the input (and the incoming gradient) channels innermost; the fused
+    path must then return spikes and input gradient in that layout too."""
+    eager.backend = "eager"
     fast = copy.deepcopy(eager)
     fast.backend = "fused"
     assert fused.unsupported_reason(fast, torch.zeros(SHAPE, dtype=dtype)) is None
     gen = torch.Generator().manual_seed(seed)
     x = (scale * torch.randn(SHAPE, generator=gen)).to(dtype)
     grad_out = torch.randn(SHAPE, generator=gen).to(dtype)
-    xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    if layout == "channels_last":
+        x, grad_out = channels_last(x), channels_last(grad_out)
+    xe, xf = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    assert xf.stride() == x.stride()
     se, sf = eager(xe), fast(xf)
     assert torch.equal(se, sf)
+    assert sf.stride() == x.stride()  # the fused path keeps the input's layout: no copy
     assert 0 < se.mean() < 1  # the case fires, but not everywhere
     (se * grad_out).sum().backward()
     (sf * grad_out).sum().backward()
     tol = atol if atol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
     torch.testing.assert_close(xf.grad, xe.grad, rtol=0, atol=tol)
     assert xe.grad.abs().sum() > 0
+    if layout == "channels_last":
+        assert xf.grad.stride() == x.stride()
     with torch.no_grad():  # the spikes-only kernel
         assert torch.equal(fast(x), se)
 
@@ -108,10 +125,23 @@ def test_fused_with_eval_mpbn(feature_shape, affine, count_fused):
     neuron = LIF(decay=0.25, threshold=0.5, membrane_norm=norm.eval())
     compare(neuron, torch.float32)
     compare(neuron.double(), torch.float64)
+    compare(neuron, torch.float64, layout="channels_last")
+    assert count_fused
+
+
+@pytest.mark.parametrize("theta_kind", ["channel", "element"])
+@pytest.mark.parametrize("kind", ["if", "clif"])
+def test_fused_keeps_channels_last_layout(kind, theta_kind, count_fused):
+    """Inputs with channels innermost (convolutions in channels-last layout) run without a copy; per-channel
+    and per-element thresholds are laid out the same way (a mismatch would fire the wrong neurons)."""
+    for dtype in (torch.float64, torch.float32):
+        neuron = CLASSES[kind](threshold=threshold(theta_kind, dtype)).to(dtype)
+        compare(neuron, dtype, layout="channels_last")
     assert count_fused
 
 
 def _assert_eager_fallback(neuron: SpikingNeuron, x: torch.Tensor, calls: list, train: bool = True):
+    neuron.backend = "eager"
     fast = copy.deepcopy(neuron)
     fast.backend = "fused"
     assert fused.unsupported_reason(fast, x) is not None
@@ -158,12 +188,20 @@ def test_stateful_scope_uses_eager(count_fused):
 
 def test_backend_selection(count_fused):
     x = torch.randn(SHAPE)
-    assert LIF().backend == "eager"
+    assert LIF().backend == "auto"
     LIF()(x)
-    LIF(backend="auto")(x)  # auto: fused only on CUDA, large inputs
-    assert not count_fused
-    assert not fused.use_fused(LIF(backend="auto"), x, "auto")
+    LIF(backend="eager")(x)
+    assert not count_fused  # auto: small inputs stay eager
+    assert not fused.use_fused(LIF(), x, "auto")
+    cpu_min = fused.AUTO_MIN_NUMEL["cpu"]
+    large, below = torch.empty(4, cpu_min // 4), torch.empty(4, cpu_min // 4 - 1)
+    assert fused.use_fused(LIF(), large, "auto")
+    assert not fused.use_fused(LIF(), below, "auto")
+    assert not fused.use_fused(LIF(), large, "eager")
+    assert fused.use_fused(LIF(), x, "fused")
+    assert not fused.use_fused(LIF(), torch.empty(large.shape, device="meta"), "auto")  # device not listed
     assert "backend='fused'" in repr(LIF(backend="fused"))
+    assert "backend='eager'" in repr(LIF(backend="eager"))
     assert "backend" not in repr(LIF())
     with pytest.raises(ValueError, match="backend"):
         LIF(backend="triton")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from spikenorm.models import SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.models.layers import TimeDistributed
 from spikenorm.neurons import CLIF, spiking_neurons
 from spikenorm.norm import BNTT, TDBN, available_norms
 
@@ -111,3 +114,39 @@ def test_identity_shortcut_carries_the_input_spikes():
         plain.norm.weight.zero_()
         plain.norm.bias.zero_()
     assert plain(spikes).sum() == 0
+
+
+def _conv_layout(model, channels_last):
+    for module in model.modules():
+        if isinstance(module, TimeDistributed):
+            module.channels_last = channels_last
+    return model
+
+
+@pytest.mark.parametrize("norm", ["tdbn", "bntt", "bn"])
+def test_conv_layout_changes_no_values(norm):
+    """Convolutions run channels-last on CPU by default; the network computes the same function (float64)
+    as in NCHW, the layout reaches the neurons, and the gradients agree."""
+    torch.manual_seed(0)
+    kwargs = {"time_steps": 3} if norm == "bntt" else {}
+    nhwc = SpikingResNet19(num_classes=5, in_channels=2, width=0.125, norm=norm, norm_kwargs=kwargs).double()
+    nchw = _conv_layout(copy.deepcopy(nhwc), False)
+    seen = []
+    _, first_neuron = next(spiking_neurons(nhwc))
+    first_neuron.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    x = torch.rand(3, 4, 2, 12, 12, dtype=torch.float64)
+    outs, grads = [], []
+    for model in (nhwc, nchw):
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert seen and seen[0][2] == 1  # channels innermost at the first neuron
+    conv = torch.nn.Conv2d(2, 3, 3).double()
+    assert TimeDistributed(conv)(x).flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert TimeDistributed(conv, channels_last=False)(x).is_contiguous()
+    assert TimeDistributed(torch.nn.AvgPool2d(2))(x).is_contiguous()  # only convolutions switch the layout

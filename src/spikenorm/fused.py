@@ -5,8 +5,9 @@ elementwise op of every step (about ten saved tensors per step). This module rep
 cases it covers, by one ``torch.autograd.Function`` whose forward and backward are each a single
 ``torch.compile``-d function of tensors (inductor: C++/OpenMP on CPU, Triton on GPU). The forward saves one
 tensor, the pre-spike membranes ``h_t`` (``[T, B, ...]``); the backward recomputes ``z_t = u_t - theta``
-from ``h_t`` and runs the reverse-time recurrence below. Select it with ``backend="fused"`` (or
-``"auto"``) on any neuron; the loop of :mod:`spikenorm.neurons` stays the reference ("eager").
+from ``h_t`` and runs the reverse-time recurrence below. Neurons take it under ``backend="auto"`` (the
+default, large inputs only) or always with ``backend="fused"``; the loop of :mod:`spikenorm.neurons` stays
+the reference (``backend="eager"``).
 
 Equations (elementwise; ``lambda`` = 1 for IF, ``decay`` for LIF)::
 
@@ -59,7 +60,8 @@ parameters, norm affine or not, with/without saved membranes, dtype, device), ea
 object, and compiled lazily; dynamo then specialises on shapes. If ``torch.compile`` is unavailable or a
 compilation fails, the configuration is marked broken (one warning) and the neuron falls back to its eager
 loop (forward) or the uncompiled kernel (backward). Compile cost: a first kernel takes ~15 s on CPU, later
-ones a few seconds, hence ``backend="auto"`` only picks this path on CUDA (see :func:`use_fused`).
+ones a few seconds, hence ``backend="auto"`` (the default) only picks this path for large inputs (see
+:func:`use_fused`).
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["clear_cache", "compile_available", "fused_forward", "unsupported_reason", "use_fused"]
 
-#: ``backend="auto"`` uses the fused path only on CUDA and for at least this many input elements
-AUTO_MIN_NUMEL = 1 << 16
+#: ``backend="auto"`` uses the fused path for inputs of at least this many elements, per device type (none
+#: listed: never). On CPU a first compilation costs seconds, so only large layers take it there.
+AUTO_MIN_NUMEL: dict[str, int] = {"cuda": 1 << 16, "cpu": 1 << 20}
 
 _LOCK = threading.Lock()
 _CACHE: dict[tuple, Callable[..., Any]] = {}
@@ -229,13 +232,15 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
 def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
     """Whether ``backend`` (``"eager" | "fused" | "auto"``) runs ``neuron`` on ``x`` fused.
 
-    ``"fused"`` means fused whenever covered; ``"auto"`` additionally asks for a CUDA input of at least
-    :data:`AUTO_MIN_NUMEL` elements: on CPU the first call of each configuration pays several seconds of
-    C++ compilation, which a short run or a test does not win back.
+    ``"fused"`` means fused whenever covered; ``"auto"`` additionally asks for an input of at least
+    :data:`AUTO_MIN_NUMEL` elements for its device type (CUDA 65,536, CPU 1,048,576): the first call of
+    each configuration pays a compilation (several seconds of C++ on CPU), which a small layer, a short run
+    or a test does not win back. On the CIFAR-sized VGG of ``benchmarks/compare.py`` (every neuron layer
+    at least 4M elements) the fused path trains about 20% faster on a 2-core CPU.
     """
-    if backend == "eager":
+    if backend == "eager" or torch.compiler.is_compiling():  # a traced size would become a guard
         return False
-    if backend == "auto" and (x.device.type != "cuda" or x.numel() < AUTO_MIN_NUMEL):
+    if backend == "auto" and x.numel() < AUTO_MIN_NUMEL.get(x.device.type, math.inf):
         return False
     return unsupported_reason(neuron, x) is None
 
@@ -358,18 +363,33 @@ class _FusedNeuronFn(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _dense(t: Tensor, features: torch.Size) -> Tensor:
-    """``t`` (scalar, ``[C]`` or ``[C, ...]``) broadcast to a contiguous tensor of shape ``features``."""
-    t = t.reshape(tuple(t.shape) + (1,) * (len(features) - t.ndim))
-    return t.expand(features).contiguous()
+def _memory_order(x: Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``x``'s dims (``[T, B, ...]``) that makes it contiguous without a copy, when ``T``
+    and ``B`` stay outermost (e.g. ``(0, 1, 3, 4, 2)`` for convolution outputs in channels-last layout);
+    None when ``x`` is contiguous already or no such permutation exists (then ``x`` is copied)."""
+    if x.is_contiguous():
+        return None
+    features = sorted(range(2, x.ndim), key=lambda d: x.stride(d), reverse=True)
+    order = (0, 1, *features)
+    return order if x.permute(order).is_contiguous() else None
 
 
-def _params(neuron: Any, x: Tensor) -> tuple[Tensor, tuple]:
-    """The dense threshold and the norm parameters ``(mean, rstd, weight, bias)`` of one step."""
+def _dense(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Tensor:
+    """``t`` (scalar, ``[C]`` or ``[C, ...]``) broadcast to ``features`` and laid out like the input: its
+    feature dims permuted by ``order`` (an input permutation, see :func:`_memory_order`), contiguous."""
+    t = t.reshape(tuple(t.shape) + (1,) * (len(features) - t.ndim)).expand(features)
+    if order is not None:
+        t = t.permute([d - 2 for d in order[2:]])
+    return t.contiguous()
+
+
+def _params(neuron: Any, x: Tensor, order: tuple[int, ...] | None) -> tuple[Tensor, tuple]:
+    """The dense threshold and the norm parameters ``(mean, rstd, weight, bias)`` of one step, laid out like
+    ``x.permute(order)``."""
     features = x.shape[2:]
     theta = neuron.threshold_for(x[0])  # validates the shape like the eager path
     theta = theta.to(x.dtype) if theta.ndim == 0 else theta  # eager: a 0-dim theta takes x's dtype
-    theta = _dense(theta.detach(), features)
+    theta = _dense(theta.detach(), features, order)
     norm = neuron.membrane_norm
     if norm is None:
         empty = x.new_zeros(())
@@ -379,19 +399,24 @@ def _params(neuron: Any, x: Tensor) -> tuple[Tensor, tuple]:
         mean = norm.running_mean
         weight = norm.weight if norm.affine else torch.ones_like(mean)
         bias = norm.bias if norm.affine else torch.zeros_like(mean)
-        return theta, tuple(_dense(p.detach(), features) for p in (mean, rstd, weight, bias))
+        return theta, tuple(_dense(p.detach(), features, order) for p in (mean, rstd, weight, bias))
 
 
 def fused_forward(neuron: Any, x: Tensor) -> Tensor:
     """Spikes of ``neuron`` on ``x`` (``[T, B, ...]``) through the fused kernels.
 
     Call only when :func:`unsupported_reason` is None. Without gradient (no_grad or an input without
-    ``requires_grad``) a spikes-only kernel runs and nothing is saved.
+    ``requires_grad``) a spikes-only kernel runs and nothing is saved. The kernels are elementwise over the
+    features, so an input whose features are stored in another order (channels-last convolution outputs)
+    runs in that order: no copy, and the spikes (and the input gradient) keep the input's layout.
     """
     config = _neuron_config(neuron)
     assert isinstance(config, _Config), config
-    x = x.contiguous()
-    theta, params = _params(neuron, x)
+    order = _memory_order(x)
+    theta, params = _params(neuron, x, order)
+    x = x.contiguous() if order is None else x.permute(order)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _FusedNeuronFn.apply(x, config, theta, params)
-    return _run(_key(config, x, False), _forward_src(config, False), x, theta, *params)
+        spikes = _FusedNeuronFn.apply(x, config, theta, params)
+    else:
+        spikes = _run(_key(config, x, False), _forward_src(config, False), x, theta, *params)
+    return spikes if order is None else spikes.permute([order.index(d) for d in range(x.ndim)])

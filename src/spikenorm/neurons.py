@@ -68,13 +68,14 @@ class SpikingNeuron(nn.Module):
             with ``[1, B, ...]`` at every step; leak and reset keep acting on ``h_t`` itself, so only
             hard reset is allowed with it (a soft reset would subtract a normalised threshold from a
             raw membrane).
-        backend: how a multi-step forward runs. ``"eager"`` (default): the Python loop over
-            :meth:`step`, the reference. ``"fused"``: all ``T`` steps of charge, fire and reset in one
-            ``torch.compile``-d kernel with a hand-written BPTT backward (:mod:`spikenorm.fused`), same
-            spikes bit for bit and the same gradients up to rounding; cases it does not cover (OTS,
-            training-mode membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...)
-            and failed compilations run the eager loop instead. ``"auto"``: fused only for CUDA inputs of
-            at least ``spikenorm.fused.AUTO_MIN_NUMEL`` elements (on CPU a first compilation costs seconds).
+        backend: how a multi-step forward runs. ``"eager"``: the Python loop over :meth:`step`, the
+            reference. ``"fused"``: all ``T`` steps of charge, fire and reset in one ``torch.compile``-d
+            kernel with a hand-written BPTT backward (:mod:`spikenorm.fused`), same spikes bit for bit (on
+            CPU) and the same gradients up to rounding; cases it does not cover (OTS, training-mode
+            membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...) and failed
+            compilations run the eager loop instead. ``"auto"`` (default): fused for inputs of at least
+            ``spikenorm.fused.AUTO_MIN_NUMEL[device]`` elements (CUDA 65,536, CPU 1,048,576; a first
+            compilation costs seconds on CPU), eager otherwise.
     """
 
     state_names: tuple[str, ...] = ("v",)
@@ -92,7 +93,7 @@ class SpikingNeuron(nn.Module):
         ots: bool = False,
         ots_eval: Literal["dynamic", "running"] = "dynamic",
         ots_momentum: float = 0.025,
-        backend: Literal["auto", "eager", "fused"] = "eager",
+        backend: Literal["auto", "eager", "fused"] = "auto",
     ) -> None:
         super().__init__()
         if backend not in ("auto", "eager", "fused"):
@@ -200,7 +201,7 @@ class SpikingNeuron(nn.Module):
         return (
             f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
             f"detach_membrane={self.detach_membrane}" + (f", ots={self.ots_eval!r}" if self.ots else "")
-            + (f", backend={self.backend!r}" if getattr(self, "backend", "eager") != "eager" else "")
+            + (f", backend={self.backend!r}" if getattr(self, "backend", "eager") != "auto" else "")
         )
 
 
