@@ -57,6 +57,7 @@ Everything is reported also as ratios to spikenorm. A torch.profiler table of on
 (top ops by self CPU time) is printed and saved.
 
     python benchmarks/compare.py                      # cuda if available, else cpu; appends to results
+    python benchmarks/compare.py --retain-freed-memory   # malloc reuses freed pages (spikenorm.allocator)
     python benchmarks/compare.py --repeats 3 --no-save
 
 Results are appended to benchmarks/results/compare.md.
@@ -76,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikenorm.allocator import retain_freed_memory
 from spikenorm.models import SpikingVGG
 from spikenorm.models.layers import TimeDistributed
 from spikenorm.neurons import LIF
@@ -336,28 +338,20 @@ def infer_fn(net: nn.Module, x: Tensor) -> Callable[[], Tensor]:
     return infer
 
 
-def peak_step_memory(step: Callable[[], object], device: torch.device, table: bool = False) -> tuple[int, str]:
+def peak_step_memory(step: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated during one call of ``step`` above what was allocated before it (see module
-    docstring), and optionally a profiler table of the step's ops by self CPU time."""
+    docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated(device) - base
-        if not table:
-            return peak, ""
+        return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    for _ in range(2 if table else 1):  # with a table: the first profiled call only warms the profiler up
-        with profile(activities=activities, profile_memory=True) as prof:
-            step()
-            sync(device)
-    text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15) if table else ""
-    if device.type == "cuda":
-        return peak, text
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
@@ -369,8 +363,39 @@ def peak_step_memory(step: Callable[[], object], device: torch.device, table: bo
         raise RuntimeError("the profiler recorded no CPU memory events")
     # the total before the first event is its total minus the bytes that event allocated (negative: freed)
     base = cpu[0]["Total Allocated"] - cpu[0]["Bytes"]
-    peak = max(a["Total Allocated"] for a in cpu) - base
-    return peak, text
+    return max(a["Total Allocated"] for a in cpu) - base
+
+
+def profile_step(step: Callable[[], object], device: torch.device) -> tuple[str, float]:
+    """A profiler table of one call of ``step`` (top ops by self time) and the seconds its convolution
+    kernels took (forward and backward ops: self CPU time on CPU, self device time on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(2):  # the first profiled call only warms the profiler up
+        with profile(activities=activities) as prof:
+            step()
+            sync(device)
+    averages = prof.key_averages()
+    sort_key = "self_cpu_time_total" if device.type == "cpu" else "self_device_time_total"
+    conv_us = sum(getattr(e, sort_key) for e in averages if e.key.startswith("aten::") and "convolution" in e.key)
+    return averages.table(sort_by=sort_key, row_limit=15), conv_us / 1e6
+
+
+def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_steps: int, batch: int,
+                             size: int) -> int:
+    """Floating-point operations of the 3x3 convolutions of one training step of the compared VGG (2 per
+    multiply-add): the forward, the weight gradient, and the input gradient of every convolution but the
+    first (the image needs none). Everything else in the network is elementwise or tiny next to this."""
+    flops, channels, side, first = 0, in_channels, size, True
+    for item in cfg:
+        if item in ("A", "M"):
+            side //= 2
+            continue
+        macs = time_steps * batch * side * side * channels * int(item) * 9
+        flops += 2 * macs * (2 if first else 3)
+        channels, first = int(item), False
+    return flops
 
 
 def neuron_fns(shape: Sequence[int], device: torch.device,
@@ -448,8 +473,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", choices=[v for v in VARIANTS if v != "spikenorm"],
                         default=[v for v in VARIANTS if v != "spikenorm"],
                         help="spikenorm configurations besides the default, one row each (the default is the reference)")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="let malloc reuse freed memory instead of unmapping it (spikenorm.allocator; all libraries gain)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
+    allocator = "glibc malloc defaults"
+    if args.retain_freed_memory:
+        if not retain_freed_memory():
+            parser.error("--retain-freed-memory needs glibc's mallopt")
+        allocator = "malloc keeps freed memory (`--retain-freed-memory`: M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2 GiB)"
     variants = ["spikenorm", *dict.fromkeys(args.variants)]
     libraries = variants + ["spikingjelly", "snntorch"]
     device = torch.device(args.device)
@@ -475,10 +507,8 @@ def main() -> None:
     train_t = interleaved(steps, device, args.repeats, args.warmup)
     infer_t = interleaved(infers, device, args.repeats, args.warmup)
 
-    memory, profile_table = {}, ""
-    for name in libraries:
-        memory[name], text = peak_step_memory(steps[name], device, table=name == "spikenorm")
-        profile_table = text or profile_table
+    memory = {name: peak_step_memory(steps[name], device) for name in libraries}
+    profile_table, conv_seconds = profile_step(steps["spikenorm"], device)
     print("one spikenorm training step, top ops by self CPU time:\n" + profile_table)
 
     nfns = neuron_fns(args.neuron_shape, device, variants)
@@ -489,6 +519,8 @@ def main() -> None:
     train_sps = {k: b / med(v) for k, v in train_t.items()}
     infer_sps = {k: b / med(v) for k, v in infer_t.items()}
     floor = med(fwd_t["elementwise floor"] + bwd_t["elementwise floor"])
+    conv_flops = training_step_conv_flops(cfg, 3, t, b, args.size)
+    conv_bound = b / conv_seconds  # samples/s if everything but the convolutions took no time
     rows = []
     for name in libraries:
         rel = "1.00" if name == "spikenorm" else None
@@ -513,7 +545,7 @@ def main() -> None:
         "",
         f"Spiking VGG {cfg} + GAP + FC, input [{t}, {b}, 3, {args.size}, {args.size}] float32, 10 classes; LIF decay 0.5, "
         f"threshold 1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm tdBN (alpha = v_th = 1), "
-        f"SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. Medians of {args.repeats} interleaved rounds "
+        f"SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. Allocator: {allocator}. Medians of {args.repeats} interleaved rounds "
         f"after {args.warmup} warm-up calls (neuron: {args.neuron_repeats} rounds). In brackets: ratio to spikenorm "
         f"(throughput: higher is faster; memory and time: lower is better). `spikenorm` = the library's defaults "
         f"(neuron `backend=\"auto\"`, which picks the compiled kernel for these layer sizes; convolutions channels-last "
@@ -529,12 +561,18 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *rows,
         "",
+        f"Where the time goes: the convolutions of a training step are {conv_flops / 1e9:.0f} GFLOP (forward, weight "
+        f"and input gradients; {conv_flops / 1e9 / conv_seconds:.0f} GFLOP/s) and took {conv_seconds * 1e3:.0f} ms of "
+        f"the profiled spikenorm step below. With everything else (norms, neurons, pooling, loss, optimizer) at zero "
+        f"cost, a step with these convolution kernels would still train at most {conv_bound:.1f} samples/s: "
+        f"{conv_bound / train_sps['spikingjelly']:.2f}x SpikingJelly, {conv_bound / train_sps['snntorch']:.2f}x snnTorch.",
+        "",
         f"Elementwise floor (`torch.mul(x, 0.5)` on the neuron tensor): {floor * 1e3:.3f} ms. Peak memory: "
         + ("`torch.cuda.max_memory_allocated` above the pre-step allocation." if device.type == "cuda" else
            "torch profiler `profile_memory=True`, max of the CPU allocator's running total during the step above its "
            "value before the step (tensor memory allocated through torch)."),
         "",
-        "<details><summary>One spikenorm training step, top ops by self CPU time (torch.profiler)</summary>",
+        "<details><summary>One spikenorm training step, top ops by self time (torch.profiler)</summary>",
         "",
         "```",
         profile_table.rstrip(),

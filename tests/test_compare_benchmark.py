@@ -38,3 +38,20 @@ def test_builders_share_the_architecture():
     assert counts["spikenorm"] == counts["spikingjelly"] == counts["snntorch"] == [2, 2, 1]
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     assert len(set(params.values())) == 1, params
+
+
+def test_convolution_flop_count_matches_torch_flop_counter():
+    """The analytic FLOPs of a training step's convolutions equal torch's FlopCounterMode on that step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    compare = load_compare()
+    cfg, t, b, size = [8, "A", 16, 16, "A"], 2, 3, 12
+    net = compare.build_spikenorm(cfg, in_channels=3, num_classes=10, backend="eager")
+    x = torch.rand(t, b, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    conv = sum(v for op, v in counts.items() if "convolution" in str(op))
+    assert conv > 0
+    assert compare.training_step_conv_flops(cfg, 3, t, b, size) == conv
