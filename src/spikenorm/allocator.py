@@ -9,8 +9,9 @@ trimmed above 2 GiB free), so later steps reuse pages that are already mapped. T
 process's resident memory stays at its peak, as GPU caching allocators do.
 
 Measured on the 2-core build machine (2026-11-22): ``recipes/quickstart_dvs.yaml`` 71.8 s → 57.6 s wall,
-and the CIFAR-sized VGG of ``benchmarks/compare.py`` 1.23x more training samples/s, with every library
-gaining (see ``benchmarks/results/compare.md``). jemalloc or tcmalloc through ``LD_PRELOAD`` do the same job.
+and the CIFAR-sized VGG of ``benchmarks/compare.py`` 1.2-1.4x more training samples/s (23.2 against 16.9
+and 18.9 in two runs with the defaults), every library gaining (``benchmarks/results/compare.md``).
+jemalloc or tcmalloc through ``LD_PRELOAD`` do the same job.
 
 The ``spikenorm`` console script calls it at start-up unless ``SPIKENORM_MALLOC=default`` is set in the
 environment; a library import never does (it would change the whole process).

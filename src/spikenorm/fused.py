@@ -236,7 +236,7 @@ def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
     :data:`AUTO_MIN_NUMEL` elements for its device type (CUDA 65,536, CPU 1,048,576): the first call of
     each configuration pays a compilation (several seconds of C++ on CPU), which a small layer, a short run
     or a test does not win back. On the CIFAR-sized VGG of ``benchmarks/compare.py`` (every neuron layer
-    at least 4M elements) the fused path trains about 20% faster on a 2-core CPU.
+    at least 4M elements) the fused path trained 14% faster on a 2-core CPU (23.2 vs 20.4 samples/s).
     """
     if backend == "eager" or torch.compiler.is_compiling():  # a traced size would become a guard
         return False
