@@ -332,8 +332,10 @@ def run_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HParams
     rebn = TimedReplayRecalibration(every_n_env_steps=PAPER_REBN_EVERY, num_batches=REBN_BATCHES,
                                     batch_size=REBN_BATCH_SIZE)
     clock = StepClock(warmup, timers)
+    # ReplayRecalibration refuses a schedule that never runs: attach it only to runs long enough to trigger it
+    callbacks = [rebn, clock] if total >= PAPER_REBN_EVERY else [clock]
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1, callbacks=[rebn, clock])
+                      enable_model_summary=False, accelerator="cpu", devices=1, callbacks=callbacks)
     trainer.fit(task)
     end = time.perf_counter()
     timers.enabled = False

@@ -1,10 +1,13 @@
-"""Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring)."""
+"""Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring) and keep a
+run's files (last checkpoint, predictions)."""
 
 from spikenorm.callbacks.binary_export import PackedBinaryExport
 from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.energy_monitor import EnergyMonitor
 from spikenorm.callbacks.fold import FoldNormalization
+from spikenorm.callbacks.last_checkpoint import LastCheckpoint
 from spikenorm.callbacks.nir_export import NIRExport
+from spikenorm.callbacks.prediction_writer import PredictionWriter
 from spikenorm.callbacks.recalibration import ReplayRecalibration
 from spikenorm.callbacks.spike_monitor import SpikeMonitor
 
@@ -12,8 +15,10 @@ __all__ = [
     "BNRecalibration",
     "EnergyMonitor",
     "FoldNormalization",
+    "LastCheckpoint",
     "NIRExport",
     "PackedBinaryExport",
+    "PredictionWriter",
     "ReplayRecalibration",
     "SpikeMonitor",
 ]

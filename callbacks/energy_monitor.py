@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +18,10 @@ from torch import nn
 
 from spikenorm.energy import EnergyCosts, EnergyReport, OpCounter
 from spikenorm.fold import fold_model
+from spikenorm.interop import check_neuron_types, neuron_library
+from spikenorm.monitoring import excluded, recognised_neurons
+from spikenorm.neurons import SpikingNeuron
+from spikenorm.norm import TimeMajorNorm
 
 
 class EnergyMonitor(Callback):
@@ -24,10 +29,13 @@ class EnergyMonitor(Callback):
 
     ``E = E_MAC * MACs + E_AC * SOPs`` per sample (see :mod:`spikenorm.energy` for what counts as which, and
     what is not counted). The live model is ``pl_module.model`` (or the LightningModule itself without its
-    ``teacher``). With ``folded=True`` the model is folded once per monitored epoch
+    ``teacher``). The folded model is ``pl_module.model`` folded once per monitored epoch
     (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the same validation batches
-    (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches ``(x, ...)``); a model that
-    cannot be folded gets one warning and no folded numbers. Counts are summed over processes (DDP).
+    (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches ``(x, ...)``). Whether it
+    can be folded is checked at setup: ``folded=None`` (default) counts it when it folds and otherwise
+    warns once, at setup, with the reason (no ``model``, no spikenorm layer to fold, or what
+    :func:`~spikenorm.fold.fold_model` raised); ``folded=True`` requires it and raises that reason at setup;
+    ``folded=False`` never folds. Counts are summed over processes (DDP).
 
     Logged per sample (``energy/folded/...`` for the folded model):
 
@@ -39,28 +47,35 @@ class EnergyMonitor(Callback):
     Args:
         e_ac_pj: energy of one accumulate (SOP) in pJ (45 nm: 0.9).
         e_mac_pj: energy of one multiply-accumulate in pJ (45 nm: 4.6).
-        folded: also count the folded inference model.
+        folded: also count the folded inference model: None when it can be folded, True always (else an
+            error at setup), False never.
         every_n_epochs: monitor every n-th validation epoch of a fit (every ``trainer.validate`` is monitored).
         per_layer: log per-layer numbers too.
         time_steps: ``T`` of a validation forward, for the ANN reference; None reads ``pl_module.time_steps``.
+        neuron_types: neuron classes of your own that the model uses, e.g. ``[MyLIF]`` (YAML: import paths).
 
     Raises:
-        ValueError: a negative (or NaN/infinite) energy, ``every_n_epochs < 1``, ``time_steps < 1``; at setup, a
-            model without Linear, Conv or norm layers.
+        ValueError: a negative (or NaN/infinite) energy, ``every_n_epochs < 1``, ``time_steps < 1``; at setup
+            (before any step of fit, validate, test or predict), a model without a spiking neuron it recognises
+            (see ``neuron_types``), without Linear, Conv or norm layers, or, with ``folded=True``, one that
+            cannot be folded.
+        TypeError: ``neuron_types`` lists something that is not an ``nn.Module`` class.
     """
 
     def __init__(
         self,
         e_ac_pj: float = 0.9,
         e_mac_pj: float = 4.6,
-        folded: bool = True,
+        folded: bool | None = None,
         every_n_epochs: int = 1,
         per_layer: bool = False,
         time_steps: int | None = None,
+        neuron_types: Sequence[type[nn.Module]] | None = None,
     ) -> None:
         super().__init__()
         self.costs = EnergyCosts(e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
         self.folded = folded
+        self.neuron_types = check_neuron_types(neuron_types)
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.per_layer = per_layer
         if time_steps is not None and time_steps < 1:
@@ -68,33 +83,46 @@ class EnergyMonitor(Callback):
         self.time_steps = time_steps
         self._live: OpCounter | None = None
         self._folded: tuple[nn.Module, OpCounter] | None = None
+        self._fold_off = folded is False  # set at setup when the model cannot be folded (folded=None)
         self._fold_warned = False
 
     # -- counting -----------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        OpCounter(*monitored_network(pl_module))  # fail at setup if there is nothing to count
+        """Fail (or, for the optional folded model, warn) here rather than after an epoch of training."""
+        network, exclude = monitored_network(pl_module)
+        recognised_neurons(network, exclude, self.neuron_types)
+        OpCounter(network, exclude)
+        if self.folded is False:
+            return
+        _, reason = _fold_monitored_model(pl_module)
+        if reason is None:
+            self._fold_off = False
+        elif self.folded:
+            raise ValueError(
+                f"EnergyMonitor(folded=True): {reason}. Pass folded=None to count the folded model only when "
+                "it can be folded, or folded=False"
+            )
+        else:
+            self._fold_off = True
+            self._warn_unfoldable(reason)
+
+    def _warn_unfoldable(self, reason: str) -> None:
+        if not self._fold_warned:
+            rank_zero_warn(f"EnergyMonitor: no energy/folded numbers: {reason}")
+            self._fold_warned = True
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
         if not validation_due(trainer, self.every_n_epochs):
             return
-        if self.folded:  # before the live counter's hooks exist, so that the folded copy has none
-            self._folded = self._fold(pl_module)
+        if not self._fold_off:  # before the live counter's hooks exist, so that the folded copy has none
+            folded, reason = _fold_monitored_model(pl_module)
+            if folded is None:
+                self._warn_unfoldable(reason)
+            else:
+                self._folded = folded, OpCounter(folded)
         network, exclude = monitored_network(pl_module)
         self._live = OpCounter(network, exclude).start()
-
-    def _fold(self, pl_module: LightningModule) -> tuple[nn.Module, OpCounter] | None:
-        model = getattr(pl_module, "model", None)
-        try:
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"{type(pl_module).__name__} holds no network as `model`")
-            folded = fold_model(model)
-        except (ValueError, TypeError) as err:
-            if not self._fold_warned:
-                rank_zero_warn(f"EnergyMonitor: the model cannot be folded ({err}); no energy/folded numbers")
-                self._fold_warned = True
-            return None
-        return folded, OpCounter(folded)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -153,3 +181,31 @@ class EnergyMonitor(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
+
+
+def _fold_monitored_model(pl_module: LightningModule) -> tuple[nn.Module | None, str | None]:
+    """``(fold_model(pl_module.model), None)``, or ``(None, why it cannot be folded)``.
+
+    The reasons, in the order they are checked: the monitored network has no spikenorm neuron or norm layer
+    (fold_model folds spikenorm layers only; the neurons found are named), the LightningModule keeps its
+    network elsewhere than ``model`` (the folded copy is run where ``pl_module.model`` would be), or the
+    text of the error :func:`~spikenorm.fold.fold_model` raised.
+    """
+    network, exclude = monitored_network(pl_module)
+    modules = [(name, m) for name, m in network.named_modules() if not excluded(name, exclude)]
+    if not any(isinstance(m, (SpikingNeuron, TimeMajorNorm)) for _, m in modules):
+        neurons = [f"{name} ({neuron_library(m)} {type(m).__name__})" for name, m in modules if neuron_library(m)]
+        found = f"; its neurons are {', '.join(neurons[:3])}{', ...' if len(neurons) > 3 else ''}" if neurons else ""
+        return None, (
+            f"{type(network).__name__} holds no spikenorm network to fold (no spikenorm neuron or norm layer{found}); "
+            "spikenorm.fold.fold_model folds spikenorm layers only"
+        )
+    model = getattr(pl_module, "model", None)
+    if not isinstance(model, nn.Module):
+        return None, (
+            f"{type(pl_module).__name__} has no `model` attribute; EnergyMonitor folds and runs pl_module.model"
+        )
+    try:
+        return fold_model(model), None
+    except (ValueError, TypeError) as err:
+        return None, f"spikenorm.fold.fold_model({type(model).__name__}) raised {type(err).__name__}: {err}"

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
 
-from spikenorm.recalibrate import recalibrate_bn
+from spikenorm.recalibrate import recalibrate_bn, statistics_layers
+from spikenorm.rl import log_event
+
+
+class ReplayTask(Protocol):
+    """What :class:`ReplayRecalibration` needs from the LightningModule (:class:`~spikenorm.tasks.SpikingTD3`
+    offers it): the ``actor`` network, a TorchRL ``replay_buffer`` of TensorDicts with an ``observation``
+    entry, and the ``env_steps`` taken so far. An optional ``total_env_steps`` lets the schedule be checked."""
+
+    actor: nn.Module
+    replay_buffer: Any
+    env_steps: int
 
 
 class ReplayRecalibration(Callback):
     """Every ``every_n_env_steps`` environment steps, re-calibrate the actor's BN statistics from replay.
 
-    Draws ``num_batches`` batches of ``batch_size`` states (uniform, with replacement) from the task's
-    replay buffer and calls :func:`spikenorm.recalibrate.recalibrate_bn` on its actor, which overwrites the
-    running statistics of every norm layer with the exact statistics pooled over all batches and time
-    steps (CaRe-BN: 100 x 256 every 5000 steps, about 2% of the forward passes). Logs per layer
-    ``bn/stat_error/<layer>`` (mean W2 distance between the running estimate before re-calibration and the
-    exact pooled statistics) and ``bn/recalibration_seconds``. The step counter is saved in checkpoints.
+    Draws ``num_batches`` batches of ``batch_size`` states (uniform, with replacement, whatever sampler the
+    buffer itself uses) from the task's replay buffer and calls :func:`spikenorm.recalibrate.recalibrate_bn`
+    on its actor, which overwrites the running statistics of every norm layer with the exact statistics
+    pooled over all batches and time steps (CaRe-BN: 100 x 256 every 5000 steps, about 2% of the forward
+    passes). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
+    :class:`~spikenorm.tasks.SpikingTD3`'s logs), per layer ``bn/stat_error/<layer>`` (mean W2 distance
+    between the running estimate before re-calibration and the exact pooled statistics) and
+    ``bn/recalibration_seconds``. The step counter is saved in checkpoints.
 
-    The LightningModule must expose ``actor``, ``replay_buffer`` (a TorchRL replay buffer of TensorDicts
-    with an ``observation`` entry) and ``env_steps`` (as :class:`~spikenorm.tasks.SpikingTD3` does).
+    The LightningModule must satisfy :class:`ReplayTask`. Before the first training step the callback
+    checks that it does, that the actor has BN layers with running statistics, and that the schedule runs
+    at least once within the task's ``total_env_steps``; it raises ``ValueError`` (``TypeError`` for an actor
+    that is not a module) otherwise.
     """
 
     def __init__(
@@ -35,6 +52,8 @@ class ReplayRecalibration(Callback):
                             ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if mode not in ("exact", "single_pass"):
+            raise ValueError(f"mode must be 'exact' or 'single_pass', got {mode!r}")
         self.every_n_env_steps = every_n_env_steps
         self.num_batches = num_batches
         self.batch_size = batch_size
@@ -42,23 +61,56 @@ class ReplayRecalibration(Callback):
         self.last_env_steps = 0
         self.recalibrations = 0
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check(pl_module)
+
+    def check(self, pl_module: LightningModule) -> None:
+        """Raise ``ValueError`` if this callback cannot work on ``pl_module`` (see the class doc)."""
+        name = type(pl_module).__name__
+        missing = [attribute for attribute in ("actor", "replay_buffer", "env_steps")
+                   if not hasattr(pl_module, attribute)]
+        if missing:
+            raise ValueError(
+                f"ReplayRecalibration needs a LightningModule with `actor`, `replay_buffer` and `env_steps` (as "
+                f"spikenorm.tasks.SpikingTD3 has); {name} has no {', '.join(f'`{m}`' for m in missing)}"
+            )
+        if not isinstance(pl_module.actor, nn.Module):
+            raise TypeError(f"ReplayRecalibration: {name}.actor must be a torch.nn.Module, got "
+                            f"{type(pl_module.actor).__name__}")
+        if not statistics_layers(pl_module.actor):
+            raise ValueError(
+                f"ReplayRecalibration: the actor of {name} ({type(pl_module.actor).__name__}) has no BN layer with "
+                "running statistics to re-calibrate; give it one (SpikingTD3(actor_norm='carebn', 'bn' or 'tdbn')) "
+                "or remove the callback"
+            )
+        total = getattr(pl_module, "total_env_steps", None)
+        if total is not None and self.every_n_env_steps > total:
+            raise ValueError(
+                f"ReplayRecalibration(every_n_env_steps={self.every_n_env_steps}) would never run: {name} trains "
+                f"for total_env_steps={total}; set every_n_env_steps to at most {total}"
+            )
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        for attribute in ("actor", "replay_buffer", "env_steps"):
-            if not hasattr(pl_module, attribute):
-                raise ValueError(f"ReplayRecalibration needs the LightningModule to have `{attribute}`")
         steps = pl_module.env_steps
         if steps - self.last_env_steps < self.every_n_env_steps or len(pl_module.replay_buffer) == 0:
             return
         self.last_env_steps = steps
-        buffer = pl_module.replay_buffer
         device = next(pl_module.actor.parameters()).device
-        batches = [buffer.sample(self.batch_size)["observation"].float().to(device) for _ in range(self.num_batches)]
-        report = recalibrate_bn(pl_module.actor, batches, mode=self.mode)
+        report = recalibrate_bn(pl_module.actor, self.draw(pl_module.replay_buffer, device), mode=self.mode)
         self.recalibrations += 1
-        for name, layer in report.layers.items():
-            pl_module.log(f"bn/stat_error/{name}", layer.stat_error, on_step=True)
-        pl_module.log("bn/recalibration_seconds", report.seconds, on_step=True)
+        metrics = {f"bn/stat_error/{name}": layer.stat_error for name, layer in report.layers.items()}
+        log_event(trainer, {**metrics, "bn/recalibration_seconds": report.seconds}, steps)
+
+    def draw(self, buffer: Any, device: torch.device) -> list[Tensor]:
+        """``num_batches`` batches of ``batch_size`` observations, drawn uniformly with replacement.
+
+        Indexes the buffer directly rather than calling ``buffer.sample``, whose sampler may be prioritized
+        or return fewer states than asked (sampling without replacement from a smaller buffer)."""
+        indices = torch.randint(len(buffer), (self.num_batches * self.batch_size,))
+        states = buffer[indices]["observation"].float().to(device)
+        return list(states.reshape(self.num_batches, self.batch_size, *states.shape[1:]).unbind(0))
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_env_steps": self.last_env_steps, "recalibrations": self.recalibrations}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,14 +13,15 @@ from spikenorm.callbacks._monitoring import (
     monitored_network,
     validation_due,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
+from spikenorm.interop import check_neuron_types
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.plots import firing_rate_heatmap
 
 
 class SpikeMonitor(Callback):
-    """Record every spiking neuron (spikenorm, snnTorch or SpikingJelly) of the model during validation.
+    """Record every spiking neuron (spikenorm, snnTorch, SpikingJelly, or ``neuron_types``) of the model in validation.
 
     Recorded with :class:`spikenorm.monitoring.FiringRateRecorder` on ``pl_module.model`` (or, when the module
     has no ``model``, on the LightningModule itself without its ``teacher``). Every validation batch starts a
@@ -40,9 +42,13 @@ class SpikeMonitor(Callback):
         log_step_scalars: log the per-step rates as scalars.
         heatmap: log the heatmap figure.
         heatmap_key: the key (W&B) or tag (TensorBoard) of the heatmap.
+        neuron_types: neuron classes of your own to record too, e.g. ``[MyLIF]`` (YAML: import paths,
+            ``[mypackage.neurons.MyLIF]``); one call per time step unless the neuron has ``step_mode = "m"``.
 
     Raises:
-        ValueError: ``every_n_epochs < 1``; at setup, a model without spiking neurons.
+        ValueError: ``every_n_epochs < 1``; at setup (before any step of fit, validate, test or predict), a
+            model without a spiking neuron it recognises.
+        TypeError: ``neuron_types`` lists something that is not an ``nn.Module`` class.
     """
 
     def __init__(
@@ -51,18 +57,19 @@ class SpikeMonitor(Callback):
         log_step_scalars: bool = True,
         heatmap: bool = True,
         heatmap_key: str = "spikes/heatmap",
+        neuron_types: Sequence[type[nn.Module]] | None = None,
     ) -> None:
         super().__init__()
+        self.neuron_types = check_neuron_types(neuron_types)
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.log_step_scalars = log_step_scalars
         self.heatmap = heatmap
         self.heatmap_key = heatmap_key
         self._recorder: FiringRateRecorder | None = None
 
-    @staticmethod
-    def _new_recorder(pl_module: LightningModule) -> FiringRateRecorder:
+    def _new_recorder(self, pl_module: LightningModule) -> FiringRateRecorder:
         network, exclude = monitored_network(pl_module)
-        return FiringRateRecorder(network, sequence_on_forward=False, exclude=exclude)
+        return FiringRateRecorder(network, sequence_on_forward=False, exclude=exclude, neuron_types=self.neuron_types)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._new_recorder(pl_module)  # fail at setup, not after an epoch of training, if there are no neurons

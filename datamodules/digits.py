@@ -57,7 +57,7 @@ class DigitsDataModule(SplitDataModule):
             raise ValueError(f"DigitsDataModule expects batch_size >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"DigitsDataModule expects num_workers >= 0, got {num_workers}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self.mean: float | None = None
         self.std: float | None = None
         self.train_indices: np.ndarray | None = None

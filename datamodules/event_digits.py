@@ -13,6 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from sklearn.datasets import load_digits
 from spikenorm.datamodules.base import stratified_holdout
 from spikenorm.datamodules.dvs_emulator import EVENT_DTYPE, image_to_events
+from spikenorm.datamodules.errors import (
+    CorruptDataError,
+    cache_entry_fix,
+    load_or_rebuild,
+    reading,
+)
 from spikenorm.datamodules.event_frames import (
     EventFrameDataModule,
     EventsToFrames,
@@ -42,8 +48,12 @@ class EventDigits:
     ``events`` are structured arrays ``(x, y, t, p)`` (``t`` in microseconds), so any tonic transform
     applies (``sensor_size = (canvas, canvas, 2)``); ``transform`` is applied to them in ``__getitem__``.
     The streams are generated once (a few seconds) and stored in ``cache_dir`` as
-    ``event_digits-v<version>-<settings hash>.npz``; later instances load that file.
+    ``event_digits-v<version>-<settings hash>.npz``; later instances load that file. A damaged file
+    (truncated, overwritten) is regenerated with a warning naming it
+    (:func:`~spikenorm.datamodules.errors.load_or_rebuild`).
     """
+
+    file_format = "a spikenorm event-digits .npz archive with arrays events, offsets and targets"
 
     classes = tuple(str(d) for d in range(10))
 
@@ -63,12 +73,21 @@ class EventDigits:
         settings = f"v{GENERATOR_VERSION}|canvas{canvas}|thr{threshold!r}|noise{noise_rate_hz!r}|seed{seed}"
         self.signature = hashlib.sha256(settings.encode()).hexdigest()[:16]
         self.path = os.path.join(cache_dir or default_cache_dir(), f"event_digits-v{GENERATOR_VERSION}-{self.signature}.npz")
-        if not os.path.isfile(self.path):
-            self._generate(canvas, threshold, noise_rate_hz, seed, progress)
-        with np.load(self.path) as stored:
-            events, offsets = stored["events"], stored["offsets"]
-            self.targets = stored["targets"].tolist()
+        events, offsets, targets = load_or_rebuild(
+            self.path, self._load, lambda path: self._generate(canvas, threshold, noise_rate_hz, seed, progress)
+        )
+        self.targets = targets.tolist()
         self.data = [events[offsets[i] : offsets[i + 1]] for i in range(len(self.targets))]
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(events, offsets, targets)`` of the archive; a damaged one raises a ``CorruptDataError``."""
+        with reading(path, self.file_format, cache_entry_fix(path)), np.load(path) as stored:
+            events, offsets, targets = stored["events"], stored["offsets"], stored["targets"]
+        if len(offsets) != len(targets) + 1 or offsets[-1] != len(events):
+            problem = (f"its {len(offsets)} offsets (last {offsets[-1]}) do not match {len(targets)} targets and "
+                       f"{len(events)} events")
+            raise CorruptDataError.for_file(path, self.file_format, problem, cache_entry_fix(path))
+        return events, offsets, targets
 
     def _generate(self, canvas: int, threshold: float, noise_rate_hz: float, seed: int, progress: bool) -> None:
         digits = load_digits()
@@ -136,7 +155,7 @@ class EventDigitsDataModule(EventFrameDataModule):
             raise ValueError(f"EventDigitsDataModule expects test_fraction in (0, 1), got {test_fraction}")
         if canvas < 8:
             raise ValueError(f"EventDigitsDataModule expects canvas >= 8 (the digits are 8x8), got {canvas}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self._check_common()
 
     @property

@@ -3,9 +3,9 @@
 Per sample: structured events ``(x, y, t, p)`` -> optional spatial downsampling (tonic ``Downsample``)
 -> ``T`` frames of per-polarity event counts (``[T, 2, H, W]`` int16, every event counted; tonic's
 ``ToFrame`` as an option) -> on-disk
-cache (tonic ``DiskCachedDataset``, one HDF5 file per sample) -> float32 tensor -> train-time
-augmentation (:class:`~spikenorm.datamodules.frame_augment.FrameAugmentation`, train split only).
-Batches are ``[B, T, 2, H, W]``; the task transposes them once (``encoding="frames"``).
+cache (:class:`FrameCache`, one HDF5 file per sample, tonic's ``DiskCachedDataset`` layout) -> float32
+tensor -> train-time augmentation (:class:`~spikenorm.datamodules.frame_augment.FrameAugmentation`, train
+split only). Batches are ``[B, T, 2, H, W]``; the task transposes them once (``encoding="frames"``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+import h5py
 import numpy as np
 import torch
 from spikenorm.datamodules.base import (
@@ -23,8 +24,13 @@ from spikenorm.datamodules.base import (
     TransformedSubset,
     stratified_holdout,
 )
+from spikenorm.datamodules.errors import (
+    CorruptDataError,
+    cache_entry_fix,
+    load_or_rebuild,
+    reading,
+)
 from spikenorm.datamodules.frame_augment import FrameAugmentation
-from tonic import DiskCachedDataset
 from tonic.transforms import Downsample, ToFrame
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -64,6 +70,7 @@ class EventsToFrames:
         self.frame_size = (size or width, size or height, polarities)
         self.downsample = None if size is None else Downsample(spatial_factor=(size / width, size / height))
         self.time_bins, self.split_by = time_bins, split_by
+        self.frame_shape = (time_bins, polarities, self.frame_size[1], self.frame_size[0])  # [T, P, H, W]
         bins = {"n_event_bins": time_bins} if split_by == "number" else {"n_time_bins": time_bins}
         self.tonic_frames = ToFrame(sensor_size=self.frame_size, **bins) if engine == "tonic" else None
 
@@ -88,6 +95,57 @@ class EventsToFrames:
         flat = ((slice_of * polarities + channel) * height + events["y"].astype(np.int64)) * width + events["x"].astype(np.int64)
         counts = np.bincount(flat, minlength=steps * polarities * height * width)
         return counts.reshape(steps, polarities, height, width).astype(np.int16)
+
+
+class FrameCache(Dataset):
+    """The frames of ``dataset`` cached on disk: entry ``<cache_path>/<index>_0.hdf5`` per sample.
+
+    An entry holds the int16 frames as HDF5 dataset ``data/0`` (lzf-compressed, with a Fletcher-32
+    checksum) and the target as ``target/0``: tonic's ``DiskCachedDataset`` layout, so caches tonic wrote
+    read too. A missing entry is computed from ``dataset`` and written whole under a temporary name, then
+    renamed, so that DataLoader workers and DDP processes sharing the cache never read a half-written
+    entry. An entry that cannot be read, fails its checksum, or holds frames of another shape than
+    ``frame_shape`` or another target than ``dataset.targets[index]`` (e.g. truncated by a crash of an older
+    writer, or damaged on disk) is rebuilt automatically with a warning naming it
+    (:func:`~spikenorm.datamodules.errors.load_or_rebuild`): the cache holds derived data keyed by every
+    setting, so rebuilding gives the same frames. A rebuilt entry that is still unreadable raises a
+    :class:`~spikenorm.datamodules.errors.CorruptDataError` that names it and says to delete it.
+    """
+
+    entry_format = "a spikenorm frame-cache entry: HDF5 with int16 frames data/0 and the label target/0"
+
+    def __init__(self, dataset: Any, cache_path: str, frame_shape: tuple[int, ...]) -> None:
+        self.dataset, self.cache_path, self.frame_shape = dataset, cache_path, tuple(frame_shape)
+        os.makedirs(cache_path, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def entry(self, index: int) -> str:
+        """The path of sample ``index``'s entry."""
+        return os.path.join(self.cache_path, f"{index}_0.hdf5")
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return load_or_rebuild(self.entry(index), lambda path: self._load(path, index),
+                               lambda path: self._write(path, index))
+
+    def _load(self, path: str, index: int) -> tuple[np.ndarray, int]:
+        with reading(path, self.entry_format, cache_entry_fix(path)), h5py.File(path, "r") as f:
+            frames, target = f["data/0"][()], f["target/0"][()]
+        expected = self.dataset.targets[index]
+        if frames.shape != self.frame_shape or target != expected:
+            problem = (f"it holds frames of shape {frames.shape} and target {target}, the sample has frames of shape "
+                       f"{self.frame_shape} and target {expected}")
+            raise CorruptDataError.for_file(path, self.entry_format, problem, cache_entry_fix(path))
+        return frames, int(target)
+
+    def _write(self, path: str, index: int) -> None:
+        frames, target = self.dataset[index]
+        partial = f"{path}.{os.getpid()}.tmp"
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("data/0", data=np.asarray(frames), compression="lzf", fletcher32=True)
+            f.create_dataset("target/0", data=target)
+        os.replace(partial, path)
 
 
 class FramesToTensor:
@@ -201,10 +259,10 @@ class EventFrameDataModule(SplitDataModule):
         """Whether frames are cached on disk (``cache``)."""
         return bool(self.hparams.cache)
 
-    def _framed(self, source: str, dataset: Any) -> Dataset:
+    def _framed(self, source: str, dataset: Any, frame_shape: tuple[int, ...]) -> Dataset:
         if not self.cache_enabled:
             return dataset
-        return DiskCachedDataset(dataset, cache_path=self.cache_path(source, dataset))
+        return FrameCache(dataset, self.cache_path(source, dataset), frame_shape)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the sample lists, make the splits and wrap them with cache and transforms (once)."""
@@ -227,7 +285,7 @@ class EventFrameDataModule(SplitDataModule):
         self.train_indices = fit_positions[train_rel]
         self.val_indices = fit_positions[val_rel]
         self.test_indices = test_positions
-        framed = {name: self._framed(name, dataset) for name, dataset in sources.items()}
+        framed = {name: self._framed(name, dataset, to_frames.frame_shape) for name, dataset in sources.items()}
         evaluate = FramesToTensor()
         self.train_dataset = TransformedSubset(
             framed[fit_source], self.train_indices, FramesToTensor(self.train_augmentation)

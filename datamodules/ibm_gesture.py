@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
+from spikenorm.datamodules.errors import CorruptDataError, reading
 
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
 _PACKET_HEADER = np.dtype(
@@ -33,6 +34,10 @@ _PACKET_HEADER = np.dtype(
 _POLARITY_EVENT = np.dtype([("data", "<u4"), ("timestamp", "<i4")])
 _POLARITY_TYPE = 1
 _HEADER_END = b"#!END-HEADER\r\n"
+_AEDAT31_FORMAT = "a jAER AEDAT 3.1 recording ('#!AER-DAT3.1' header lines, then typed event packets)"
+_REPLACE_RECORDING = (
+    "Replace it with an intact copy from IBM's DvsGesture.tar.gz (https://research.ibm.com/dvsgesture/)."
+)
 
 
 def read_aedat31_polarity(path: str) -> np.ndarray:
@@ -48,26 +53,39 @@ def read_aedat31_polarity(path: str) -> np.ndarray:
     Only the first ``eventNumber`` slots of a packet hold events; packets of other types are skipped;
     events whose valid bit is 0 are dropped. (tonic's ``read_dvs_ibm`` reads every slot of every packet as
     a polarity event, ignores the valid bit and the overflow, and does not run on tonic 1.7 at all: it
-    unpacks two values from a function that returns three.)
+    unpacks two values from a function that returns three.) A file that does not follow the format
+    (truncated, overwritten) raises a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming it.
     """
     with open(path, "rb") as f:
         raw = f.read()
+    with reading(path, _AEDAT31_FORMAT, _REPLACE_RECORDING):
+        return _parse_aedat31_polarity(path, raw)
+
+
+def _corrupt_recording(path: str, problem: str) -> CorruptDataError:
+    return CorruptDataError.for_file(path, _AEDAT31_FORMAT, problem, _REPLACE_RECORDING)
+
+
+def _parse_aedat31_polarity(path: str, raw: bytes) -> np.ndarray:
     if not raw.startswith(b"#!AER-DAT3.1"):
-        raise ValueError(f"{path} is not an AEDAT 3.1 file: it starts with {raw[:12]!r}, expected b'#!AER-DAT3.1'")
+        raise _corrupt_recording(path, f"it starts with {raw[:12]!r}")
     end = raw.find(_HEADER_END)
     if end < 0:
-        raise ValueError(f"{path}: the AEDAT 3.1 header has no {_HEADER_END!r} line")
+        raise _corrupt_recording(path, f"the header has no {_HEADER_END!r} line")
     offset, chunks = end + len(_HEADER_END), []
     while offset + _PACKET_HEADER.itemsize <= len(raw):
-        header = np.frombuffer(raw, _PACKET_HEADER, count=1, offset=offset)[0]
+        packet, header = offset, np.frombuffer(raw, _PACKET_HEADER, count=1, offset=offset)[0]
         body = offset + _PACKET_HEADER.itemsize
+        if not 0 <= header["number"] <= header["capacity"] or header["size"] < 0:
+            counts = f"eventSize {header['size']}, eventCapacity {header['capacity']}, eventNumber {header['number']}"
+            raise _corrupt_recording(path, f"the packet at byte {packet} has {counts}")
         offset = body + int(header["capacity"]) * int(header["size"])
         if offset > len(raw):
-            raise ValueError(f"{path}: truncated packet at byte {body - _PACKET_HEADER.itemsize}")
+            raise _corrupt_recording(path, f"it is truncated inside the packet at byte {packet}")
         if header["type"] != _POLARITY_TYPE:
             continue
         if header["size"] != _POLARITY_EVENT.itemsize:
-            raise ValueError(f"{path}: polarity events must be 8 bytes, the packet says {int(header['size'])}")
+            raise _corrupt_recording(path, f"a polarity packet says its events have {int(header['size'])} bytes, not 8")
         events = np.frombuffer(raw, _POLARITY_EVENT, count=int(header["number"]), offset=body)
         events = events[(events["data"] & 1) == 1]
         out = np.empty(len(events), EVENT_DTYPE)
@@ -133,7 +151,8 @@ class IBMGestureSegments:
             for path in (recording, labels_csv):
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"{trial_list} lists {trial}, but {path} does not exist")
-            rows = np.loadtxt(labels_csv, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+            with reading(labels_csv, "a labels CSV with rows class,startTime_usec,endTime_usec", _REPLACE_RECORDING):
+                rows = np.loadtxt(labels_csv, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2, usecols=(0, 1, 2))
             for label, start, end in rows:
                 if not 1 <= label <= len(self.classes):
                     raise ValueError(f"{labels_csv}: class {label} outside 1..{len(self.classes)}")

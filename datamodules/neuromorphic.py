@@ -34,9 +34,10 @@ class TonicDataModule(EventFrameDataModule):
     ``H = W = sensor_size`` when downsampling, else the sensor's 128 or 34), ``label`` is int64. Use the
     task with ``encoding="frames"``. The pipeline is :mod:`spikenorm.datamodules.event_frames`: tonic's
     readers and ``Downsample``, exact framing (or tonic's ``ToFrame`` with ``frame_engine="tonic"``), then,
-    with the cache on, tonic's ``DiskCachedDataset`` under ``cache_dir`` (default
-    ``<root>/spikenorm_cache``), keyed by every setting that changes the frames, so that epochs after the
-    first read one HDF5 file of frames per sample instead of the raw events. Reading an HDF5 file costs
+    with the cache on, a :class:`~spikenorm.datamodules.event_frames.FrameCache` (tonic's
+    ``DiskCachedDataset`` layout) under ``cache_dir`` (default ``<root>/spikenorm_cache``), keyed by every
+    setting that changes the frames, so that epochs after the first read one HDF5 file of frames per
+    sample instead of the raw events. Reading an HDF5 file costs
     about 0.7 ms, so the cache pays off for large recordings only (benchmarks/dvs_loading.py: 6.6x faster
     at 100k events per AEDAT4 file, 6x slower at 4k events per N-MNIST file); ``cache=None`` therefore
     means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST.
@@ -56,6 +57,11 @@ class TonicDataModule(EventFrameDataModule):
       ``.aedat`` recordings, labels CSVs and ``trials_to_{train,test}.txt``, one sample per labelled
       segment (SpikingJelly's convention, 1176 / 288; see
       :class:`~spikenorm.datamodules.ibm_gesture.IBMGestureSegments`). The two are not comparable.
+
+    Damaged files: a data file that cannot be read as its format raises a
+    :class:`~spikenorm.datamodules.errors.CorruptDataError` naming it (absolute path), the format expected
+    and where an intact copy comes from. A damaged cache entry is rebuilt from its source with a warning
+    naming it; only an entry still unreadable after the rebuild raises, saying to delete it.
 
     Validation: a stratified ``val_fraction`` of the train split seeded by ``split_seed``; the test split
     is never used for model selection. Augmentation (train split only): ``augmentation``, or with
@@ -94,7 +100,7 @@ class TonicDataModule(EventFrameDataModule):
             raise ValueError(f"split_convention={split_convention!r} applies to dvsgesture only, got dataset={dataset!r}")
         if test_split not in ("stratified", "per_class"):
             raise ValueError(f"unknown test_split {test_split!r}; available: per_class, stratified")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self._check_common()
         self.dataset_name = dataset
 

@@ -9,7 +9,12 @@ readers (same ``<root>/<ClassName>/`` layout, same event arrays) but:
 * download only when asked (``download=True``), and otherwise raise a ``FileNotFoundError`` that names
   the files expected and where they come from;
 * list samples in sorted path order (tonic keeps the file system's order for CIFAR10-DVS and Gesture
-  files), so that index-based splits and caches are the same on every machine.
+  files), so that index-based splits and caches are the same on every machine;
+* read each sample through :meth:`_LocalFirst.read_events`, so that a damaged file (truncated, overwritten)
+  raises a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming the file, its expected format and
+  where an intact copy comes from, instead of the parser's ``IndexError`` / ``failed to fill whole buffer``;
+  events outside the sensor are refused the same way (tonic would frame them into the wrong pixels or fail
+  later in the framing).
 
 The class names equal tonic's, because tonic derives the folder ``<root>/<ClassName>`` from them.
 """
@@ -19,7 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tonic
+from numpy.lib import recfunctions
+from spikenorm.datamodules.errors import CorruptDataError, reading
 
 
 class _LocalFirst:
@@ -28,6 +36,7 @@ class _LocalFirst:
     extension: str
     layout: str  # where the files go, with ``{location}`` for ``<root>/<ClassName>``
     origin: str  # where the files come from
+    file_format: str  # what one file holds
 
     def __init__(self, *args: Any, download: bool = False, **kwargs: Any) -> None:
         self.allow_download = download
@@ -53,6 +62,43 @@ class _LocalFirst:
         except Exception as err:  # tonic's downloader raises URLError, HTTPError, RuntimeError, ...
             raise self.missing_files_error(f" and downloading failed ({type(err).__name__}: {err})") from err
 
+    def read_events(self, path: str) -> np.ndarray:
+        """The structured events of one file, as tonic's ``__getitem__`` reads them."""
+        raise NotImplementedError
+
+    @property
+    def replace_hint(self) -> str:
+        return f"Replace it with an intact copy: {self.origin}."
+
+    def corrupt(self, path: str, problem: str) -> CorruptDataError:
+        """The error for a file of this dataset that holds something else than :attr:`file_format`."""
+        return CorruptDataError.for_file(path, self.file_format, problem, self.replace_hint)
+
+    def _check_on_sensor(self, path: str, events: np.ndarray) -> None:
+        width, height = self.sensor_size[:2]
+        if len(events) == 0:
+            return
+        x_range, y_range = (events["x"].min(), events["x"].max()), (events["y"].min(), events["y"].max())
+        if x_range[0] < 0 or y_range[0] < 0 or x_range[1] >= width or y_range[1] >= height:
+            raise self.corrupt(path, f"it holds events outside the {width}x{height} sensor "
+                                     f"(x in [{x_range[0]}, {x_range[1]}], y in [{y_range[0]}, {y_range[1]}])")
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """``(events, target)`` of sample ``index``, transformed as tonic does; a damaged file raises a
+        :class:`~spikenorm.datamodules.errors.CorruptDataError` naming it."""
+        path = self.data[index]
+        with reading(path, self.file_format, self.replace_hint):
+            events = self.read_events(path)
+        self._check_on_sensor(path, events)
+        target = self.targets[index]
+        if self.transform is not None:
+            events = self.transform(events)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        if self.transforms is not None:
+            events, target = self.transforms(events, target)
+        return events, target
+
     def _sort_samples(self) -> None:
         order = sorted(range(len(self.data)), key=lambda i: self.data[i])
         for name in ("data", "targets", "users", "lighting"):
@@ -68,6 +114,14 @@ class DVSGesture(_LocalFirst, tonic.datasets.DVSGesture):
         "they are tonic's preprocessed DVS128 Gesture, ibmGestureTrain.tar.gz and ibmGestureTest.tar.gz from "
         f"{tonic.datasets.DVSGesture.train_url} and {tonic.datasets.DVSGesture.test_url}, extracted there"
     )
+    file_format = "a tonic DVS128 Gesture .npy file: an [N, 4] integer array of x, y, p, t (t in ms)"
+
+    def read_events(self, path: str) -> np.ndarray:
+        table = np.load(path)
+        if table.ndim != 2 or table.shape[1] != 4:
+            raise self.corrupt(path, f"it holds an array of shape {table.shape}")
+        table[:, 3] *= 1000  # ms -> us
+        return recfunctions.unstructured_to_structured(table, self.dtype)
 
 
 class CIFAR10DVS(_LocalFirst, tonic.datasets.CIFAR10DVS):
@@ -77,6 +131,12 @@ class CIFAR10DVS(_LocalFirst, tonic.datasets.CIFAR10DVS):
         f"they come from CIFAR10DVS.zip ({tonic.datasets.CIFAR10DVS.url}): extract it there, then extract "
         "each <class>.zip inside"
     )
+    file_format = "an AEDAT 4.0 file (iniVation DV) with an event stream"
+
+    def read_events(self, path: str) -> np.ndarray:
+        events = tonic.datasets.cifar10dvs.read_aedat4(path)
+        events.dtype.names = ["t", "x", "y", "p"]
+        return events
 
 
 class NMNIST(_LocalFirst, tonic.datasets.NMNIST):
@@ -86,4 +146,17 @@ class NMNIST(_LocalFirst, tonic.datasets.NMNIST):
         f"they come from train.zip ({tonic.datasets.NMNIST.train_url}) and test.zip "
         f"({tonic.datasets.NMNIST.test_url}), extracted there"
     )
+    file_format = "an N-MNIST .bin file: 5-byte events (x, y, polarity and a 23-bit time) on a 34x34 sensor"
+
+    def __init__(self, *args: Any, stabilize: bool = False, **kwargs: Any) -> None:
+        if stabilize:
+            raise ValueError("NMNIST(stabilize=True) is not supported: tonic 1.7's stabilize is not defined")
+        super().__init__(*args, **kwargs)
+
+    def read_events(self, path: str) -> np.ndarray:
+        size = Path(path).stat().st_size
+        if size == 0 or size % 5:
+            raise self.corrupt(path, f"its size, {size} bytes, is not a positive multiple of 5")
+        events = tonic.datasets.nmnist.read_mnist_file(path, dtype=self.dtype)
+        return events[events["t"] < 1e5] if self.first_saccade_only else events
 

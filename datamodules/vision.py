@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from spikenorm.datamodules.base import SplitDataModule, TransformedSubset
+from spikenorm.datamodules.errors import reading
 from torchvision import datasets, transforms
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import check_integrity
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 
@@ -74,6 +79,21 @@ def _expected_files(cls: type[datasets.VisionDataset], root: str) -> tuple[str, 
     return folder, names, origin
 
 
+def _raw_reader(cls: type[datasets.VisionDataset], name: str) -> tuple[str, Callable[[str], Any]]:
+    """The format of raw file ``name`` of ``cls`` and a function that reads it as torchvision does."""
+    if issubclass(cls, datasets.CIFAR10):
+        key = cls.meta["key"] if name == cls.meta["filename"] else "data"
+
+        def unpickle(path: str) -> Any:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")[key]
+
+        return f"a CIFAR python pickle of a dict with key {key!r}", unpickle
+    if "images" in name:
+        return "an idx3-ubyte file of uint8 images [N, 28, 28] (big-endian header)", read_image_file
+    return "an idx1-ubyte file of uint8 labels [N] (big-endian header)", read_label_file
+
+
 class TorchvisionDataModule(SplitDataModule):
     """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 as ``(x, y)`` batches, read by torchvision.
 
@@ -84,7 +104,9 @@ class TorchvisionDataModule(SplitDataModule):
     ``<root>/cifar-10-batches-py/``, ``<root>/cifar-100-python/``) and raises a ``FileNotFoundError``
     naming every expected file when any is missing. ``verify_checksums=False`` skips only torchvision's
     md5 comparison of the CIFAR files against the official ones (the MNIST readers never compare
-    checksums of the raw files).
+    checksums of the raw files). When torchvision rejects the files, the error names the culprit: the
+    CIFAR files whose md5 differs from the official one, else the file that cannot be read as its
+    format (a :class:`~spikenorm.datamodules.errors.CorruptDataError`, e.g. a truncated pickle or idx file).
 
     Split: the official train set is split at random into train and validation, with
     ``round(val_fraction * n)`` images (at least one) for validation, by a permutation seeded with
@@ -123,7 +145,7 @@ class TorchvisionDataModule(SplitDataModule):
             raise ValueError(f"TorchvisionDataModule expects batch_size >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"TorchvisionDataModule expects num_workers >= 0, got {num_workers}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self.train_indices: list[int] | None = None
         self.val_indices: list[int] | None = None
 
@@ -175,12 +197,34 @@ class TorchvisionDataModule(SplitDataModule):
             f"{origin}. Put them there, or pass download=True (needs network access)."
         )
 
-    def _rejected_error(self, err: Exception) -> RuntimeError:
+    def _checksum_mismatches(self) -> list[str]:
+        """The CIFAR files whose md5 differs from the official one (none unless ``verify_checksums``)."""
+        cls = self._dataset_class
+        if not (self.hparams.verify_checksums and issubclass(cls, datasets.CIFAR10)):
+            return []
+        folder = os.path.abspath(os.path.join(self.hparams.root, cls.base_folder))
+        files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+        paths = [(os.path.join(folder, name), md5) for name, md5 in files]
+        return [path for path, md5 in paths if not check_integrity(path, md5)]
+
+    def _check_raw_files(self) -> None:
+        """Read every raw file as torchvision does; the first that fails raises a ``CorruptDataError``."""
+        cls = self._dataset_class
+        folder, names, origin = _expected_files(cls, self.hparams.root)
+        for name in names:
+            expected, read = _raw_reader(cls, name)
+            path = os.path.join(folder, name)
+            with reading(path, expected, f"Replace it with an intact copy: {origin}."):
+                read(path)
+
+    def _rejected_error(self, err: Exception, mismatches: list[str]) -> RuntimeError:
+        """torchvision's ``err``, with the files whose md5 differs from the official one (``mismatches``)."""
         folder, _, _ = _expected_files(self._dataset_class, self.hparams.root)
         hint = (
-            " With verify_checksums=True every CIFAR file must match the official md5 checksum; pass "
+            " With verify_checksums=True every CIFAR file must match the official md5 checksum; these do not: "
+            f"{', '.join(mismatches)}. Delete them and download again (download=True), or pass "
             "verify_checksums=False to load files that differ from the official ones."
-            if self.hparams.verify_checksums
+            if mismatches
             else ""
         )
         return RuntimeError(
@@ -197,7 +241,7 @@ class TorchvisionDataModule(SplitDataModule):
         except (OSError, RuntimeError) as err:
             missing = self._missing_files_error()
             if missing is None:
-                raise self._rejected_error(err) from err
+                raise self._rejected_error(err, self._checksum_mismatches()) from err
             reason = " ".join(str(err).split())  # torchvision's mirror-by-mirror report, on one line
             raise FileNotFoundError(
                 f"downloading {self.hparams.dataset} failed ({type(err).__name__}: {reason}). {missing}"
@@ -209,8 +253,11 @@ class TorchvisionDataModule(SplitDataModule):
             raise missing
         try:
             return self._dataset_class(self.hparams.root, train=train)
-        except RuntimeError as err:
-            raise self._rejected_error(err) from err
+        except Exception as err:  # torchvision raises RuntimeError, UnpicklingError, AssertionError, ...
+            mismatches = self._checksum_mismatches()
+            if not mismatches:
+                self._check_raw_files()
+            raise self._rejected_error(err, mismatches) from err
 
     def setup(self, stage: str | None = None) -> None:
         """Read the splits the stage needs: train and val for fit and validate, test for test."""

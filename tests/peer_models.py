@@ -49,17 +49,19 @@ def snntorch_net() -> nn.Module:
 
 def spikingjelly_net() -> nn.Module:
     """SpikingJelly multi-step layers; its BN sees ``[T, B, C, ...]`` with the channels on axis 2."""
-    from spikingjelly.activation_based import layer, neuron
+    from spikingjelly.activation_based import layer, neuron, surrogate
 
     torch.manual_seed(0)
+    # each neuron gets its own surrogate: SpikingJelly's default is one instance shared by every LIFNode, so a
+    # test that puts one net in eval mode would leave that shared module in eval for every later test
     return nn.Sequential(
         layer.Conv2d(C, FEATURES, 3, padding=1, step_mode="m"),
         layer.BatchNorm2d(FEATURES, step_mode="m"),
-        neuron.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m"),
+        neuron.LIFNode(tau=2.0, v_threshold=0.5, surrogate_function=surrogate.Sigmoid(), step_mode="m"),
         layer.Flatten(step_mode="m"),
         layer.Linear(FEATURES * H * H, 5, step_mode="m"),
         layer.BatchNorm1d(5, step_mode="m"),
-        neuron.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m"),
+        neuron.LIFNode(tau=2.0, v_threshold=0.5, surrogate_function=surrogate.Sigmoid(), step_mode="m"),
     ).double()
 
 

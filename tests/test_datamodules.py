@@ -221,8 +221,10 @@ def test_torchvision_split_and_order_are_seeded(tmp_path):
 def test_torchvision_checksums_verified_by_default(tmp_path):
     write_cifar10(tmp_path)
     dm = TorchvisionDataModule("cifar10", root=str(tmp_path))
-    with pytest.raises(RuntimeError, match="verify_checksums=False"):
+    with pytest.raises(RuntimeError, match="verify_checksums=False") as info:
         dm.setup("fit")
+    for name in ("data_batch_1", "data_batch_5", "test_batch", "batches.meta"):  # the files that differ are named
+        assert os.path.join(str(tmp_path), "cifar-10-batches-py", name) in str(info.value)
 
 
 @pytest.mark.parametrize(

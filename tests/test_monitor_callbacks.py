@@ -149,8 +149,9 @@ class SnnTorchModule(pl.LightningModule):
 
 def test_snntorch_module_without_model_attribute(tmp_path: Path) -> None:
     module = SnnTorchModule()
-    callbacks = [SpikeMonitor(heatmap=False), EnergyMonitor(folded=True)]
-    with pytest.warns(UserWarning, match="cannot be folded"):
+    callbacks = [SpikeMonitor(heatmap=False), EnergyMonitor()]
+    with pytest.warns(UserWarning, match=r"SnnTorchModule holds no spikenorm network to fold .*its neurons are "
+                                         r"net.lif1 \(snntorch Leaky\), net.lif2 \(snntorch Leaky\)\)"):
         _trainer(tmp_path, callbacks).validate(module, _data())
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items()}
     assert not any("teacher" in k for k in metrics)

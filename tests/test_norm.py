@@ -85,6 +85,31 @@ def test_bntt_per_step_stats_and_per_step_affine(bias):
     assert layer.weight.shape == (T, C)
 
 
+def test_bntt_refuses_one_value_per_channel_and_step_in_training():
+    """A batch of 1 without spatial axes has zero variance per step: the output would be beta everywhere."""
+    layer = BNTT(C, time_steps=T, bias=True)
+    before = layer.running_mean.clone()
+    with pytest.raises(ValueError, match=r"needs more than 1 value per channel per step.*shape \(4, 1, 3\).*"
+                                         r"batch size >= 2 in training.*drop_last=True"):
+        layer(torch.randn(T, 1, C))
+    assert torch.equal(layer.running_mean, before) and int(layer.num_batches_tracked) == 0  # nothing updated
+    elementwise = BNTT(C, time_steps=T, feature_shape=(C, H, W))  # statistics per element: over the batch only
+    with pytest.raises(ValueError, match="more than 1 value per feature per step"):
+        elementwise(torch.randn(T, 1, C, H, W))
+    layer.eval()
+    assert layer(torch.randn(T, 1, C)).shape == (T, 1, C)  # running statistics: a batch of 1 is fine
+
+
+def test_bntt_batch_of_one_with_spatial_axes_trains():
+    """As torch's batch norm: with H x W positions per channel, one sample gives H * W > 1 values."""
+    x = sample(7, (T, 1, C, H, W))
+    layer = BNTT(C, time_steps=T).double()
+    y = layer(torch.from_numpy(x)).detach().numpy()
+    mu_t, var_t = x.mean(axis=(1, 3, 4)), x.var(axis=(1, 3, 4))
+    np.testing.assert_allclose(y, (x - channel(mu_t, 5)) / np.sqrt(channel(var_t, 5) + EPS), rtol=1e-10, atol=1e-10)
+    assert np.abs(y).max() > 0.5
+
+
 @pytest.mark.parametrize("name", ["bn", "tdbn", "bntt"])
 def test_eval_uses_running_statistics(name):
     kwargs = {"time_steps": T} if name == "bntt" else {}

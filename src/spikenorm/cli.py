@@ -2,28 +2,130 @@
 
 ``spikenorm fit --config recipes/quickstart.yaml`` trains, then tests the best checkpoint (or the final
 weights when no checkpoint was kept) and prints a short summary: test accuracy, firing rate and where
-the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI. On start-up it sets the
-host allocator up for training (:mod:`spikenorm.allocator`; ``SPIKENORM_MALLOC=default`` opts out).
+the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI, with these differences:
+
+* a checkpoint is enough: ``spikenorm test --ckpt_path X`` rebuilds the task from the checkpoint's stored
+  configuration; options given on the command line or in ``--config`` win over the stored ones (e.g.
+  ``--model.init_args.eval_time_steps 1`` evaluates at ``T = 1``), and a network that differs from the
+  checkpoint's is refused with the differing keys (``SpikingClassifier.on_load_checkpoint``);
+* ``spikenorm fit --config C --ckpt_path last`` resumes the newest run of ``C`` that kept a ``last.ckpt``
+  (:class:`~spikenorm.callbacks.LastCheckpoint`), in the same log folder and the same W&B run;
+* the resolved configuration is written into the run's log folder (without a logger, into
+  ``<default_root_dir>/configs/``) and never overwrites a file;
+* ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`).
+
+On start-up it sets the host allocator up for training (:mod:`spikenorm.allocator`;
+``SPIKENORM_MALLOC=default`` opts out).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from spikenorm.allocator import retain_freed_memory
+from spikenorm.callbacks import PredictionWriter
+from spikenorm.config import class_path_of, import_object, instantiate
+from spikenorm.run_dirs import (
+    LOGGER_VERSIONS_KEY,
+    free_path,
+    latest_last_checkpoint,
+    logger_versions,
+    recorded_logger_versions,
+    run_folders,
+)
+from spikenorm.tasks.run_config import is_unrecorded
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Write the resolved configuration where the run's files are, never over an existing file.
+
+    With a logger: ``<log dir>/config.yaml`` (a resumed run adds ``config-1.yaml``, ...). Without one:
+    ``<default_root_dir>/configs/<stage>-config.yaml`` (numbered likewise), not the working directory, where the
+    user's own ``config.yaml`` may be.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a collective call: every process asks
+        if trainer.is_global_zero:
+            if trainer.loggers:
+                path = free_path(Path(log_dir) / "config.yaml")
+            else:
+                stage_name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
+                path = free_path(Path(trainer.default_root_dir) / "configs" / f"{stage_name}-config.yaml")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=False, multifile=self.multifile)
+            self.saved_path = path
+        self.already_saved = trainer.strategy.broadcast(True)
+
+    def summary_line(self) -> str | None:
+        """What the CLI prints at the end of a fit."""
+        path = getattr(self, "saved_path", None)
+        return f"{'config':<14} {path}" if path else None
+
+
+class RecordLoggerVersions(Callback):
+    """Store each logger's class and version in every checkpoint, for ``--ckpt_path last``."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[LOGGER_VERSIONS_KEY] = logger_versions(trainer.loggers)
+
+
+def _subcommand_and_checkpoint(argv: list[str]) -> tuple[str | None, str | None]:
+    """The subcommand and the ``--ckpt_path`` value of a command line."""
+    subcommand = next((a for a in argv if a in SUBCOMMANDS), None)
+    ckpt = None
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            ckpt = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            ckpt = arg.split("=", 1)[1]
+    return subcommand, ckpt
+
+
+def checkpoint_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The ``model`` (task) and ``data`` configs a checkpoint stores, as far as it stores their class paths."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    configs = {}
+    for key, entry in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        hparams = dict(checkpoint.get(entry) or {})
+        class_path = hparams.pop("_class_path", None)
+        if class_path is not None:
+            init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and not is_unrecorded(v)}
+            configs[key] = {"class_path": class_path, "init_args": init_args}
+    return configs
+
+
+def _logger_entries(logger_config: Any) -> list[Any]:
+    if logger_config in (None, False):
+        return []
+    if logger_config is True:
+        raise ValueError(
+            "--ckpt_path last needs the loggers spelled out (trainer.logger: a list of class_path entries, as in "
+            "the recipes), not trainer.logger: true, so that the resumed run can be put in the same log folder"
+        )
+    return list(logger_config) if isinstance(logger_config, list) else [logger_config]
 
 
 class SpikenormCLI(LightningCLI):
-    """LightningCLI with class-path selection of task and datamodule and a post-fit test and summary."""
+    """LightningCLI with class-path selection of task and datamodule, self-contained checkpoints, resume by
+    ``--ckpt_path last``, and a post-fit test and summary (see the module docstring)."""
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         super().__init__(
             LightningModule,
             None,  # data by class path but optional: RL tasks bring their own environment loop
@@ -32,6 +134,57 @@ class SpikenormCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse with the task and data stored in ``--ckpt_path``'s checkpoint as defaults."""
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list):
+            subcommand, ckpt = _subcommand_and_checkpoint(argv)
+            if subcommand and ckpt and Path(ckpt).is_file():
+                stored = checkpoint_configs(ckpt)
+                if stored:
+                    self._parser(subcommand).set_defaults(stored)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces Lightning's, which lets the checkpoint's hyperparameters override the user's options: here
+        they are defaults (see :meth:`parse_arguments`). ``fit --ckpt_path last`` finds the run to resume."""
+        if self.config.get("subcommand") == "fit" and self.config.fit.get("ckpt_path") == "last":
+            self._resume_latest_run(self.config.fit)
+
+    @staticmethod
+    def _resume_latest_run(config: Any) -> None:
+        """Point ``ckpt_path`` at the newest ``last.ckpt`` of this configuration and its loggers at that run."""
+        loggers = _logger_entries(config.trainer.logger)
+        root = config.trainer.default_root_dir or os.getcwd()
+        explicit = [entry.init_args.dirpath for entry in (config.trainer.callbacks or [])
+                    if entry.class_path.endswith("LastCheckpoint") and entry.init_args.get("dirpath")]
+        if explicit:
+            folder, pattern = Path(explicit[0]), "last.ckpt"
+        else:
+            first = instantiate(loggers[0].as_dict()) if loggers else None
+            folder, pattern = run_folders(first, root)
+        checkpoint = latest_last_checkpoint(folder, pattern)
+        recorded = recorded_logger_versions(checkpoint)
+        for i, entry in enumerate(loggers):
+            declared = class_path_of(import_object(entry.class_path))
+            if declared == class_path_of(CSVLogger):  # Lightning's deletes metrics.csv in an existing folder
+                entry.class_path = "spikenorm.loggers.CSVLogger"
+            if i < len(recorded) and recorded[i]["class_path"] in (declared, class_path_of(import_object(entry.class_path))):
+                entry.init_args.version = recorded[i]["version"]
+            elif i == 0 and not explicit:
+                entry.init_args.version = checkpoint.parent.parent.name  # the run folder is the first logger's version
+        config.ckpt_path = str(checkpoint)
+        rank_zero_info(f"spikenorm: resuming {checkpoint}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, plus the callbacks the CLI's own features need."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            trainer.callbacks.append(RecordLoggerVersions())
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            trainer.callbacks.append(PredictionWriter())
+        return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -44,8 +197,17 @@ class SpikenormCLI(LightningCLI):
         else:
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if trainer.is_global_zero:
-            extra = [line for cb in trainer.callbacks if (line := getattr(cb, "summary_line", lambda: None)())]
-            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint, extra))
+            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint,
+                          _callback_lines(trainer)))
+
+    def after_predict(self) -> None:
+        if self.trainer.is_global_zero:
+            print(summary({}, self.trainer.loggers, None, None, _callback_lines(self.trainer)))
+
+
+def _callback_lines(trainer: Trainer) -> list[str]:
+    """What callbacks report through ``summary_line()``."""
+    return [line for cb in trainer.callbacks if (line := getattr(cb, "summary_line", lambda: None)())]
 
 
 def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any,
@@ -69,7 +231,10 @@ def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None
         lines.append(f"  {'checkpoint':<14} {checkpoint.best_model_path}")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            lines.append(f"  {'wandb run':<14} {logger.experiment.dir}")
+            run_dir = Path(logger.experiment.dir).parent  # the folder `wandb sync` takes (files/ is inside it)
+            lines.append(f"  {'wandb run':<14} {run_dir}")
+            if logger._offline:
+                lines.append(f"  {'upload with':<14} wandb sync {run_dir}")
         elif isinstance(logger, CSVLogger):
             lines.append(f"  {'csv metrics':<14} {logger.log_dir}/metrics.csv")
         elif getattr(logger, "log_dir", None):

@@ -12,11 +12,16 @@ be installed for spikenorm to work:
 * SpikingJelly: subclasses of ``spikingjelly.activation_based.neuron.BaseNode`` (single- or multi-step;
   every ``MemoryModule`` keeps its state between calls until ``reset()``, which is what
   ``functional.reset_net`` calls).
+
+Neurons of any other class are recognised when the caller names their classes (``neuron_types``, e.g.
+``SpikeMonitor(neuron_types=[MyLIF])``): such a neuron is single-step (one call per time step, spikes
+``[B, ...]``) unless it has ``step_mode == "m"`` (SpikingJelly's convention), then multi-step (``[T, B, ...]``).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -40,17 +45,44 @@ def neuron_library(module: nn.Module) -> Library | None:
     return None
 
 
-def any_spiking_neurons(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(qualified name, module)`` for every spikenorm, snnTorch or SpikingJelly neuron in ``model``."""
+def check_neuron_types(neuron_types: Sequence[type[nn.Module]] | None) -> tuple[type[nn.Module], ...]:
+    """``neuron_types`` as a tuple of ``nn.Module`` subclasses (empty for None).
+
+    Raises:
+        TypeError: an entry that is not a subclass of ``nn.Module`` (e.g. an instance instead of its class).
+    """
+    types = tuple(neuron_types or ())
+    for entry in types:
+        if not (isinstance(entry, type) and issubclass(entry, nn.Module)):
+            raise TypeError(
+                f"neuron_types must list neuron classes (subclasses of nn.Module), got {entry!r} of type "
+                f"{type(entry).__name__}; pass the class itself, e.g. neuron_types=[MyLIF]"
+            )
+    return types
+
+
+def is_spiking_neuron(module: nn.Module, neuron_types: Sequence[type[nn.Module]] = ()) -> bool:
+    """Whether ``module`` is a spikenorm, snnTorch or SpikingJelly neuron, or an instance of ``neuron_types``."""
+    return neuron_library(module) is not None or isinstance(module, tuple(neuron_types))
+
+
+def any_spiking_neurons(
+    model: nn.Module, neuron_types: Sequence[type[nn.Module]] = ()
+) -> Iterator[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` for every spikenorm, snnTorch or SpikingJelly neuron in ``model``, and
+    every instance of ``neuron_types``."""
     for name, module in model.named_modules():
-        if neuron_library(module) is not None:
+        if is_spiking_neuron(module, neuron_types):
             yield name, module
 
 
 def is_multi_step(module: nn.Module) -> bool:
-    """Whether one call of the neuron runs all T steps (output ``[T, B, ...]``) rather than one step."""
+    """Whether one call of the neuron runs all T steps (output ``[T, B, ...]``) rather than one step:
+    always for spikenorm, never for snnTorch, and for SpikingJelly and custom neurons when ``step_mode == "m"``."""
     library = neuron_library(module)
-    return library == "spikenorm" or (library == "spikingjelly" and getattr(module, "step_mode", "s") == "m")
+    if library in ("spikenorm", "snntorch"):
+        return library == "spikenorm"
+    return getattr(module, "step_mode", "s") == "m"
 
 
 def spike_tensor(output: object) -> Tensor:

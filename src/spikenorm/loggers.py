@@ -1,4 +1,7 @@
-"""Weights & Biases logging that works with or without an API key.
+"""Loggers that lose nothing: Weights & Biases with or without an API key, CSV that resumes.
+
+:class:`CSVLogger` is Lightning's ``CSVLogger`` except that a run resumed into its existing version folder
+(``spikenorm fit --ckpt_path last``) appends to its ``metrics.csv`` instead of deleting it.
 
 :class:`WandbLogger` is Lightning's ``WandbLogger`` with research-friendly defaults and one change:
 ``offline=None`` (the default) decides at construction time whether the run can go online. Without an
@@ -22,11 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _CSVExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["WandbLogger", "read_offline_run", "resolve_offline", "wandb_api_key_available"]
+__all__ = ["CSVLogger", "WandbLogger", "read_offline_run", "resolve_offline", "wandb_api_key_available"]
 
 _DEFAULT_BASE_URL = "https://api.wandb.ai"
 _OFFLINE_MODES = frozenset({"offline", "dryrun"})
@@ -140,6 +145,34 @@ class WandbLogger(_LightningWandbLogger):
         if self._experiment is None and self._save_dir is not None:
             os.makedirs(self._save_dir, exist_ok=True)
         return super().experiment
+
+
+class _AppendingExperimentWriter(_CSVExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = file.readline().strip()
+            self.metrics_keys = sorted(header.split(",")) if header else []
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's ``CSVLogger`` (same arguments) that appends to an existing ``metrics.csv``.
+
+    Lightning's logger deletes ``<save_dir>/<name>/version_<n>/metrics.csv`` when it writes into a version
+    folder that already has one, which is exactly what resuming a crashed run does. This one keeps the rows
+    and appends; rows the crashed process logged after its last checkpoint stay in the file, so a step can
+    appear twice (the later row is the resumed run's).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _CSVExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 # --- reading offline runs -------------------------------------------------------------------------

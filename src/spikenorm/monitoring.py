@@ -1,4 +1,4 @@
-"""Firing-rate recording for spikenorm, snnTorch and SpikingJelly neurons, usable with or without Lightning.
+"""Firing-rate recording for spikenorm, snnTorch, SpikingJelly and your own neurons, with or without Lightning.
 
 For a layer with ``N`` neurons, recorded over samples ``b`` and time steps ``t`` with spikes ``s[t, b, n]``:
 
@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from spikenorm.distributed import sum_across_processes
 from spikenorm.hooks import HookSession
-from spikenorm.interop import any_spiking_neurons, is_multi_step, spike_tensor
+from spikenorm.interop import any_spiking_neurons, check_neuron_types, is_multi_step, spike_tensor
 
 
 @dataclass
@@ -48,10 +48,34 @@ def excluded(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def recognised_neurons(
+    model: nn.Module, exclude: Sequence[str] = (), neuron_types: Sequence[type[nn.Module]] | None = None
+) -> dict[str, nn.Module]:
+    """The spiking neurons of ``model`` outside ``exclude``, by qualified name (the root's class name when
+    ``model`` is itself a neuron): spikenorm, snnTorch and SpikingJelly neurons and instances of ``neuron_types``.
+
+    Raises:
+        ValueError: there is none; the message names the model's class and how to declare custom neurons.
+        TypeError: ``neuron_types`` lists something that is not an ``nn.Module`` class.
+    """
+    types = check_neuron_types(neuron_types)
+    neurons = {name or type(module).__name__: module for name, module in any_spiking_neurons(model, types)
+               if not excluded(name, exclude)}
+    if not neurons:
+        looked_for = "spikenorm, snnTorch and SpikingJelly neurons" + "".join(f", {t.__name__}" for t in types)
+        raise ValueError(
+            f"{type(model).__name__} has no spiking neurons to record (looked for {looked_for}"
+            f"{f' outside {list(exclude)}' if exclude else ''}); if it uses a neuron class of your own, pass "
+            "neuron_types=[YourNeuron] (single-step: one call per time step; multi-step ones set step_mode = 'm')"
+        )
+    return neurons
+
+
 class FiringRateRecorder(HookSession):
     """Context manager that accumulates the firing of every spiking neuron in ``model`` (see the module doc).
 
-    Neurons of spikenorm, snnTorch and SpikingJelly are recognised (:mod:`spikenorm.interop`). Several
+    Neurons of spikenorm, snnTorch and SpikingJelly, and instances of ``neuron_types``, are recognised
+    (:mod:`spikenorm.interop`). Several
     batches accumulate::
 
         with FiringRateRecorder(net) as rec:
@@ -67,25 +91,22 @@ class FiringRateRecorder(HookSession):
         sequence_on_forward: start a new sequence (step index 0) at every forward of ``model``. Turn it off
             when ``model`` is called once per time step and call :meth:`new_sequence` at each batch instead.
         exclude: qualified module names (and everything inside them) not to record, e.g. ``("teacher",)``.
+        neuron_types: neuron classes of your own to record too (see :mod:`spikenorm.interop` for how their
+            time steps are read).
 
     Raises:
         ValueError: ``model`` has no spiking neuron outside ``exclude``.
+        TypeError: ``neuron_types`` lists something that is not an ``nn.Module`` class.
     """
 
-    def __init__(self, model: nn.Module, sequence_on_forward: bool = True, exclude: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: nn.Module, sequence_on_forward: bool = True, exclude: Sequence[str] = (),
+        neuron_types: Sequence[type[nn.Module]] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.sequence_on_forward = sequence_on_forward
-        self.layers = {
-            name or type(module).__name__: module
-            for name, module in any_spiking_neurons(model)
-            if not excluded(name, exclude)
-        }
-        if not self.layers:
-            raise ValueError(
-                f"{type(model).__name__} has no spiking neurons to record (looked for spikenorm, snnTorch and "
-                f"SpikingJelly neurons{f' outside {list(exclude)}' if exclude else ''})"
-            )
+        self.layers = recognised_neurons(model, exclude, neuron_types)
         self._totals: dict[str, _LayerTotals] = {}
         self._steps_in_sequence: dict[str, int] = {}
 

@@ -20,7 +20,20 @@ neuron state, so membranes leak from one batch into the next, and it skips BN la
 ``_BatchNorm`` (MPBN inside neurons); PreciseBN refuses a BN called more than once per forward; neither
 pools over time steps exactly nor reduces across processes. Here every neuron's state is cleared before
 every batch (:func:`spikenorm.interop.reset_neuron_states`: spikenorm, snnTorch ``reset_mem``, SpikingJelly
-``reset``).
+``reset``; then the user's ``reset_fn`` for neurons of their own).
+
+Guards (each raises a ValueError, and leaves the running statistics as they were):
+
+* state the resets miss: a hand-written neuron that keeps ``self.v`` (a plain tensor attribute or a buffer)
+  between calls would carry membranes from batch to batch. Before measuring, the first batch is run twice,
+  each from reset state, and every module's tensors (buffers, plain attributes, tensors in list/tuple/dict
+  attributes) are compared after the reset that follows each run: they differ exactly when some state
+  survives the resets. The error names the modules and attributes and suggests ``reset_fn``. Cost: two
+  forwards of one batch per call.
+* NaN/Inf activations: a NaN or Inf in any input of a measured layer makes that layer's float64 moments
+  non-finite, so the moments are checked once per batch (a few values per feature; no pass over the
+  inputs). Only when the check fails is the batch run again from the same moments to count the NaN and
+  Inf values; the error names the first layer whose inputs held them, the batch index and the counts.
 
 Modes:
 
@@ -49,6 +62,7 @@ module are restored afterwards and no momentum is touched. Layers whose statisti
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -66,6 +80,9 @@ from spikenorm.neurons import spiking_neurons
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.norm.stats import distributed_world_size
 
+ResetFn = Callable[[nn.Module], None]
+"""``reset_fn(model)``: clears neuron state that the built-in resets do not know (see :func:`recalibrate_bn`)."""
+
 
 class PooledMoments:
     """Count, mean and sum of squared deviations (M2) per feature, merged exactly (Chan et al. 1979).
@@ -78,6 +95,7 @@ class PooledMoments:
         self.count = 0
         self.mean: Tensor | None = None
         self.m2: Tensor | None = None
+        self.inspect: Callable[[Tensor], None] | None = None  # sees every input (set on an error path only)
 
     def add(self, x: Tensor, dims: tuple[int, ...]) -> None:
         """Merge the samples of ``x`` over ``dims`` (the remaining axes index the features).
@@ -90,6 +108,8 @@ class PooledMoments:
         over ``x`` where torch's CPU Welford ``var_mean`` costs several times more.
         """
         x = x.detach()
+        if self.inspect is not None:
+            self.inspect(x)
         n = math.prod(x.shape[d] for d in dims)
         if x.dtype == torch.float64:
             var, mean = torch.var_mean(x, dim=dims, correction=0)
@@ -101,6 +121,18 @@ class PooledMoments:
         s1 = centered.sum(dim=dims).double()
         s2 = (centered * centered).sum(dim=dims).double()
         self.merge(n, shift.double() + s1 / n, (s2 - s1 * s1 / n).clamp_min(0))
+
+    def state(self) -> tuple[int, Tensor | None, Tensor | None]:
+        """What :meth:`restore` needs to undo later merges (never modified in place, so no copy is made)."""
+        return self.count, self.mean, self.m2
+
+    def restore(self, state: tuple[int, Tensor | None, Tensor | None]) -> None:
+        self.count, self.mean, self.m2 = state
+
+    def finite(self) -> bool:
+        """Whether the moments are finite: a NaN or Inf in any merged input makes its feature's mean or M2
+        non-finite (so does float overflow of the squared deviations)."""
+        return self.mean is None or bool(torch.isfinite(self.mean).all() & torch.isfinite(self.m2).all())
 
     def merge(self, n: int, mean: Tensor, m2: Tensor) -> None:
         if n == 0:
@@ -251,6 +283,7 @@ def recalibrate_bn(
     forward: Callable[[nn.Module, Any], Any] | None = None,
     mode: Literal["exact", "single_pass"] = "exact",
     num_batches: int | None = None,
+    reset_fn: ResetFn | None = None,
 ) -> RecalibrationReport:
     """Overwrite the running statistics of every BN-like layer with exact pooled statistics.
 
@@ -260,13 +293,19 @@ def recalibrate_bn(
         forward: ``forward(model, batch)``; defaults to ``model(batch)``.
         mode: ``"exact"`` (layer by layer) or ``"single_pass"`` (the reference code), see the module doc.
         num_batches: use exactly this many batches from ``batches`` (all of them when None).
+        reset_fn: ``reset_fn(model)`` clears the state of neurons spikenorm does not know (e.g.
+            ``lambda m: [n.reset() for n in m.modules() if isinstance(n, MyLIF)]``). Called with ``model``
+            before every forward, after (in addition to) the built-in resets, and once at the end.
 
     Returns:
         A :class:`RecalibrationReport` (per-layer shift and statistics error, seconds spent).
 
     Raises:
         ValueError: no batches, fewer batches than ``num_batches``, ``num_batches < 1``, an unknown mode,
-            a model without BN-like layers with running statistics, or a layer the forward never calls.
+            a model without BN-like layers with running statistics, a layer the forward never calls, a
+            module whose state survives the resets (see the module doc; pass ``reset_fn``), or a NaN/Inf
+            in the inputs of a measured layer (the layer, batch index and counts are named). On any error
+            the running statistics are left as they were.
     """
     if mode not in ("exact", "single_pass"):
         raise ValueError(f"unknown recalibration mode {mode!r}; available: exact, single_pass")
@@ -276,26 +315,26 @@ def recalibrate_bn(
             f"{type(model).__name__} has no BN layer with running statistics to recalibrate "
             "(looked for spikenorm norm layers and torch _BatchNorm layers with track_running_stats=True)"
         )
-    batches = _take(batches, num_batches)
-    run = forward or (lambda m, batch: m(batch))
+    ctx = _Context(model, layers, _take(batches, num_batches), forward or (lambda m, batch: m(batch)), reset_fn)
     flags = {m: m.training for m in model.modules()}
     start = time.perf_counter()
     before = {name: (layer.running_mean.clone(), layer.running_var.clone()) for name, layer in layers.items()}
-    samples: dict[str, int] = {}
     model.eval()
     try:
-        if mode == "single_pass":
-            moments, gaps = _single_pass(model, layers, batches, run), {}
-        else:
-            moments, gaps = _exact(model, layers, batches, run)
+        _check_resets(ctx)
+        moments, gaps = (_single_pass(ctx), {}) if mode == "single_pass" else _exact(ctx)
         for name, m in moments.items():
             layers[name].write(m)
-            samples[name] = m.count
+    except BaseException:
+        for name, (mean0, var0) in before.items():
+            layers[name].running_mean.copy_(mean0)
+            layers[name].running_var.copy_(var0)
+        raise
     finally:
-        reset_neuron_states(model)
+        ctx.reset()
         for module, flag in flags.items():
             module.training = flag
-    report = RecalibrationReport(seconds=time.perf_counter() - start, batches=len(batches), mode=mode)
+    report = RecalibrationReport(seconds=time.perf_counter() - start, batches=len(ctx.batches), mode=mode)
     for name, layer in layers.items():
         mean0, var0 = before[name]
         mean1, var1 = layer.running_mean, layer.running_var
@@ -303,7 +342,7 @@ def recalibrate_bn(
             mean_shift=float((mean1 - mean0).abs().mean()),
             var_shift=float((var1 - var0).abs().mean()),
             stat_error=_w2((mean0, var0), (mean1, var1)),
-            samples=samples[name],
+            samples=moments[name].count,
             fixed_point_gap=gaps.get(name, 0.0),
         )
     return report
@@ -313,13 +352,147 @@ class _StopForward(Exception):
     """Raised inside a forward once the layer being measured has seen all of its inputs for this batch."""
 
 
-def _run_fresh(model: nn.Module, run: Callable, batch: Any) -> None:
-    """One forward from fresh neuron state (ended early by :class:`_StopForward`)."""
-    reset_neuron_states(model)
-    try:
-        run(model, batch)
-    except _StopForward:
-        pass
+@dataclass
+class _Context:
+    """What every pass needs: the model, its layers, the batches, the user's forward and extra reset."""
+
+    model: nn.Module
+    layers: dict[str, StatisticsLayer]
+    batches: list[Any]
+    run: Callable[[nn.Module, Any], Any]
+    reset_fn: ResetFn | None = None
+
+    def reset(self) -> None:
+        """The built-in neuron resets (:func:`~spikenorm.interop.reset_neuron_states`), then ``reset_fn``."""
+        reset_neuron_states(self.model)
+        if self.reset_fn is not None:
+            self.reset_fn(self.model)
+
+    def fresh(self, batch: Any) -> None:
+        """One forward from fresh neuron state (ended early by :class:`_StopForward`)."""
+        self.reset()
+        try:
+            self.run(self.model, batch)
+        except _StopForward:
+            pass
+
+    def measure(self, moments: dict[str, PooledMoments], start: Callable[[int], None]) -> None:
+        """Run every batch from fresh state (``start(index)`` first) while layers accumulate into ``moments``
+        (which may gain entries during the first batch), and check after each batch that they are finite.
+
+        The check reads the per-feature moments once per batch, not the inputs, so it costs next to nothing;
+        only on failure is the batch run again (from the moments it started with, so every measured input is
+        the same) to count the NaN and Inf values of each measured layer's inputs.
+
+        Raises:
+            ValueError: the first batch after which some moments are not finite (see :class:`_NonFinite`).
+        """
+        for index, batch in enumerate(self.batches):
+            saved = {name: m.state() for name, m in moments.items()}
+            start(index)
+            self.fresh(batch)
+            if all(m.finite() for m in moments.values()):
+                continue
+            audit = _NonFinite()
+            for name, m in moments.items():
+                m.restore(saved.get(name, (0, None, None)))
+                m.inspect = functools.partial(audit.record, name)
+            start(index)
+            self.fresh(batch)
+            raise audit.error(self.layers, index, [name for name, m in moments.items() if not m.finite()])
+
+
+@dataclass
+class _NonFinite:
+    """NaN, Inf and element counts of every measured layer's inputs over one batch, in the order of their calls."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)  # name -> [NaN, Inf, elements]
+    culprits: list[str] = field(default_factory=list)  # layers whose inputs held NaN/Inf, first one first
+
+    def record(self, name: str, x: Tensor) -> None:
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        counts = self.counts.setdefault(name, [0, 0, 0])
+        counts[0] += nan
+        counts[1] += inf
+        counts[2] += x.numel()
+        if (nan or inf) and name not in self.culprits:
+            self.culprits.append(name)
+
+    def error(self, layers: dict[str, StatisticsLayer], index: int, non_finite: list[str]) -> ValueError:
+        """The error naming the first layer whose inputs held NaN/Inf (or whose moments overflowed)."""
+        unchanged = "no statistics were written (the model keeps its previous ones)"
+        if self.culprits:
+            name = self.culprits[0]
+            nan, inf, elements = self.counts[name]
+            return ValueError(
+                f"recalibrate_bn: the inputs of layer '{name}' ({type(layers[name].module).__name__}) in batch "
+                f"{index} (0-based, of the batches used) hold {nan} NaN and {inf} Inf values among {elements} "
+                f"elements; {unchanged}. Expected finite activations: check that batch with torch.isfinite and "
+                f"the layers before '{name}'"
+            )
+        name = next((n for n in self.counts if n in non_finite), non_finite[0])
+        return ValueError(
+            f"recalibrate_bn: the inputs of layer '{name}' ({type(layers[name].module).__name__}) in batch {index} "
+            f"are finite but so large that their squared deviations overflow; {unchanged}. Expected activations "
+            f"whose squares fit in their dtype: check the layers before '{name}', or recalibrate in float64"
+        )
+
+
+def _tensor_state(model: nn.Module) -> dict[tuple[str, str], Tensor]:
+    """Copies of the tensors every module holds besides its parameters and submodules (buffers, plain
+    attributes, and tensors directly inside list, tuple or dict attributes), keyed ``(module, attribute)``."""
+    state: dict[tuple[str, str], Tensor] = {}
+    for name, module in model.named_modules():
+        attributes = {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")}
+        attributes.update(module._buffers)
+        for attribute, value in attributes.items():
+            if isinstance(value, dict):
+                items = [(f"{attribute}[{k!r}]", v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple)):
+                items = [(f"{attribute}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                items = [(attribute, value)]
+            for key, tensor in items:
+                if isinstance(tensor, Tensor) and not isinstance(tensor, nn.Parameter):
+                    state[name, key] = tensor.detach().clone()
+    return state
+
+
+def _check_resets(ctx: _Context) -> None:
+    """Refuse a model whose state survives the resets, which would make every batch's statistics depend on
+    the batches before it.
+
+    The first batch runs twice, each time from reset state, and the module tensors are compared after the
+    reset that follows each run: resets that clear every state leave the same tensors both times, while a
+    state they miss (e.g. a hand-written neuron's ``self.v``) holds what two forwards left rather than one.
+    Costs two forwards of one batch, once per call.
+
+    Raises:
+        ValueError: naming the modules and attributes whose state survived, and suggesting ``reset_fn``.
+    """
+    snapshots = []
+    for _ in range(2):
+        ctx.fresh(ctx.batches[0])
+        ctx.reset()
+        snapshots.append(_tensor_state(ctx.model))
+    first, second = snapshots
+    survived = sorted(k for k in first.keys() | second.keys() if k not in first or k not in second
+                      or first[k].shape != second[k].shape or not torch.equal(first[k], second[k]))
+    if not survived:
+        return
+    modules = dict(ctx.model.named_modules())
+    owners = {modules[name] for name, _ in survived}
+    classes = ", ".join(sorted({type(m).__name__ for m in owners}))
+    if all(callable(getattr(m, "reset", None)) for m in owners):
+        example = f"reset_fn=lambda model: [m.reset() for m in model.modules() if isinstance(m, ({classes},))]"
+    else:
+        example = "reset_fn=<a function of the model that clears these states>"
+    named = ", ".join(f"'{name or '<root>'}' ({type(modules[name]).__name__}.{attr})" for name, attr in survived)
+    resets = "spikenorm neurons, snnTorch reset_mem(), SpikingJelly reset()" + (", reset_fn" if ctx.reset_fn else "")
+    raise ValueError(
+        f"recalibrate_bn: state kept by these modules survives the resets before each batch ({resets}): {named}; "
+        f"every batch's statistics would depend on the batches before it. Expected resets that clear it: pass {example}"
+    )
 
 
 @contextlib.contextmanager
@@ -340,35 +513,35 @@ def _intercepted(layers: dict[str, StatisticsLayer], make: Callable[[str, Callab
                 layer.module.forward = own[name]
 
 
-def _exact(
-    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable
-) -> tuple[dict[str, PooledMoments], dict[str, float]]:
+def _exact(ctx: _Context) -> tuple[dict[str, PooledMoments], dict[str, float]]:
     """Layer by layer in execution order (see the module doc); passes after the first stop each forward
     as soon as the layer being measured has seen all of its inputs of that batch."""
-    moments, order, calls = _first_layer_pass(model, layers, batches, run)
-    recurrent = _membrane_norm_names(model, layers)
+    moments, order, calls = _first_layer_pass(ctx)
+    recurrent = _membrane_norm_names(ctx.model, ctx.layers)
     gaps: dict[str, float] = {}
     for name in order:
         if name != order[0]:
-            moments[name] = _pass(model, layers, batches, run, name, normalize=True, stop_after=calls[name])
-        layers[name].write(moments[name])
+            moments[name] = _pass(ctx, name, normalize=True, stop_after=calls[name])
+        ctx.layers[name].write(moments[name])
         if name in recurrent:
-            moments[name], gaps[name] = _fixed_point(model, layers, batches, run, name, calls[name])
+            moments[name], gaps[name] = _fixed_point(ctx, name, calls[name])
     return moments, gaps
 
 
-def _first_layer_pass(
-    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable
-) -> tuple[dict[str, PooledMoments], list[str], dict[str, list[int]]]:
+def _first_layer_pass(ctx: _Context) -> tuple[dict[str, PooledMoments], list[str], dict[str, list[int]]]:
     """A full pass that records the execution order of the layers and their calls per batch, and
     measures the first layer (whose inputs depend on no other layer)."""
     order: list[str] = []
-    calls = {name: [0] * len(batches) for name in layers}
-    first = PooledMoments()
+    calls = {name: [0] * len(ctx.batches) for name in ctx.layers}
+    measured: dict[str, PooledMoments] = {}  # the first layer's, once it has been called
     current = 0
 
+    def start(index: int) -> None:
+        nonlocal current
+        current = index
+
     def make(name: str, original: Callable) -> Callable:
-        layer = layers[name]
+        layer = ctx.layers[name]
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             calls[name][current] += 1
@@ -376,19 +549,19 @@ def _first_layer_pass(
                 order.append(name)
             if name != order[0]:
                 return original(x, *args, **kwargs)
+            first = measured.setdefault(name, PooledMoments())
             first.add(x, layer.reduce_dims(x))
             return layer.normalized(x, first.mean.to(x.dtype), first.variance(unbiased=False).to(x.dtype))
 
         return forward
 
-    with _intercepted(layers, make):
-        for current, batch in enumerate(batches):
-            _run_fresh(model, run, batch)
-    missing = [name for name in layers if name not in order]
+    with _intercepted(ctx.layers, make):
+        ctx.measure(measured, start)
+    missing = [name for name in ctx.layers if name not in order]
     if missing:
         raise ValueError(f"the forward never called these BN layers, so they cannot be recalibrated: {missing}")
-    first.all_reduce()
-    return {order[0]: first}, order, calls
+    measured[order[0]].all_reduce()
+    return measured, order, calls
 
 
 def _membrane_norm_names(model: nn.Module, layers: dict[str, StatisticsLayer]) -> set[str]:
@@ -403,23 +576,20 @@ def _w2(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:
     return float(torch.sqrt((a[0] - b[0]) ** 2 + (a[1].clamp_min(0).sqrt() - b[1].clamp_min(0).sqrt()) ** 2).mean())
 
 
-def _fixed_point(
-    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable, name: str,
-    calls: list[int], max_iterations: int = 10,
-) -> tuple[PooledMoments, float]:
+def _fixed_point(ctx: _Context, name: str, calls: list[int], max_iterations: int = 10) -> tuple[PooledMoments, float]:
     """Re-measure a membrane norm's inputs with its written statistics until they reproduce themselves.
 
     The first pass normalised with partially accumulated statistics, which changes the spikes, resets and
     hence the membranes it measured. Each further pass runs the layer on the statistics written by the last
     one. Spike trains are discrete, so the iteration either lands on statistics that reproduce exactly (a
     fixed point) or returns to earlier ones (a cycle: a few neurons at the threshold fire or not depending on
-    the statistics, and no exact fixed point exists). Returns the last moments and the gap: the W2 distance between the last two written
-    statistics, 0 at a fixed point.
+    the statistics, and no exact fixed point exists). Returns the last moments and the gap: the W2 distance
+    between the last two written statistics, 0 at a fixed point.
     """
-    layer = layers[name]
+    layer = ctx.layers[name]
     history = [(layer.running_mean.clone(), layer.running_var.clone())]
     for _ in range(max_iterations):
-        moments = _pass(model, layers, batches, run, name, normalize=False, stop_after=calls)
+        moments = _pass(ctx, name, normalize=False, stop_after=calls)
         layer.write(moments)
         state = (layer.running_mean.clone(), layer.running_var.clone())
         if any(torch.equal(state[0], h[0]) and torch.equal(state[1], h[1]) for h in history):
@@ -433,12 +603,12 @@ def _fixed_point(
     return moments, _w2(history[-1], history[-2])
 
 
-def _single_pass(model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable) -> dict[str, PooledMoments]:
+def _single_pass(ctx: _Context) -> dict[str, PooledMoments]:
     """Every layer accumulates its inputs and normalises with what it has accumulated so far."""
-    moments = {name: PooledMoments() for name in layers}
+    moments = {name: PooledMoments() for name in ctx.layers}
 
     def make(name: str, original: Callable) -> Callable:
-        layer, m = layers[name], moments[name]
+        layer, m = ctx.layers[name], moments[name]
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             m.add(x, layer.reduce_dims(x))
@@ -446,24 +616,24 @@ def _single_pass(model: nn.Module, layers: dict[str, StatisticsLayer], batches: 
 
         return forward
 
-    with _intercepted(layers, make):
-        for batch in batches:
-            _run_fresh(model, run, batch)
+    with _intercepted(ctx.layers, make):
+        ctx.measure(moments, lambda index: None)
     for m in moments.values():
         m.all_reduce()
     return moments
 
 
-def _pass(
-    model: nn.Module, layers: dict[str, StatisticsLayer], batches: list[Any], run: Callable, name: str,
-    normalize: bool, stop_after: list[int],
-) -> PooledMoments:
+def _pass(ctx: _Context, name: str, normalize: bool, stop_after: list[int]) -> PooledMoments:
     """One pass measuring layer ``name``: it accumulates its inputs and, when ``normalize``, normalises
     with what it has accumulated so far (otherwise it runs on its running statistics). The forward of
     batch ``b`` stops after the layer's ``stop_after[b]``-th call."""
-    layer, moments = layers[name], PooledMoments()
+    layer, moments = ctx.layers[name], PooledMoments()
     seen = 0
     current = 0
+
+    def start(index: int) -> None:
+        nonlocal seen, current
+        seen, current = 0, index
 
     def make(_: str, original: Callable) -> Callable:
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -479,8 +649,6 @@ def _pass(
         return forward
 
     with _intercepted({name: layer}, make):
-        for current, batch in enumerate(batches):
-            seen = 0
-            _run_fresh(model, run, batch)
+        ctx.measure({name: moments}, start)
     moments.all_reduce()
     return moments

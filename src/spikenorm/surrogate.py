@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from spikenorm.config import RecordsInit
 from spikenorm.registry import Registry
 
 SURROGATES: Registry["Surrogate"] = Registry("surrogate")
@@ -50,7 +51,7 @@ class HeavisideSurrogateFn(torch.autograd.Function):
         return grad_output * ctx.surrogate.derivative(x), None
 
 
-class Surrogate(nn.Module):
+class Surrogate(RecordsInit, nn.Module):
     """Base class: ``forward(x)`` is the Heaviside spike of ``x = u - theta`` with gradient ``derivative(x)``."""
 
     def derivative(self, x: Tensor) -> Tensor:

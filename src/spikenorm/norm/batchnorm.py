@@ -95,6 +95,11 @@ class BNTT(TimeMajorNorm):
     ``var_hat_t``: the map depends on ``t``, so BNTT cannot fold into shared weights (``fold_target`` is
     ``"unfoldable"``). The paper learns only ``gamma_t``; ``bias=True`` adds ``beta_t``.
 
+    A training forward needs more than one value per channel and step (``B * H * W > 1``, summed over
+    processes under DDP): over a single value the variance is 0 and every output would be ``beta_t``, so
+    that input raises a ValueError (as torch's batch norm does), e.g. a batch of 1 sample with no spatial
+    dimensions.
+
     Args:
         time_steps: ``T``; inputs must have exactly this many steps.
         bias: learn ``beta_t`` as well (default False, as in the paper).
@@ -126,6 +131,14 @@ class BNTT(TimeMajorNorm):
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
+        if count < 2:
+            unit = "channel" if len(self.feature_shape) == 1 else "feature"
+            raise ValueError(
+                "BNTT normalizes each time step over the batch, so in training it needs more than 1 value per "
+                f"{unit} per step, got input [T, B, C, ...] of shape {tuple(x.shape)} (1 value). Use batch size "
+                ">= 2 in training (if only the last batch holds 1 sample, pass drop_last=True to the train "
+                "DataLoader), or call .eval() to normalize with the running statistics."
+            )
         self.update_running(mean, unbiased(var, count))
         return mean, var
 

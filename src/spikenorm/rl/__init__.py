@@ -7,6 +7,9 @@ TorchRL gets two things wrong for normalized (spiking) actors and critics, and t
 * Collectors never switch the policy to eval mode, so BN layers run on single-sample batches and
   rollouts overwrite their running statistics. :func:`make_collector` runs the policy through
   :class:`EvalModePolicy`.
+
+And one Lightning pitfall: a one-off measurement logged with ``LightningModule.log`` is re-written at every
+logging step; :func:`log_event` writes it once, at its env step.
 """
 
 from spikenorm.rl.collect import (
@@ -26,6 +29,7 @@ from spikenorm.rl.envs import (
     make_env,
     observation_dim,
 )
+from spikenorm.rl.events import log_event
 from spikenorm.rl.target import hard_update, make_target, soft_update
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "bounds_from_spec",
     "eval_mode",
     "hard_update",
+    "log_event",
     "make_collector",
     "make_env",
     "make_exploration_policy",

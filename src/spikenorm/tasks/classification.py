@@ -7,15 +7,23 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from spikenorm.config import class_path_of
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
 from spikenorm.tasks.online import online_backward
+from spikenorm.tasks.run_config import build_object, is_unrecorded, network_differences, object_config, run_config
 from spikenorm.validation import check_finite
+
+
+#: checkpoint entry with the configs of the networks (see ``on_save_checkpoint``)
+NETWORK_KEY = "spikenorm_network"
+NETWORK_ARGUMENTS = ("model", "teacher")
 
 
 class SpikingClassifier(LightningModule):
@@ -26,7 +34,8 @@ class SpikingClassifier(LightningModule):
     prediction is the argmax of the time-averaged logits.
 
     Args:
-        model: any module mapping ``[T, B, ...]`` to ``[T, B, classes]`` (a spikenorm model, or your own).
+        model: any module mapping ``[T, B, ...]`` to ``[T, B, classes]`` (a spikenorm model, or your own), or
+            the config that builds it (``{"class_path": ..., "init_args": ...}``).
         num_classes: number of classes; read from ``model.num_classes`` when omitted.
         time_steps: ``T`` in training.
         eval_time_steps: ``T`` in validation, test and prediction when it differs from training's, e.g.
@@ -37,7 +46,9 @@ class SpikingClassifier(LightningModule):
         tet_mse_weight: the MSE weight ``eps`` of the ``tet`` loss.
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``); Adam(lr=1e-3) if omitted.
         lr_scheduler: LR scheduler factory, stepped every epoch; none if omitted.
-        check_finite: raise a ValueError on NaN/Inf input (off by default: costs one pass over the batch).
+        check_finite: stop at the first batch whose input or training loss holds NaN/Inf, with a ValueError
+            naming the stage, batch index, epoch, tensor and counts (on by default; one pass over the input
+            and one scalar check per batch, cost measured in ``benchmarks/finite_check.py``).
         training_mode: ``bptt`` (one multi-step forward and backward) or ``online`` (methods.md 2.1: one
             step at a time, ``loss_t / T`` back-propagated at once with the temporal path detached, memory
             flat in ``T``; :func:`spikenorm.tasks.online.online_backward`). Online uses manual
@@ -61,9 +72,21 @@ class SpikingClassifier(LightningModule):
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (mean over spiking
     layers) and the same under ``test/``; with a teacher also ``train/kd_loss`` and ``val/teacher_acc``.
 
-    The model is not stored in the hyperparameters; to restore a checkpoint pass it again:
-    ``SpikingClassifier.load_from_checkpoint(path, model=SpikingVGG(...))``.
+    Checkpoints rebuild their network by themselves: the hyperparameters hold each constructor object's
+    config (:mod:`spikenorm.tasks.run_config`), so ``SpikingClassifier.load_from_checkpoint(path)`` needs no
+    model. Passing a model whose config differs (``load_from_checkpoint(path, model=...)``, or a CLI config
+    with another network) is refused with the differing keys listed. Task arguments given at load time win
+    over the stored ones, so ``eval_time_steps`` (or ``time_steps``) can be changed to evaluate at another
+    ``T``. A network built by your own class is rebuilt only if it records its arguments
+    (:class:`spikenorm.config.RecordsInit`); otherwise pass it again.
+
+    Every run logs its complete configuration as flat keys (``task.*``, ``model.*``, ``optimizer.*``,
+    ``lr_scheduler.*``, ``teacher.*``, ``data.*``, ``trainer.*``, ``seed``, ``versions.*``; see
+    :func:`~spikenorm.tasks.run_config.run_config`) to every logger, in ``setup``.
     """
+
+    #: constructor arguments that are objects: stored as configs, logged under their own prefix
+    OBJECT_ARGUMENTS = ("model", "teacher", "optimizer", "lr_scheduler")
 
     def __init__(
         self,
@@ -76,7 +99,7 @@ class SpikingClassifier(LightningModule):
         tet_mse_weight: float = 0.05,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        check_finite: bool = False,
+        check_finite: bool = True,
         training_mode: Literal["bptt", "online"] = "bptt",
         online_update: Literal["batch", "step"] = "batch",
         teacher: nn.Module | None = None,
@@ -89,7 +112,15 @@ class SpikingClassifier(LightningModule):
         kd_per_step: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "teacher"])
+        self.save_hyperparameters(ignore=list(self.OBJECT_ARGUMENTS), logger=False)
+        model, teacher = build_object(model, "model"), build_object(teacher, "teacher")
+        # factories a checkpoint could not record are needed only to train: refused in configure_optimizers
+        self._unrecorded = {name: value for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
+                            if is_unrecorded(value)}
+        optimizer = None if "optimizer" in self._unrecorded else build_object(optimizer, "optimizer", partial=True)
+        lr_scheduler = (None if "lr_scheduler" in self._unrecorded
+                        else build_object(lr_scheduler, "lr_scheduler", partial=True))
+        self._store_object_configs(model=model, teacher=teacher, optimizer=optimizer, lr_scheduler=lr_scheduler)
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         if eval_time_steps is not None and eval_time_steps < 1:
@@ -123,6 +154,15 @@ class SpikingClassifier(LightningModule):
                 load_teacher_weights(teacher, teacher_checkpoint)
             teacher.requires_grad_(False).eval()
 
+    def _store_object_configs(self, **objects: Any) -> None:
+        """Put each constructor object's config into the hyperparameters (see :func:`object_config`)."""
+        given = _given_hyperparameters.get() or {}  # LightningCLI's parsed config, when it built this task
+        self._hparams.setdefault("_class_path", class_path_of(type(self)))  # the CLI rebuilds the task from it
+        for name, obj in objects.items():
+            config = self._unrecorded.get(name) or object_config(obj, given.get(name))
+            self._hparams[name] = config
+            self._hparams_initial[name] = config
+
     @staticmethod
     def _check_distillation(teacher: nn.Module | None, checkpoint: str | None, teacher_input: str, epochs: int,
                             kd_weight: float, training_mode: str) -> None:
@@ -148,12 +188,44 @@ class SpikingClassifier(LightningModule):
             self.teacher.eval()
         return self
 
+    # -- run configuration and checkpoints ----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Log the run's complete configuration (flat keys) to every logger."""
+        config = run_config(type(self), self.hparams, self.OBJECT_ARGUMENTS, self.trainer)
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(config)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the network's config apart from the hyperparameters, which ``load_from_checkpoint`` overwrites
+        with the objects passed to it."""
+        checkpoint[NETWORK_KEY] = {name: self.hparams[name] for name in NETWORK_ARGUMENTS}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose network (or teacher) config differs from this task's."""
+        lines = network_differences(checkpoint.get(NETWORK_KEY, {}), self.hparams, NETWORK_ARGUMENTS)
+        if lines:
+            raise ValueError(
+                "the checkpoint was trained with a different network than the one it is loaded into "
+                "(checkpoint -> current):\n  " + "\n  ".join(lines)
+                + "\nLoad it without a model (or without the CLI's model settings) to rebuild the network it "
+                "was trained with."
+            )
+
     # -- forward ------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """``[B, ...]`` or ``[B, T, ...]`` batch -> ``[T, B, ...]``, checked."""
-        if self.hparams.check_finite:
-            check_finite(x, type(self).__name__)
+        """``[B, ...]`` or ``[B, T, ...]`` batch -> ``[T, B, ...]``."""
         return encode(x, self.time_steps, self.hparams.encoding)
+
+    def check_batch(self, x: Tensor, stage: str, batch_idx: int) -> None:
+        """With ``check_finite``: raise if the batch's input holds NaN/Inf, naming stage, batch and epoch."""
+        if self.hparams.check_finite:
+            check_finite(x, f"{stage} batch {batch_idx} (epoch {self.current_epoch}): the input tensor")
+
+    def check_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """With ``check_finite``: raise if the training loss is NaN/Inf (before the optimizer step)."""
+        if self.hparams.check_finite:
+            check_finite(loss.detach(), f"train batch {batch_idx} (epoch {self.current_epoch}): the loss, "
+                                        "from a finite input, (exploding activations or learning rate?)")
 
     @property
     def time_steps(self) -> int:
@@ -189,8 +261,9 @@ class SpikingClassifier(LightningModule):
     # -- steps ----------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        self.check_batch(x, "train", batch_idx)
         if self.hparams.training_mode == "online":
-            loss, logits = self._online_step(x, y)
+            loss, logits = self._online_step(x, y, batch_idx)
         else:
             logits = self(x)
             loss = self.loss(logits, y)
@@ -199,12 +272,13 @@ class SpikingClassifier(LightningModule):
                                        self.hparams.kd_per_step)
                 loss = (1 - self.hparams.kd_weight) * loss + self.hparams.kd_weight * kd
                 self.log("train/kd_loss", kd)
+            self.check_loss(loss, batch_idx)
         self.train_acc(logits.mean(0), y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def _online_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _online_step(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
         optimizer = self.optimizers()
         inputs = self.encode(x)
         steps = inputs.shape[0]
@@ -219,6 +293,7 @@ class SpikingClassifier(LightningModule):
         loss, logits = online_backward(
             self.model, inputs, lambda out: self.loss(out, y) / steps, self.manual_backward, after_step
         )
+        self.check_loss(loss, batch_idx)
         if not per_step:
             optimizer.step()
         return loss, logits
@@ -243,8 +318,9 @@ class SpikingClassifier(LightningModule):
         if not self.automatic_optimization and self.lr_scheduler_factory is not None:
             self.lr_schedulers().step()  # manual optimization: Lightning leaves schedulers to us
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
+        self.check_batch(x, stage, batch_idx)
         with FiringRateRecorder(self.model) as recorder:
             logits = self(x)
         metric(logits.mean(0), y)
@@ -257,17 +333,24 @@ class SpikingClassifier(LightningModule):
         self.log(f"{stage}/firing_rate", recorder.mean_rate(), sync_dist=True, batch_size=x.shape[0])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
+        self._evaluate(batch, batch_idx, "val", self.val_acc)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc)
+        self._evaluate(batch, batch_idx, "test", self.test_acc)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Class probabilities of the time-averaged logits."""
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Per-step logits ``[B, T, classes]``, class probabilities of the time-averaged logits ``[B, classes]``
+        and the predicted class ``[B]`` (``spikenorm predict`` writes them with
+        :class:`~spikenorm.callbacks.PredictionWriter`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).mean(0).softmax(-1)
+        self.check_batch(x, "predict", batch_idx)
+        logits = self(x)
+        probabilities = logits.mean(0).softmax(-1)
+        return {"logits": logits.transpose(0, 1), "probabilities": probabilities, "class": probabilities.argmax(-1)}
 
     def configure_optimizers(self) -> Any:
+        for name, marker in self._unrecorded.items():
+            build_object(marker, name)  # raises: the checkpoint could not record this factory
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = (
             self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)

@@ -20,6 +20,7 @@ from spikenorm.rl import (
     action_dim,
     eval_mode,
     hard_update,
+    log_event,
     make_collector,
     make_env,
     make_policy,
@@ -59,10 +60,19 @@ class SpikingTD3(LightningModule):
     The losses are written here rather than taken from TorchRL's ``TD3Loss``, whose target networks are
     copied and soft-updated inside the loss without BN statistics and evaluated in training mode.
 
-    Every ``eval_every`` env steps, ``eval_episodes`` episodes with the deterministic actor (eval mode) on a
-    separate env seeded ``seed + 100`` are logged as ``rl/eval_return`` (the best so far as
-    ``rl/best_eval_return``, the paper's metric); finished training episodes as ``rl/train_return``;
-    throughput as ``rl/env_steps_per_s``.
+    Logging. Every row is written straight to the loggers against the number of env steps taken (the CSV
+    ``step`` column, W&B's ``trainer/global_step``, the x-axis of its charts), so evaluations,
+    re-calibrations and training curves share one axis and each value is logged exactly once:
+
+    * every ``eval_every`` env steps, the mean return of ``eval_episodes`` episodes of the deterministic actor
+      (eval mode) on a separate env seeded ``seed + 100``: ``rl/eval_return``, with the best so far as
+      ``rl/best_eval_return`` (the paper's metric);
+    * after each iteration in which training episodes ended, their mean return: ``rl/train_return``;
+    * every ``log_every_n_steps`` iterations (Lightning's cadence) and after the last one: ``rl/env_steps``,
+      ``rl/env_steps_per_s``, and the latest ``train/critic_loss`` and ``train/actor_loss``.
+
+    The latest value of each key is also in ``trainer.callback_metrics`` (for checkpoint monitors and the CLI
+    summary), and the returns and throughput are shown in the progress bar.
 
     Args:
         env_name: a gymnasium env id with a bounded continuous action space (MuJoCo v5, or classic control
@@ -74,6 +84,8 @@ class SpikingTD3(LightningModule):
         algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau per methods.md 1.4 when left
             at their defaults).
     """
+
+    _PROGRESS_BAR = frozenset({"rl/eval_return", "rl/train_return", "rl/env_steps_per_s"})
 
     def __init__(
         self,
@@ -111,7 +123,9 @@ class SpikingTD3(LightningModule):
         if target_update not in ("soft", "hard"):
             raise ValueError(f"unknown target_update {target_update!r}; available: hard, soft")
         if warmup_steps % frames_per_batch:
-            raise ValueError(f"warmup_steps ({warmup_steps}) must be a multiple of frames_per_batch ({frames_per_batch})")
+            raise ValueError(
+                f"warmup_steps ({warmup_steps}) must be a multiple of frames_per_batch ({frames_per_batch})"
+            )
         if warmup_steps >= total_env_steps:
             raise ValueError(f"warmup_steps ({warmup_steps}) must be below total_env_steps ({total_env_steps})")
         ddpg = algorithm == "ddpg"
@@ -138,14 +152,20 @@ class SpikingTD3(LightningModule):
         self.updates = 0
         self._last_eval = 0
         self.eval_history: list[tuple[int, float]] = []  # (env steps, mean evaluation return)
-        self._log_now = True  # whether this iteration logs its per-step scalars
+        self._losses: dict[str, Tensor] = {}  # the latest value of each loss, logged every log_every_n_steps
         self._collector = None
         self._collector_iter: Iterator[TensorDict] | None = None
         self._clock = time.perf_counter()
 
+    @property
+    def total_env_steps(self) -> int:
+        """Environment steps this task trains for (callbacks such as ``ReplayRecalibration`` check their
+        schedule against it)."""
+        return self.hparams.total_env_steps
+
     # -- Lightning plumbing -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        iterations = -(-self.hparams.total_env_steps // self.hparams.frames_per_batch)
+        iterations = -(-self.total_env_steps // self.hparams.frames_per_batch)
         return DataLoader(_Ticks(iterations), batch_size=None)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -171,7 +191,6 @@ class SpikingTD3(LightningModule):
 
     # -- one iteration -------------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_now = self._logging_step(batch_idx)
         frames = next(self._collector_iter)
         frames = frames.reshape(-1)
         self.replay_buffer.extend(frames.cpu())
@@ -179,29 +198,42 @@ class SpikingTD3(LightningModule):
         self._log_episodes(frames)
         if self.env_steps >= self.hparams.warmup_steps and len(self.replay_buffer) >= self.hparams.batch_size:
             for _ in range(frames.numel() * self.hparams.updates_per_step):
-                self.update(self.replay_buffer.sample())
-        if self._log_now:
+                self._losses.update(self.update(self.replay_buffer.sample()))
+        if self._logging_step(batch_idx):
             elapsed = time.perf_counter() - self._clock
-            self.log("rl/env_steps", float(self.env_steps), on_step=True)
-            self.log("rl/env_steps_per_s", self.env_steps / max(elapsed, 1e-9), on_step=True, prog_bar=True)
+            self._log_at_env_step({**{f"train/{key}": value for key, value in self._losses.items()},
+                                   "rl/env_steps": self.env_steps,
+                                   "rl/env_steps_per_s": self.env_steps / max(elapsed, 1e-9)})
         if self.env_steps - self._last_eval >= self.hparams.eval_every:
             self._last_eval = self.env_steps
             self.eval_history.append((self.env_steps, self.evaluate()))
-            self.log("rl/eval_return", self.eval_history[-1][1], on_step=True, prog_bar=True)
-            self.log("rl/best_eval_return", max(r for _, r in self.eval_history), on_step=True)
+            self._log_at_env_step({"rl/eval_return": self.eval_history[-1][1],
+                                   "rl/best_eval_return": max(r for _, r in self.eval_history)})
 
     def _logging_step(self, batch_idx: int) -> bool:
-        """Log per-step scalars only on the steps Lightning writes (``self.log`` costs ~0.2 ms a call)."""
-        return (batch_idx + 1) % max(self.trainer.log_every_n_steps, 1) == 0
+        """Whether this iteration logs the periodic scalars: every ``log_every_n_steps`` iterations, and the
+        last one (so the logs and ``callback_metrics`` end with the final env step count)."""
+        flush = (batch_idx + 1) % max(self.trainer.log_every_n_steps, 1) == 0
+        return flush or self.env_steps >= self.total_env_steps
+
+    def _log_at_env_step(self, metrics: dict[str, float | Tensor]) -> None:
+        """Write ``metrics`` once to every logger at the current env step and keep them in ``callback_metrics``
+        (``self.log(..., logger=False)``: logged through Lightning they would be written again at every
+        ``log_every_n_steps`` flush, at Lightning's batch count instead of the env step)."""
+        metrics = {key: float(value) for key, value in metrics.items()}
+        log_event(self.trainer, metrics, self.env_steps)
+        for key, value in metrics.items():
+            self.log(key, value, on_step=True, logger=False, prog_bar=key in self._PROGRESS_BAR)
 
     def _log_episodes(self, frames: TensorDict) -> None:
         done = frames["next", "done"].reshape(-1)
         if bool(done.any()):
             returns = frames["next", "episode_reward"].reshape(-1)[done]
-            self.log("rl/train_return", returns.float().mean(), on_step=True, prog_bar=True)
+            self._log_at_env_step({"rl/train_return": returns.float().mean()})
 
     def update(self, sample: TensorDict) -> dict[str, Tensor]:
-        """One critic update and, every ``policy_delay`` updates, one actor update and target update."""
+        """One critic update and, every ``policy_delay`` updates, one actor update and target update; returns
+        the losses (``critic_loss``, and ``actor_loss`` when the actor was updated)."""
         hp = self.hparams
         actor_opt, critic_opt = self.optimizers()
         obs, action = sample["observation"].float(), sample["action"].float()
@@ -240,9 +272,6 @@ class SpikingTD3(LightningModule):
             actor_opt.step()
             self._update_targets()
             losses["actor_loss"] = actor_loss.detach()
-        if self._log_now:
-            for key, value in losses.items():
-                self.log(f"train/{key}", value, on_step=True)
         return losses
 
     def _update_targets(self) -> None:

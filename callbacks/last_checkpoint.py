@@ -1,0 +1,50 @@
+"""Keep ``last.ckpt`` up to date so that a crashed run resumes with ``spikenorm fit --ckpt_path last``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Write ``<checkpoint dir>/last.ckpt`` at the end of every epoch and, optionally, every N training steps.
+
+    Lightning's ``ModelCheckpoint`` allows only one trigger per callback, and one that monitors a validation
+    metric would rank mid-epoch saves by a stale score; this callback keeps no ranking at all (``save_top_k=0``)
+    and only refreshes ``last.ckpt``, so it sits beside a ``ModelCheckpoint(monitor=...)`` that keeps the best
+    weights. A checkpoint holds the data loader's position, so a mid-epoch save resumes at the next batch, and
+    the resumed run ends with the same weights as an uninterrupted one (``tests/test_cli_workflow.py``).
+
+    Args:
+        every_n_train_steps: also save after every N-th optimizer step (0: at epoch ends only). Each save writes
+            the whole checkpoint: choose N so that a save costs little next to N steps.
+        dirpath: where to write; by default the run's ``<log dir>/checkpoints`` (Lightning's rule), which is
+            where ``--ckpt_path last`` looks.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0, dirpath: str | Path | None = None) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be >= 0 (0: epoch ends only), got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=1)
+        self.every_n_train_steps_last = every_n_train_steps
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_train_steps=self.every_n_train_steps_last)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Save after every epoch (the epoch's validation has run by now), whatever else was saved."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Nothing: ``ModelCheckpoint`` would save here only after a ranked save, which this callback never makes."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        every = self.every_n_train_steps_last
+        if every and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

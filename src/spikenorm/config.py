@@ -1,0 +1,216 @@
+"""How an object was built, as data: record, rebuild, flatten and compare construction configs.
+
+A *config* is the LightningCLI form of a constructor call, ``{"class_path": "pkg.Class", "init_args": {...}}``,
+whose ``init_args`` hold only plain data (numbers, strings, booleans, ``None``, lists, string-keyed dicts) and
+nested configs. It is what a checkpoint stores to rebuild its network without the user's code that built it,
+what a run logs so that runs can be filtered by any constructor argument, and what a loaded checkpoint is
+compared against.
+
+* :class:`RecordsInit`: a mixin; every instance remembers the arguments of its outermost ``__init__`` call
+  (defaults filled in). The spikenorm models and surrogates use it; add it to your own module to make its
+  checkpoints self-contained (``class MyNet(RecordsInit, nn.Module)``).
+* :func:`describe` returns the config of a :class:`RecordsInit` instance, or of a ``functools.partial`` of a
+  class (how LightningCLI passes optimizer and scheduler factories), and raises :class:`UnrecordableError`
+  saying why for anything else.
+* :func:`instantiate` rebuilds an object (or, ``partial=True``, a factory) from a config.
+* :func:`flatten` turns nested configs into flat, filterable keys (``model.norm``, ``optimizer.lr``);
+  :func:`differences` lists the flat keys on which two configs disagree.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = [
+    "RecordsInit",
+    "UnrecordableError",
+    "class_path_of",
+    "describe",
+    "differences",
+    "flatten",
+    "import_object",
+    "instantiate",
+    "is_config",
+]
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+class UnrecordableError(TypeError):
+    """An object whose construction cannot be written down as a config (the message says why)."""
+
+
+def class_path_of(cls: type) -> str:
+    """``module.QualifiedName`` of a class, the ``class_path`` that :func:`instantiate` imports."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def is_config(value: Any) -> bool:
+    """Whether ``value`` is a config dict (has a string ``class_path``)."""
+    return isinstance(value, Mapping) and isinstance(value.get("class_path"), str)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain data (tuples become lists, recorded objects become configs), or raise."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise UnrecordableError(f"{where} is a dict with non-string keys")
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    return describe(value, where)
+
+
+class RecordsInit:
+    """Mixin: an instance remembers how it was constructed, as a config (see :func:`describe`).
+
+    Every subclass's ``__init__`` is wrapped; only the outermost call (the one for the instance's own class)
+    records, after it returns, with the signature's defaults filled in. An argument that is not plain data or
+    a recorded object makes the instance unrecordable; :func:`describe` then raises with the argument's name.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls, cls.__dict__["__init__"])
+
+
+def _recording(owner: type, init: Callable[..., None]) -> Callable[..., None]:
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        outermost = next(c for c in type(self).__mro__ if "__init__" in c.__dict__)
+        if outermost is not owner:
+            return
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(list(bound.arguments.items())[1:])  # drop self
+        for name, parameter in signature.parameters.items():  # **kwargs are recorded as plain arguments
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(name, {}))
+            elif parameter.kind is inspect.Parameter.VAR_POSITIONAL and arguments.pop(name, ()):
+                object.__setattr__(self, "_init_config", f"positional *{name} arguments cannot be recorded")
+                return
+        path = class_path_of(type(self))
+        try:
+            record: dict[str, Any] | str = {
+                "class_path": path,
+                "init_args": {k: _plain(v, f"{path} argument {k!r}") for k, v in arguments.items()},
+            }
+        except UnrecordableError as error:
+            record = str(error)
+        object.__setattr__(self, "_init_config", record)
+
+    return wrapper
+
+
+def describe(obj: Any, where: str | None = None) -> dict[str, Any]:
+    """The config that rebuilds ``obj``: ``{"class_path": ..., "init_args": {...}}``.
+
+    Accepts a :class:`RecordsInit` instance and a ``functools.partial`` of a class with keyword arguments
+    (LightningCLI's optimizer/scheduler factories); for the latter the class's own defaults are filled in,
+    so the config lists every argument (its first parameter, the parameters or optimizer it is applied to,
+    is left out).
+
+    Raises:
+        UnrecordableError: anything else, or a recorded object one of whose arguments was not plain data.
+    """
+    where = where or type(obj).__name__
+    record = getattr(obj, "_init_config", None)
+    if isinstance(record, dict):
+        return record
+    if isinstance(record, str):
+        raise UnrecordableError(record)
+    if isinstance(obj, functools.partial) and inspect.isclass(obj.func) and not obj.args:
+        parameters = list(inspect.signature(obj.func).parameters.values())[1:]
+        defaults = {p.name: p.default for p in parameters
+                    if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        arguments = {**defaults, **obj.keywords}
+        return {"class_path": class_path_of(obj.func),
+                "init_args": {k: _plain(v, f"{where} argument {k!r}") for k, v in arguments.items()}}
+    raise UnrecordableError(
+        f"{where} ({class_path_of(type(obj))}) does not record how it was built: spikenorm models do; for your own "
+        "module add the spikenorm.config.RecordsInit mixin, for an optimizer pass functools.partial(Class, ...)"
+    )
+
+
+def import_object(class_path: str) -> Any:
+    """The object a dotted path names (``package.module.Class``, nested classes included)."""
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"class_path {class_path!r} is not of the form 'package.module.Class'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError:  # a nested class: import the outer one and walk down
+        target = import_object(module_name)
+    try:
+        return getattr(target, name)
+    except AttributeError as error:
+        raise ValueError(f"class_path {class_path!r}: {module_name} has no attribute {name!r}") from error
+
+
+def _build(value: Any) -> Any:
+    if is_config(value):
+        return instantiate(value)
+    if isinstance(value, list):
+        return [_build(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _build(v) for k, v in value.items()}
+    return value
+
+
+def instantiate(config: Mapping[str, Any], partial: bool = False) -> Any:
+    """Build the object a config describes (nested configs in ``init_args`` are built first).
+
+    Args:
+        config: ``{"class_path": ..., "init_args": {...}}``.
+        partial: return ``functools.partial(Class, **init_args)`` (a factory, e.g. an optimizer that still
+            needs its parameters) instead of an instance.
+    """
+    if not is_config(config):
+        raise ValueError(f"expected a config with a 'class_path', got {config!r}")
+    cls = import_object(config["class_path"])
+    init_args = {k: _build(v) for k, v in (config.get("init_args") or {}).items()}
+    return functools.partial(cls, **init_args) if partial else cls(**init_args)
+
+
+def flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """Flat ``prefix.key`` entries of a config or dict: ``init_args`` disappear from the keys.
+
+    ``flatten(describe(SpikingVGG(norm="tdbn")), "model")`` gives ``{"model.class_path": "...SpikingVGG",
+    "model.norm": "tdbn", "model.surrogate_kwargs.alpha": 4.0, ...}``. Lists and scalars are leaves.
+    """
+    if is_config(value):
+        flat = {f"{prefix}.class_path": value["class_path"]}
+        flat.update(flatten(dict(value.get("init_args") or {}), prefix))
+        return flat
+    if isinstance(value, Mapping):
+        if not value:
+            return {prefix: {}}
+        flat = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}"))
+        return flat
+    return {prefix: value}
+
+
+def differences(old: Any, new: Any, prefix: str) -> list[str]:
+    """The flat keys on which ``old`` and ``new`` differ, as ``"key: old -> new"`` lines (sorted)."""
+    missing = object()
+    old_flat, new_flat = flatten(old, prefix), flatten(new, prefix)
+    lines = []
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        a, b = old_flat.get(key, missing), new_flat.get(key, missing)
+        if {a, b} == {None, missing} and any(k.startswith(f"{key}.") for k in (old_flat | new_flat)):
+            continue  # None on one side, a dict on the other: its entries are listed instead
+        if a != b:
+            lines.append(f"{key}: {'(absent)' if a is missing else repr(a)} -> {'(absent)' if b is missing else repr(b)}")
+    return lines

@@ -1,0 +1,241 @@
+"""The researcher's workflow through the ``spikenorm`` CLI, each command in a subprocess as a user runs it.
+
+One short quickstart fit (module fixture) is the run the other tests work with: its W&B config and
+``hparams.yaml`` (complete, flat run configuration), its checkpoint (rebuilds the network with no config,
+honours an evaluation ``T``, refuses another network), ``predict`` (writes its predictions) and the files it
+must not touch. The crash test SIGKILLs a fit mid-epoch and resumes it with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from spikenorm.datamodules import DigitsDataModule
+from spikenorm.loggers import read_offline_run
+from spikenorm.models import SpikingVGG
+from spikenorm.tasks import SpikingClassifier
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+USER_CONFIG = "# the user's own config.yaml: comments and all\nmine: true\n"
+SHORT = {"max_epochs": 1, "limit_train_batches": 12, "limit_val_batches": 2, "limit_test_batches": 2,
+         "enable_progress_bar": False, "log_every_n_steps": 2}
+
+
+def _recipe(folder: Path, every_n_train_steps: int = 0, **trainer: object) -> Path:
+    """quickstart.yaml with shorter trainer settings and the LastCheckpoint step interval, written to folder."""
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["trainer"].update(trainer)
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("LastCheckpoint"):
+            callback["init_args"]["every_n_train_steps"] = every_n_train_steps
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env(folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return {**env, "WANDB_MODE": "offline", "WANDB_DIR": str(folder), "PYTHONHASHSEED": "0"}
+
+
+def _spikenorm(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "spikenorm.cli", *args], cwd=folder, env=_env(folder),
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _printed_metric(output: str, key: str) -> float:
+    match = re.search(rf"{re.escape(key)}\s+([0-9.eE+-]+)", output)
+    assert match, output[-3000:]
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A short quickstart fit through the CLI, in a folder that also holds the user's own config.yaml."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    (folder / "config.yaml").write_text(USER_CONFIG)
+    done = _spikenorm(folder, "fit", "--config", str(_recipe(folder, **SHORT)))
+    version = folder / "logs" / "quickstart" / "version_0"
+    return {"folder": folder, "stdout": done.stdout, "version": version,
+            "ckpt": version / "checkpoints" / "last.ckpt",
+            "wandb": next((folder / "logs" / "wandb").glob("offline-run-*"))}
+
+
+def _expected_run_config(flat: dict) -> None:
+    assert flat["task.class_path"] == "spikenorm.tasks.classification.SpikingClassifier"
+    assert flat["task.time_steps"] == 4 and flat["task.loss"] == "ce" and flat["task.check_finite"] is True
+    assert flat["model.class_path"] == "spikenorm.models.vgg.SpikingVGG"
+    assert (flat["model.norm"], flat["model.neuron"], flat["model.surrogate"]) == ("tdbn", "lif", "sigmoid")
+    assert flat["model.surrogate_kwargs.alpha"] == 4.0 and flat["model.cfg"] == "small"
+    assert flat["optimizer.class_path"] == "torch.optim.adam.Adam" and flat["optimizer.lr"] == 0.005
+    assert flat["optimizer.betas"] == [0.9, 0.999]  # the class's defaults are filled in
+    assert flat["lr_scheduler.class_path"].endswith("CosineAnnealingLR") and flat["lr_scheduler.T_max"] == 20
+    assert flat["data.class_path"].endswith("DigitsDataModule") and flat["data.batch_size"] == 64
+    assert flat["trainer.max_epochs"] == 1 and flat["trainer.devices"] == 1
+    assert flat["trainer.accumulate_grad_batches"] == 1 and flat["trainer.strategy"] == "SingleDeviceStrategy"
+    assert "trainer.precision" in flat and flat["seed"] == 0
+    assert flat["versions.torch"] == torch.__version__ and flat["versions.lightning"] and flat["versions.spikenorm"]
+
+
+def test_wandb_config_and_hparams_hold_the_complete_flat_run_config(run):
+    """Row 1: norm, neuron, surrogate, architecture, optimizer, lr, seed, max_epochs, versions: filterable keys."""
+    config = read_offline_run(run["wandb"])["config"]
+    _expected_run_config(config)
+    hparams = yaml.safe_load((run["version"] / "hparams.yaml").read_text())
+    _expected_run_config(hparams)
+
+
+def test_python_built_task_logs_the_same_keys(run, tmp_path):
+    """Row 1: a SpikingClassifier built from objects logs the same flat keys as the CLI run."""
+    import functools
+
+    model = SpikingVGG("small", in_channels=1, num_classes=10, surrogate_kwargs={"alpha": 4.0})
+    task = SpikingClassifier(
+        model, optimizer=functools.partial(torch.optim.Adam, lr=0.005),
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=20),
+    )
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=CSVLogger(tmp_path),
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    from lightning.pytorch import seed_everything
+
+    seed_everything(0)
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=64))
+    python_keys = yaml.safe_load(Path(trainer.logger.log_dir, "hparams.yaml").read_text())
+    _expected_run_config(python_keys)
+    cli_keys = yaml.safe_load((run["version"] / "hparams.yaml").read_text())
+    assert set(python_keys) == set(cli_keys)
+
+
+def test_checkpoint_rebuilds_its_network_without_a_config(run):
+    """Row 2: load_from_checkpoint(path) alone gives the trained network, weights included."""
+    task = SpikingClassifier.load_from_checkpoint(run["ckpt"])
+    assert isinstance(task.model, SpikingVGG)
+    stored = torch.load(run["ckpt"], weights_only=True)["state_dict"]
+    assert all(torch.equal(value, stored[key]) for key, value in task.state_dict().items())
+
+
+def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
+    """Rows 2 and 3: `spikenorm test --ckpt_path X` needs no config, and an evaluation T given on the command
+    line is used (the loss equals the same checkpoint evaluated in Python at that T, and differs from T=4)."""
+    losses = {}
+    for steps in (1, 4):
+        done = _spikenorm(run["folder"], "test", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
+                          "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false",
+                          f"--model.init_args.eval_time_steps={steps}")
+        losses[steps] = _printed_metric(done.stdout, "test/loss")
+    task = SpikingClassifier.load_from_checkpoint(run["ckpt"], eval_time_steps=1)
+    trainer = Trainer(limit_test_batches=2, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    expected = trainer.test(task, datamodule=DigitsDataModule(batch_size=64), verbose=False)[0]["test/loss"]
+    assert losses[1] == pytest.approx(expected, rel=1e-5)
+    assert losses[1] != pytest.approx(losses[4], rel=1e-3)
+    assert (run["folder"] / "config.yaml").read_text() == USER_CONFIG  # row 5: configs went elsewhere
+    saved = [yaml.safe_load(p.read_text()) for p in (run["folder"] / "configs").glob("test-config*.yaml")]
+    assert sorted(c["model"]["init_args"]["eval_time_steps"] for c in saved) == [1, 4]  # one file per run
+
+
+def test_a_different_network_is_refused_with_the_differing_keys(run):
+    """Row 4: CLI and Python refuse a checkpoint under another neuron or other norm options."""
+    done = _spikenorm(run["folder"], "test", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
+                      "--model.init_args.model.init_args.neuron=if", check=False)
+    assert done.returncode != 0
+    assert "different network" in done.stderr and "model.neuron: 'lif' -> 'if'" in done.stderr
+    with pytest.raises(ValueError, match=r"model\.norm_kwargs\.eps: \(absent\) -> 0\.001"):
+        SpikingClassifier.load_from_checkpoint(
+            run["ckpt"], model=SpikingVGG("small", in_channels=1, surrogate_kwargs={"alpha": 4.0},
+                                          norm_kwargs={"eps": 1e-3}))
+
+
+def test_predict_writes_per_step_logits_and_classes(run):
+    """Row 11: `spikenorm predict` writes predictions (per-step logits, class) under the run's folder."""
+    out = run["folder"] / "predict_root"
+    done = _spikenorm(run["folder"], "predict", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
+                      f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false")
+    path = out / "predictions.pt"
+    assert str(path) in done.stdout
+    predictions = torch.load(path, weights_only=True)
+    data = DigitsDataModule(batch_size=64)
+    data.setup("test")
+    count = len(data.test_dataset)
+    assert predictions["logits"].shape == (count, 4, 10) and predictions["class"].shape == (count,)
+    assert torch.equal(predictions["class"], predictions["logits"].mean(1).argmax(-1))
+    task = SpikingClassifier.load_from_checkpoint(run["ckpt"]).eval()
+    x = torch.stack([data.test_dataset[i][0] for i in range(5)])
+    with torch.no_grad():
+        assert torch.allclose(predictions["logits"][:5], task(x).transpose(0, 1), atol=1e-6)
+    assert (run["folder"] / "config.yaml").read_text() == USER_CONFIG
+
+
+def test_fit_keeps_the_users_config_and_prints_a_syncable_wandb_folder(run):
+    """Rows 5 and 12: the user's ./config.yaml is untouched, the config lands in the run's log folder, and the
+    summary names the offline run folder that `wandb sync` takes (the one holding run-<id>.wandb)."""
+    assert (run["folder"] / "config.yaml").read_text() == USER_CONFIG
+    assert (run["version"] / "config.yaml").is_file()
+    printed = re.search(r"wandb sync (\S+)", run["stdout"])
+    assert printed, run["stdout"]
+    assert list((run["folder"] / printed.group(1)).glob("run-*.wandb"))
+
+
+def _last_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True, map_location="cpu")["global_step"])
+    except Exception:  # noqa: BLE001 - not there yet, or being written
+        return -1
+
+
+def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_path):
+    """Row 6: a fit killed with SIGKILL mid-epoch resumes with `--ckpt_path last` in the same log version and
+    the same W&B run, and ends with weights bit-identical to an uninterrupted run with the same seed."""
+    trainer = {**SHORT, "max_epochs": 2, "limit_train_batches": 10}
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    for folder in (straight, crashed):
+        folder.mkdir()
+        _recipe(folder, every_n_train_steps=3, **trainer)
+    _spikenorm(straight, "fit", "--config", "recipe.yaml")
+
+    last = crashed / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", "spikenorm.cli", "fit", "--config", "recipe.yaml"],
+                               cwd=crashed, env=_env(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while _last_step(last) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _last_step(last)
+    assert 3 <= killed_at < 20, f"killed after step {killed_at}: not mid-run"
+    assert killed_at % 10 != 0, "the kill should land mid-epoch"
+
+    missing = _spikenorm(tmp_path, "fit", "--config", str(crashed / "recipe.yaml"), "--ckpt_path", "last",
+                         check=False)
+    assert missing.returncode != 0 and "no last.ckpt" in missing.stderr  # nothing to resume here: an error
+
+    resumed = _spikenorm(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
+    assert f"resuming {Path('logs/quickstart/version_0/checkpoints/last.ckpt')}" in resumed.stderr
+    assert sorted(p.name for p in (crashed / "logs" / "quickstart").iterdir()) == ["version_0"]
+    reference = torch.load(straight / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt",
+                           weights_only=True)
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == reference["global_step"] == 20
+    assert final["state_dict"].keys() == reference["state_dict"].keys()
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    runs = sorted((crashed / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in runs}) == 1  # one W&B run, resumed
+    with (crashed / "logs" / "quickstart" / "version_0" / "metrics.csv").open() as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file)]
+    assert min(steps) < killed_at and max(steps) >= 19  # rows from before the crash were kept
