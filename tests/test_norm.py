@@ -100,6 +100,15 @@ def test_bntt_refuses_one_value_per_channel_and_step_in_training():
     assert layer(torch.randn(T, 1, C)).shape == (T, 1, C)  # running statistics: a batch of 1 is fine
 
 
+def test_per_step_bn_refuses_one_value_per_channel_and_step_in_training():
+    """``bn`` also normalizes each step over the batch: the same zero-variance input is refused."""
+    layer = build_norm("bn", C)
+    with pytest.raises(ValueError, match=r"bn normalizes each time step.*shape \(4, 1, 3\)"):
+        layer(torch.randn(T, 1, C))
+    assert int(layer.num_batches_tracked) == 0
+    assert layer(torch.randn(T, 1, C, H, W)).shape == (T, 1, C, H, W)  # H x W values per channel and step
+
+
 def test_bntt_batch_of_one_with_spatial_axes_trains():
     """As torch's batch norm: with H x W positions per channel, one sample gives H * W > 1 values."""
     x = sample(7, (T, 1, C, H, W))

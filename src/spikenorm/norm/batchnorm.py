@@ -16,6 +16,22 @@ from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
 from spikenorm.norm.stats import batch_moments, distributed_world_size, unbiased
 
 
+def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape: tuple[int, ...]) -> None:
+    """Refuse a training batch with one value per feature and step: its variance is 0, every output ``beta``.
+
+    Per-step norms (``bn``, ``bntt``) normalize each time step over ``B * H * W`` values (summed over processes
+    under DDP); torch's batch norm refuses the same input.
+    """
+    if count < 2:
+        unit = "channel" if len(feature_shape) == 1 else "feature"
+        raise ValueError(
+            f"{name} normalizes each time step over the batch, so in training it needs more than 1 value per "
+            f"{unit} per step, got input [T, B, C, ...] of shape {tuple(x.shape)} (1 value). Use batch size "
+            ">= 2 in training (if only the last batch holds 1 sample, pass drop_last=True to the train "
+            "DataLoader), or call .eval() to normalize with the running statistics."
+        )
+
+
 @NORMS.register("bn")
 class VanillaBN(TimeMajorNorm):
     """Per-step batch statistics, one shared affine and one running estimate ("vanilla BN", methods.md 2.5).
@@ -37,6 +53,7 @@ class VanillaBN(TimeMajorNorm):
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
+        require_two_values_per_step(count, x, "bn", self.feature_shape)
         self.update_running(mean.mean(0), unbiased(var, count).mean(0))
         return mean, var
 
@@ -131,14 +148,7 @@ class BNTT(TimeMajorNorm):
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
-        if count < 2:
-            unit = "channel" if len(self.feature_shape) == 1 else "feature"
-            raise ValueError(
-                "BNTT normalizes each time step over the batch, so in training it needs more than 1 value per "
-                f"{unit} per step, got input [T, B, C, ...] of shape {tuple(x.shape)} (1 value). Use batch size "
-                ">= 2 in training (if only the last batch holds 1 sample, pass drop_last=True to the train "
-                "DataLoader), or call .eval() to normalize with the running statistics."
-            )
+        require_two_values_per_step(count, x, "BNTT", self.feature_shape)
         self.update_running(mean, unbiased(var, count))
         return mean, var
 
