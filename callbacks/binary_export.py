@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 from spikenorm.binary import ModelSize, binary_layers, load_packed, model_size, save_packed
 
@@ -16,8 +18,9 @@ class PackedBinaryExport(Callback):
     """At fit end, save ``pl_module.model`` packed (:func:`spikenorm.binary.save_packed`: 1 bit per binary
     weight plus the per-channel ``alpha``) as ``<filename>.pt`` next to the checkpoints, reload it into a copy
     of the network (:func:`spikenorm.binary.load_packed`) and check that the copy gives the same outputs on
-    the first validation batch. Reports (and keeps in ``size`` / ``max_abs_diff``) the storage against
-    float32 and the largest output difference (0 when the round trip is exact).
+    the inputs of the first training batch (kept when training starts, so no datamodule is needed). Reports
+    (and keeps in ``size`` / ``max_abs_diff``) the storage against float32 and the largest output difference
+    (0 when the round trip is exact).
 
     The LightningModule must hold its network as ``model`` (with binary layers, e.g. ``binary_weights: true``)
     and may encode batches with ``encode(x)``, as :class:`~spikenorm.tasks.SpikingClassifier` does.
@@ -29,12 +32,17 @@ class PackedBinaryExport(Callback):
         self.path: Path | None = None
         self.size: ModelSize | None = None
         self.max_abs_diff: float | None = None
+        self._inputs: Tensor | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         network = getattr(pl_module, "model", None)
         if network is None or not binary_layers(network):
             raise ValueError("PackedBinaryExport needs a LightningModule whose `model` has binary-weight layers "
                              "(build it with binary_weights=True or spikenorm.binary.binarize_model)")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._inputs is None:
+            self._inputs = (batch[0] if isinstance(batch, (tuple, list)) else batch).detach().clone()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
@@ -45,8 +53,9 @@ class PackedBinaryExport(Callback):
         self.path = save_packed(network, directory / f"{self.filename}.pt")
         self.size = model_size(network)
         restored = load_packed(copy.deepcopy(network), self.path)
-        x, _ = next(iter(trainer.datamodule.val_dataloader()))
-        x = x.to(pl_module.device)
+        if self._inputs is None:
+            raise ValueError("PackedBinaryExport saw no training batch to check the reloaded model on")
+        x = self._inputs.to(pl_module.device)
         inputs = pl_module.encode(x) if hasattr(pl_module, "encode") else x
         was_training = network.training
         network.eval()

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from spikenorm.callbacks._monitoring import check_every_n_epochs
-from spikenorm.recalibrate import RecalibrationReport, recalibrate_bn
+from spikenorm.recalibrate import RecalibrationReport, check_resettable, recalibrate_bn, statistics_layers
 
 BatchForward = Callable[[LightningModule, Any], Any]
 
@@ -42,6 +42,11 @@ class BNRecalibration(Callback):
     collate function, shuffled with ``seed + epoch`` (a ``DistributedSampler`` under DDP), so the training
     iterator is never disturbed; pass ``dataloader`` to use your own instead.
 
+    Checks before the first training step: at setup, that the network exists and has BN layers with running
+    statistics; when training starts, that the loader gives ``num_batches`` batches on every process and that
+    no module keeps state the resets miss (:func:`~spikenorm.recalibrate.check_resettable`: two forwards of
+    one batch; pass ``reset_fn`` for your own neurons).
+
     Cost (``benchmarks/recalibration.py``, VGG-11, CPU): ``mode="single_pass"`` about 1.1 plain eval
     forwards per batch; ``mode="exact"`` about 7 for 8 BN layers, and about 54 with MPBN membrane norms,
     whose statistics need fixed-point passes. Choose ``num_batches`` and ``every_n_epochs`` with that in mind.
@@ -64,6 +69,9 @@ class BNRecalibration(Callback):
         dataloader: batches to draw from instead of the trainer's training dataset.
         seed: seed of the batch draw.
         log_layers: log the per-layer shifts (the totals are always logged).
+        reset_fn: ``reset_fn(network)`` clears the state of neurons spikenorm does not know (your own module
+            keeping ``self.v``), called before every batch after the built-in resets
+            (:func:`~spikenorm.recalibrate.recalibrate_bn`, which refuses such state when it is not cleared).
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class BNRecalibration(Callback):
         dataloader: DataLoader | None = None,
         seed: int = 0,
         log_layers: bool = True,
+        reset_fn: Callable[[nn.Module], None] | None = None,
     ) -> None:
         super().__init__()
         if num_batches < 1:
@@ -94,8 +103,36 @@ class BNRecalibration(Callback):
         self.dataloader = dataloader
         self.seed = seed
         self.log_layers = log_layers
+        self.reset_fn = reset_fn
         self.last_report: RecalibrationReport | None = None
         self.recalibrations = 0
+
+    # -- checks before training ---------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        network = self.network(pl_module)
+        if not statistics_layers(network):
+            raise ValueError(
+                f"BNRecalibration: {type(network).__name__} has no BN layer with running statistics to recalibrate "
+                "(looked for spikenorm norm layers and torch _BatchNorm layers with track_running_stats=True); "
+                "remove the callback, or point `module=` at the network that has them"
+            )
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loader = self.recalibration_loader(trainer)
+        self._check_length(loader)
+        batch = pl_module.transfer_batch_to_device(next(iter(loader)), pl_module.device, 0)
+        check_resettable(self.network(pl_module), batch, forward=lambda _, b: self.forward(pl_module, b),
+                         reset_fn=self.reset_fn)
+
+    def _check_length(self, loader: DataLoader) -> None:
+        available = _length(loader)
+        if available is not None and available < self.num_batches:
+            raise ValueError(
+                f"BNRecalibration(num_batches={self.num_batches}): the training data gives only {available} "
+                "batch(es) on this process" + ("; it is empty" if available == 0 else "; lower num_batches")
+            )
 
     # -- scheduling -------------------------------------------------------------------------------------
     def _due(self, trainer: Trainer) -> bool:
@@ -146,19 +183,14 @@ class BNRecalibration(Callback):
     def recalibrate(self, trainer: Trainer, pl_module: LightningModule) -> RecalibrationReport:
         """Recalibrate now; returns the report (also kept as ``last_report``)."""
         loader = self.recalibration_loader(trainer)
-        available = _length(loader)
-        if available is not None and available < self.num_batches:
-            raise ValueError(
-                f"BNRecalibration(num_batches={self.num_batches}): the training data gives only {available} "
-                "batch(es) on this process" + ("; it is empty" if available == 0 else "; lower num_batches")
-            )
+        self._check_length(loader)
         batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
         flags = {m: m.training for m in pl_module.modules()}
         pl_module.eval()
         try:
             report = recalibrate_bn(
                 self.network(pl_module), batches, forward=lambda _, batch: self.forward(pl_module, batch),
-                mode=self.mode, num_batches=self.num_batches,
+                mode=self.mode, num_batches=self.num_batches, reset_fn=self.reset_fn,
             )
         finally:
             for m, flag in flags.items():

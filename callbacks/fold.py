@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,13 @@ class FoldNormalization(Callback):
     The check runs in ``check_dtype``: ``float64`` (default) tests the fold itself, free of float32
     rounding, and an exact fold then flips no spike; ``float32`` measures the deployed precision. At fit
     end the folded model of the final weights is written next to the checkpoints as ``<filename>.pt``
-    (load it with :func:`spikenorm.fold.load_folded`) and, when ``export`` is set and it succeeds,
-    ``<filename>.pt2`` (``torch.export``, dynamic batch size; load with ``torch.export.load``).
+    (:func:`spikenorm.fold.save_folded`'s format, which loads without running code from the file: load it
+    with :func:`spikenorm.fold.load_folded`) and, when ``export`` is set and it succeeds, ``<filename>.pt2``
+    (``torch.export``, dynamic batch size; load with ``torch.export.load``, which falls back to unpickling
+    when a file is not plain weights, so load ``.pt2`` files only from sources you trust).
+
+    At setup the network is folded (and, when it is saved at fit end, written to memory in that format) once,
+    so a model that cannot be folded or saved fails before the first step, with the reason.
 
     The LightningModule must hold its network as ``model`` and may encode batches with ``encode(x)``
     (as :class:`~spikenorm.tasks.SpikingClassifier` does); batches are ``(x, y)``.
@@ -68,6 +74,15 @@ class FoldNormalization(Callback):
                 f"{type(pl_module).__name__} has none"
             )
         return model
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        network = self._network(pl_module)
+        try:
+            folded = fold_model(network)
+            if stage == "fit" and self.save_on_fit_end:
+                save_folded(folded, io.BytesIO())
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"FoldNormalization cannot fold and save {type(network).__name__}: {err}") from err
 
     def _start(self, pl_module: LightningModule) -> None:
         reference = copy.deepcopy(self._network(pl_module)).to(_DTYPES[self.check_dtype]).eval()

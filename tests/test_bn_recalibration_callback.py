@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,12 +113,43 @@ def test_errors(tmp_path):
         trainer(tmp_path, BNRecalibration(num_batches=1, module="encoder")).fit(PeerClassifier("snntorch"), *loaders())
 
 
+# variables that would make the script's Lightning join another launch, resume a W&B run or reuse a seed
+# that an earlier test left in os.environ (seed_everything sets PL_GLOBAL_SEED, which seeds DDP's samplers)
+_INHERITED = ("WANDB_", "PL_", "MASTER_", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE",
+              "LOCAL_WORLD_SIZE", "TORCHELASTIC_", "SLURM_")
+# A hang guard, not a speed limit: the test takes 15 s on an idle 2-core machine but took 257 s at load 12 (other
+# runs sharing the cores), so the former 300 s limit failed correct runs on a busy machine.
+_HANG_GUARD_S = 1800
+
+
+def run_ddp_script(out_dir: Path) -> None:
+    """Run ddp_bn_recalibration.py as users run DDP (one command; Lightning starts rank 1 itself), with this
+    process's PYTHONPATH. On failure the message holds the run's output, and the whole process
+    group (rank 1 included) is killed, so no rank outlives the test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED)}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                               os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, str(Path(__file__).parent / "ddp_bn_recalibration.py"), str(out_dir)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as run:
+
+        def kill_group() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+
+        try:
+            output = run.communicate(timeout=_HANG_GUARD_S)[0]
+        except subprocess.TimeoutExpired:
+            kill_group()
+            output = f"killed after {_HANG_GUARD_S} s; its output:\n{run.communicate()[0]}"
+        finally:
+            kill_group()
+    assert run.returncode == 0, f"the DDP run failed (exit code {run.returncode}):\n{output[-6000:]}"
+
+
 def test_ddp_two_processes_identical_and_equal_to_one_process_over_the_union(tmp_path):
     """Lightning DDP (2 CPU processes, gloo) of an snnTorch model, run as a script as users run DDP."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "MASTER_", "WORLD_SIZE"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    subprocess.run([sys.executable, str(Path(__file__).parent / "ddp_bn_recalibration.py"), str(tmp_path)],
-                   env=env, check=True, timeout=300, capture_output=True)
+    run_ddp_script(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     stats = [k for k in ranks[0]["state"] if "running" in k]
     assert len(stats) == 4

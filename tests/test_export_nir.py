@@ -266,7 +266,6 @@ def test_nir_export_callback_names_the_layer_it_cannot_export(tmp_path):
     trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=False, checkpoint_callback=None,
                               default_root_dir=tmp_path)
     callback = NIRExport()
-    callback.on_train_batch_start(trainer, task, (torch.rand(4, 1, 8, 8), torch.zeros(4)), 0)
     with pytest.raises(ValueError, match=r"NIRExport could not export SpikingVGG.*'features\.1'.*MaxPool2d"):
-        callback.on_fit_end(trainer, task)
+        callback.on_train_batch_start(trainer, task, (torch.rand(4, 1, 8, 8), torch.zeros(4)), 0)
     assert callback.saved_paths == []

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from spikenorm.fold import SignFlip, check_equivalence, fold_model, load_folded, membrane_threshold, save_folded
-from spikenorm.models import SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.fold import (
+    SignFlip,
+    UnsafeFoldedFileError,
+    check_equivalence,
+    fold_model,
+    load_folded,
+    membrane_threshold,
+    save_folded,
+)
+from spikenorm.models import PopSANActor, SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.neurons import LIF
 from spikenorm.norm import MPBN, TimeMajorNorm, build_norm
 
 MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
@@ -179,11 +192,140 @@ def test_training_model_is_left_in_training_mode():
     assert model.training
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model, x = prepared("resnet", "mixed")
+@pytest.mark.parametrize("name", ["resnet", "vgg_elementwise", "mlp"])
+def test_save_and_load_round_trip(tmp_path, name):
+    model, x = prepared(name, "mixed")  # mixed gamma signs: SignFlips and negated weights in the folded model
     folded = fold_model(model)
     path = save_folded(folded, tmp_path / "folded.pt")
     loaded = load_folded(path)
+    assert type(loaded).__name__ == type(folded).__name__
     assert torch.equal(loaded(x), folded(x))
+    report = check_equivalence(folded, loaded, x)  # the same neuron layers, spike for spike
+    assert report.flipped_spikes == 0 and report.max_abs_diff == 0.0
+    assert [n for n, _ in loaded.named_modules()] == [n for n, _ in folded.named_modules()]
     with pytest.raises(ValueError, match="inference-only"):
         loaded.train()
+    def nodes(gm):  # fx-wrapped calls (the input checks) stay marked, so the loaded model traces as the folded one
+        return [(n.op, n.target, n.args, n.meta.get("is_wrapped")) for n in gm.graph.nodes]
+
+    assert str(nodes(loaded)) == str(nodes(folded))
+    buffer = save_folded(folded, io.BytesIO())  # file objects work as for torch.save
+    buffer.seek(0)
+    assert torch.equal(load_folded(buffer)(x), folded(x))
+
+
+def test_every_kind_of_foldable_model_round_trips(tmp_path):
+    """Trace synapses, IF and CLIF neurons, binary layers, folded OTS thresholds, the RL actor's encoders."""
+    torch.manual_seed(0)
+    models = [
+        (SpikingVGG("small", in_channels=1, num_classes=5, input_size=8, neuron="if", trace=True,
+                    shortcuts="per_layer"), torch.rand(2, 3, 1, 8, 8)),
+        (SpikingVGG("small", in_channels=1, num_classes=5, neuron="clif", binary_weights=True, norm="none"),
+         torch.rand(2, 3, 1, 8, 8)),
+        (SpikingMLP(20, 4, hidden=(24, 16), norm="osr", neuron_kwargs={"ots": True, "ots_eval": "running"}),
+         torch.randn(2, 3, 20)),
+        (PopSANActor(3, 2, 1.0, hidden=(8, 8)), torch.randn(4, 3)),
+    ]
+    for model, x in models:
+        folded = fold_model(model.eval())
+        assert torch.equal(load_folded(save_folded(folded, tmp_path / "folded.pt"))(x), folded(x))
+
+
+class _Payload:
+    """Unpickling it calls ``open(marker, "w")``, which creates the marker file: stands for any code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    disguised = {"format": "spikenorm.folded", "version": 1, "spec": _Payload(marker)}  # looks like a safe file
+    for i, content in enumerate([_Payload(marker), disguised]):
+        path = tmp_path / f"evil{i}.pt"
+        torch.save(content, path)
+        with pytest.raises(UnsafeFoldedFileError, match=r"load_folded\(path, trusted=True\)"):
+            load_folded(path)
+        assert not marker.exists()
+
+
+def test_pickle_files_load_only_when_trusted(tmp_path):
+    model, x = prepared("mlp", "mixed")
+    folded = fold_model(model)
+    path = save_folded(folded, tmp_path / "folded.pt", pickle=True)
+    with pytest.raises(UnsafeFoldedFileError, match="trusted=True"):
+        load_folded(path)
+    assert torch.equal(load_folded(path, trusted=True)(x), folded(x))
+    safe = save_folded(folded, tmp_path / "safe.pt")
+    assert torch.equal(load_folded(safe, trusted=True)(x), folded(x))  # a safe file loads the safe way anyway
+
+
+def _tamper_function(spec, marker):
+    next(n for n in spec["graph"] if n["op"] == "call_function")["target"] = "builtins.open"
+    spec["graph"][-2]["args"] = {"tuple": [marker, "w"]}
+
+
+def _tamper_method(spec, marker):
+    next(n for n in spec["graph"] if n["op"] == "call_method")["target"] = "numpy"
+
+
+def _tamper_input_name(spec, marker):  # fx writes input names into the forward's signature
+    spec["graph"][0]["target"] = f"x=open({marker!r}, 'w')"
+
+
+def _tamper_module_path(spec, marker):  # and module paths into its body
+    next(n for n in spec["graph"] if n["op"] == "call_module")["target"] = f'features")or(open({marker!r}, "w")'
+
+
+def _tamper_class(spec, marker):
+    spec["modules"]["children"][0][1].update(module="subprocess", **{"class": "Popen"})
+
+
+def _tamper_value(spec, marker):
+    spec["graph"][1]["args"] = {"tuple": [{"node": "x"}, {"callable": "os.system"}]}
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_tamper_function, "calls 'builtins.open'"), (_tamper_method, "calls the method 'numpy'"),
+    (_tamper_input_name, "invalid input name"), (_tamper_module_path, "invalid module path"),
+    (_tamper_class, "subprocess.Popen"), (_tamper_value, "invalid value"),
+])
+def test_a_crafted_safe_file_can_name_nothing_outside_the_allowlists(tmp_path, tamper, message):
+    model, x = prepared("mlp", "positive")
+    path = save_folded(fold_model(model), tmp_path / "folded.pt")
+    payload = torch.load(path, weights_only=True)
+    spec = json.loads(payload["spec"])
+    tamper(spec, str(tmp_path / "marker"))
+    payload["spec"] = json.dumps(spec)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_folded(path)(x)
+    assert not (tmp_path / "marker").exists()
+
+
+class _CustomLIF(LIF):
+    """A user's neuron class: kept as a graph leaf by the fold, but not a class the safe format rebuilds."""
+
+
+def test_save_names_what_the_safe_format_cannot_hold(tmp_path):
+    class Sine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.sin(self.linear(x))
+
+    with pytest.raises(ValueError, match=r"node 'sin' calls 'torch.sin', which is not among .*pickle=True"):
+        save_folded(fold_model(Sine()), tmp_path / "f.pt")
+    custom = torch.nn.Sequential(torch.nn.Linear(3, 3), _CustomLIF())
+    with pytest.raises(ValueError, match=r"module '1' is a test_fold._CustomLIF; the safe format rebuilds only"):
+        save_folded(fold_model(custom), tmp_path / "f.pt")
+    x = torch.randn(2, 4, 3)
+    assert torch.equal(load_folded(save_folded(fold_model(custom), tmp_path / "f.pt", pickle=True), trusted=True)(x),
+                       fold_model(custom)(x))
+    with pytest.raises(TypeError, match="output of fold_model"):
+        save_folded(torch.nn.Linear(2, 2), tmp_path / "f.pt")

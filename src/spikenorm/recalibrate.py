@@ -348,6 +348,26 @@ def recalibrate_bn(
     return report
 
 
+def check_resettable(model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any], Any] | None = None,
+                     reset_fn: ResetFn | None = None) -> None:
+    """Raise now if :func:`recalibrate_bn` would refuse ``model`` for state that survives its resets.
+
+    Runs the check :func:`recalibrate_bn` starts with (two eval-mode forwards of ``batch`` from reset state; no
+    statistics change), so a callback can refuse a model before training instead of at its first
+    recalibration. Arguments as for :func:`recalibrate_bn`.
+    """
+    ctx = _Context(model, statistics_layers(model), [batch], forward or (lambda m, b: m(b)), reset_fn)
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            _check_resets(ctx)
+    finally:
+        ctx.reset()
+        for module, flag in flags.items():
+            module.training = flag
+
+
 class _StopForward(Exception):
     """Raised inside a forward once the layer being measured has seen all of its inputs for this batch."""
 

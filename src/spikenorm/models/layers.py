@@ -10,6 +10,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.binary import binarize_model
+from spikenorm.config import RecordsInit
 from spikenorm.neurons import SpikingNeuron, build_neuron
 from spikenorm.norm import TimeMajorNorm, build_norm
 from spikenorm.surrogate import Surrogate
@@ -88,7 +89,13 @@ class SpikingLayerFactory:
         self.membrane_norm_kwargs = dict(self.membrane_norm_kwargs or {})
         self.elementwise_membrane = bool(self.membrane_norm_kwargs.pop("elementwise", False))
         # build one of each now, so a bad name or option fails at model construction
-        self.make_norm(1)
+        if self.make_norm(1).fold_target == "threshold":
+            raise ValueError(
+                f"norm={self.norm!r} normalizes the membrane potential inside a neuron (it folds into the firing "
+                f"threshold), so it cannot be the post-conv norm: use membrane_norm={self.norm!r} together with a "
+                "post-conv norm such as norm='tdbn' (MPBN adds a BN on the membrane just before firing, on top of "
+                "the usual BN after the conv)"
+            )
         self.make_neuron((1, 1, 1))
 
     @property
@@ -169,8 +176,12 @@ def check_model_input(x: Tensor, where: str, ndim: int, channels: int | None) ->
 torch.fx.wrap("check_model_input")
 
 
-class SpikingModel(nn.Module):
-    """Base of the spikenorm models: input ``[T, B, ...]`` in, per-step logits ``[T, B, num_classes]`` out."""
+class SpikingModel(RecordsInit, nn.Module):
+    """Base of the spikenorm models: input ``[T, B, ...]`` in, per-step logits ``[T, B, num_classes]`` out.
+
+    Every model records its constructor arguments (:class:`~spikenorm.config.RecordsInit`), so a checkpoint
+    can rebuild it without the code that built it.
+    """
 
     num_classes: int
     input_ndim: int  # rank of the expected time-major input

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from spikenorm.config import class_path_of
-from spikenorm.monitoring import FiringRateRecorder
+from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
 from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
@@ -135,6 +137,7 @@ class SpikingClassifier(LightningModule):
             raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
         self._check_distillation(teacher, teacher_checkpoint, teacher_input, teacher_epochs, kd_weight, training_mode)
         self.automatic_optimization = training_mode == "bptt"
+        self._record_firing = True  # setup() turns it off for a network without recognised neurons
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
             if num_classes is None:
@@ -190,10 +193,17 @@ class SpikingClassifier(LightningModule):
 
     # -- run configuration and checkpoints ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Log the run's complete configuration (flat keys) to every logger."""
+        """Log the run's complete configuration (flat keys) to every logger; decide whether firing rates can be
+        recorded (a network without neurons spikenorm recognises gets a warning and no ``*/firing_rate``)."""
         config = run_config(type(self), self.hparams, self.OBJECT_ARGUMENTS, self.trainer)
         for logger in self.trainer.loggers:
             logger.log_hyperparams(config)
+        try:
+            recognised_neurons(self.model)
+            self._record_firing = True
+        except ValueError as error:
+            rank_zero_warn(f"{error}. {type(self).__name__} logs no firing rate for it.")
+            self._record_firing = False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the network's config apart from the hyperparameters, which ``load_from_checkpoint`` overwrites
@@ -321,7 +331,8 @@ class SpikingClassifier(LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         self.check_batch(x, stage, batch_idx)
-        with FiringRateRecorder(self.model) as recorder:
+        recorder = FiringRateRecorder(self.model) if self._record_firing else None
+        with recorder or contextlib.nullcontext():
             logits = self(x)
         metric(logits.mean(0), y)
         if self.teacher is not None and stage == "val":
@@ -330,7 +341,8 @@ class SpikingClassifier(LightningModule):
             self.log("val/teacher_acc", self.teacher_acc)
         self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True)
-        self.log(f"{stage}/firing_rate", recorder.mean_rate(), sync_dist=True, batch_size=x.shape[0])
+        if recorder is not None:
+            self.log(f"{stage}/firing_rate", recorder.mean_rate(), sync_dist=True, batch_size=x.shape[0])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val", self.val_acc)
