@@ -209,7 +209,8 @@ def differences(old: Any, new: Any, prefix: str) -> list[str]:
     lines = []
     for key in sorted(old_flat.keys() | new_flat.keys()):
         a, b = old_flat.get(key, missing), new_flat.get(key, missing)
-        if {a, b} == {None, missing} and any(k.startswith(f"{key}.") for k in (old_flat | new_flat)):
+        one_side_none = (a is None and b is missing) or (a is missing and b is None)
+        if one_side_none and any(k.startswith(f"{key}.") for k in (old_flat | new_flat)):
             continue  # None on one side, a dict on the other: its entries are listed instead
         if a != b:
             lines.append(f"{key}: {'(absent)' if a is missing else repr(a)} -> {'(absent)' if b is missing else repr(b)}")
