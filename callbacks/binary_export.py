@@ -14,6 +14,10 @@ from torch import Tensor
 from spikenorm.binary import ModelSize, binary_layers, load_packed, model_size, save_packed
 
 
+#: samples of the first training batch kept to check the reloaded model on
+CHECK_SAMPLES = 8
+
+
 class PackedBinaryExport(Callback):
     """At fit end, save ``pl_module.model`` packed (:func:`spikenorm.binary.save_packed`: 1 bit per binary
     weight plus the per-channel ``alpha``) as ``<filename>.pt`` next to the checkpoints, reload it into a copy
@@ -42,7 +46,11 @@ class PackedBinaryExport(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._inputs is None:
-            self._inputs = (batch[0] if isinstance(batch, (tuple, list)) else batch).detach().clone()
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not isinstance(inputs, Tensor):
+                raise TypeError(f"PackedBinaryExport checks the reloaded model on the first training batch's inputs: "
+                                f"expected a tensor or (inputs, targets), got {type(inputs).__name__}")
+            self._inputs = inputs[:CHECK_SAMPLES].detach().cpu().clone()  # a few samples, off the accelerator
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:

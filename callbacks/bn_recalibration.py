@@ -122,6 +122,8 @@ class BNRecalibration(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = self.recalibration_loader(trainer)
         self._check_length(loader)
+        if loader in _flatten_loaders(trainer.train_dataloader):
+            return  # the training loader itself (a stream): drawing a batch now would consume or restart it
         batch = pl_module.transfer_batch_to_device(next(iter(loader)), pl_module.device, 0)
         check_resettable(self.network(pl_module), batch, forward=lambda _, b: self.forward(pl_module, b),
                          reset_fn=self.reset_fn)

@@ -16,6 +16,8 @@ failing disk, a full file system) is a :class:`CorruptDataError` raised, naming 
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,17 +53,30 @@ class CorruptDataError(ValueError):
 def reading(path: str, expected: str, fix: str) -> Iterator[None]:
     """Turn any error raised inside the block, which reads ``path``, into a :class:`CorruptDataError`.
 
-    Missing files, permission errors and memory errors pass unchanged (they are not about the content
-    and name the file already), as does a :class:`CorruptDataError` raised inside the block.
+    Missing files, permission errors, memory errors and operating-system errors with an ``errno`` (EIO, too
+    many open files, a locked HDF5 file: not about the content, and they name the file already) pass unchanged,
+    as does a :class:`CorruptDataError` raised inside the block. A parser's ``OSError`` without an errno (h5py's
+    "file signature not found") is corruption.
     """
     try:
         yield
     except (CorruptDataError, *_NOT_CORRUPTION):
         raise
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise CorruptDataError.for_file(path, expected, f"reading it failed (OSError: {err})", fix) from err
     except Exception as err:  # parsers raise anything: IndexError, RuntimeError, BadZipFile, KeyError, ...
         detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         problem = f"reading it failed ({detail})"
         raise CorruptDataError.for_file(path, expected, problem, fix) from err
+
+
+def temporary_path(path: str, suffix: str = ".tmp") -> str:
+    """A name beside ``path`` that no other writer uses (host, process and a random part), for writing a file
+    whole before ``os.replace`` moves it into place: safe for DataLoader workers, DDP ranks and nodes sharing
+    a cache on a network file system."""
+    return f"{path}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"
 
 
 def cache_entry_fix(path: str) -> str:

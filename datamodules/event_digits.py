@@ -18,6 +18,7 @@ from spikenorm.datamodules.errors import (
     cache_entry_fix,
     load_or_rebuild,
     reading,
+    temporary_path,
 )
 from spikenorm.datamodules.event_frames import (
     EventFrameDataModule,
@@ -100,7 +101,7 @@ class EventDigits:
         ]
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in streams])])
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        partial = f"{self.path}.{os.getpid()}.tmp.npz"  # written whole, then renamed: safe across processes
+        partial = temporary_path(self.path, ".tmp.npz")  # written whole, then renamed: safe across processes
         np.savez(partial, events=np.concatenate(streams), offsets=offsets, targets=digits.target.astype(np.int64))
         os.replace(partial, self.path)
         rank_zero_info(f"event-digits: {offsets[-1]} events for {len(streams)} digits written to {self.path}")

@@ -29,6 +29,7 @@ from spikenorm.datamodules.errors import (
     cache_entry_fix,
     load_or_rebuild,
     reading,
+    temporary_path,
 )
 from spikenorm.datamodules.frame_augment import FrameAugmentation
 from tonic.transforms import Downsample, ToFrame
@@ -141,7 +142,7 @@ class FrameCache(Dataset):
 
     def _write(self, path: str, index: int) -> None:
         frames, target = self.dataset[index]
-        partial = f"{path}.{os.getpid()}.tmp"
+        partial = temporary_path(path)
         with h5py.File(partial, "w") as f:
             f.create_dataset("data/0", data=np.asarray(frames), compression="lzf", fletcher32=True)
             f.create_dataset("target/0", data=target)

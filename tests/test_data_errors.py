@@ -302,3 +302,20 @@ def test_torchvision_truncated_file_is_named(tmp_path, name, writer, relative, w
         dm.setup()
     _names(info, path, *words, "Replace it with an intact copy")
 
+
+
+def test_temporary_names_never_collide_and_transient_os_errors_are_not_corruption(tmp_path):
+    """Two writers of one cache entry (workers, ranks, nodes on a shared disk) get different temporary files;
+    an OSError with an errno (EIO, a locked file) is passed on, not reported as a corrupt file to delete."""
+    import errno
+
+    from spikenorm.datamodules.errors import reading, temporary_path
+
+    target = str(tmp_path / "entry.h5")
+    names = {temporary_path(target) for _ in range(100)}
+    assert len(names) == 100 and all(n.startswith(target + ".") and n.endswith(".tmp") for n in names)
+    with pytest.raises(OSError) as caught, reading(target, "an HDF5 file", "fix"):
+        raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(caught.value, CorruptDataError)
+    with pytest.raises(CorruptDataError, match="file signature not found"), reading(target, "an HDF5 file", "fix"):
+        raise OSError("Unable to open file (file signature not found)")

@@ -288,10 +288,28 @@ def _tamper_value(spec, marker):
     spec["graph"][1]["args"] = {"tuple": [{"node": "x"}, {"callable": "os.system"}]}
 
 
+def _tamper_dunder_path(spec, marker):  # fx walks a target with getattr/setattr: __class__ reaches nn.Module
+    next(n for n in spec["graph"] if n["op"] == "call_module")["target"] = "0.__class__.extra_repr"
+
+
+def _tamper_foreign_target(spec, marker):  # a well-formed path that is not part of the stored model
+    next(n for n in spec["graph"] if n["op"] == "call_module")["target"] = "features.99"
+
+
+def _tamper_class_alias(spec, marker):  # an allowed module's import of another class is not that module's class
+    spec["modules"]["children"][0][1].update(module="spikenorm.fold", **{"class": "fx.GraphModule"})
+
+
+def _tamper_keyword_argument(spec, marker):  # a Python keyword as an argument name breaks the generated code
+    next(n for n in spec["graph"] if n["op"] == "call_function")["kwargs"] = {"dict": {"lambda": 1}}
+
+
 @pytest.mark.parametrize("tamper, message", [
     (_tamper_function, "calls 'builtins.open'"), (_tamper_method, "calls the method 'numpy'"),
     (_tamper_input_name, "invalid input name"), (_tamper_module_path, "invalid module path"),
     (_tamper_class, "subprocess.Popen"), (_tamper_value, "invalid value"),
+    (_tamper_dunder_path, "invalid module path"), (_tamper_foreign_target, "which is not a module"),
+    (_tamper_class_alias, "spikenorm.fold.fx.GraphModule"), (_tamper_keyword_argument, "keyword arguments"),
 ])
 def test_a_crafted_safe_file_can_name_nothing_outside_the_allowlists(tmp_path, tamper, message):
     model, x = prepared("mlp", "positive")

@@ -3,12 +3,19 @@ neuron state its resets do not clear (row 9), and takes ``reset_fn=`` for neuron
 
 from __future__ import annotations
 
+import datetime
+import os
 import re
+import socket
+import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from spikenorm.models import TimeDistributed
@@ -59,6 +66,42 @@ class Poison(nn.Module):
         x = x.clone()
         x[..., 0] = float("nan")
         return x
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nan_on_one_rank(rank: int, port: int, mode: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a short timeout: a process left waiting for the other in an all-reduce fails the test in 60 s, not 30 min
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        data = batches()[rank::2]
+        if rank == 1:
+            data[1][0, 0, 0] = float("nan")
+        start = time.monotonic()
+        try:
+            recalibrate_bn(time_major_net(), data, mode=mode)
+            message = "no error"
+        except Exception as error:  # noqa: BLE001 - the test reads what each process raised
+            message = f"{type(error).__name__}: {error}"
+        Path(out_dir, f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.1f}\n{message}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["exact", "single_pass"])
+def test_nan_on_one_process_stops_every_process(tmp_path, mode: str) -> None:
+    """Under DDP the process that sees the NaN names it; the other raises too instead of waiting for it."""
+    mp.spawn(_nan_on_one_rank, args=(_free_port(), mode, str(tmp_path)), nprocs=2, join=True)
+    seconds0, message0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    _, message1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert re.search(r"ValueError: .*layer '0' \(VanillaBN\) in batch 1 .* 1 NaN", message1), message1
+    assert message0.startswith("ValueError: recalibrate_bn: process(es) [1] found NaN/Inf"), message0
+    assert float(seconds0) < 50  # not the 60 s collective timeout
 
 
 @pytest.mark.parametrize("mode", ["exact", "single_pass"])

@@ -33,6 +33,7 @@ import copy
 import functools
 import importlib
 import json
+import keyword
 import math
 import operator
 import os
@@ -479,9 +480,23 @@ def load_folded(
         spec = json.loads(payload["spec"])
         root = _build_module(spec["modules"], payload["tensors"])
         graph = _build_graph(spec["graph"])
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
+        _check_targets(graph, root)
+        return FoldedModel(root, graph, class_name=str(spec["class_name"])).eval()
+    except (KeyError, TypeError, AttributeError, SyntaxError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is a damaged folded-model file ({type(err).__name__}: {err})") from err
-    return FoldedModel(root, graph, class_name=str(spec["class_name"])).eval()
+
+
+def _check_targets(graph: fx.Graph, root: nn.Module) -> None:
+    """Every module and attribute the graph names must be a submodule, parameter or buffer of the rebuilt root:
+    fx copies them by walking the path with getattr/setattr, which must never leave the module tree."""
+    modules = dict(root.named_modules())
+    attributes = {*modules, *dict(root.named_parameters()), *dict(root.named_buffers())}
+    for node in graph.nodes:
+        if (node.op == "call_module" and node.target not in modules) or (
+            node.op == "get_attr" and node.target not in attributes
+        ):
+            raise ValueError(f"a folded-model file's graph names {node.target!r:.80}, which is not a module, "
+                             "parameter or buffer of the model it holds")
 
 
 class _Unsupported(ValueError):
@@ -529,8 +544,10 @@ def _decode(value: object, nodes: dict[str, fx.Node] | None = None) -> object:
 
 
 def _checked_path(target: object, what: str) -> str:
-    """``target`` if it is a dotted path of identifiers or indices (what names a submodule), else a ValueError."""
-    if not isinstance(target, str) or not all(p.isidentifier() or p.isdigit() for p in target.split(".")):
+    """``target`` if it is a dotted path of public identifiers or indices (what names a submodule), else a
+    ValueError; no part may start with ``_`` (``__class__`` would lead out of the module tree)."""
+    parts = target.split(".") if isinstance(target, str) else [""]
+    if not all((p.isidentifier() and not p.startswith("_")) or p.isdigit() for p in parts):
         raise ValueError(f"invalid {what} {target!r:.80} in a folded-model file")
     return target
 
@@ -589,7 +606,7 @@ def _build_graph(specs: list[dict]) -> fx.Graph:
         elif op not in ("placeholder", "output"):
             raise ValueError(f"invalid graph operation {op!r:.80} in a folded-model file")
         kwargs = _decode(spec["kwargs"], nodes)
-        if not (isinstance(kwargs, dict) and all(k.isidentifier() for k in kwargs)):
+        if not (isinstance(kwargs, dict) and all(k.isidentifier() and not keyword.iskeyword(k) for k in kwargs)):
             raise ValueError(f"invalid keyword arguments {spec['kwargs']!r:.80} in a folded-model file")
         args = _decode(spec["args"], nodes)
         if not isinstance(args, tuple):
@@ -642,7 +659,8 @@ def _module_class(module_name: object, qualname: object, where: str) -> type[nn.
             cls = importlib.import_module(module_name)
         for part in qualname.split("."):
             cls = getattr(cls, part, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and not issubclass(cls, fx.GraphModule)):
+    defined_there = isinstance(cls, type) and (cls.__module__, cls.__qualname__) == (module_name, qualname)
+    if not (defined_there and issubclass(cls, nn.Module) and not issubclass(cls, fx.GraphModule)):
         raise ValueError(f"cannot save or load the folded model safely: {where} is a {module_name}.{qualname}; "
                          f"the safe format rebuilds only torch.nn and spikenorm modules; {_PICKLE_HINT}")
     return cls
@@ -654,7 +672,7 @@ def _build_module(spec: dict, tensors: dict[str, Tensor]) -> nn.Module:
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for name, value in spec["attributes"].items():
-        if name in _MODULE_INTERNALS:
+        if name in _MODULE_INTERNALS or name.startswith("__"):
             raise ValueError(f"invalid attribute {name!r} in a folded-model file")
         module.__dict__[name] = _decode(value)
     for name, key in spec["parameters"].items():

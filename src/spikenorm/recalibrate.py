@@ -404,9 +404,15 @@ class _Context:
         only on failure is the batch run again (from the moments it started with, so every measured input is
         the same) to count the NaN and Inf values of each measured layer's inputs.
 
+        Under ``torch.distributed`` every process learns whether any process failed (one collective per pass,
+        which every process reaches), so all of them raise instead of leaving the others waiting in the next
+        all-reduce.
+
         Raises:
-            ValueError: the first batch after which some moments are not finite (see :class:`_NonFinite`).
+            ValueError: the first batch after which some moments are not finite (see :class:`_NonFinite`), or,
+                on the other processes, that a process found one.
         """
+        error = None
         for index, batch in enumerate(self.batches):
             saved = {name: m.state() for name, m in moments.items()}
             start(index)
@@ -419,7 +425,22 @@ class _Context:
                 m.inspect = functools.partial(audit.record, name)
             start(index)
             self.fresh(batch)
-            raise audit.error(self.layers, index, [name for name, m in moments.items() if not m.finite()])
+            error = audit.error(self.layers, index, [name for name, m in moments.items() if not m.finite()])
+            break
+        _raise_on_every_process(error)
+
+
+def _raise_on_every_process(error: ValueError | None) -> None:
+    """Raise ``error`` here and a ValueError on every other process when any process has an error."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        failed: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(failed, error is not None)
+        if error is None and any(failed):
+            ranks = [rank for rank, flag in enumerate(failed) if flag]
+            raise ValueError(f"recalibrate_bn: process(es) {ranks} found NaN/Inf values in the inputs of a measured "
+                             "layer (their error names the layer and batch); the running statistics are unchanged")
+    if error is not None:
+        raise error
 
 
 @dataclass
