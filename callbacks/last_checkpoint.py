@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -28,16 +29,20 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int = 0, dirpath: str | Path | None = None) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be >= 0 (0: epoch ends only), got {every_n_train_steps}")
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=1)
+        # always last.ckpt (no last-v1.ckpt beside an older one): --ckpt_path last reads that name
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=1,
+                         enable_version_counter=False)
         self.every_n_train_steps_last = every_n_train_steps
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_train_steps=self.every_n_train_steps_last)
+        """One key whatever the step interval, so a run resumed with another interval restores this state."""
+        return type(self).__qualname__
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Save after every epoch (the epoch's validation has run by now), whatever else was saved."""
-        if not self._should_skip_saving_checkpoint(trainer):
+        """Save after every epoch (the epoch's validation has run by now), even when a step save came at this
+        very step: that one was taken before validation, and resuming from it would validate again."""
+        if not (trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -8,7 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from spikenorm.config import RecordsInit, UnrecordableError, describe, differences, flatten, instantiate
+from spikenorm.config import (
+    RecordsInit,
+    UnrecordableError,
+    describe,
+    differences,
+    flatten,
+    instantiate,
+    with_defaults,
+    without_defaults,
+)
 from spikenorm.models import SpikingMLP, SpikingVGG
 from spikenorm.surrogate import Sigmoid
 
@@ -53,9 +62,12 @@ def test_unrecordable_arguments_and_objects_say_why():
 
 
 def test_a_partial_of_a_class_lists_every_argument_and_rebuilds_as_a_factory():
-    config = describe(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
-    assert config["class_path"] == "torch.optim.sgd.SGD"
-    assert config["init_args"]["lr"] == 0.1 and config["init_args"]["nesterov"] is False  # defaults filled in
+    config = describe(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0))
+    assert config == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1, "momentum": 0.9, "dampening": 0}}
+    complete = with_defaults(config)
+    assert complete["init_args"]["lr"] == 0.1 and complete["init_args"]["nesterov"] is False  # defaults filled in
+    assert without_defaults(complete) == {"class_path": "torch.optim.sgd.SGD",
+                                          "init_args": {"lr": 0.1, "momentum": 0.9}}  # dampening=0 is the default
     factory = instantiate(config, partial=True)
     optimizer = factory([nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
@@ -72,3 +84,6 @@ def test_flatten_and_differences():
         "model.neuron_kwargs.threshold: (absent) -> 0.5",  # None vs a dict: the dict's entries are listed
     ]
     assert differences(old, old, "model") == []
+    older = {**old, "init_args": {k: v for k, v in old["init_args"].items() if k != "trace"}}
+    assert differences(older, old, "model") == []  # an argument added since: the old config means its default
+    assert differences(old, {**old, "init_args": {**old["init_args"], "norm_kwargs": {}}}, "model") == []

@@ -110,12 +110,14 @@ def checkpoint_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
 
 
 def _logger_entries(logger_config: Any) -> list[Any]:
-    if logger_config in (None, False):
+    """The logger entries of a parsed config (``false``: none); Lightning's default logger is refused."""
+    if logger_config is False:
         return []
-    if logger_config is True:
+    if logger_config is None or logger_config is True:
         raise ValueError(
             "--ckpt_path last needs the loggers spelled out (trainer.logger: a list of class_path entries, as in "
-            "the recipes), not trainer.logger: true, so that the resumed run can be put in the same log folder"
+            "the recipes, or false), not Lightning's default logger, so that the resumed run can be put in the "
+            "same log folder"
         )
     return list(logger_config) if isinstance(logger_config, list) else [logger_config]
 

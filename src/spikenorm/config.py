@@ -15,6 +15,9 @@ compared against.
 * :func:`instantiate` rebuilds an object (or, ``partial=True``, a factory) from a config.
 * :func:`flatten` turns nested configs into flat, filterable keys (``model.norm``, ``optimizer.lr``);
   :func:`differences` lists the flat keys on which two configs disagree.
+* :func:`with_defaults` / :func:`without_defaults` add or drop the arguments equal to the installed class's
+  defaults: complete configs to log and compare, minimal ones to store where a class's arguments may differ
+  between versions (torch's optimizers gain arguments between releases).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "import_object",
     "instantiate",
     "is_config",
+    "with_defaults",
+    "without_defaults",
 ]
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -115,10 +120,9 @@ def _recording(owner: type, init: Callable[..., None]) -> Callable[..., None]:
 def describe(obj: Any, where: str | None = None) -> dict[str, Any]:
     """The config that rebuilds ``obj``: ``{"class_path": ..., "init_args": {...}}``.
 
-    Accepts a :class:`RecordsInit` instance and a ``functools.partial`` of a class with keyword arguments
-    (LightningCLI's optimizer/scheduler factories); for the latter the class's own defaults are filled in,
-    so the config lists every argument (its first parameter, the parameters or optimizer it is applied to,
-    is left out).
+    Accepts a :class:`RecordsInit` instance (every argument, defaults filled in) and a ``functools.partial``
+    of a class with keyword arguments (LightningCLI's optimizer/scheduler factories: the arguments given;
+    :func:`with_defaults` adds the class's defaults).
 
     Raises:
         UnrecordableError: anything else, or a recorded object one of whose arguments was not plain data.
@@ -130,12 +134,8 @@ def describe(obj: Any, where: str | None = None) -> dict[str, Any]:
     if isinstance(record, str):
         raise UnrecordableError(record)
     if isinstance(obj, functools.partial) and inspect.isclass(obj.func) and not obj.args:
-        parameters = list(inspect.signature(obj.func).parameters.values())[1:]
-        defaults = {p.name: p.default for p in parameters
-                    if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        arguments = {**defaults, **obj.keywords}
         return {"class_path": class_path_of(obj.func),
-                "init_args": {k: _plain(v, f"{where} argument {k!r}") for k, v in arguments.items()}}
+                "init_args": {k: _plain(v, f"{where} argument {k!r}") for k, v in obj.keywords.items()}}
     raise UnrecordableError(
         f"{where} ({class_path_of(type(obj))}) does not record how it was built: spikenorm models do; for your own "
         "module add the spikenorm.config.RecordsInit mixin, for an optimizer pass functools.partial(Class, ...)"
@@ -182,6 +182,47 @@ def instantiate(config: Mapping[str, Any], partial: bool = False) -> Any:
     return functools.partial(cls, **init_args) if partial else cls(**init_args)
 
 
+def _defaults(class_path: str) -> dict[str, Any]:
+    """The plain-data defaults of a class's keyword arguments (none if it cannot be imported or inspected)."""
+    try:
+        parameters = inspect.signature(import_object(class_path)).parameters.values()
+    except (ValueError, TypeError):
+        return {}
+    defaults = {}
+    for p in parameters:
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            try:
+                defaults[p.name] = _plain(p.default, p.name)
+            except UnrecordableError:
+                continue
+    return defaults
+
+
+def with_defaults(value: Any) -> Any:
+    """``value`` with every config's missing arguments set to the installed class's defaults, recursively.
+
+    Used to log complete configurations and to compare a stored config with one of a newer spikenorm, whose
+    classes may have gained arguments (an argument the old config lacks compares as its default).
+    """
+    if is_config(value):
+        init_args = {k: with_defaults(v) for k, v in (value.get("init_args") or {}).items()}
+        return {**value, "init_args": {**_defaults(value["class_path"]), **init_args}}
+    return value
+
+
+def without_defaults(value: Any) -> Any:
+    """``value`` with every argument equal to the installed class's default left out (recursively): what a
+    checkpoint stores for factories such as optimizers, so that it still loads where the class has other
+    (newer or older) arguments."""
+    if is_config(value):
+        defaults = _defaults(value["class_path"])
+        missing = object()
+        init_args = {k: without_defaults(v) for k, v in (value.get("init_args") or {}).items()
+                     if defaults.get(k, missing) != v}
+        return {**value, "init_args": init_args}
+    return value
+
+
 def flatten(value: Any, prefix: str) -> dict[str, Any]:
     """Flat ``prefix.key`` entries of a config or dict: ``init_args`` disappear from the keys.
 
@@ -203,12 +244,18 @@ def flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def differences(old: Any, new: Any, prefix: str) -> list[str]:
-    """The flat keys on which ``old`` and ``new`` differ, as ``"key: old -> new"`` lines (sorted)."""
+    """The flat keys on which ``old`` and ``new`` differ, as ``"key: old -> new"`` lines (sorted).
+
+    Arguments a config lacks count as the class's defaults (:func:`with_defaults`), and ``None``, ``{}`` and an
+    absent key are the same empty value (``norm_kwargs=None`` and ``norm_kwargs={}`` build the same layer).
+    """
     missing = object()
-    old_flat, new_flat = flatten(old, prefix), flatten(new, prefix)
+    old_flat, new_flat = flatten(with_defaults(old), prefix), flatten(with_defaults(new), prefix)
     lines = []
     for key in sorted(old_flat.keys() | new_flat.keys()):
         a, b = old_flat.get(key, missing), new_flat.get(key, missing)
+        if all(v is missing or v is None or v == {} for v in (a, b)):
+            continue
         one_side_none = (a is None and b is missing) or (a is missing and b is None)
         if one_side_none and any(k.startswith(f"{key}.") for k in (old_flat | new_flat)):
             continue  # None on one side, a dict on the other: its entries are listed instead

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from spikenorm.config import class_path_of
+from spikenorm.config import class_path_of, is_config, without_defaults
 from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
 from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
 from spikenorm.tasks.encoding import Encoding, encode
@@ -26,6 +26,7 @@ from spikenorm.validation import check_finite
 #: checkpoint entry with the configs of the networks (see ``on_save_checkpoint``)
 NETWORK_KEY = "spikenorm_network"
 NETWORK_ARGUMENTS = ("model", "teacher")
+FACTORY_ARGUMENTS = ("optimizer", "lr_scheduler")
 
 
 class SpikingClassifier(LightningModule):
@@ -115,6 +116,7 @@ class SpikingClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.OBJECT_ARGUMENTS), logger=False)
+        given = {name: value for name, value in (("model", model), ("teacher", teacher)) if is_config(value)}
         model, teacher = build_object(model, "model"), build_object(teacher, "teacher")
         # factories a checkpoint could not record are needed only to train: refused in configure_optimizers
         self._unrecorded = {name: value for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
@@ -122,7 +124,7 @@ class SpikingClassifier(LightningModule):
         optimizer = None if "optimizer" in self._unrecorded else build_object(optimizer, "optimizer", partial=True)
         lr_scheduler = (None if "lr_scheduler" in self._unrecorded
                         else build_object(lr_scheduler, "lr_scheduler", partial=True))
-        self._store_object_configs(model=model, teacher=teacher, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self._store_object_configs(given, model=model, teacher=teacher, optimizer=optimizer, lr_scheduler=lr_scheduler)
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         if eval_time_steps is not None and eval_time_steps < 1:
@@ -157,12 +159,16 @@ class SpikingClassifier(LightningModule):
                 load_teacher_weights(teacher, teacher_checkpoint)
             teacher.requires_grad_(False).eval()
 
-    def _store_object_configs(self, **objects: Any) -> None:
-        """Put each constructor object's config into the hyperparameters (see :func:`object_config`)."""
-        given = _given_hyperparameters.get() or {}  # LightningCLI's parsed config, when it built this task
+    def _store_object_configs(self, given: dict[str, Any], **objects: Any) -> None:
+        """Put each constructor object's config into the hyperparameters (see :func:`object_config`); ``given``:
+        configs the objects were built from, used for objects that do not record their own. Factories
+        (optimizer, scheduler) keep only their non-default arguments, so a checkpoint loads under another torch."""
+        given = {**(_given_hyperparameters.get() or {}), **given}  # LightningCLI's parsed config, if it built us
         self._hparams.setdefault("_class_path", class_path_of(type(self)))  # the CLI rebuilds the task from it
         for name, obj in objects.items():
             config = self._unrecorded.get(name) or object_config(obj, given.get(name))
+            if name in FACTORY_ARGUMENTS and is_config(config):
+                config = without_defaults(config)
             self._hparams[name] = config
             self._hparams_initial[name] = config
 
@@ -209,6 +215,8 @@ class SpikingClassifier(LightningModule):
         """Keep the network's config apart from the hyperparameters, which ``load_from_checkpoint`` overwrites
         with the objects passed to it."""
         checkpoint[NETWORK_KEY] = {name: self.hparams[name] for name in NETWORK_ARGUMENTS}
+        if "hyper_parameters" in checkpoint:  # the teacher's weights are in the state dict: no file needed to load
+            checkpoint["hyper_parameters"]["teacher_checkpoint"] = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose network (or teacher) config differs from this task's."""
@@ -299,11 +307,13 @@ class SpikingClassifier(LightningModule):
                 optimizer.step()
                 optimizer.zero_grad()
 
+        def step_loss(out: Tensor) -> Tensor:
+            loss_t = self.loss(out, y) / steps
+            self.check_loss(loss_t, batch_idx)  # before its backward and (online_update="step") optimizer step
+            return loss_t
+
         optimizer.zero_grad()
-        loss, logits = online_backward(
-            self.model, inputs, lambda out: self.loss(out, y) / steps, self.manual_backward, after_step
-        )
-        self.check_loss(loss, batch_idx)
+        loss, logits = online_backward(self.model, inputs, step_loss, self.manual_backward, after_step)
         if not per_step:
             optimizer.step()
         return loss, logits

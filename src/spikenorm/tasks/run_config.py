@@ -28,6 +28,7 @@ from spikenorm.config import (
     import_object,
     instantiate,
     is_config,
+    with_defaults,
 )
 
 #: Trainer settings that change a run's results, logged as ``trainer.<name>``.
@@ -130,7 +131,7 @@ def run_config(task_type: type, hparams: Mapping[str, Any], object_names: tuple[
         if key.startswith("_"):
             continue
         if key in object_names:
-            flat.update(flatten(value, key) if value is not None else {f"{key}.class_path": None})
+            flat.update(flatten(with_defaults(value), key) if value is not None else {f"{key}.class_path": None})
         else:
             flat.update(flatten(value, f"task.{key}"))
     if trainer is not None:

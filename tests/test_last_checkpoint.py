@@ -1,0 +1,40 @@
+"""LastCheckpoint: last.ckpt at epoch ends (after validation) and every N steps, always under that one name."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from spikenorm.callbacks import LastCheckpoint
+from spikenorm.datamodules import DigitsDataModule
+from spikenorm.models import SpikingMLP
+from spikenorm.tasks import SpikingClassifier
+
+
+def _fit(folder, max_epochs: int, every: int, ckpt_path=None) -> dict:
+    seed_everything(0)
+    task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2)
+    trainer = Trainer(max_epochs=max_epochs, limit_train_batches=10, limit_val_batches=2, logger=False,
+                      deterministic=True, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[LastCheckpoint(every_n_train_steps=every, dirpath=folder)], num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    return {k: v.clone() for k, v in task.state_dict().items()}
+
+
+def test_epoch_end_save_follows_a_step_save_at_the_same_step_and_resumes_exactly(tmp_path):
+    """10 steps an epoch, a step save every 5: the step-10 save comes before validation; the epoch-end save
+    must still be written, or the resumed run validates epoch 0 again and ends elsewhere."""
+    straight = _fit(tmp_path / "a", 2, 5)
+    _fit(tmp_path / "b", 1, 5)
+    first = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert first["global_step"] == 10
+    resumed = _fit(tmp_path / "b", 2, 5, ckpt_path=tmp_path / "b" / "last.ckpt")
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_a_resume_with_another_interval_keeps_writing_last_ckpt(tmp_path):
+    _fit(tmp_path, 1, 0)
+    _fit(tmp_path, 2, 3, ckpt_path=tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 20
