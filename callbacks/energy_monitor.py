@@ -53,6 +53,8 @@ class EnergyMonitor(Callback):
         per_layer: log per-layer numbers too.
         time_steps: ``T`` of a validation forward, for the ANN reference; None reads ``pl_module.time_steps``.
         neuron_types: neuron classes of your own that the model uses, e.g. ``[MyLIF]`` (YAML: import paths).
+            They only tell the setup check that the model spikes (synaptic operations are counted from the
+            0/1 inputs of every layer, whatever produced them); the counts do not change.
 
     Raises:
         ValueError: a negative (or NaN/infinite) energy, ``every_n_epochs < 1``, ``time_steps < 1``; at setup
