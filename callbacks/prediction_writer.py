@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 from spikenorm.run_dirs import free_path
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Save every prediction of a ``predict`` run to ``<output_dir>/predictions[-rank<r>].pt``.
+    """Save every prediction of a ``predict`` run to ``<output_dir>/predictions[-rank<r>].pt`` (with several
+    predict dataloaders, one ``predictions-dataloader<i>[-rank<r>].pt`` each).
 
     The task's ``predict_step`` returns a dict of tensors per batch (for
     :class:`~spikenorm.tasks.SpikingClassifier`: ``logits [B, T, classes]``, ``probabilities [B, classes]``,
@@ -30,27 +32,37 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: str | Path | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
-        self.written: Path | None = None
+        self.written: list[Path] = []
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
                            batch_indices: Any) -> None:
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        if not batches:
+        several = bool(predictions) and isinstance(predictions[0], list)  # one list per predict dataloader
+        per_loader = predictions if several else [predictions]
+        per_loader_indices = batch_indices or [None] * len(per_loader)  # Lightning lists these per dataloader
+        if not any(per_loader):
+            rank_zero_warn("PredictionWriter received no predictions: nothing was written")
             return
-        if not all(isinstance(batch, dict) for batch in batches):
-            raise TypeError(f"PredictionWriter expects predict_step to return a dict of tensors per batch, got "
-                            f"{type(batches[0]).__name__}")
-        merged = {key: torch.cat([batch[key].detach().cpu() for batch in batches]) for key in batches[0]}
-        indices = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
-        if indices and all(index is not None for index in indices):
-            merged["batch_indices"] = torch.tensor([i for batch in indices for i in batch])
         folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        self.written = free_path(folder / f"predictions{suffix}.pt")
-        torch.save(merged, self.written)
+        rank = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        for loader, (batches, indices) in enumerate(zip(per_loader, per_loader_indices)):
+            name = f"predictions{f'-dataloader{loader}' if several else ''}{rank}.pt"
+            path = free_path(folder / name)
+            torch.save(_merged(batches, indices), path)
+            self.written.append(path)
 
     def summary_line(self) -> str | None:
         """What the CLI prints at the end of ``predict``."""
-        return f"{'predictions':<14} {self.written}" if self.written else None
+        return f"{'predictions':<14} {', '.join(map(str, self.written))}" if self.written else None
+
+
+def _merged(batches: list[Any], indices: list[Any] | None) -> dict[str, torch.Tensor]:
+    """One dataloader's per-batch dicts concatenated along the batch, plus the sampler's indices if known."""
+    if not all(isinstance(batch, dict) for batch in batches):
+        raise TypeError(f"PredictionWriter expects predict_step to return a dict of tensors per batch, got "
+                        f"{type(batches[0]).__name__}")
+    merged = {key: torch.cat([batch[key].detach().cpu() for batch in batches]) for key in batches[0]}
+    if indices and all(index is not None for index in indices):
+        merged["batch_indices"] = torch.tensor([i for batch in indices for i in batch])
+    return merged
 

@@ -360,7 +360,7 @@ class SpikingClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test", self.test_acc)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Per-step logits ``[B, T, classes]``, class probabilities of the time-averaged logits ``[B, classes]``
         and the predicted class ``[B]`` (``spikenorm predict`` writes them with
         :class:`~spikenorm.callbacks.PredictionWriter`)."""
