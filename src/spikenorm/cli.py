@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from spikenorm.allocator import retain_freed_memory
 from spikenorm.callbacks import PredictionWriter
 from spikenorm.config import class_path_of, import_object, instantiate
+from spikenorm.loggers import CSVLogger as AppendingCSVLogger
 from spikenorm.run_dirs import (
     LOGGER_VERSIONS_KEY,
     free_path,
@@ -171,8 +172,9 @@ class SpikenormCLI(LightningCLI):
         for i, entry in enumerate(loggers):
             declared = class_path_of(import_object(entry.class_path))
             if declared == class_path_of(CSVLogger):  # Lightning's deletes metrics.csv in an existing folder
-                entry.class_path = "spikenorm.loggers.CSVLogger"
-            if i < len(recorded) and recorded[i]["class_path"] in (declared, class_path_of(import_object(entry.class_path))):
+                entry.class_path = class_path_of(AppendingCSVLogger)
+            same_logger = i < len(recorded) and recorded[i]["class_path"] in (declared, entry.class_path)
+            if same_logger:
                 entry.init_args.version = recorded[i]["version"]
             elif i == 0 and not explicit:
                 entry.init_args.version = checkpoint.parent.parent.name  # the run folder is the first logger's version
