@@ -1,4 +1,4 @@
-"""CaRe-BN experiment A: tracking drifting BN statistics from batch observations (methods.md 1.3, section 5).
+"""CaRe-BN experiment A: tracking drifting BN statistics from batch observations (Xu et al., ICLR 2026).
 
 A 64-dimensional Gaussian feature whose true per-feature mean and variance follow a fixed schedule of
 phases: stable, linear ramps, abrupt jumps (per-feature targets drawn from a seeded generator). Each update
@@ -28,19 +28,18 @@ seeds. Acceptance bar: Ca-BN's overall MSE, for the mean and for the variance ea
 The reference filter misses it on the variance (its gain stays near 0.56 when the statistics are stable);
 the verdict is the Kalman variant's, and every variant's comparison is printed.
 
-    python benchmarks/bn_tracking.py                 # appends to results/bn_tracking.md, writes results/bn_tracking.png
+    python benchmarks/bn_tracking.py                 # writes results/bn_tracking.md, writes results/bn_tracking.png
     python benchmarks/bn_tracking.py --seeds 3 --no-save
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
 
 import torch
-from common import RESULTS_DIR, publish, stamp
+from common import RESULTS_DIR, benchmark_parser, publish, stamp
 
 from spikenorm.norm.carebn import CaBNState, ca_bn_update
 
@@ -247,9 +246,8 @@ def plot(run: dict[str, object], path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
     runs = [run_seed(seed) for seed in range(args.seeds)]

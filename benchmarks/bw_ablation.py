@@ -1,8 +1,9 @@
 """SEI-BWSNN ablation on digits: full precision vs binary weights, + shortcuts, + KD, + both; T=1 vs T=2.
 
 Every run trains ``SpikingVGG([32, 32, "A", 64, 64, "A"])`` (``--narrow``: ``[8, 8, "A", 16, 16, "A"]``, where
-1-bit weights cost more; tdBN, LIF, sigmoid surrogate) on scikit-learn's digits for ``--epochs`` epochs (Adam 5e-3, cosine) and reports the test accuracy of the best-validation
-checkpoint. Variants (the design is spikenorm's inference of the paper, methods.md 3):
+1-bit weights cost more; tdBN, LIF, sigmoid surrogate) on scikit-learn's digits for ``--epochs`` epochs (Adam
+5e-3, cosine) and reports the test accuracy of the best-validation checkpoint. Variants (the design is spikenorm's inference of SEI-BWSNN: Meng et al., "A Self-Ensemble Inspired
+Approach for Effective Training of Binary-Weight Spiking Neural Networks", arXiv 2508.12609):
 
 * ``full precision``: no binarization (no shortcuts);
 * ``binary``: 1-bit weights (sign * per-channel mean|W|, clipped STE) in every conv but the first, and the
@@ -16,24 +17,23 @@ Each variant at T=1 (a binary-activation network: one member of the self-ensembl
 of the binary network, packed (1 bit per binary weight + alpha, everything else float32), is reported
 against the full-precision one.
 
-    python benchmarks/bw_ablation.py              # appends to results/bw_ablation.md
-    python benchmarks/bw_ablation.py --narrow     # the narrow network
+    python benchmarks/bw_ablation.py              # writes results/bw_ablation.md
+    python benchmarks/bw_ablation.py --narrow     # the narrow network: writes results/bw_ablation_narrow.md
     python benchmarks/bw_ablation.py --seeds 1 --epochs 2 --no-save
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from common import fit_and_test, publish, seed_cells, stamp
+from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
 from lightning.pytorch import seed_everything
 
-from spikenorm.binary import model_size
+from spikenorm.binary_packing import model_size
 from spikenorm.datamodules import DigitsDataModule
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 
 CFG = [32, 32, "A", 64, 64, "A"]  # --narrow: NARROW_CFG, where 1-bit weights cost more
@@ -50,9 +50,9 @@ TEACHER_T = 2
 
 
 def network(cfg: list[int | str], binary: bool, shortcuts: bool) -> SpikingVGG:
-    return SpikingVGG(cfg, in_channels=1, num_classes=10, input_size=8, norm="tdbn",
-                      shortcuts="per_layer" if shortcuts else "none", binary_weights=binary,
-                      surrogate_kwargs={"alpha": 4.0})
+    return SpikingVGG(cfg, in_channels=1, num_classes=10, input_size=8,
+                      layers=LayerSpec(norm="tdbn", surrogate_kwargs={"alpha": 4.0}, binary_weights=binary,
+                                       shortcuts="per_layer" if shortcuts else "none"))
 
 
 def run(cfg: list[int | str], variant: dict, time_steps: int, seed: int, epochs: int,
@@ -71,11 +71,10 @@ def run(cfg: list[int | str], variant: dict, time_steps: int, seed: int, epochs:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--narrow", action="store_true", help=f"the narrow network {NARROW_CFG}")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     cfg = NARROW_CFG if args.narrow else CFG
     start = time.perf_counter()
@@ -113,8 +112,11 @@ def main() -> None:
         f" {size.packed_bytes} B vs {size.full_precision_bytes} B (ratio {size.ratio:.3f}). The first conv, the"
         f" classifier and the norms stay full precision.", "",
     ])
-    publish("bw_ablation", "SEI-BWSNN ablation on digits (binary weights, shortcuts, KD, T)", report,
-            save=not args.no_save)
+    title = "SEI-BWSNN ablation on digits (binary weights, shortcuts, KD, T)"
+    if args.narrow:
+        publish("bw_ablation_narrow", f"{title}, narrow network", report, save=not args.no_save)
+    else:
+        publish("bw_ablation", title, report, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -12,10 +13,21 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def benchmark_parser(doc: str | None, device: bool = False) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: ``--no-save`` (print only) and, with ``device``, ``--device``
+    (a ``torch.device``; default ``cuda`` when available, else ``cpu``). The script adds its own options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-save", action="store_true", help="print the report, leave benchmarks/results alone")
+    if device:
+        parser.add_argument("--device", type=torch.device, default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
@@ -34,6 +46,23 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     return times
 
 
+def forward_and_backward(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two calls to time: ``fn(x)`` without autograd, and ``fn(x').backward(ones)`` on a leaf copy ``x'`` of
+    ``x`` whose gradient is reset first."""
+    x_grad = x.clone().requires_grad_(True)
+    grad_out = torch.ones_like(x)
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(x)
+
+    def forward_backward() -> None:
+        x_grad.grad = None
+        fn(x_grad).backward(grad_out)
+
+    return forward, forward_backward
+
+
 def machine(device: torch.device) -> str:
     """CPU model and cores, or the GPU name."""
     if device.type == "cuda":
@@ -46,10 +75,29 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def cpu_flags() -> str:
+    """AVX-512 and AMX presence from /proc/cpuinfo, and the ISA torch's CPU kernels dispatch to.
+
+    Results depend on them: oneDNN picks other kernels (and rounds differently) on CPUs with AVX-512 BF16/AMX.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set()
+    if cpuinfo.exists():
+        line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), "flags:")
+        flags = set(line.split(":", 1)[1].split())
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    amx = sorted(f for f in flags if f.startswith("amx"))
+    return (
+        f"AVX-512: {'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'}; "
+        f"AMX: {'yes (' + ' '.join(amx) + ')' if amx else 'no'}; "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
 def stamp(device: torch.device) -> str:
-    """Heading line: UTC date and time, machine, torch version."""
+    """The run's heading and CPU line: UTC date and time, machine, torch version; then :func:`cpu_flags`."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"## {now} — {machine(device)} ({device.type}), torch {torch.__version__}"
+    return f"## {now} — {machine(device)} ({device.type}), torch {torch.__version__}\n\nCPU flags: {cpu_flags()}."
 
 
 def seed_cells(values: list[float], digits: int = 2) -> str:
@@ -61,19 +109,20 @@ def seed_cells(values: list[float], digits: int = 2) -> str:
 
 
 def publish(name: str, title: str, report: str, save: bool) -> None:
-    """Print a report and, when ``save``, append it to ``benchmarks/results/<name>.md``."""
+    """Print a report and, when ``save``, make it the current result in ``benchmarks/results/<name>.md``."""
     print(report)
     if save:
-        append_result(name, title, report)
+        write_result(name, title, report)
 
 
-def append_result(name: str, title: str, report: str) -> Path:
-    """Append a report to ``benchmarks/results/<name>.md`` (created with ``title`` as its heading)."""
+def write_result(name: str, title: str, report: str) -> Path:
+    """Replace ``benchmarks/results/<name>.md`` with ``# title`` and ``report`` (its :func:`stamp` and tables).
+
+    A results file holds the current result of its benchmark only; earlier results live in git's history.
+    """
     path = RESULTS_DIR / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = "" if path.exists() else f"# {title}\n\n"
-    with path.open("a") as f:
-        f.write(header + report + "\n")
+    path.write_text(f"# {title}\n\n{report.rstrip()}\n")
     return path
 
 

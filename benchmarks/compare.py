@@ -56,16 +56,15 @@ the machine is shared; warm-up first; medians):
 Everything is reported also as ratios to spikenorm. A torch.profiler table of one spikenorm training step
 (top ops by self CPU time) is printed and saved.
 
-    python benchmarks/compare.py                      # cuda if available, else cpu; appends to results
+    python benchmarks/compare.py                      # cuda if available, else cpu; writes results
     python benchmarks/compare.py --retain-freed-memory   # malloc reuses freed pages (spikenorm.allocator)
     python benchmarks/compare.py --repeats 3 --no-save
 
-Results are appended to benchmarks/results/compare.md.
+The result replaces benchmarks/results/compare.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -78,8 +77,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikenorm.allocator import retain_freed_memory
-from spikenorm.models import SpikingVGG
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.models import LayerSpec, SpikingVGG
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF
 from spikenorm.norm.base import TimeMajorNorm
 
@@ -105,8 +104,9 @@ def build_spikenorm(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_cl
     """spikenorm's SpikingVGG; ``backend`` is the neurons' multi-step backend (``auto`` | ``eager`` |
     ``fused``), ``channels_last`` the convolutions' layout (None: spikenorm's choice, see ``TimeDistributed``)."""
     neuron_kwargs = {"decay": DECAY, "threshold": THRESHOLD, "detach_reset": True, "backend": backend}
-    net = SpikingVGG(list(cfg), in_channels=in_channels, num_classes=num_classes, norm=norm, neuron="lif",
-                     surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA}, neuron_kwargs=neuron_kwargs)
+    net = SpikingVGG(list(cfg), in_channels=in_channels, num_classes=num_classes,
+                     layers=LayerSpec(norm=norm, neuron="lif", neuron_kwargs=neuron_kwargs, surrogate="sigmoid",
+                                      surrogate_kwargs={"alpha": ALPHA}))
     for module in net.modules():
         if isinstance(module, TimeDistributed):
             module.channels_last = channels_last
@@ -402,13 +402,12 @@ def neuron_fns(shape: Sequence[int], device: torch.device,
                variants: Sequence[str] = ()) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor."""
     import snntorch as snn
+    from common import forward_and_backward
     from snntorch import surrogate as st_surrogate
     from spikingjelly.activation_based import functional, neuron, surrogate as sj_surrogate
 
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device) + 0.5
-    x_grad = x.clone().requires_grad_(True)
-    grad_out = torch.ones_like(x)
     def spikenorm_lif(variant: str) -> LIF:
         backend = str(VARIANTS[variant].get("backend", "auto"))
         return LIF(decay=DECAY, threshold=THRESHOLD, surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA},
@@ -434,18 +433,7 @@ def neuron_fns(shape: Sequence[int], device: torch.device,
         if variant != "spikenorm" and VARIANTS[variant] == {"backend": backend}:
             runs[variant] = spikenorm_lif(variant)
 
-    def pair(fn: Callable[[Tensor], Tensor]) -> tuple[Callable[[], object], Callable[[], object]]:
-        def fwd() -> None:
-            with torch.no_grad():
-                fn(x)
-
-        def fwd_bwd() -> None:
-            x_grad.grad = None
-            fn(x_grad).backward(grad_out)
-
-        return fwd, fwd_bwd
-
-    fns = {name: pair(fn) for name, fn in runs.items()}
+    fns = {name: forward_and_backward(fn, x) for name, fn in runs.items()}
     with torch.no_grad():  # the three neurons are the same function
         ref = sn(x)
         for name in [n for n in runs if n != "spikenorm"]:
@@ -458,9 +446,9 @@ def neuron_fns(shape: Sequence[int], device: torch.device,
 
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
-    from common import publish, stamp
+    from common import benchmark_parser, publish, stamp
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=32, help="input height = width")
@@ -469,13 +457,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--neuron-repeats", type=int, default=20)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="*", choices=[v for v in VARIANTS if v != "spikenorm"],
                         default=[v for v in VARIANTS if v != "spikenorm"],
                         help="spikenorm configurations besides the default, one row each (the default is the reference)")
     parser.add_argument("--retain-freed-memory", action="store_true",
                         help="let malloc reuse freed memory instead of unmapping it (spikenorm.allocator; all libraries gain)")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     allocator = "glibc malloc defaults"
     if args.retain_freed_memory:
@@ -484,7 +470,7 @@ def main() -> None:
         allocator = "malloc keeps freed memory (`--retain-freed-memory`: M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2 GiB)"
     variants = ["spikenorm", *dict.fromkeys(args.variants)]
     libraries = variants + ["spikingjelly", "snntorch"]
-    device = torch.device(args.device)
+    device = args.device
     cfg = [c if c in ("A", "M") else int(c) for c in args.cfg]
     t, b = args.time_steps, args.batch
 

@@ -8,31 +8,28 @@ alone on one core) is timed three ways, interleaved per repeat to share machine 
 * ``warm``: the next epoch over the same cache (read the HDF5 frames only).
 
 Data: no real dataset can be downloaded here, so the files are written in each dataset's own on-disk
-format by the test suite's writers (``tests/fake_datasets.py``) with uniformly random events, at the
+format by :mod:`spikenorm.datamodules.testing` (the writers the tests use) with uniformly random events, at the
 sizes given on the command line; event-digits is the embedded dataset itself (real emulator output).
 Absolute rates depend on the event count per sample, the ratios much less.
 
-    python benchmarks/dvs_loading.py            # appends to results/dvs_loading.md
+    python benchmarks/dvs_loading.py            # writes results/dvs_loading.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from common import publish, stamp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_datasets import write_cifar10dvs, write_nmnist
 from spikenorm.datamodules import EventDigitsDataModule, TonicDataModule
 from spikenorm.datamodules.base import SplitDataModule
+from spikenorm.datamodules.testing import write_cifar10dvs, write_nmnist
 
 
 def epoch_seconds(dm: SplitDataModule) -> float:

@@ -18,7 +18,7 @@ step times with the check on and off, their ratio, the range of the per-round ra
 the median step. The median over adjacent (on, off) step pairs of their difference is reported too, since
 neighbouring steps share the machine's load best.
 
-    python benchmarks/finite_check.py              # appends to results/finite_check.md
+    python benchmarks/finite_check.py              # writes results/finite_check.md
     python benchmarks/finite_check.py --rounds 7 --no-save
 
 The recorded run (21 rounds) took 6 minutes on 2 cores shared with other jobs; the default 15 rounds take
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 import yaml
-from common import publish, stamp, timed
+from common import benchmark_parser, publish, stamp, timed
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 
 from spikenorm.config import instantiate
@@ -143,20 +143,6 @@ def summary(times: dict[bool, list[list[float]]], check: list[float]) -> dict[st
     }
 
 
-def cpu_flags() -> str:
-    """AVX-512 and AMX presence from /proc/cpuinfo, and the ISA torch's CPU kernels dispatch to."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set()
-    if cpuinfo.exists():
-        line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), "flags:")
-        flags = set(line.split(":", 1)[1].split())
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    amx = sorted(f for f in flags if f.startswith("amx"))
-    return (f"AVX-512: {'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'}; "
-            f"AMX: {'yes (' + ' '.join(amx) + ')' if amx else 'no'}; "
-            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
-
-
 def verdict(s: dict[str, float]) -> str:
     """One sentence: within target, and whether the step-time noise is larger than the measured effect."""
     noisy = s["round_cost_min"] < 0 < s["round_cost_max"] or abs(s["cost_percent"]) < s["iqr_percent"]
@@ -174,13 +160,12 @@ def verdict(s: dict[str, float]) -> str:
 
 def report(s: dict[str, float], times: dict[bool, list[list[float]]], check: list[float], args: argparse.Namespace,
            command: str) -> str:
-    """The markdown section appended to ``results/finite_check.md``."""
+    """The markdown report written to ``results/finite_check.md``."""
     on, off = (sum(times[flag], []) for flag in (True, False))
     return "\n".join([
         stamp(CPU),
         "",
-        f"CPU flags: {cpu_flags()}. torch threads: {torch.get_num_threads()} (`torch.set_num_threads`). "
-        f"Command: `{command}`.",
+        f"torch threads: {torch.get_num_threads()} (`torch.set_num_threads`). Command: `{command}`.",
         "",
         f"Quickstart training steps (recipes/quickstart.yaml: SpikingVGG small, tdBN, LIF, sigmoid alpha 4, T=4, Adam "
         f"lr 0.005, digits, batch 64), timed inside one `Trainer.fit` from `on_train_batch_start` to "
@@ -208,13 +193,12 @@ def report(s: dict[str, float], times: dict[bool, list[list[float]]], check: lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=15, help="timed epochs (>= 7), after one warm-up epoch")
     parser.add_argument("--steps", type=int, default=0, help="steps per round; 0: every full batch (19)")
     parser.add_argument("--repeats", type=int, default=9, help="repeats of the check-alone timing")
     parser.add_argument("--calls", type=int, default=2000, help="check pairs per check-alone repeat")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task, data = quickstart()

@@ -5,22 +5,21 @@ SpikingVGG ``small``, Adam 5e-3 with cosine decay over 20 epochs (the ``quicksta
 the membrane norm differs. Test accuracy of the best-validation checkpoint; the folded model's test
 accuracy and flipped spikes (float64 check) come from FoldNormalization.
 
-    python benchmarks/mpbn_digits.py            # about 5 minutes on 2 CPU cores; appends to results/mpbn_digits.md
+    python benchmarks/mpbn_digits.py            # about 5 minutes on 2 CPU cores: writes results/mpbn_digits.md
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from common import fit_and_test, publish, seed_cells, stamp
+from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import FoldNormalization
 from spikenorm.datamodules import DigitsDataModule
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 
 VARIANTS = {
@@ -32,8 +31,9 @@ VARIANTS = {
 
 def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
     seed_everything(seed)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8, norm="tdbn", surrogate="dspike",
-                     neuron_kwargs={"decay": 0.25, "threshold": 0.5}, **variant)
+    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
+                     layers=LayerSpec(norm="tdbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike",
+                                      **variant))
     task = SpikingClassifier(
         net, time_steps=4,
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
@@ -42,14 +42,13 @@ def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
     result = fit_and_test(task, DigitsDataModule(batch_size=64), epochs,
                           [FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)])
     return {"acc": result["test/acc"], "acc_folded": result["test/acc_folded"],
-            "flipped": result["fold/test_flipped_spikes"], "firing_rate": result["test/firing_rate"]}
+            "flipped": result["test/flipped_spikes_folded"], "firing_rate": result["test/firing_rate"]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
     rows = []

@@ -7,44 +7,32 @@ such pass; forward+backward needs a few. The ratio says how far the neuron is fr
     python benchmarks/neurons.py                       # CPU (or CUDA when available), writes results
     python benchmarks/neurons.py --repeats 20 --no-save
 
-Results (machine, date, medians and ratios) are appended to benchmarks/results/neurons.md.
+Results (machine, date, CPU flags, medians and ratios) replace benchmarks/results/neurons.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from common import publish, stamp, timed
+from common import benchmark_parser, forward_and_backward, publish, stamp, timed
 
 from spikenorm.neurons import LIF
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
     torch.manual_seed(0)
     x = torch.randn(*args.shape, device=device)
-    x_grad = x.clone().requires_grad_(True)
     neuron = LIF(decay=0.5, threshold=1.0, surrogate="sigmoid").to(device)
-    grad_out = torch.ones_like(x)
+    forward, forward_backward = forward_and_backward(neuron, x)
 
     def floor() -> None:
         torch.mul(x, 0.5)
-
-    def forward() -> None:
-        with torch.no_grad():
-            neuron(x)
-
-    def forward_backward() -> None:
-        x_grad.grad = None
-        neuron(x_grad).backward(grad_out)
 
     rows = {name: statistics.median(timed(fn, device, args.repeats, args.warmup))
             for name, fn in (("elementwise floor", floor), ("LIF forward", forward),

@@ -14,22 +14,21 @@ before every measured step, so both modes allocate them inside the step. Peak me
 warm-up step; time per step is the median of ``--repeats`` un-profiled steps after one warm-up.
 
     python benchmarks/online_memory.py --no-save      # print only
-    python benchmarks/online_memory.py                # also append to benchmarks/results/online_memory.md
+    python benchmarks/online_memory.py                # also write benchmarks/results/online_memory.md
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import statistics
 from collections.abc import Callable
 
 import torch
-from common import publish, stamp, timed
+from common import benchmark_parser, publish, stamp, timed
 from memory import peak_memory_bytes
 
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import tet_loss
 from spikenorm.tasks.online import online_backward
 
@@ -38,21 +37,11 @@ MB = 2**20
 
 
 def build_model(cfg: str, device: torch.device) -> SpikingVGG:
-    model = SpikingVGG(
-        cfg,
-        in_channels=3,
-        num_classes=10,
-        norm="osr",
-        neuron="lif",
-        neuron_kwargs={
-            "decay": 0.5,
-            "threshold": 1.0,
-            "reset": "soft",
-            "detach_reset": True,
-            "ots": True,
-        },
-        surrogate="sigmoid",
-    )
+    model = SpikingVGG(cfg, in_channels=3, num_classes=10,
+                       layers=LayerSpec(norm="osr", neuron="lif",
+                                        neuron_kwargs={"decay": 0.5, "threshold": 1.0, "reset": "soft",
+                                                       "detach_reset": True, "ots": True},
+                                        surrogate="sigmoid"))
     return model.to(device).train()
 
 
@@ -78,7 +67,7 @@ def training_step(mode: str, model: SpikingVGG, inputs: torch.Tensor, y: torch.T
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32, help="input height = width")
     parser.add_argument("--cfg", default="small", help="SpikingVGG config name")
@@ -95,10 +84,8 @@ def main() -> None:
         default=3,
         help="timed steps per (mode, T); the median is shown",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
     steps = sorted(set(args.steps))
 
     torch.manual_seed(0)

@@ -13,21 +13,20 @@ Reported: test accuracy of the best-validation checkpoint, the gross firing rate
 rate (mean over the spiking layers) on the test set; the paper's Fig. 2b shape is a first step that fires
 less than the later ones without OTS, and flat steps with it.
 
-    python benchmarks/osr_digits.py            # about 8 minutes on 2 CPU cores; appends to results/osr_digits.md
+    python benchmarks/osr_digits.py            # about 8 minutes on 2 CPU cores: writes results/osr_digits.md
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from common import fit_and_test, publish, seed_cells, stamp
+from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
 from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.tasks import SpikingClassifier
 
@@ -43,8 +42,8 @@ VARIANTS = {
 def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
     seed_everything(seed)
     options = {"neuron_kwargs": NEURON, **variant}
-    net = SpikingVGG("small", in_channels=1, num_classes=10, surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0},
-                     **options)
+    net = SpikingVGG("small", in_channels=1, num_classes=10,
+                     layers=LayerSpec(surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}, **options))
     task = SpikingClassifier(
         net, time_steps=time_steps, loss="tet", tet_mse_weight=0.05, training_mode="online",
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
@@ -61,11 +60,10 @@ def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--time-steps", type=int, default=4)
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
     rows = []

@@ -16,20 +16,19 @@ The acceptance target is ``recalibration / plain <= 1.3`` at the same number of 
 spikenorm's VGG-11 with tdBN, the same with MPBN membrane norms, and an snnTorch-style VGG-11 (torch
 ``BatchNorm2d`` reused at every step, ``snntorch.Leaky`` neurons looped over time) when snnTorch is installed.
 
-    python benchmarks/recalibration.py            # appends to results/recalibration.md
+    python benchmarks/recalibration.py            # writes results/recalibration.md
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from common import publish, stamp, timed
+from common import benchmark_parser, publish, stamp, timed
 from torch import Tensor, nn
 
 from spikenorm.interop import reset_neuron_states
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.recalibrate import recalibrate_bn, statistics_layers
 
 NEURON = {"decay": 0.5, "threshold": 1.0}
@@ -62,9 +61,11 @@ def networks(device: torch.device) -> dict[str, nn.Module]:
 
     torch.manual_seed(0)
     nets: dict[str, nn.Module] = {
-        "spikenorm VGG-11, tdBN": SpikingVGG("vgg11", in_channels=3, input_size=32, norm="tdbn", neuron_kwargs=NEURON),
-        "spikenorm VGG-11, tdBN + MPBN": SpikingVGG("vgg11", in_channels=3, input_size=32, norm="tdbn",
-                                                   membrane_norm="mpbn", neuron_kwargs=NEURON),
+        "spikenorm VGG-11, tdBN": SpikingVGG("vgg11", in_channels=3, input_size=32,
+                                             layers=LayerSpec(norm="tdbn", neuron_kwargs=NEURON)),
+        "spikenorm VGG-11, tdBN + MPBN": SpikingVGG("vgg11", in_channels=3, input_size=32,
+                                                    layers=LayerSpec(norm="tdbn", membrane_norm="mpbn",
+                                                                     neuron_kwargs=NEURON)),
     }
     try:
         nets["snnTorch-style VGG-11, BN reused per step"] = SnnTorchVGG(VGG_CONFIGS["vgg11"])
@@ -95,15 +96,13 @@ def count_passes(net: nn.Module, batches: list[Tensor]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--batches", type=int, default=2, help="M, batches per re-calibration")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.time_steps, args.batch, 3, 32, 32, generator=g).to(device) + 0.1 * j
                for j in range(args.batches)]

@@ -11,12 +11,11 @@ history, wall time, machine). A re-run with the same settings skips the runs alr
 benchmark can be stopped and resumed; the report is built from the stored runs. ``--jobs 2`` runs two
 seeds at a time in separate processes (one torch thread each), which is what 2 cores allow.
 
-    python benchmarks/rl_returns.py --steps 20000 --jobs 2   # hours on 2 CPU cores; appends to results/rl_returns.md
+    python benchmarks/rl_returns.py --steps 20000 --jobs 2   # hours on 2 CPU cores: writes results/rl_returns.md
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import multiprocessing
@@ -26,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
-from common import RESULTS_DIR, machine, publish, stamp
+from common import RESULTS_DIR, benchmark_parser, machine, publish, stamp
 
 VARIANTS = {"no BN": "none", "BN (EMA 0.1)": "bn", "CaRe-BN": "carebn"}
 RUNS_FILE = RESULTS_DIR / "rl_returns_runs.jsonl"
@@ -47,6 +46,7 @@ def run(spec: RunSpec, threads: int) -> dict[str, object]:
     from lightning.pytorch import Trainer, seed_everything
 
     from spikenorm.callbacks import ReplayRecalibration
+    from spikenorm.models import LayerSpec
     from spikenorm.tasks import SpikingTD3
 
     if threads:
@@ -54,8 +54,8 @@ def run(spec: RunSpec, threads: int) -> dict[str, object]:
     seed_everything(spec.seed)
     started = time.perf_counter()
     task = SpikingTD3(spec.env, total_env_steps=spec.warmup + spec.steps, warmup_steps=spec.warmup,
-                      actor_norm=spec.norm, neuron="clif", eval_every=spec.eval_every, eval_episodes=10,
-                      seed=spec.seed)
+                      eval_every=spec.eval_every, eval_episodes=10, seed=spec.seed,
+                      actor_layers=LayerSpec(norm=spec.norm, neuron="clif", surrogate="rectangle"))
     callbacks = ([ReplayRecalibration(every_n_env_steps=5000, num_batches=100, batch_size=256)]
                  if spec.norm == "carebn" else [])
     Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -100,7 +100,7 @@ def plot(curves: dict[tuple[str, str], list[list[list[float]]]], path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20_000)
@@ -108,7 +108,6 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     specs = [RunSpec(env, norm, seed, args.steps, args.warmup, args.eval_every)
              for env, norm, seed in itertools.product(args.envs, VARIANTS.values(), range(args.seeds))]

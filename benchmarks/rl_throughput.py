@@ -44,13 +44,12 @@ A breakdown run (not timed in the table) wraps the collector iterator, replay-bu
 update, ``self.log`` and ``training_step`` of SpikingTD3 with timers, and the same parts of the plain
 loop, to show where the time per env step goes; ``--profile`` adds a cProfile top list of a spikenorm run.
 
-    python benchmarks/rl_throughput.py                          # appends to results/rl_throughput.md
+    python benchmarks/rl_throughput.py                          # writes results/rl_throughput.md
     python benchmarks/rl_throughput.py --steps 300 --warmup 300 --repeats 1 --no-save
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import cProfile
@@ -71,10 +70,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import publish, stamp
+from common import benchmark_parser, publish, stamp
 from lightning.pytorch import Callback, Trainer, seed_everything
 from spikenorm.callbacks import ReplayRecalibration
 
+from spikenorm.models import LayerSpec
 from spikenorm.models.rl import PopSANActor, TwinQCritic
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.recalibrate import recalibrate_bn
@@ -186,7 +186,7 @@ def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams,
     low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
     high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
     actor = PopSANActor(obs_dim, act_dim, max_action=high.tolist(), hidden=hp.hidden, time_steps=hp.time_steps,
-                        norm="carebn", neuron="clif")
+                        layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"))
     critic = TwinQCritic(obs_dim, act_dim, hidden=hp.hidden)
     actor_target = copy.deepcopy(actor).eval().requires_grad_(False)
     critic_target = copy.deepcopy(critic).eval().requires_grad_(False)
@@ -321,12 +321,11 @@ def run_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HParams
     seed_everything(seed, verbose=False)
     total = warmup + steps
     task = SpikingTD3(env_name=env_name, total_env_steps=total, warmup_steps=warmup, algorithm="td3",
-                      actor_norm="carebn", neuron="clif", time_steps=hp.time_steps, hidden=hp.hidden,
-                      batch_size=hp.batch_size, buffer_size=hp.buffer_size, frames_per_batch=frames_per_batch,
-                      gamma=hp.gamma, tau=hp.tau, policy_delay=hp.policy_delay,
-                      exploration_noise=hp.exploration_noise, policy_noise=hp.policy_noise,
-                      noise_clip=hp.noise_clip, actor_lr=hp.lr, critic_lr=hp.lr,
-                      eval_every=total + 1, seed=seed)
+                      time_steps=hp.time_steps, hidden=hp.hidden, batch_size=hp.batch_size, buffer_size=hp.buffer_size,
+                      frames_per_batch=frames_per_batch, gamma=hp.gamma, tau=hp.tau, policy_delay=hp.policy_delay,
+                      exploration_noise=hp.exploration_noise, policy_noise=hp.policy_noise, noise_clip=hp.noise_clip,
+                      actor_lr=hp.lr, critic_lr=hp.lr, eval_every=total + 1, seed=seed,
+                      actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"))
     if timers is not NULL_TIMERS:
         instrument(task, timers)
     rebn = TimedReplayRecalibration(every_n_env_steps=PAPER_REBN_EVERY, num_batches=REBN_BATCHES,
@@ -388,7 +387,7 @@ def profile_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HPa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--env", default="InvertedPendulum-v5")
     parser.add_argument("--warmup", type=int, default=500, help="random-action env steps before the timed part")
     parser.add_argument("--steps", type=int, default=2000, help="timed env steps (one update each) after warm-up")
@@ -400,7 +399,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print a cProfile top list of a spikenorm run")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads for both loops (0: torch's default); see the module doc")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF, SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.norm.mpbn import MPBN
@@ -446,19 +446,12 @@ def example_model(
 ) -> tuple[nn.Module, Tensor]:
     """Our small SpikingVGG with running statistics moved by training-mode forwards on random data,
     half of the last neuron layer's MPBN gammas negated (``negate_last``), in eval mode; and a test batch."""
-    from spikenorm.models import SpikingVGG
+    from spikenorm.models import LayerSpec, SpikingVGG
 
     torch.manual_seed(seed)
-    model = SpikingVGG(
-        "small",
-        in_channels=1,
-        num_classes=10,
-        input_size=8,
-        norm="tdbn",
-        membrane_norm="mpbn",
-        neuron_kwargs={"decay": 0.25, "threshold": 0.5},
-        surrogate="dspike",
-    )
+    model = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
+                       layers=LayerSpec(norm="tdbn", membrane_norm="mpbn",
+                                        neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike"))
     model.train()
     with torch.no_grad():
         for _ in range(10):

@@ -1,14 +1,15 @@
-"""Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring) and keep a
-run's files (last checkpoint, predictions)."""
+"""Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring, export) and
+keep a run's files (last checkpoint, predictions). What they need from a task and a trainer is written once, in
+:mod:`spikenorm.callbacks.plumbing`."""
 
 from spikenorm.callbacks.binary_export import PackedBinaryExport
 from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.energy_monitor import EnergyMonitor
-from spikenorm.callbacks.fold import FoldNormalization
+from spikenorm.callbacks.fold_normalization import FoldNormalization
 from spikenorm.callbacks.last_checkpoint import LastCheckpoint
 from spikenorm.callbacks.nir_export import NIRExport
 from spikenorm.callbacks.prediction_writer import PredictionWriter
-from spikenorm.callbacks.recalibration import ReplayRecalibration
+from spikenorm.callbacks.replay_recalibration import ReplayRecalibration
 from spikenorm.callbacks.spike_monitor import SpikeMonitor
 
 __all__ = [

@@ -11,7 +11,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from spikenorm.binary import ModelSize, binary_layers, load_packed, model_size, save_packed
+from spikenorm.binary import binary_layers
+from spikenorm.binary_packing import ModelSize, load_packed, model_size, save_packed
+from spikenorm.callbacks.plumbing import batch_inputs, model_inputs, output_folder, task_network
+from spikenorm.modes import eval_mode
 
 
 #: samples of the first training batch kept to check the reloaded model on
@@ -19,34 +22,40 @@ CHECK_SAMPLES = 8
 
 
 class PackedBinaryExport(Callback):
-    """At fit end, save ``pl_module.model`` packed (:func:`spikenorm.binary.save_packed`: 1 bit per binary
-    weight plus the per-channel ``alpha``) as ``<filename>.pt`` next to the checkpoints, reload it into a copy
-    of the network (:func:`spikenorm.binary.load_packed`) and check that the copy gives the same outputs on
-    the inputs of the first training batch (kept when training starts, so no datamodule is needed). Reports
+    """At fit end, save ``pl_module.model`` packed (:func:`spikenorm.binary_packing.save_packed`: 1 bit per
+    binary weight plus the per-channel ``alpha``) as ``<filename>.pt`` next to the checkpoints, reload it into a
+    copy of the network (:func:`spikenorm.binary_packing.load_packed`) and check that the copy gives the same
+    outputs on the inputs of the first training batch (kept when training starts, so no datamodule is needed). Reports
     (and keeps in ``size`` / ``max_abs_diff``) the storage against float32 and the largest output difference
     (0 when the round trip is exact).
 
-    The LightningModule must hold its network as ``model`` (with binary layers, e.g. ``binary_weights: true``)
-    and may encode batches with ``encode(x)``, as :class:`~spikenorm.tasks.SpikingClassifier` does.
+    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as ``model``,
+    with binary layers, e.g. ``binary_weights: true``) and may encode batches with ``encode(x)``, as
+    :class:`~spikenorm.tasks.SpikingClassifier` does.
+
+    Args:
+        filename: file name without the ``.pt`` suffix.
+        dirpath: output folder; by default the checkpoint folder, else the trainer's ``default_root_dir``.
     """
 
-    def __init__(self, filename: str = "binary_packed") -> None:
+    def __init__(self, filename: str = "binary_packed", dirpath: str | None = None) -> None:
         super().__init__()
         self.filename = filename
+        self.dirpath = dirpath
         self.path: Path | None = None
         self.size: ModelSize | None = None
         self.max_abs_diff: float | None = None
         self._inputs: Tensor | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        network = getattr(pl_module, "model", None)
-        if network is None or not binary_layers(network):
+        network = task_network(pl_module, "PackedBinaryExport")
+        if not binary_layers(network):
             raise ValueError("PackedBinaryExport needs a LightningModule whose `model` has binary-weight layers "
                              "(build it with binary_weights=True or spikenorm.binary.binarize_model)")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._inputs is None:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            inputs = batch_inputs(batch)
             if not isinstance(inputs, Tensor):
                 raise TypeError(f"PackedBinaryExport checks the reloaded model on the first training batch's inputs: "
                                 f"expected a tensor or (inputs, targets), got {type(inputs).__name__}")
@@ -56,21 +65,15 @@ class PackedBinaryExport(Callback):
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         network = pl_module.model
-        directory = Path(getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = save_packed(network, directory / f"{self.filename}.pt")
+        self.path = save_packed(network, output_folder(trainer, self.dirpath) / f"{self.filename}.pt")
         self.size = model_size(network)
         restored = load_packed(copy.deepcopy(network), self.path)
         if self._inputs is None:
             raise ValueError("PackedBinaryExport saw no training batch to check the reloaded model on")
-        x = self._inputs.to(pl_module.device)
-        inputs = pl_module.encode(x) if hasattr(pl_module, "encode") else x
-        was_training = network.training
-        network.eval()
+        inputs = model_inputs(pl_module, self._inputs.to(pl_module.device))
         restored.eval()
-        with torch.no_grad():
+        with eval_mode(network), torch.no_grad():
             self.max_abs_diff = float((network(inputs) - restored(inputs)).abs().max())
-        network.train(was_training)
         rank_zero_info(f"PackedBinaryExport: {self.summary_line()}")
 
     def summary_line(self) -> str | None:

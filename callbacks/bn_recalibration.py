@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
-from spikenorm.callbacks._monitoring import check_every_n_epochs
+from spikenorm.callbacks.plumbing import (
+    batch_inputs,
+    check_every_n_epochs,
+    epoch_due,
+    held_network,
+    task_module,
+    validation_due,
+)
+from spikenorm.modes import eval_mode
 from spikenorm.recalibrate import RecalibrationReport, check_resettable, recalibrate_bn, statistics_layers
 
 BatchForward = Callable[[LightningModule, Any], Any]
@@ -18,7 +28,7 @@ BatchForward = Callable[[LightningModule, Any], Any]
 
 def forward_inputs(pl_module: LightningModule, batch: Any) -> Any:
     """The default forward: ``pl_module(x)`` for ``(x, y, ...)`` batches, ``pl_module(batch)`` otherwise."""
-    return pl_module(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return pl_module(batch_inputs(batch))
 
 
 class BNRecalibration(Callback):
@@ -51,9 +61,9 @@ class BNRecalibration(Callback):
     forwards per batch; ``mode="exact"`` about 7 for 8 BN layers, and about 54 with MPBN membrane norms,
     whose statistics need fixed-point passes. Choose ``num_batches`` and ``every_n_epochs`` with that in mind.
 
-    Logged per recalibration: ``recalibration/seconds`` and, per layer, ``recalibration/<layer>/mean_shift``
-    (mean |change| of the running mean), ``.../var_shift`` and ``.../stat_error`` (mean W2 distance between
-    the old and new per-feature Gaussians).
+    Logged per recalibration, at the trainer's global step: ``recalibration/seconds`` and, per layer,
+    ``recalibration/mean_shift/<layer>`` (mean |change| of the running mean), ``recalibration/var_shift/<layer>``
+    and ``recalibration/stat_error/<layer>`` (mean W2 distance between the old and new per-feature Gaussians).
 
     Args:
         num_batches: training batches pooled per recalibration (>= 1).
@@ -137,15 +147,13 @@ class BNRecalibration(Callback):
             )
 
     # -- scheduling -------------------------------------------------------------------------------------
-    def _due(self, trainer: Trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.before_validation and trainer.state.fn == "fit" and not trainer.sanity_checking and self._due(trainer):
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if self.before_validation and fitting and validation_due(trainer, self.every_n_epochs):
             self.recalibrate(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.before_validation and self._due(trainer):
+        if not self.before_validation and epoch_due(trainer, self.every_n_epochs):
             self.recalibrate(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -154,14 +162,11 @@ class BNRecalibration(Callback):
 
     # -- work -------------------------------------------------------------------------------------------
     def network(self, pl_module: LightningModule) -> nn.Module:
-        """The module whose BN layers are recalibrated."""
-        name = self.module or ("model" if isinstance(getattr(pl_module, "model", None), nn.Module) else None)
-        if name is None:
-            return pl_module
-        network = getattr(pl_module, name, None)
-        if not isinstance(network, nn.Module):
-            raise ValueError(f"BNRecalibration(module={name!r}): {type(pl_module).__name__} has no module `{name}`")
-        return network
+        """The module whose BN layers are recalibrated: ``module``, else ``model``, else the LightningModule."""
+        if self.module is not None:
+            return task_module(pl_module, self.module, f"BNRecalibration(module={self.module!r})")
+        network = held_network(pl_module)
+        return pl_module if network is None else network
 
     def recalibration_loader(self, trainer: Trainer) -> DataLoader:
         """The loader the batches are drawn from (see the class doc)."""
@@ -187,16 +192,11 @@ class BNRecalibration(Callback):
         loader = self.recalibration_loader(trainer)
         self._check_length(loader)
         batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
-        flags = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             report = recalibrate_bn(
                 self.network(pl_module), batches, forward=lambda _, batch: self.forward(pl_module, batch),
                 mode=self.mode, num_batches=self.num_batches, reset_fn=self.reset_fn,
             )
-        finally:
-            for m, flag in flags.items():
-                m.training = flag
         self.last_report = report
         self.recalibrations += 1
         self._log(trainer, report)
@@ -209,9 +209,9 @@ class BNRecalibration(Callback):
         metrics = {"recalibration/seconds": report.seconds}
         if self.log_layers:
             for name, layer in report.layers.items():
-                metrics.update({f"recalibration/{name}/mean_shift": layer.mean_shift,
-                                f"recalibration/{name}/var_shift": layer.var_shift,
-                                f"recalibration/{name}/stat_error": layer.stat_error})
+                metrics.update({f"recalibration/mean_shift/{name}": layer.mean_shift,
+                                f"recalibration/var_shift/{name}": layer.var_shift,
+                                f"recalibration/stat_error/{name}": layer.stat_error})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

@@ -8,18 +8,22 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
-from spikenorm.callbacks._monitoring import (
+from torch import nn
+
+from spikenorm.callbacks.plumbing import (
+    batch_inputs,
     batch_samples,
     check_every_n_epochs,
+    held_network,
+    model_inputs,
     monitored_network,
     validation_due,
 )
-from torch import nn
-
 from spikenorm.energy import EnergyCosts, EnergyReport, OpCounter
 from spikenorm.fold import fold_model
 from spikenorm.interop import check_neuron_types, neuron_library
-from spikenorm.monitoring import excluded, recognised_neurons
+from spikenorm.module_names import excluded
+from spikenorm.monitoring import recognised_neurons
 from spikenorm.neurons import SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
 
@@ -29,20 +33,21 @@ class EnergyMonitor(Callback):
 
     ``E = E_MAC * MACs + E_AC * SOPs`` per sample (see :mod:`spikenorm.energy` for what counts as which, and
     what is not counted). The live model is ``pl_module.model`` (or the LightningModule itself without its
-    ``teacher``). The folded model is ``pl_module.model`` folded once per monitored epoch
-    (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the same validation batches
-    (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches ``(x, ...)``). Whether it
-    can be folded is checked at setup: ``folded=None`` (default) counts it when it folds and otherwise
-    warns once, at setup, with the reason (no ``model``, no spikenorm layer to fold, or what
+    ``teacher``). The folded model is ``pl_module.model`` (a :class:`~spikenorm.callbacks.plumbing.NetworkTask`)
+    folded once per monitored epoch (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the
+    same validation batches (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches
+    ``(x, ...)``). Whether it can be folded is checked at setup: ``folded=None`` (default) counts it when it
+    folds and otherwise warns once, at setup, with the reason (no ``model``, no spikenorm layer to fold, or what
     :func:`~spikenorm.fold.fold_model` raised); ``folded=True`` requires it and raises that reason at setup;
     ``folded=False`` never folds. Counts are summed over processes (DDP).
 
-    Logged per sample (``energy/folded/...`` for the folded model):
+    Logged per sample (the folded model's with the suffix ``_folded``: ``energy/uj_folded``, ...):
 
     * ``energy/sops``, ``energy/macs``, ``energy/uj`` (µJ);
     * ``energy/ann_uj``: the same synaptic layers as an ANN (one dense step), when ``T`` is known
-      (``time_steps``, else an integer ``pl_module.time_steps``);
-    * ``energy/layer_uj/<layer>``, ``energy/layer_sops/<layer>``, ``energy/layer_macs/<layer>`` with ``per_layer``.
+      (``time_steps``, else an integer ``pl_module.time_steps``, as a
+      :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike` offers);
+    * ``energy/uj/<layer>``, ``energy/sops/<layer>``, ``energy/macs/<layer>`` with ``per_layer``.
 
     Args:
         e_ac_pj: energy of one accumulate (SOP) in pJ (45 nm: 0.9).
@@ -110,7 +115,7 @@ class EnergyMonitor(Callback):
 
     def _warn_unfoldable(self, reason: str) -> None:
         if not self._fold_warned:
-            rank_zero_warn(f"EnergyMonitor: no energy/folded numbers: {reason}")
+            rank_zero_warn(f"EnergyMonitor: no *_folded energy numbers: {reason}")
             self._fold_warned = True
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -136,10 +141,8 @@ class EnergyMonitor(Callback):
         self._live.add_samples(samples)
         if self._folded is not None:
             folded, counter = self._folded
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            encode = getattr(pl_module, "encode", None)
             with torch.no_grad(), counter:
-                folded(encode(x) if callable(encode) else x)
+                folded(model_inputs(pl_module, batch_inputs(batch)))
             counter.add_samples(samples)
 
     # -- reporting ----------------------------------------------------------------------------------------
@@ -150,26 +153,29 @@ class EnergyMonitor(Callback):
         steps = self.time_steps
         if steps is None and isinstance(getattr(pl_module, "time_steps", None), int):
             steps = pl_module.time_steps
-        for prefix, counter in (("energy", live), ("energy/folded", folded)):
+        for suffix, counter in (("", live), ("_folded", folded)):
             if counter is None:
                 continue
             counter.all_reduce()
             if counter.samples == 0:
-                rank_zero_warn(f"EnergyMonitor: no validation samples were counted for {prefix}")
+                rank_zero_warn(f"EnergyMonitor: no validation samples were counted for the "
+                               f"{'folded' if suffix else 'live'} model")
                 continue
-            for key, value in self._metrics(counter.report(self.costs, steps)).items():
+            for key, value in self._metrics(counter.report(self.costs, steps), suffix).items():
                 # identical on every rank after all_reduce, so their mean over ranks (sync_dist) is the value itself
-                pl_module.log(f"{prefix}/{key}", value, sync_dist=True)
+                pl_module.log(key, value, sync_dist=True)
 
-    def _metrics(self, report: EnergyReport) -> dict[str, float]:
-        metrics = {"sops": report.sops, "macs": report.macs, "uj": report.energy_uj}
+    def _metrics(self, report: EnergyReport, suffix: str) -> dict[str, float]:
+        """``energy/<metric><suffix>`` per sample, and with ``per_layer`` ``energy/<metric><suffix>/<layer>``."""
+        totals = {"sops": report.sops, "macs": report.macs, "uj": report.energy_uj}
         if report.ann_energy_pj is not None:
-            metrics["ann_uj"] = report.ann_energy_pj * 1e-6
+            totals["ann_uj"] = report.ann_energy_pj * 1e-6
+        metrics = {f"energy/{name}{suffix}": value for name, value in totals.items()}
         if self.per_layer:
             for layer, energy_pj in report.layer_energy_pj().items():
-                metrics[f"layer_uj/{layer}"] = energy_pj * 1e-6
-                metrics[f"layer_sops/{layer}"] = report.layers[layer].sops
-                metrics[f"layer_macs/{layer}"] = report.layers[layer].macs
+                metrics[f"energy/uj{suffix}/{layer}"] = energy_pj * 1e-6
+                metrics[f"energy/sops{suffix}/{layer}"] = report.layers[layer].sops
+                metrics[f"energy/macs{suffix}/{layer}"] = report.layers[layer].macs
         return metrics
 
     def _release(self) -> tuple[OpCounter | None, OpCounter | None]:
@@ -202,8 +208,8 @@ def _fold_monitored_model(pl_module: LightningModule) -> tuple[nn.Module | None,
             f"{type(network).__name__} holds no spikenorm network to fold (no spikenorm neuron or norm layer{found}); "
             "spikenorm.fold.fold_model folds spikenorm layers only"
         )
-    model = getattr(pl_module, "model", None)
-    if not isinstance(model, nn.Module):
+    model = held_network(pl_module)
+    if model is None:
         return None, (
             f"{type(pl_module).__name__} has no `model` attribute; EnergyMonitor folds and runs pl_module.model"
         )

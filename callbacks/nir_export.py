@@ -5,23 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import nir
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 
-from spikenorm.export import to_nir
+from spikenorm.callbacks.plumbing import batch_inputs, model_inputs, output_folder, task_network
+from spikenorm.export import to_nir, write_nir
 from spikenorm.fold import fold_model
 
 
 class NIRExport(Callback):
     """At fit end, fold ``pl_module.model`` (:func:`spikenorm.fold.fold_model`, which works on a copy in eval
-    mode) and write it with :func:`spikenorm.export.to_nir` and ``nir.write`` to ``<dirpath>/<filename>.nir``.
+    mode) and write it with :func:`spikenorm.export.write_nir` to ``<dirpath>/<filename>.nir``.
     The export is tried once before the first training step (the fold at setup, the NIR conversion on the
     first batch), so a network NIR cannot express fails then, with the reason, and not after training.
 
-    ``dirpath`` defaults to the checkpoint folder, else the trainer's ``default_root_dir``. The node shapes come
-    from the first training batch, encoded with ``pl_module.encode(x)`` when the module has it (as
+    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as
+    ``model``). ``dirpath`` defaults to the checkpoint folder, else the trainer's ``default_root_dir``. The node
+    shapes come from the first training batch, encoded with ``pl_module.encode(x)`` when the module has it (as
     :class:`~spikenorm.tasks.SpikingClassifier` does); batches are ``(x, y)`` or ``x``. Only rank zero writes,
     and nothing is written under ``fast_dev_run``. Read the file back with ``nir.read`` and run it with
     :func:`spikenorm.export.from_nir` (or another NIR tool; see :mod:`spikenorm.export` for what they support).
@@ -44,42 +45,34 @@ class NIRExport(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":  # a network that cannot be folded fails here, before any step
-            self._convert(pl_module, None)
+            self._export(pl_module, None)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._example is None:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self._example = x[:1].detach().clone()
-            self._convert(pl_module, self._example)  # what NIR cannot express fails here, before the first step
+            self._example = batch_inputs(batch)[:1].detach().clone()
+            self._export(pl_module, None)  # what NIR cannot express fails here, before the first step
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         if self._example is None:
             raise ValueError("NIRExport saw no training batch to take the input shape from")
-        graph = self._convert(pl_module, self._example)
-        checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
-        directory = Path(self.dirpath or checkpoint_dir or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.filename}.nir"
-        nir.write(path, graph)
-        self.saved_paths = [path]
+        self.saved_paths = [self._export(pl_module, output_folder(trainer, self.dirpath) / f"{self.filename}.nir")]
         rank_zero_info(f"NIRExport: {self.summary_line()}")
 
-    def _convert(self, pl_module: LightningModule, example: Tensor | None) -> nir.NIRGraph | None:
-        """The NIR graph of the folded network on ``example`` (``[1, ...]``, encoded with ``pl_module.encode``
-        when it has one); with no example only the fold is checked. Raises a ValueError saying why not."""
-        network = getattr(pl_module, "model", None)
-        if not isinstance(network, nn.Module):
-            raise ValueError(f"NIRExport needs the LightningModule to hold its network as `model`; "
-                             f"{type(pl_module).__name__} has none")
+    def _export(self, pl_module: LightningModule, path: Path | None) -> Path | None:
+        """Fold the network and, once an example is kept, convert it to NIR on the example (``[1, ...]``, encoded
+        as the task encodes) and write it to ``path`` when given. Raises a ValueError saying why it cannot."""
+        network = task_network(pl_module, "NIRExport")
         try:
             folded = fold_model(network).cpu()
-            if example is None:
+            if self._example is None:
                 return None
-            encode = getattr(pl_module, "encode", None)
-            sample = encode(example.to(pl_module.device)) if callable(encode) else example
-            return to_nir(folded, sample.detach().cpu(), self.dt)
+            sample = model_inputs(pl_module, self._example.to(pl_module.device)).detach().cpu()
+            if path is None:
+                to_nir(folded, sample, self.dt)
+                return None
+            return write_nir(folded, sample, path, self.dt)
         except (TypeError, ValueError) as err:
             raise ValueError(f"NIRExport could not export {type(network).__name__} to NIR: {err}") from err
 

@@ -10,11 +10,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
+from spikenorm.callbacks.plumbing import output_folder
 from spikenorm.run_dirs import free_path
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Save every prediction of a ``predict`` run to ``<output_dir>/predictions[-rank<r>].pt`` (with several
+    """Save every prediction of a ``predict`` run to ``<dirpath>/predictions[-rank<r>].pt`` (with several
     predict dataloaders, one ``predictions-dataloader<i>[-rank<r>].pt`` each).
 
     The task's ``predict_step`` returns a dict of tensors per batch (for
@@ -25,13 +26,13 @@ class PredictionWriter(BasePredictionWriter):
     ``predictions-1.pt``, ``predictions-2.pt``, ... is used.
 
     Args:
-        output_dir: the folder; by default the run's log folder (``trainer.log_dir``: the first logger's
+        dirpath: the folder; by default the run's log folder (``trainer.log_dir``: the first logger's
             version folder, or ``default_root_dir`` without a logger).
     """
 
-    def __init__(self, output_dir: str | Path | None = None) -> None:
+    def __init__(self, dirpath: str | Path | None = None) -> None:
         super().__init__(write_interval="epoch")
-        self.output_dir = output_dir
+        self.dirpath = dirpath
         self.written: list[Path] = []
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
@@ -42,8 +43,7 @@ class PredictionWriter(BasePredictionWriter):
         if not any(per_loader):
             rank_zero_warn("PredictionWriter received no predictions: nothing was written")
             return
-        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = output_folder(trainer, self.dirpath, beside="logs")
         rank = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         for loader, (batches, indices) in enumerate(zip(per_loader, per_loader_indices)):
             name = f"predictions{f'-dataloader{loader}' if several else ''}{rank}.pt"

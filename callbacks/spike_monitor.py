@@ -8,13 +8,9 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from spikenorm.callbacks._monitoring import (
-    check_every_n_epochs,
-    monitored_network,
-    validation_due,
-)
 from torch import Tensor, nn
 
+from spikenorm.callbacks.plumbing import check_every_n_epochs, monitored_network, validation_due
 from spikenorm.interop import check_neuron_types
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.plots import firing_rate_heatmap

@@ -1,8 +1,8 @@
 """A DVS (dynamic vision sensor) emulator: intensity frames -> a tonic-style event stream.
 
-Events are numpy structured arrays of :data:`EVENT_DTYPE` (``x``, ``y``, ``t`` in microseconds, ``p`` with
-1 = ON, 0 = OFF), so tonic transforms such as ``tonic.transforms.ToFrame(sensor_size=(W, H, 2), ...)``
-accept them directly.
+Events are numpy structured arrays of :data:`~spikenorm.datamodules.events.EVENT_DTYPE` (``x``, ``y``,
+``t`` in microseconds, ``p`` with 1 = ON, 0 = OFF), so tonic transforms such as
+``tonic.transforms.ToFrame(sensor_size=(W, H, 2), ...)`` accept them directly.
 
 Pixel model (:func:`emulate_events`). Every pixel sees the log intensity
 
@@ -54,18 +54,14 @@ few seconds on one CPU core.
 from __future__ import annotations
 
 import numpy as np
+from spikenorm.datamodules.events import EVENT_DTYPE
 
 __all__ = [
-    "EVENT_DTYPE",
     "emulate_events",
     "image_to_events",
     "saccade_offsets",
     "shift_image",
 ]
-
-#: tonic-style event record: pixel column ``x``, row ``y``, time ``t`` in microseconds, polarity ``p``
-#: (1 = ON, the log intensity rose; 0 = OFF, it fell).
-EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
 
 #: Per-saccade displacements (dx, dy) of N-MNIST's triangle in units of its height (7 px there).
 _SACCADE_LEGS = np.array([[0.5, 1.0], [0.5, -1.0], [-1.0, 0.0]])
@@ -294,7 +290,10 @@ def image_to_events(
         canvas: side of the square sensor in pixels.
         frames: number of frames rendered along the path (>= 2; ``3 k + 1`` hits the corners).
         duration_us: total duration of the three saccades in microseconds.
-        threshold, log_eps, noise_rate_hz, rng: as in :func:`emulate_events`.
+        threshold: as in :func:`emulate_events`.
+        log_eps: as in :func:`emulate_events`.
+        noise_rate_hz: as in :func:`emulate_events`.
+        rng: as in :func:`emulate_events`.
         background: dim intensity added everywhere (> 0) so that black pixels have a finite log.
         amplitude: triangle height in pixels (see :func:`saccade_offsets`).
     """

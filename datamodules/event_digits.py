@@ -12,7 +12,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.datasets import load_digits
 from spikenorm.datamodules.base import stratified_holdout
-from spikenorm.datamodules.dvs_emulator import EVENT_DTYPE, image_to_events
+from spikenorm.datamodules.dvs_emulator import image_to_events
 from spikenorm.datamodules.errors import (
     CorruptDataError,
     cache_entry_fix,
@@ -26,6 +26,7 @@ from spikenorm.datamodules.event_frames import (
     FrameEngine,
     SplitBy,
 )
+from spikenorm.datamodules.events import EVENT_DTYPE
 from spikenorm.datamodules.frame_augment import FrameAugmentation
 from tqdm.auto import tqdm
 

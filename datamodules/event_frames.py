@@ -188,9 +188,9 @@ class EventFrameDataModule(SplitDataModule):
 
     A subclass implements :meth:`_event_sources` (the event datasets, tonic style: ``data``, ``targets``,
     ``transform`` applied in ``__getitem__``) and :attr:`native_sensor_size`; it may override
-    :meth:`_test_holdout` and :attr:`dataset_name`. Its hyperparameters must include ``time_bins``,
-    ``sensor_size``, ``split_by``, ``frame_engine``, ``augment``, ``augmentation``, ``cache``, ``val_fraction``,
-    ``batch_size``, ``num_workers`` and ``split_seed``.
+    :meth:`_test_holdout`, :attr:`default_augmentation` and :attr:`dataset_name`. Its hyperparameters must
+    include ``time_bins``, ``sensor_size``, ``split_by``, ``frame_engine``, ``augment``, ``augmentation``,
+    ``cache``, ``val_fraction``, ``batch_size``, ``num_workers`` and ``split_seed``.
 
     Splits: with sources ``{"train", "test"}`` the official test set is the test split; with one source
     ``{"all"}`` the test split is a stratified holdout given by :meth:`_test_holdout`. Validation is a
@@ -231,11 +231,16 @@ class EventFrameDataModule(SplitDataModule):
         return self.hparams.sensor_size or self.native_sensor_size[0]
 
     @property
+    def default_augmentation(self) -> FrameAugmentation | None:
+        """The dataset's own train-time policy, used when ``augmentation`` is None; none by default."""
+        return None
+
+    @property
     def train_augmentation(self) -> FrameAugmentation | None:
-        """The augmentation of the train split: ``augmentation``, else the dataset's paper default."""
+        """The augmentation of the train split: ``augmentation``, else :attr:`default_augmentation`."""
         if not self.hparams.augment:
             return None
-        return as_augmentation(self.hparams.augmentation) or FrameAugmentation.paper_default(self.dataset_name)
+        return as_augmentation(self.hparams.augmentation) or self.default_augmentation
 
     @property
     def train_time_steps(self) -> int:

@@ -1,6 +1,9 @@
 """Train-time augmentation of event frames ``[T, C, H, W]``: one random draw per sample, shared by all T frames.
 
-The policies of the OSR/MPBN papers (methods.md 2.6):
+The policies of the OSR paper (Zhu, Ding, Huang, Xie, Yu, "Online Stabilization of Spiking Neural Networks",
+ICLR 2024) and the MPBN paper (Guo et al., "Membrane Potential Batch Normalization for Spiking Neural
+Networks", ICCV 2023), which :class:`~spikenorm.datamodules.TonicDataModule` applies by default (its
+``DVS_DATASETS`` table):
 
 * DVS128 Gesture: random resized crop (scale 0.7 to 1) and random rotation (up to 20 degrees), plus
   random temporal deletion (train on 14 of 20 frames). No flip: left- and right-hand gestures are
@@ -17,13 +20,9 @@ crops the 128x128 frames before resizing to 48: the same geometric family, at a 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
-
-DatasetName = Literal["dvsgesture", "cifar10dvs", "nmnist", "event_digits"]
 
 
 class FrameAugmentation:
@@ -69,15 +68,6 @@ class FrameAugmentation:
         self.roll = int(roll)
         self.nda_rotation = float(nda_rotation)
         self.shear = float(shear)
-
-    @classmethod
-    def paper_default(cls, dataset: DatasetName) -> FrameAugmentation | None:
-        """The policy of methods.md 2.6 for ``dataset`` (see the module docstring); ``None`` for none."""
-        if dataset == "dvsgesture":
-            return cls(crop_scale=(0.7, 1.0), rotation=20.0)
-        if dataset == "cifar10dvs":
-            return cls(hflip=True, nda=True)
-        return None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -5,7 +5,8 @@ The original archive ``DvsGesture.tar.gz`` extracts to ``DvsGesture/`` holding, 
 (``class,startTime_usec,endTime_usec``, classes 1..11), plus ``trials_to_train.txt`` and
 ``trials_to_test.txt`` naming the recordings of each split. Cutting every CSV row into a sample is the
 convention SpikingJelly follows (its docs report 1176 train / 288 test samples); tonic's preprocessed
-``DVSGesture`` gives 1077 / 264 (reference/peers.md), so results from the two are not comparable.
+``DVSGesture`` gives 1077 / 264 (its ``ibmGesture{Train,Test}`` folders hold one file per recording and class),
+so results from the two are not comparable.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 from spikenorm.datamodules.errors import CorruptDataError, reading
+from spikenorm.datamodules.events import EVENT_DTYPE
 
-EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
 _PACKET_HEADER = np.dtype(
     [
         ("type", "<i2"),
@@ -41,7 +42,8 @@ _REPLACE_RECORDING = (
 
 
 def read_aedat31_polarity(path: str) -> np.ndarray:
-    """The valid polarity events of a jAER AEDAT 3.1 file, as ``EVENT_DTYPE`` (``t`` in microseconds).
+    """The valid polarity events of a jAER AEDAT 3.1 file, as :data:`~spikenorm.datamodules.events.EVENT_DTYPE`
+    (``t`` in microseconds).
 
     Format (iniVation's AEDAT 3.1 specification): ASCII header lines starting with ``#`` up to
     ``#!END-HEADER\\r\\n``; then packets, each a 28-byte little-endian header (``eventType``,
@@ -107,10 +109,13 @@ class IBMGestureSegments:
     """DVS128 Gesture read from the original release, one sample per row of each labels CSV.
 
     A tonic-style dataset: ``data`` (``(recording, start, end)`` per sample), ``targets`` (class 0..10),
-    ``sensor_size = (128, 128, 2)``, and ``__getitem__`` returning ``(events, target)`` with ``events`` a
-    structured array (``x``, ``y``, ``p``, ``t``) of the segment ``start <= t < end``, ``t`` counted from
-    ``start`` (microseconds), passed through ``transform``. Samples follow the order of the split's trial
-    list and of each CSV.
+    ``sensor_size = (128, 128, 2)``, and ``__getitem__`` returning ``(events, target)`` with ``events`` the
+    :data:`~spikenorm.datamodules.events.EVENT_DTYPE` records of the segment ``start <= t < end``, ``t``
+    counted from ``start`` (microseconds), passed through ``transform``. Samples follow the order of the
+    split's trial list and of each CSV.
+
+    ``download`` is accepted for the same signature as tonic's readers, but IBM distributes the archive by
+    manual download only: missing files always raise a ``FileNotFoundError`` saying where to get them.
     """
 
     sensor_size = (128, 128, 2)
@@ -129,7 +134,9 @@ class IBMGestureSegments:
         "other gestures",
     ]
 
-    def __init__(self, root: str, train: bool = True, transform: Callable | None = None) -> None:
+    def __init__(
+        self, root: str, train: bool = True, transform: Callable | None = None, download: bool = False
+    ) -> None:
         self.location = os.path.join(os.path.expanduser(root), self.folder)
         self.train = train
         self.transform = transform

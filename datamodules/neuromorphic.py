@@ -1,8 +1,15 @@
-"""DVS128 Gesture, CIFAR10-DVS and N-MNIST as Lightning DataModules over tonic: framed, cached, honest splits."""
+"""DVS128 Gesture, CIFAR10-DVS and N-MNIST as Lightning DataModules over tonic: framed, cached, honest splits.
+
+Every dataset is one row of :data:`DVS_DATASETS` (a :class:`DVSDatasetSpec`): its readers, sensor, classes,
+how its test split is made, whether frames are cached by default and its paper augmentation. Adding a DVS
+dataset is adding a row (and its name to :data:`TonicDatasetName`).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,18 +27,68 @@ from spikenorm.datamodules.tonic_sources import CIFAR10DVS, NMNIST, DVSGesture
 
 TonicDatasetName = Literal["dvsgesture", "cifar10dvs", "nmnist"]
 SplitConvention = Literal["tonic", "spikingjelly"]
+TEST_HOLDOUT_SEED = 0  # the seed of a stratified test holdout, fixed whatever ``split_seed`` is
 
-_NUM_CLASSES = {"dvsgesture": 11, "cifar10dvs": 10, "nmnist": 10}
-_SENSOR_SIZE = {"dvsgesture": (128, 128, 2), "cifar10dvs": (128, 128, 2), "nmnist": (34, 34, 2)}
-CIFAR10DVS_TEST_FRACTION = 0.1
-CIFAR10DVS_TEST_SEED = 0
+
+@dataclass(frozen=True)
+class DVSDatasetSpec:
+    """Everything :class:`TonicDataModule` needs to know about one DVS dataset.
+
+    Attributes:
+        readers: the tonic-style reader class per split convention, called as
+            ``reader(root, transform=..., download=..., train=...)`` (no ``train`` when the dataset has no
+            official test split).
+        sensor_size: ``(width, height, polarities)`` of the sensor.
+        num_classes: number of classes.
+        test_holdout: ``None`` when the files come in an official train/test split; otherwise the fraction
+            of the one pool of files held out as the test split (see ``test_split``).
+        cache_by_default: whether ``cache=None`` caches frames (worth it for large recordings only).
+        augmentation: the paper's train-time policy (``augment=True, augmentation=None``); ``None``: none.
+    """
+
+    readers: Mapping[str, type]
+    sensor_size: tuple[int, int, int]
+    num_classes: int
+    test_holdout: float | None
+    cache_by_default: bool
+    augmentation: FrameAugmentation | None
+
+
+DVS_DATASETS: dict[str, DVSDatasetSpec] = {
+    "dvsgesture": DVSDatasetSpec(
+        readers={"tonic": DVSGesture, "spikingjelly": IBMGestureSegments},
+        sensor_size=(128, 128, 2),
+        num_classes=11,
+        test_holdout=None,
+        cache_by_default=True,
+        augmentation=FrameAugmentation(crop_scale=(0.7, 1.0), rotation=20.0),
+    ),
+    "cifar10dvs": DVSDatasetSpec(
+        readers={"tonic": CIFAR10DVS},
+        sensor_size=(128, 128, 2),
+        num_classes=10,
+        test_holdout=0.1,
+        cache_by_default=True,
+        augmentation=FrameAugmentation(hflip=True, nda=True),
+    ),
+    "nmnist": DVSDatasetSpec(
+        readers={"tonic": NMNIST},
+        sensor_size=(34, 34, 2),
+        num_classes=10,
+        test_holdout=None,
+        cache_by_default=False,
+        augmentation=None,
+    ),
+}
+_SPLIT_CONVENTIONS = sorted({convention for spec in DVS_DATASETS.values() for convention in spec.readers})
 
 
 class TonicDataModule(EventFrameDataModule):
     """DVS128 Gesture, CIFAR10-DVS or N-MNIST as ``(frames, label)`` batches, read by tonic.
 
     ``frames`` is float32 ``[B, T, 2, H, W]`` (per-polarity event counts in ``T = time_bins`` slices;
-    ``H = W = sensor_size`` when downsampling, else the sensor's 128 or 34), ``label`` is int64. Use the
+    ``H = W = sensor_size`` when downsampling, else the sensor's 128 or 34), ``label`` is int64. What differs
+    between the datasets is their row of :data:`DVS_DATASETS`. Use the
     task with ``encoding="frames"``. The pipeline is :mod:`spikenorm.datamodules.event_frames`: tonic's
     readers and ``Downsample``, exact framing (or tonic's ``ToFrame`` with ``frame_engine="tonic"``), then,
     with the cache on, a :class:`~spikenorm.datamodules.event_frames.FrameCache` (tonic's
@@ -40,7 +97,7 @@ class TonicDataModule(EventFrameDataModule):
     sample instead of the raw events. Reading an HDF5 file costs
     about 0.7 ms, so the cache pays off for large recordings only (benchmarks/dvs_loading.py: 6.6x faster
     at 100k events per AEDAT4 file, 6x slower at 4k events per N-MNIST file); ``cache=None`` therefore
-    means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST.
+    means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST (``cache_by_default``).
 
     Files (what tonic expects after download and extraction; ``download=True`` fetches them where tonic
     can, otherwise a ``FileNotFoundError`` says which files go where):
@@ -65,10 +122,10 @@ class TonicDataModule(EventFrameDataModule):
 
     Validation: a stratified ``val_fraction`` of the train split seeded by ``split_seed``; the test split
     is never used for model selection. Augmentation (train split only): ``augmentation``, or with
-    ``augment=True`` and ``augmentation=None`` the paper policy of
-    :meth:`FrameAugmentation.paper_default` (Gesture: resized crop + rotation; CIFAR10-DVS: NDA;
-    N-MNIST: none). Temporal deletion (``FrameAugmentation(keep_steps=14)`` with ``time_bins=20``) makes
-    train batches ``[B, 14, ...]``: set the task's ``time_steps=14, eval_time_steps=20``.
+    ``augment=True`` and ``augmentation=None`` the paper policy of the dataset's row (Gesture: resized
+    crop + rotation; CIFAR10-DVS: NDA; N-MNIST: none; see :mod:`spikenorm.datamodules.frame_augment`).
+    Temporal deletion (``FrameAugmentation(keep_steps=14)`` with ``time_bins=20``) makes train batches
+    ``[B, 14, ...]``: set the task's ``time_steps=14, eval_time_steps=20``.
     """
 
     def __init__(
@@ -92,12 +149,18 @@ class TonicDataModule(EventFrameDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in _NUM_CLASSES:
-            raise ValueError(f"TonicDataModule expects dataset in {sorted(_NUM_CLASSES)}, got {dataset!r}")
-        if split_convention not in ("tonic", "spikingjelly"):
-            raise ValueError(f"unknown split_convention {split_convention!r}; available: spikingjelly, tonic")
-        if split_convention != "tonic" and dataset != "dvsgesture":
-            raise ValueError(f"split_convention={split_convention!r} applies to dvsgesture only, got dataset={dataset!r}")
+        if dataset not in DVS_DATASETS:
+            raise ValueError(f"TonicDataModule expects dataset in {sorted(DVS_DATASETS)}, got {dataset!r}")
+        if split_convention not in _SPLIT_CONVENTIONS:
+            raise ValueError(
+                f"unknown split_convention {split_convention!r}; available: {', '.join(_SPLIT_CONVENTIONS)}"
+            )
+        if split_convention not in DVS_DATASETS[dataset].readers:
+            datasets = sorted(name for name, spec in DVS_DATASETS.items() if split_convention in spec.readers)
+            raise ValueError(
+                f"split_convention={split_convention!r} applies to {', '.join(datasets)} only, "
+                f"got dataset={dataset!r}"
+            )
         if test_split not in ("stratified", "per_class"):
             raise ValueError(f"unknown test_split {test_split!r}; available: per_class, stratified")
         self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
@@ -105,19 +168,28 @@ class TonicDataModule(EventFrameDataModule):
         self.dataset_name = dataset
 
     @property
+    def spec(self) -> DVSDatasetSpec:
+        """This dataset's row of :data:`DVS_DATASETS`."""
+        return DVS_DATASETS[self.hparams.dataset]
+
+    @property
     def native_sensor_size(self) -> tuple[int, int, int]:
-        return _SENSOR_SIZE[self.hparams.dataset]
+        return self.spec.sensor_size
 
     @property
     def cache_enabled(self) -> bool:
-        """``cache``; by default on for DVS128 Gesture and CIFAR10-DVS, off for N-MNIST (see the class docs)."""
+        """``cache``; ``None``: the dataset's ``cache_by_default`` (on for DVS128 Gesture and CIFAR10-DVS)."""
         if self.hparams.cache is None:
-            return self.hparams.dataset != "nmnist"
+            return self.spec.cache_by_default
         return bool(self.hparams.cache)
 
     @property
     def num_classes(self) -> int:
-        return _NUM_CLASSES[self.hparams.dataset]
+        return self.spec.num_classes
+
+    @property
+    def default_augmentation(self) -> FrameAugmentation | None:
+        return self.spec.augmentation
 
     def _cache_root(self) -> str:
         return self.hparams.cache_dir or os.path.join(self.hparams.root, "spikenorm_cache")
@@ -125,35 +197,31 @@ class TonicDataModule(EventFrameDataModule):
     def _source_signature(self, name: str, dataset: Any) -> str:
         return f"{self.hparams.split_convention}-{sample_list_signature(dataset, self.hparams.root)}"
 
-    def _open(self, train: bool | None, transform: EventsToFrames) -> Any:
+    def _open(self, transform: EventsToFrames | None, **split: bool) -> Any:
         hp = self.hparams
-        if hp.dataset == "dvsgesture" and hp.split_convention == "spikingjelly":
-            return IBMGestureSegments(hp.root, train=bool(train), transform=transform)
-        cls = {"dvsgesture": DVSGesture, "cifar10dvs": CIFAR10DVS, "nmnist": NMNIST}[hp.dataset]
-        split = {} if train is None else {"train": train}
-        return cls(hp.root, transform=transform, download=hp.download, **split)
+        reader = self.spec.readers[hp.split_convention]
+        return reader(hp.root, transform=transform, download=hp.download, **split)
+
+    def _event_sources(self, transform: EventsToFrames | None) -> dict[str, Any]:
+        if self.spec.test_holdout is not None:
+            return {"all": self._open(transform)}
+        return {"train": self._open(transform, train=True), "test": self._open(transform, train=False)}
 
     def prepare_data(self) -> None:
         """Download the files when ``download=True`` (Lightning calls this on one process per node)."""
         if self.hparams.download:
-            for train in (None,) if self.hparams.dataset == "cifar10dvs" else (True, False):
-                self._open(train, transform=None)
-
-    def _event_sources(self, transform: EventsToFrames) -> dict[str, Any]:
-        if self.hparams.dataset == "cifar10dvs":
-            return {"all": self._open(None, transform)}
-        return {"train": self._open(True, transform), "test": self._open(False, transform)}
+            self._event_sources(transform=None)
 
     def _test_holdout(self, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-        """CIFAR10-DVS: the fixed 9:1 split described in the class docstring."""
-        targets = np.asarray(targets)
+        """The fixed test holdout of a dataset without an official split (CIFAR10-DVS), see the class docs."""
+        targets, fraction = np.asarray(targets), self.spec.test_holdout
         if self.hparams.test_split == "stratified":
-            held = int(np.ceil(CIFAR10DVS_TEST_FRACTION * len(targets)))
-            return stratified_holdout(targets, held, CIFAR10DVS_TEST_SEED)
+            held = int(np.ceil(fraction * len(targets)))
+            return stratified_holdout(targets, held, TEST_HOLDOUT_SEED)
         kept, held = [], []
         for label in np.unique(targets):
             positions = np.flatnonzero(targets == label)  # sorted file order within the class
-            n_test = int(np.ceil(CIFAR10DVS_TEST_FRACTION * len(positions)))
+            n_test = int(np.ceil(fraction * len(positions)))
             kept.append(positions[: len(positions) - n_test])
             held.append(positions[len(positions) - n_test :])
         return np.concatenate(kept), np.concatenate(held)

@@ -15,7 +15,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
 
-DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
+VisionDatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 
 
 class _PresenceCheck:
@@ -39,8 +39,8 @@ class _CIFAR100NoChecksum(_PresenceCheck, datasets.CIFAR100):
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """Everything the datamodule needs to know about one dataset."""
+class VisionDatasetSpec:
+    """One dataset of :class:`TorchvisionDataModule`: a row of :data:`VISION_DATASETS`."""
 
     checked: type[datasets.VisionDataset]
     unchecked: type[datasets.VisionDataset]
@@ -52,13 +52,13 @@ class _Spec:
 
 
 # Channel means and standard deviations of each official train set (pixels scaled to [0, 1]).
-_SPECS: dict[str, _Spec] = {
-    "mnist": _Spec(datasets.MNIST, datasets.MNIST, 10, 1, 28, (0.1307,), (0.3081,)),
-    "fashion_mnist": _Spec(datasets.FashionMNIST, datasets.FashionMNIST, 10, 1, 28, (0.2860,), (0.3530,)),
-    "cifar10": _Spec(
+VISION_DATASETS: dict[str, VisionDatasetSpec] = {
+    "mnist": VisionDatasetSpec(datasets.MNIST, datasets.MNIST, 10, 1, 28, (0.1307,), (0.3081,)),
+    "fashion_mnist": VisionDatasetSpec(datasets.FashionMNIST, datasets.FashionMNIST, 10, 1, 28, (0.2860,), (0.3530,)),
+    "cifar10": VisionDatasetSpec(
         datasets.CIFAR10, _CIFAR10NoChecksum, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     ),
-    "cifar100": _Spec(
+    "cifar100": VisionDatasetSpec(
         datasets.CIFAR100, _CIFAR100NoChecksum, 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     ),
 }
@@ -123,7 +123,7 @@ class TorchvisionDataModule(SplitDataModule):
 
     def __init__(
         self,
-        dataset: DatasetName,
+        dataset: VisionDatasetName,
         root: str = "data",
         download: bool = False,
         batch_size: int = 128,
@@ -134,8 +134,8 @@ class TorchvisionDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in _SPECS:
-            raise ValueError(f"TorchvisionDataModule expects dataset in {sorted(_SPECS)}, got {dataset!r}")
+        if dataset not in VISION_DATASETS:
+            raise ValueError(f"TorchvisionDataModule expects dataset in {sorted(VISION_DATASETS)}, got {dataset!r}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(
                 "TorchvisionDataModule expects val_fraction in the open interval (0, 1) (validation is a "
@@ -150,8 +150,8 @@ class TorchvisionDataModule(SplitDataModule):
         self.val_indices: list[int] | None = None
 
     @property
-    def _spec(self) -> _Spec:
-        return _SPECS[self.hparams.dataset]
+    def _spec(self) -> VisionDatasetSpec:
+        return VISION_DATASETS[self.hparams.dataset]
 
     @property
     def _dataset_class(self) -> type[datasets.VisionDataset]:

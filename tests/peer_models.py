@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF
 from spikenorm.norm import build_norm
 

@@ -1,4 +1,4 @@
-"""Binary-weight layers (inferred XNOR-Net/IR-Net binarizer, methods.md section 3): values, STE gradients,
+"""Binary-weight layers (the inferred XNOR-Net/IR-Net-style binarizer of SEI-BWSNN): values, STE gradients,
 model surgery, packed 1-bit export and the fold guard."""
 
 from __future__ import annotations
@@ -9,23 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikenorm.binary import (
-    PACKED_FORMAT_KEY,
-    BinaryConv2d,
-    BinaryLayer,
-    BinaryLinear,
-    SignSTE,
-    binarize_model,
-    binarize_weight,
-    load_packed,
-    model_size,
-    pack_binary,
-    save_packed,
-)
+from spikenorm.binary import BinaryConv2d, BinaryLayer, BinaryLinear, SignSTE, binarize_model, binarize_weight
+from spikenorm.binary_packing import PACKED_FORMAT_KEY, load_packed, model_size, pack_binary, save_packed
 from spikenorm.fold import fold_model
-from spikenorm.models import SpikingMLP, SpikingVGG
-from spikenorm.models.layers import TimeDistributed
-from spikenorm.trace import TraceSynapse
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
+from spikenorm.synapse import TimeDistributed
+from spikenorm.synapse import TraceSynapse
 
 
 def np_sign(w: np.ndarray) -> np.ndarray:
@@ -164,7 +153,7 @@ def test_sgd_step_updates_latent_weights() -> None:
 
 def test_trace_synapse_trains_a_binary_layer() -> None:
     torch.manual_seed(0)
-    model = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, trace=True)
+    model = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, layers=LayerSpec(trace=True))
     names = binarize_model(model)
     assert names == ["features.1.0.layer.module", "features.3.0.layer.module"]
     model(torch.rand(2, 4, 1, 8, 8)).sum().backward()
@@ -187,7 +176,7 @@ def test_binarize_vgg_inside_wrappers_keeps_first_and_last() -> None:
 
 
 def test_binarize_trace_wrapped_and_mlp() -> None:
-    traced = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, trace=True)
+    traced = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, layers=LayerSpec(trace=True))
     assert binarize_model(traced, keep_first_last=False) == [
         "classifier.layer",
         "features.0.0.module",
@@ -241,7 +230,7 @@ def built(kind: str, seed: int) -> nn.Module:
     if kind == "vgg":
         model = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3)
     elif kind == "vgg_trace":
-        model = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, trace=True)
+        model = SpikingVGG(cfg=[8, 8, "A", 16], in_channels=1, num_classes=3, layers=LayerSpec(trace=True))
     else:
         model = SpikingMLP(64, 10, hidden=(32, 32, 32))
     binarize_model(model)
@@ -358,7 +347,7 @@ def test_model_size() -> None:
 
 
 def test_fold_refuses_binary_layers() -> None:
-    model = SpikingVGG(cfg=[8, 8, "A"], in_channels=1, num_classes=3, norm="tdbn")
+    model = SpikingVGG(cfg=[8, 8, "A"], in_channels=1, num_classes=3, layers=LayerSpec(norm="tdbn"))
     assert binarize_model(model) == ["features.1.0.module"]
     with pytest.raises(ValueError, match=r"features\.1\.0.*binary-weight layer.*folding into binary weights is not supported"):
         fold_model(model)
@@ -366,13 +355,13 @@ def test_fold_refuses_binary_layers() -> None:
     binarize_model(mlp)
     with pytest.raises(ValueError, match=r"features\.1\.0.*binary-weight layer"):
         fold_model(mlp)
-    fp = SpikingVGG(cfg=[8, 8, "A"], in_channels=1, num_classes=3, norm="tdbn")
+    fp = SpikingVGG(cfg=[8, 8, "A"], in_channels=1, num_classes=3, layers=LayerSpec(norm="tdbn"))
     fold_model(fp)  # the guard leaves full-precision models alone
 
 
 def test_fold_traces_binary_layers_without_norms() -> None:
     torch.manual_seed(0)
-    mlp = SpikingMLP(16, 3, hidden=(8, 8), norm="none")
+    mlp = SpikingMLP(16, 3, hidden=(8, 8), layers=LayerSpec(norm="none"))
     binarize_model(mlp, keep_first_last=False)
     x = torch.rand(2, 4, 16)
     assert torch.equal(fold_model(mlp)(x), mlp.eval()(x))

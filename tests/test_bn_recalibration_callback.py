@@ -73,7 +73,7 @@ def test_logs_shift_per_layer_and_time(tmp_path):
     logged = [r for r in rows if r.get("recalibration/seconds")]
     assert len(logged) == 2 and all(float(r["recalibration/seconds"]) > 0 for r in logged)
     for layer in ("bn1", "bn2"):
-        shifts = [float(r[f"recalibration/{layer}/stat_error"]) for r in logged]
+        shifts = [float(r[f"recalibration/stat_error/{layer}"]) for r in logged]
         assert shifts[0] > 0 and all(np.isfinite(shifts))
 
 

@@ -23,9 +23,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from spikenorm.datamodules import DigitsDataModule
-from spikenorm.loggers import read_offline_run
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import SpikingClassifier
+from spikenorm.wandb_runs import read_offline_run
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 USER_CONFIG = "# the user's own config.yaml: comments and all\nmine: true\n"
@@ -59,7 +59,7 @@ def _spikenorm(folder: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 
 def _printed_metric(output: str, key: str) -> float:
-    match = re.search(rf"{re.escape(key)}\s+([0-9.eE+-]+)", output)
+    match = re.search(rf"{re.escape(key)}[\s│|]+([0-9.eE+-]+)", output)  # plain or rich results table
     assert match, output[-3000:]
     return float(match.group(1))
 
@@ -80,8 +80,9 @@ def _expected_run_config(flat: dict) -> None:
     assert flat["task.class_path"] == "spikenorm.tasks.classification.SpikingClassifier"
     assert flat["task.time_steps"] == 4 and flat["task.loss"] == "ce" and flat["task.check_finite"] is True
     assert flat["model.class_path"] == "spikenorm.models.vgg.SpikingVGG"
-    assert (flat["model.norm"], flat["model.neuron"], flat["model.surrogate"]) == ("tdbn", "lif", "sigmoid")
-    assert flat["model.surrogate_kwargs.alpha"] == 4.0 and flat["model.cfg"] == "small"
+    assert (flat["model.layers.norm"], flat["model.layers.neuron"], flat["model.layers.surrogate"]) == (
+        "tdbn", "lif", "sigmoid")
+    assert flat["model.layers.surrogate_kwargs.alpha"] == 4.0 and flat["model.cfg"] == "small"
     assert flat["optimizer.class_path"] == "torch.optim.adam.Adam" and flat["optimizer.lr"] == 0.005
     assert flat["optimizer.betas"] == [0.9, 0.999]  # the class's defaults are filled in
     assert flat["lr_scheduler.class_path"].endswith("CosineAnnealingLR") and flat["lr_scheduler.T_max"] == 20
@@ -104,7 +105,7 @@ def test_python_built_task_logs_the_same_keys(run, tmp_path):
     """Row 1: a SpikingClassifier built from objects logs the same flat keys as the CLI run."""
     import functools
 
-    model = SpikingVGG("small", in_channels=1, num_classes=10, surrogate_kwargs={"alpha": 4.0})
+    model = SpikingVGG("small", in_channels=1, num_classes=10, layers=LayerSpec(surrogate_kwargs={"alpha": 4.0}))
     task = SpikingClassifier(
         model, optimizer=functools.partial(torch.optim.Adam, lr=0.005),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=20),
@@ -152,13 +153,13 @@ def test_a_different_network_is_refused_with_the_differing_keys(run):
     """Row 4: CLI and Python refuse a checkpoint under another neuron or other norm options."""
     done = _spikenorm(run["folder"], "test", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
                       f"--trainer.default_root_dir={run['folder'] / 'refused'}",
-                      "--model.init_args.model.init_args.neuron=if", check=False)
+                      "--model.init_args.model.init_args.layers.neuron=if", check=False)
     assert done.returncode != 0
-    assert "different network" in done.stderr and "model.neuron: 'lif' -> 'if'" in done.stderr
-    with pytest.raises(ValueError, match=r"model\.norm_kwargs\.eps: \(absent\) -> 0\.001"):
+    assert "different network" in done.stderr and "model.layers.neuron: 'lif' -> 'if'" in done.stderr
+    with pytest.raises(ValueError, match=r"model\.layers\.norm_kwargs\.eps: \(absent\) -> 0\.001"):
         SpikingClassifier.load_from_checkpoint(
-            run["ckpt"], model=SpikingVGG("small", in_channels=1, surrogate_kwargs={"alpha": 4.0},
-                                          norm_kwargs={"eps": 1e-3}))
+            run["ckpt"], model=SpikingVGG("small", in_channels=1,
+                                          layers=LayerSpec(norm_kwargs={"eps": 1e-3}, surrogate_kwargs={"alpha": 4.0})))
 
 
 def test_predict_writes_per_step_logits_and_classes(run):
@@ -245,3 +246,34 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
     with (crashed / "logs" / "quickstart" / "version_0" / "metrics.csv").open() as file:
         steps = [int(row["step"]) for row in csv.DictReader(file)]
     assert min(steps) < killed_at and max(steps) >= 19  # rows from before the crash were kept
+
+
+DVS_GESTURE = Path(__file__).resolve().parents[1] / "recipes" / "dvsgesture_vggsnn_osr.yaml"
+
+
+def _parsed(recipe: Path, *args: str):
+    """The CLI's task, network and datamodule for a recipe, built without running anything."""
+    from spikenorm.cli import SpikenormCLI
+
+    return SpikenormCLI(args=["--config", str(recipe), "--trainer.logger=false", *args], run=False)
+
+
+def test_time_steps_are_given_once_and_linked_to_the_norms_and_the_frames(monkeypatch, tmp_path):
+    """The task's time_steps reach a bntt network's layer spec (not a tdbn one's) and a DVS datamodule's
+    time_bins; a disagreeing value given by the user is refused, not silently replaced."""
+    from spikenorm.norm import BNTT
+
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])
+    bntt = _parsed(QUICKSTART, "--model.init_args.time_steps=3", "--model.init_args.model.init_args.layers.norm=bntt")
+    assert bntt.model.model.features[0][1].time_steps == 3 and isinstance(bntt.model.model.features[0][1], BNTT)
+    tdbn = _parsed(QUICKSTART, "--model.init_args.time_steps=3")
+    assert tdbn.model.hparams["model"]["init_args"]["layers"]["time_steps"] is None  # not needed: not in the config
+    with pytest.raises(SystemExit):
+        _parsed(QUICKSTART, "--model.init_args.model.init_args.layers.norm=bntt",
+                "--model.init_args.model.init_args.layers.time_steps=2")
+    gesture = _parsed(DVS_GESTURE, "--data.init_args.root=" + str(tmp_path))
+    assert gesture.datamodule.hparams.time_bins == 20 and gesture.model.hparams.time_steps == 14
+    with pytest.raises(SystemExit):  # time_bins disagrees with eval_time_steps
+        _parsed(DVS_GESTURE, "--data.init_args.time_bins=12")
+    with pytest.raises(ValueError, match=r"keep_steps=12 does not fit the task's time_steps=14"):
+        _parsed(DVS_GESTURE, "--data.init_args.augmentation.init_args.keep_steps=12")

@@ -18,7 +18,7 @@ from spikenorm.config import (
     with_defaults,
     without_defaults,
 )
-from spikenorm.models import SpikingMLP, SpikingVGG
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
 from spikenorm.surrogate import Sigmoid
 
 
@@ -47,7 +47,7 @@ def test_only_the_outermost_init_records_with_defaults_filled_in():
 
 
 def test_a_spikenorm_model_rebuilds_to_the_same_network():
-    model = SpikingVGG("small", in_channels=1, surrogate=Sigmoid(3.0), norm_kwargs={"eps": 1e-4})
+    model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm_kwargs={"eps": 1e-4}, surrogate=Sigmoid(3.0)))
     rebuilt = instantiate(describe(model))
     assert describe(rebuilt) == describe(model)
     assert [type(m) for m in rebuilt.modules()] == [type(m) for m in model.modules()]
@@ -74,16 +74,42 @@ def test_a_partial_of_a_class_lists_every_argument_and_rebuilds_as_a_factory():
 
 
 def test_flatten_and_differences():
-    old = describe(SpikingMLP(64, 10, hidden=(32,), neuron_kwargs=None))
-    new = describe(SpikingMLP(64, 10, hidden=(32, 16), neuron="if", neuron_kwargs={"threshold": 0.5}))
+    old = describe(SpikingMLP(64, 10, hidden=(32,)))
+    new = describe(SpikingMLP(64, 10, hidden=(32, 16), layers=LayerSpec(neuron="if", neuron_kwargs={"threshold": 0.5})))
     flat = flatten(old, "model")
     assert flat["model.class_path"] == "spikenorm.models.mlp.SpikingMLP" and flat["model.hidden"] == [32]
+    assert flat["model.layers.norm"] == "tdbn" and flat["model.layers.time_steps"] is None
     assert differences(old, new, "model") == [
         "model.hidden: [32] -> [32, 16]",
-        "model.neuron: 'lif' -> 'if'",
-        "model.neuron_kwargs.threshold: (absent) -> 0.5",  # None vs a dict: the dict's entries are listed
+        "model.layers.neuron: 'lif' -> 'if'",
+        "model.layers.neuron_kwargs.threshold: (absent) -> 0.5",  # an empty dict vs a dict: its entries are listed
     ]
     assert differences(old, old, "model") == []
-    older = {**old, "init_args": {k: v for k, v in old["init_args"].items() if k != "trace"}}
-    assert differences(older, old, "model") == []  # an argument added since: the old config means its default
-    assert differences(old, {**old, "init_args": {**old["init_args"], "norm_kwargs": {}}}, "model") == []
+    layers = old["init_args"]["layers"]
+    older = {**old, "init_args": {**old["init_args"], "layers": {k: v for k, v in layers.items() if k != "trace"}}}
+    assert differences(older, old, "model") == []  # a layer field added since: the old config means its default
+    assert differences(old, {**old, "init_args": {**old["init_args"], "layers": {**layers, "norm_kwargs": None}}},
+                       "model") == []
+
+
+def test_a_dataclass_argument_round_trips_through_its_fields():
+    spec = LayerSpec(norm="bntt", time_steps=3, neuron_kwargs={"decay": 0.5}, shortcuts="per_layer")
+    model = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=3, layers=spec)
+    config = describe(model)
+    assert config["init_args"]["layers"]["norm"] == "bntt" and "class_path" not in config["init_args"]["layers"]
+    assert flatten(config, "model")["model.layers.neuron_kwargs.decay"] == 0.5
+    rebuilt = instantiate(config)
+    assert rebuilt.features[1].neuron.decay == 0.5 and describe(rebuilt) == config
+    # the YAML form: only the fields that differ from the defaults; the others are the dataclass's defaults
+    short = {"class_path": config["class_path"],
+             "init_args": {"cfg": [8, 8, "A", 16], "in_channels": 1, "num_classes": 3,
+                           "layers": {"norm": "bntt", "time_steps": 3, "neuron_kwargs": {"decay": 0.5},
+                                      "shortcuts": "per_layer"}}}
+    assert describe(instantiate(short)) == config
+    assert differences(short, config, "model") == []
+    assert differences({**short, "init_args": {**short["init_args"], "layers": {"norm": "tdbn"}}}, config, "model") == [
+        "model.layers.neuron_kwargs.decay: (absent) -> 0.5",
+        "model.layers.norm: 'tdbn' -> 'bntt'",
+        "model.layers.shortcuts: None -> 'per_layer'",
+        "model.layers.time_steps: None -> 3",
+    ]

@@ -1,6 +1,6 @@
 """Damaged data and cache files: every read error names the file, its format and the fix (issue 16, row 11).
 
-Each test writes a small valid dataset in its own on-disk format (tests/fake_datasets.py), damages one
+Each test writes a small valid dataset in its own on-disk format (spikenorm.datamodules.testing), damages one
 file (truncated, overwritten with garbage), and checks that the error names exactly that file by its
 absolute path. Broken cache entries spikenorm wrote are rebuilt with a warning naming them.
 """
@@ -16,16 +16,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from fake_datasets import (
-    AEDAT31_HEADER,
-    write_cifar10,
-    write_cifar10dvs,
-    write_cifar100,
-    write_dvsgesture_npy,
-    write_ibm_gesture,
-    write_mnist,
-    write_nmnist,
-)
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
 from spikenorm.datamodules import (
@@ -37,6 +27,16 @@ from spikenorm.datamodules import (
 from spikenorm.datamodules import event_digits as event_digits_module
 from spikenorm.datamodules.event_frames import FrameCache
 from spikenorm.datamodules.ibm_gesture import read_aedat31_polarity
+from spikenorm.datamodules.testing import (
+    AEDAT31_HEADER,
+    write_cifar10,
+    write_cifar10dvs,
+    write_cifar100,
+    write_dvsgesture_npy,
+    write_ibm_gesture,
+    write_mnist,
+    write_nmnist,
+)
 
 GESTURE_TRIALS = {"ibmGestureTrain": ["user01_led", "user03_led"], "ibmGestureTest": ["user02_led"]}
 

@@ -19,8 +19,8 @@ from sklearn.datasets import load_digits
 from torchvision import transforms
 from torchvision.datasets import utils as tv_utils
 
-from fake_datasets import write_cifar10, write_cifar100, write_mnist
 from spikenorm.datamodules import DigitsDataModule, TorchvisionDataModule
+from spikenorm.datamodules.testing import write_cifar10, write_cifar100, write_mnist
 
 # ---------------------------------------------------------------------------------------------- digits
 

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from spikenorm.norm import build_norm
 
 T, B, C = 3, 4, 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data() -> torch.Tensor:
@@ -44,7 +38,7 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
 
 @pytest.mark.parametrize("name", ["bn", "tdbn"])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(name, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), name, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     x = _data().requires_grad_(True)
     single = build_norm(name, C).double()

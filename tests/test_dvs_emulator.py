@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 from spikenorm.datamodules.dvs_emulator import (
-    EVENT_DTYPE,
     emulate_events,
     image_to_events,
     saccade_offsets,
     shift_image,
 )
+from spikenorm.datamodules.events import EVENT_DTYPE
 
 EPS = 1e-3
 

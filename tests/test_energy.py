@@ -10,8 +10,8 @@ from torch import nn
 
 from spikenorm.energy import EnergyCosts, OpCounter, synaptic_ops
 from spikenorm.fold import check_equivalence, fold_model
-from spikenorm.models import SpikingMLP
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.models import LayerSpec, SpikingMLP
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import IF
 from spikenorm.norm import TimeMajorNorm
 
@@ -114,7 +114,7 @@ def test_layers_inside_time_distributed_and_spikingjelly_containers() -> None:
 def test_folded_model_saves_exactly_the_norm_macs(membrane_norm: str | None) -> None:
     torch.manual_seed(3)
     T, B, hidden = 4, 5, (12, 10)
-    model = SpikingMLP(6, 3, hidden=hidden, norm="tdbn", membrane_norm=membrane_norm).double().eval()
+    model = SpikingMLP(6, 3, hidden=hidden, layers=LayerSpec(norm="tdbn", membrane_norm=membrane_norm)).double().eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, TimeMajorNorm):

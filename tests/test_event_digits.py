@@ -16,6 +16,7 @@ from spikenorm.datamodules import (
 from spikenorm.datamodules import event_digits as event_digits_module
 from spikenorm.datamodules.dvs_emulator import image_to_events
 from spikenorm.datamodules.event_frames import EventsToFrames
+from spikenorm.datamodules.neuromorphic import DVS_DATASETS
 
 from spikenorm.models import SpikingVGG
 from spikenorm.tasks import SpikingClassifier
@@ -166,10 +167,7 @@ def test_frame_augmentation_draws_once_per_sample():
     torch.manual_seed(0)
     frame = torch.rand(2, 16, 16)
     frames = frame.expand(6, 2, 16, 16).contiguous()
-    for augmentation in (
-        FrameAugmentation.paper_default("dvsgesture"),
-        FrameAugmentation.paper_default("cifar10dvs"),
-    ):
+    for augmentation in (DVS_DATASETS["dvsgesture"].augmentation, DVS_DATASETS["cifar10dvs"].augmentation):
         for _ in range(5):
             out = augmentation(frames)
             assert out.shape == frames.shape
@@ -181,7 +179,7 @@ def test_frame_augmentation_draws_once_per_sample():
     assert kept.shape == (4,) and bool(
         (kept[1:] > kept[:-1]).all()
     )  # time order preserved
-    assert FrameAugmentation.paper_default("nmnist") is None
+    assert DVS_DATASETS["nmnist"].augmentation is None
     with pytest.raises(ValueError, match="keep_steps"):
         FrameAugmentation(keep_steps=0)
     with pytest.raises(ValueError, match="crop_scale"):

@@ -1,4 +1,4 @@
-"""The README's attach-to-your-own-model examples (snnTorch and SpikingJelly on the digits) run and learn."""
+"""The example files run and learn: attach-to-your-own-model (snnTorch, SpikingJelly) and extending spikenorm."""
 
 from __future__ import annotations
 
@@ -38,8 +38,23 @@ def test_example_trains_and_logs_the_attached_callbacks(name, tmp_path, monkeypa
 
 
 def _offline_run(root: Path) -> dict:
-    from spikenorm.loggers import read_offline_run
+    from spikenorm.wandb_runs import read_offline_run
 
     runs = sorted(root.rglob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline W&B run under {root}, found {runs}"
     return read_offline_run(runs[0])
+
+
+def test_extending_example_plugs_new_pieces_into_a_stock_model(tmp_path, monkeypatch):
+    from spikenorm.neurons import NEURONS
+    from spikenorm.norm.base import NORMS
+    from spikenorm.surrogate import SURROGATES
+
+    for registry in (NORMS, NEURONS, SURROGATES):  # the example's registrations end with this test
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    monkeypatch.chdir(tmp_path)
+    metrics = load("extending").main(["--max-epochs", "2"])
+    assert metrics["val/acc"] > 0.7
+    assert metrics["flipped_spikes_folded"] == 0
+    assert metrics["nir_nodes"] > 5  # input, convs, neurons, pools, readout, output
+    assert any(key.startswith("neurons/threshold/") for key in metrics)

@@ -16,8 +16,8 @@ from spikenorm.callbacks.nir_export import NIRExport
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.export import from_nir, to_nir, write_nir
 from spikenorm.fold import SignFlip, fold_model
-from spikenorm.models import SpikingMLP, SpikingVGG
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import build_neuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.tasks import SpikingClassifier
@@ -25,17 +25,19 @@ from spikenorm.tasks import SpikingClassifier
 
 def vgg(neuron: str, elementwise: bool, **neuron_kwargs) -> SpikingVGG:
     # per_layer shortcuts: an identity shortcut (negative gammas stay a SignFlip) and a projection one
-    return SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=5, input_size=8, norm="bn", neuron=neuron,
-                      neuron_kwargs=neuron_kwargs, membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": elementwise},
-                      shortcuts="per_layer")
+    return SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=5, input_size=8,
+                      layers=LayerSpec(norm="bn", membrane_norm="mpbn",
+                                       membrane_norm_kwargs={"elementwise": elementwise}, neuron=neuron,
+                                       neuron_kwargs=neuron_kwargs, shortcuts="per_layer"))
 
 
 # name: (model, input shape, NIR neuron type)
 CASES = {
     "vgg_lif_per_channel": (lambda: vgg("lif", False, decay=0.25, threshold=0.5), (3, 6, 1, 8, 8), nir.LIF),
     "vgg_clif_per_element": (lambda: vgg("clif", True), (3, 6, 1, 8, 8), nir.CubaLIF),
-    "mlp_if": (lambda: SpikingMLP(20, 4, hidden=(24, 16), norm="bn", neuron="if", membrane_norm="mpbn",
-                                  neuron_kwargs={"threshold": 0.5}), (4, 6, 20), nir.IF),
+    "mlp_if": (lambda: SpikingMLP(20, 4, hidden=(24, 16),
+                                  layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron="if",
+                                                   neuron_kwargs={"threshold": 0.5})), (4, 6, 20), nir.IF),
 }
 
 
@@ -177,7 +179,8 @@ class ResidualConvNet(nn.Module):
 
 
 SNNTORCH_CASES = {
-    "mlp": (lambda neuron, kw: SpikingMLP(20, 4, hidden=(24, 16), norm="bn", neuron=neuron, neuron_kwargs=kw),
+    "mlp": (lambda neuron, kw: SpikingMLP(20, 4, hidden=(24, 16),
+                                          layers=LayerSpec(norm="bn", neuron=neuron, neuron_kwargs=kw)),
             (6, 5, 20)),
     "residual_conv": (lambda neuron, kw: ResidualConvNet(neuron, **kw), (6, 4, 2, 8, 8)),
 }
@@ -206,10 +209,10 @@ def test_unfolded_and_unsupported_models_raise_naming_the_layer():
     model, x = prepared(CASES["mlp_if"][0](), (4, 2, 20))
     with pytest.raises(ValueError, match=r"norm layers.*features\.0\.1.*fold_model"):
         to_nir(model, x)
-    maxpool = SpikingVGG([4, "M", 4], in_channels=1, num_classes=3, norm="bn").eval()
+    maxpool = SpikingVGG([4, "M", 4], in_channels=1, num_classes=3, layers=LayerSpec(norm="bn")).eval()
     with pytest.raises(ValueError, match=r"'features\.1'.*MaxPool2d"):
         to_nir(fold_model(maxpool), torch.randn(2, 1, 1, 8, 8))
-    soft = SpikingMLP(20, 4, hidden=(8,), norm="none", neuron_kwargs={"reset": "soft"})
+    soft = SpikingMLP(20, 4, hidden=(8,), layers=LayerSpec(norm="none", neuron_kwargs={"reset": "soft"}))
     with pytest.raises(ValueError, match=r"'features\.0\.2'.*soft reset"):
         to_nir(fold_model(soft), x)
     with pytest.raises(ValueError, match="dt must be"):
@@ -240,8 +243,8 @@ def _task(model: nn.Module) -> SpikingClassifier:
 
 def test_nir_export_callback_writes_a_graph_that_runs_like_the_folded_model(tmp_path):
     seed_everything(0)
-    net = SpikingMLP(64, 10, hidden=(32,), norm="bn", membrane_norm="mpbn",
-                     neuron_kwargs={"decay": 0.25, "threshold": 0.5})
+    net = SpikingMLP(64, 10, hidden=(32,),
+                     layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}))
     default, chosen = NIRExport(), NIRExport(filename="digits", dirpath=str(tmp_path / "nir"))
     trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -262,7 +265,7 @@ def test_nir_export_callback_writes_a_graph_that_runs_like_the_folded_model(tmp_
 
 
 def test_nir_export_callback_names_the_layer_it_cannot_export(tmp_path):
-    task = _task(SpikingVGG([4, "M", 4], in_channels=1, num_classes=3, norm="bn"))
+    task = _task(SpikingVGG([4, "M", 4], in_channels=1, num_classes=3, layers=LayerSpec(norm="bn")))
     trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=False, checkpoint_callback=None,
                               default_root_dir=tmp_path)
     callback = NIRExport()

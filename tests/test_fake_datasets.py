@@ -1,4 +1,4 @@
-"""The event-camera writers of fake_datasets.py, checked with readers that share none of their code.
+"""The event-camera writers of spikenorm.datamodules.testing, checked with readers that share none of their code.
 
 AEDAT 4.0 (CIFAR10-DVS) is read back through tonic (``tonic.io.read_aedat4``, i.e. the Rust ``aedat``
 decoder) and ``tonic.datasets.CIFAR10DVS``; AEDAT 3.1 (IBM DVS128 Gesture) is decoded by a few lines of
@@ -11,12 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from fake_datasets import (
-    CIFAR10DVS_CLASSES,
-    write_aedat4,
-    write_cifar10dvs,
-    write_ibm_gesture,
-)
+from spikenorm.datamodules.testing import CIFAR10DVS_CLASSES, write_aedat4, write_cifar10dvs, write_ibm_gesture
 
 # ------------------------------------------------------------------------------------------ AEDAT 4.0
 

@@ -19,7 +19,7 @@ from spikenorm.fold import (
     membrane_threshold,
     save_folded,
 )
-from spikenorm.models import PopSANActor, SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.models import LayerSpec, PopSANActor, SpikingMLP, SpikingResNet19, SpikingVGG
 from spikenorm.neurons import LIF
 from spikenorm.norm import MPBN, TimeMajorNorm, build_norm
 
@@ -27,19 +27,21 @@ MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
 
 
 def vgg(elementwise=False, norm="tdbn", cfg="small", shortcuts="none"):
-    return SpikingVGG(cfg, in_channels=1, num_classes=5, input_size=8, norm=norm, membrane_norm="mpbn",
-                      membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON, surrogate="dspike",
-                      shortcuts=shortcuts)
+    return SpikingVGG(cfg, in_channels=1, num_classes=5, input_size=8,
+                      layers=LayerSpec(norm=norm, membrane_norm="mpbn",
+                                       membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON,
+                                       surrogate="dspike", shortcuts=shortcuts))
 
 
 def resnet(elementwise=False, shortcuts="per_block"):
-    return SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, input_size=8, membrane_norm="mpbn",
-                           membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON,
-                           shortcuts=shortcuts)
+    return SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, input_size=8,
+                           layers=LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": elementwise},
+                                            neuron_kwargs=MPBN_NEURON, shortcuts=shortcuts))
 
 
 def mlp():
-    return SpikingMLP(20, 4, hidden=(24, 16), norm="bn", membrane_norm="mpbn", neuron_kwargs=MPBN_NEURON)
+    return SpikingMLP(20, 4, hidden=(24, 16),
+                      layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs=MPBN_NEURON))
 
 
 MODELS = {"vgg": (vgg, (3, 12, 1, 8, 8)), "vgg_elementwise": (lambda: vgg(True), (3, 12, 1, 8, 8)),
@@ -153,7 +155,7 @@ def test_membrane_threshold_matches_closed_form():
 
 def test_post_conv_bn_alone_folds_into_weights():
     torch.manual_seed(0)
-    model = SpikingVGG("small", in_channels=1, num_classes=5, norm="tdbn").double()
+    model = SpikingVGG("small", in_channels=1, num_classes=5, layers=LayerSpec(norm="tdbn")).double()
     x = torch.randn(2, 8, 1, 8, 8, dtype=torch.float64)
     model(x)
     model.eval()
@@ -164,7 +166,7 @@ def test_post_conv_bn_alone_folds_into_weights():
 
 
 def test_fold_errors_are_clear():
-    model = SpikingVGG("small", in_channels=1, norm="bntt", norm_kwargs={"time_steps": 2})
+    model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}))
     with pytest.raises(ValueError, match=r"cannot fold norm layer 'features.0.1' \(BNTT\)"):
         fold_model(model)
     folded = fold_model(SpikingVGG("small", in_channels=1))
@@ -218,11 +220,13 @@ def test_every_kind_of_foldable_model_round_trips(tmp_path):
     """Trace synapses, IF and CLIF neurons, binary layers, folded OTS thresholds, the RL actor's encoders."""
     torch.manual_seed(0)
     models = [
-        (SpikingVGG("small", in_channels=1, num_classes=5, input_size=8, neuron="if", trace=True,
-                    shortcuts="per_layer"), torch.rand(2, 3, 1, 8, 8)),
-        (SpikingVGG("small", in_channels=1, num_classes=5, neuron="clif", binary_weights=True, norm="none"),
+        (SpikingVGG("small", in_channels=1, num_classes=5, input_size=8,
+                    layers=LayerSpec(neuron="if", trace=True, shortcuts="per_layer")), torch.rand(2, 3, 1, 8, 8)),
+        (SpikingVGG("small", in_channels=1, num_classes=5,
+                    layers=LayerSpec(norm="none", neuron="clif", binary_weights=True)),
          torch.rand(2, 3, 1, 8, 8)),
-        (SpikingMLP(20, 4, hidden=(24, 16), norm="osr", neuron_kwargs={"ots": True, "ots_eval": "running"}),
+        (SpikingMLP(20, 4, hidden=(24, 16),
+                    layers=LayerSpec(norm="osr", neuron_kwargs={"ots": True, "ots_eval": "running"})),
          torch.randn(2, 3, 20)),
         (PopSANActor(3, 2, 1.0, hidden=(8, 8)), torch.randn(4, 3)),
     ]

@@ -9,15 +9,15 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from spikenorm.callbacks import FoldNormalization
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.fold import fold_model, load_folded
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 
 
 def _fit(tmp_path, callback, epochs=2):
     seed_everything(0)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8, membrane_norm="mpbn",
-                     membrane_norm_kwargs={"elementwise": True}, neuron_kwargs={"decay": 0.25, "threshold": 0.5},
-                     surrogate="dspike")
+    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
+                     layers=LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": True},
+                                      neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike"))
     task = SpikingClassifier(net, time_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
     trainer = Trainer(max_epochs=epochs, limit_train_batches=6, limit_val_batches=3, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
@@ -30,8 +30,8 @@ def test_logs_folded_accuracy_and_exports(tmp_path):
     callback = FoldNormalization()
     trainer, task = _fit(tmp_path, callback)
     metrics = trainer.callback_metrics
-    assert float(metrics["fold/flipped_spikes"]) == 0.0
-    assert float(metrics["fold/max_abs_diff"]) < 1e-9
+    assert float(metrics["val/flipped_spikes_folded"]) == 0.0
+    assert float(metrics["val/max_abs_diff_folded"]) < 1e-9
     assert abs(float(metrics["val/acc_folded"]) - float(metrics["val/acc"])) < 0.02
     names = sorted(p.name for p in callback.saved_paths)
     assert names == ["folded_model.pt", "folded_model.pt2"]
@@ -57,5 +57,6 @@ def test_bad_arguments_and_modules():
     class NoModel(LightningModule):
         pass
 
-    with pytest.raises(ValueError, match="hold its network as `model`"):
-        FoldNormalization()._start(NoModel())
+    with pytest.raises(ValueError, match=r"FoldNormalization needs a LightningModule that offers NetworkTask "
+                                         r"\(`model`; .*NoModel has no `model`"):
+        FoldNormalization().setup(Trainer(), NoModel(), "fit")

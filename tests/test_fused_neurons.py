@@ -168,9 +168,11 @@ def test_fallback_for_unsupported_cases(count_fused):
 
     assert "float32/float64" in fused.unsupported_reason(LIF(), x.bfloat16())
 
-    class MyLIF(LIF):
-        pass
+    class MyLIF(LIF):  # a charge of its own: the inherited LinearCharge no longer describes it
+        def charge(self, x, state):
+            return super().charge(x, state)
 
+    assert "MyLIF declares no linear charge" in fused.unsupported_reason(MyLIF(), x)
     _assert_eager_fallback(MyLIF(), x, count_fused)
 
 
@@ -233,6 +235,6 @@ def test_compile_failure_falls_back(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(fast(x), se)  # now the eager loop, silently
-    for key in [k for k in fused._CACHE if k[1].decay == 0.3]:  # leave no broken entries behind
+    for key in [k for k in fused._CACHE if k[1].charge.decay == 0.3]:  # leave no broken entries behind
         fused._CACHE.pop(key)
         fused._BROKEN.discard(key)

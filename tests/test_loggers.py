@@ -1,4 +1,4 @@
-"""Tests for spikenorm.loggers: automatic offline mode and reading offline W&B runs back."""
+"""Tests for spikenorm.loggers (automatic offline mode) and spikenorm.wandb_runs (reading offline runs back)."""
 
 import struct
 import zlib
@@ -10,7 +10,8 @@ import torch
 from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, TensorDataset
 
-from spikenorm.loggers import WandbLogger, read_offline_run, resolve_offline, wandb_api_key_available
+from spikenorm.loggers import WandbLogger, resolve_offline, wandb_api_key_available
+from spikenorm.wandb_runs import read_offline_run
 
 _WANDB_ENV = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC", "WANDB_DIR")
 

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from spikenorm.models import SpikingMLP, SpikingResNet19, SpikingVGG
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import CLIF, spiking_neurons
 from spikenorm.norm import BNTT, TDBN, available_norms
 
@@ -18,7 +18,8 @@ from spikenorm.norm import BNTT, TDBN, available_norms
 def test_vgg_every_norm_and_neuron(norm, neuron):
     torch.manual_seed(0)
     kwargs = {"time_steps": 3} if norm == "bntt" else {}
-    model = SpikingVGG("small", in_channels=1, num_classes=7, norm=norm, neuron=neuron, norm_kwargs=kwargs)
+    model = SpikingVGG("small", in_channels=1, num_classes=7,
+                       layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron=neuron))
     x = torch.randn(3, 2, 1, 8, 8)
     out = model(x)
     assert out.shape == (3, 2, 7)
@@ -27,10 +28,11 @@ def test_vgg_every_norm_and_neuron(norm, neuron):
 
 
 def test_mlp_and_resnet_shapes_and_options():
-    mlp = SpikingMLP(64, 10, hidden=(32,), neuron="clif", surrogate="dspike", neuron_kwargs={"threshold": 0.4})
+    mlp = SpikingMLP(64, 10, hidden=(32,),
+                     layers=LayerSpec(neuron="clif", neuron_kwargs={"threshold": 0.4}, surrogate="dspike"))
     assert mlp(torch.rand(2, 5, 1, 8, 8)).shape == (2, 5, 10)
     assert isinstance(mlp.features[0][2], CLIF) and float(mlp.features[0][2].threshold) == pytest.approx(0.4)
-    resnet = SpikingResNet19(num_classes=10, in_channels=3, width=0.125, norm="tdbn")
+    resnet = SpikingResNet19(num_classes=10, in_channels=3, width=0.125, layers=LayerSpec(norm="tdbn"))
     assert resnet(torch.randn(2, 2, 3, 16, 16)).shape == (2, 2, 10)
     assert sum(isinstance(m, TDBN) for m in resnet.modules()) == 1 + 2 * 8 + 2 + 1  # stem, blocks, shortcuts, head
     assert len(list(spiking_neurons(resnet))) == 1 + 2 * 8 + 1
@@ -39,14 +41,15 @@ def test_mlp_and_resnet_shapes_and_options():
 def test_vgg_named_and_custom_configs():
     vgg11 = SpikingVGG("vgg11", in_channels=3, num_classes=10)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg11.modules()) == 8
-    custom = SpikingVGG([8, "M", 16], in_channels=2, num_classes=3, norm="bntt", norm_kwargs={"time_steps": 2})
+    custom = SpikingVGG([8, "M", 16], in_channels=2, num_classes=3,
+                        layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}))
     assert custom(torch.randn(2, 1, 2, 6, 6)).shape == (2, 1, 3)
     assert sum(isinstance(m, BNTT) for m in custom.modules()) == 2
 
 
 def test_no_norm_keeps_conv_bias():
-    with_norm = SpikingVGG("small", in_channels=1, norm="tdbn")
-    without = SpikingVGG("small", in_channels=1, norm="none")
+    with_norm = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="tdbn"))
+    without = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="none"))
     assert with_norm.features[0][0].module.bias is None
     assert without.features[0][0].module.bias is not None
 
@@ -62,11 +65,11 @@ def test_model_input_errors():
     with pytest.raises(ValueError, match="unknown VGG config 'vgg99'"):
         SpikingVGG("vgg99")
     with pytest.raises(ValueError, match=f"unknown norm 'batchnorm'; available: {', '.join(available_norms())}"):
-        SpikingVGG(norm="batchnorm")
+        SpikingVGG(layers=LayerSpec(norm="batchnorm"))
     with pytest.raises(ValueError, match="unknown neuron 'izh'; available: clif, if, lif"):
-        SpikingMLP(4, 2, neuron="izh")
+        SpikingMLP(4, 2, layers=LayerSpec(neuron="izh"))
     with pytest.raises(ValueError, match="unknown surrogate 'erf'; available"):
-        SpikingResNet19(surrogate="erf")
+        SpikingResNet19(layers=LayerSpec(surrogate="erf"))
 
 
 def test_shortcut_layouts_build_the_blocks_they_name():
@@ -76,31 +79,32 @@ def test_shortcut_layouts_build_the_blocks_they_name():
         return [m for m in model.modules() if isinstance(m, ResidualConvBlock)]
 
     cfg = [8, 8, "A", 16, 16, 16]
-    per_layer = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="per_layer"))
+    per_layer = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, layers=LayerSpec(shortcuts="per_layer")))
     # every conv after the first: 8->8 (identity), 8->16 (projection), 16->16, 16->16
     assert [len(b.layers) for b in per_layer] == [0, 0, 0, 0]
     assert [type(b.shortcut).__name__ for b in per_layer] == ["Identity", "Sequential", "Identity", "Identity"]
-    per_block = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="per_block"))
+    per_block = blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, layers=LayerSpec(shortcuts="per_block")))
     # runs after the first conv: [8] | [16, 16, 16] -> [8], [16, 16], [16]
     assert [len(b.layers) + 1 for b in per_block] == [1, 2, 1]
-    assert not blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, shortcuts="none"))
-    resnet = {s: blocks(SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, shortcuts=s))
+    assert not blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, layers=LayerSpec(shortcuts="none")))
+    resnet = {s: blocks(SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, layers=LayerSpec(shortcuts=s)))
               for s in ("per_block", "per_layer", "none")}
     assert len(resnet["per_block"]) == 8 and len(resnet["per_layer"]) == 16 and len(resnet["none"]) == 8
     assert all(b.shortcut is None for b in resnet["none"])
     convs = {s: sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in
-                    SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, shortcuts=s).modules())
+                    SpikingResNet19(num_classes=3, in_channels=1, width=0.0625,
+                                    layers=LayerSpec(shortcuts=s)).modules())
              for s in resnet}
     assert len(set(convs.values())) == 1  # same 3x3 convs in every layout
     with pytest.raises(ValueError, match="shortcuts"):
-        SpikingVGG(cfg, shortcuts="dense")
+        SpikingVGG(cfg, layers=LayerSpec(shortcuts="dense"))
 
 
 def test_identity_shortcut_carries_the_input_spikes():
     from spikenorm.models.blocks import ResidualConvBlock
     from spikenorm.models.layers import SpikingLayerFactory
 
-    factory = SpikingLayerFactory(norm="bn", neuron="if", neuron_kwargs={"threshold": 0.5})
+    factory = SpikingLayerFactory(LayerSpec(norm="bn", neuron="if", neuron_kwargs={"threshold": 0.5}))
     block = ResidualConvBlock(factory, [4, 4]).eval()
     with torch.no_grad():
         block.norm.weight.zero_()
@@ -129,7 +133,8 @@ def test_conv_layout_changes_no_values(norm):
     as in NCHW, the layout reaches the neurons, and the gradients agree."""
     torch.manual_seed(0)
     kwargs = {"time_steps": 3} if norm == "bntt" else {}
-    nhwc = SpikingResNet19(num_classes=5, in_channels=2, width=0.125, norm=norm, norm_kwargs=kwargs).double()
+    nhwc = SpikingResNet19(num_classes=5, in_channels=2, width=0.125,
+                           layers=LayerSpec(norm=norm, norm_kwargs=kwargs)).double()
     nchw = _conv_layout(copy.deepcopy(nhwc), False)
     seen = []
     _, first_neuron = next(spiking_neurons(nhwc))
@@ -150,3 +155,18 @@ def test_conv_layout_changes_no_values(norm):
     assert TimeDistributed(conv)(x).flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
     assert TimeDistributed(conv, channels_last=False)(x).is_contiguous()
     assert TimeDistributed(torch.nn.AvgPool2d(2))(x).is_contiguous()  # only convolutions switch the layout
+
+
+def test_layer_spec_gives_norms_the_time_steps_they_take_and_refuses_what_a_model_lacks():
+    model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt", time_steps=3))
+    assert [m.time_steps for m in model.modules() if isinstance(m, BNTT)] == [3, 3, 3]
+    tdbn = SpikingVGG("small", in_channels=1, layers=LayerSpec(time_steps=3))  # tdbn takes no time_steps
+    assert not any(isinstance(m, BNTT) for m in tdbn.modules())
+    with pytest.raises(ValueError, match=r"norm 'bntt' needs time_steps"):
+        SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt"))
+    with pytest.raises(ValueError, match=r"norm_kwargs time_steps=2 disagrees with layers.time_steps=3"):
+        SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}, time_steps=3))
+    with pytest.raises(ValueError, match=r"SpikingMLP does not support layers\.shortcuts='per_block'"):
+        SpikingMLP(4, 2, layers=LayerSpec(shortcuts="per_block"))
+    with pytest.raises(ValueError, match="unknown shortcuts 'dense'"):
+        LayerSpec(shortcuts="dense")

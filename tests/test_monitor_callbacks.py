@@ -14,8 +14,9 @@ from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spikenorm.loggers import WandbLogger, read_offline_run
-from spikenorm.models import SpikingMLP
+from spikenorm.loggers import WandbLogger
+from spikenorm.wandb_runs import read_offline_run
+from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.neurons import IF
 from spikenorm.tasks import SpikingClassifier
 
@@ -54,7 +55,7 @@ def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path, monkey
 
     wandb.teardown()
     pl.seed_everything(0)
-    model = SpikingMLP(8, 2, hidden=(16,), membrane_norm="mpbn")
+    model = SpikingMLP(8, 2, hidden=(16,), layers=LayerSpec(membrane_norm="mpbn"))
     task = SpikingClassifier(model, time_steps=T)
     wandb_logger = WandbLogger(save_dir=tmp_path / "logs")
     tb_logger = TensorBoardLogger(tmp_path / "tb", name="run")
@@ -95,16 +96,16 @@ def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path, monkey
     last = energy[-1]
     # live: input layer dense (T*8*16 MACs), tdbn and MPBN one MAC per element (2*T*16), readout on spikes;
     # folded: the same without the norms
-    assert last["energy/layer_macs/features.0.0"] == T * 8 * 16
-    assert last["energy/macs"] - last["energy/folded/macs"] == pytest.approx(2 * T * 16)
-    assert last["energy/folded/macs"] == pytest.approx(T * 8 * 16)
+    assert last["energy/macs/features.0.0"] == T * 8 * 16
+    assert last["energy/macs"] - last["energy/macs_folded"] == pytest.approx(2 * T * 16)
+    assert last["energy/macs_folded"] == pytest.approx(T * 8 * 16)
     assert last["energy/sops"] == pytest.approx(total * 2 / 24, rel=1e-6)  # readout 16 -> 2 on the spikes
     assert last["energy/uj"] == pytest.approx((4.6 * last["energy/macs"] + 0.9 * last["energy/sops"]) * 1e-6, rel=1e-6)
     assert last["energy/ann_uj"] == pytest.approx(4.6 * (8 * 16 + 16 * 2) * 1e-6, rel=1e-6)
 
     tags = _tensorboard_tags(tb_logger.log_dir)
     assert "spikes/heatmap" in tags["images"]
-    assert {"spikes/rate/features.0.2", "energy/uj", "energy/folded/uj"} <= set(tags["scalars"])
+    assert {"spikes/rate/features.0.2", "energy/uj", "energy/uj_folded"} <= set(tags["scalars"])
 
 
 class SnnTorchClassifier(nn.Module):
@@ -155,7 +156,7 @@ def test_snntorch_module_without_model_attribute(tmp_path: Path) -> None:
         _trainer(tmp_path, callbacks).validate(module, _data())
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items()}
     assert not any("teacher" in k for k in metrics)
-    assert not any(k.startswith("energy/folded") for k in metrics)
+    assert not any("_folded" in k for k in metrics)
     with torch.no_grad():
         hidden = np.concatenate([module.net(x)[1].numpy() for x, _ in _data()], axis=1)  # [T, 24, 12]
     assert metrics["spikes/rate/net.lif1"] == pytest.approx(hidden.mean(), rel=1e-6)

@@ -15,7 +15,7 @@ from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spikenorm.models import SpikingMLP
+from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.tasks import SpikingClassifier
 
@@ -141,12 +141,12 @@ def test_neuron_types_must_be_classes(callback: type) -> None:
 
 def test_energy_monitor_counts_a_model_with_custom_neurons_and_says_why_it_is_not_folded(tmp_path: Path) -> None:
     module = Counting(HandNet())
-    with pytest.warns(UserWarning, match=r"no energy/folded numbers: HandNet holds no spikenorm network to fold "
+    with pytest.warns(UserWarning, match=r"no \*_folded energy numbers: HandNet holds no spikenorm network to fold "
                                          r"\(no spikenorm neuron or norm layer\)"):
         _trainer(tmp_path, [EnergyMonitor(neuron_types=[HandLIF])]).validate(module, _data())
     metrics = module.trainer.callback_metrics
     assert float(metrics["energy/macs"]) == pytest.approx(T * 8 * 12)  # fc1 on the analog input
-    assert not any(k.startswith("energy/folded") for k in metrics)
+    assert not any("_folded" in k for k in metrics)
 
 
 def test_folding_a_spikingjelly_model_names_the_real_reason(tmp_path: Path) -> None:
@@ -164,7 +164,8 @@ def test_folding_a_spikingjelly_model_names_the_real_reason(tmp_path: Path) -> N
 
 
 def test_folded_true_raises_what_fold_model_raised_before_training(tmp_path: Path) -> None:
-    module = SpikingClassifier(SpikingMLP(8, 2, hidden=(16,), norm="bntt", norm_kwargs={"time_steps": T}), time_steps=T)
+    module = SpikingClassifier(SpikingMLP(8, 2, hidden=(16,),
+                                          layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": T})), time_steps=T)
     with pytest.raises(ValueError, match=r"EnergyMonitor\(folded=True\): spikenorm.fold.fold_model\(SpikingMLP\) "
                                          r"raised ValueError: cannot fold norm layer"):
         _trainer(tmp_path, [EnergyMonitor(folded=True)]).fit(module, _data(), _data())

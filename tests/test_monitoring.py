@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import Tensor, nn
 
 from spikenorm.energy import OpCounter
@@ -212,12 +212,6 @@ def test_a_deepcopy_of_the_watched_model_is_not_recorded() -> None:
 # --- reduction across processes -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _shards() -> list[Tensor]:
     """Rank 0 sees a batch of 2 samples over 3 steps, rank 1 one of 3 samples over 5 steps."""
     g = torch.Generator().manual_seed(5)
@@ -255,7 +249,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_processes_sum_to_one_process_on_all_the_data(tmp_path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     single = _record(_net(), _shards())
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt")

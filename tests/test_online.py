@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from spikenorm.fold import check_equivalence, fold_model
-from spikenorm.models import SpikingMLP, SpikingVGG
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
 from spikenorm.neurons import LIF, stateful
 from spikenorm.norm import OSR, build_norm
 from spikenorm.tasks import tet_loss
 from spikenorm.tasks.online import online_backward
-from spikenorm.trace import TraceSynapse
+from spikenorm.synapse import TraceSynapse
 
 T, B, C, H, W = 4, 6, 3, 3, 3
 
@@ -127,9 +127,10 @@ def test_ots_keeps_the_standardised_threshold_quantile_constant():
 
 def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
     torch.manual_seed(0)
-    model = SpikingMLP(12, 3, hidden=(16,), norm="osr", norm_kwargs={"fallback_ratio": None},
-                       neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True,
-                                      "ots_eval": "running"}).double()
+    model = SpikingMLP(12, 3, hidden=(16,),
+                       layers=LayerSpec(norm="osr", norm_kwargs={"fallback_ratio": None},
+                                        neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True,
+                                                       "ots_eval": "running"})).double()
     for _ in range(5):
         model(data(shape=(T, 32, 12)).abs())
     model.eval()
@@ -145,8 +146,9 @@ def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
 
 def test_osr_folds_into_weights_exactly():
     torch.manual_seed(0)
-    model = SpikingVGG("small", in_channels=1, num_classes=4, norm="osr",
-                       neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True}).double()
+    model = SpikingVGG("small", in_channels=1, num_classes=4,
+                       layers=LayerSpec(norm="osr",
+                                        neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True})).double()
     model(data(shape=(T, 8, 1, 8, 8)))
     model.eval()
     report = check_equivalence(model, fold_model(model), data(seed=3, shape=(T, 8, 1, 8, 8)))
@@ -162,8 +164,8 @@ def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm
     torch.manual_seed(0)
     neuron = {"tau": 2.0, "reset": "soft", "detach_reset": True, "detach_membrane": True, "ots": ots}
     kwargs = {"fallback_ratio": None} if norm == "osr" else {}
-    bptt = SpikingVGG("small", in_channels=1, num_classes=5, norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron,
-                      trace=trace).double()
+    bptt = SpikingVGG("small", in_channels=1, num_classes=5,
+                      layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron, trace=trace)).double()
     online = copy.deepcopy(bptt)
     x, y = data(shape=(T, 8, 1, 8, 8)), torch.arange(8) % 5
     tet_loss(bptt(x), y).backward()  # tet is the mean over steps of per-step losses
@@ -196,7 +198,7 @@ def test_trace_synapse_value_and_weight_gradient():
 
 def test_online_training_memory_does_not_keep_step_graphs():
     """Saved activations of earlier steps are freed by each step's backward."""
-    model = SpikingVGG("small", in_channels=1, num_classes=5, norm="osr")
+    model = SpikingVGG("small", in_channels=1, num_classes=5, layers=LayerSpec(norm="osr"))
     x, y = torch.randn(8, 4, 1, 8, 8), torch.arange(4)
     saved = []
 

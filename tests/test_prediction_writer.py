@@ -16,7 +16,7 @@ def _loader(n: int) -> DataLoader:
 
 
 def _predict(tmp_path, loaders) -> PredictionWriter:
-    writer = PredictionWriter(output_dir=tmp_path)
+    writer = PredictionWriter(dirpath=tmp_path)
     trainer = Trainer(logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False)
     trainer.predict(SpikingClassifier(SpikingMLP(64, 10, hidden=(8,)), time_steps=3), dataloaders=loaders)
     return writer

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,9 +15,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import Tensor, nn
 
-from spikenorm.models import TimeDistributed
+from spikenorm.synapse import TimeDistributed
 from spikenorm.norm import build_norm
 from spikenorm.recalibrate import recalibrate_bn
 
@@ -68,12 +68,6 @@ class Poison(nn.Module):
         return x
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _nan_on_one_rank(rank: int, port: int, mode: str, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # a short timeout: a process left waiting for the other in an all-reduce fails the test in 60 s, not 30 min
@@ -96,7 +90,7 @@ def _nan_on_one_rank(rank: int, port: int, mode: str, out_dir: str) -> None:
 @pytest.mark.parametrize("mode", ["exact", "single_pass"])
 def test_nan_on_one_process_stops_every_process(tmp_path, mode: str) -> None:
     """Under DDP the process that sees the NaN names it; the other raises too instead of waiting for it."""
-    mp.spawn(_nan_on_one_rank, args=(_free_port(), mode, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_nan_on_one_rank, args=(free_port(), mode, str(tmp_path)), nprocs=2, join=True)
     seconds0, message0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     _, message1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
     assert re.search(r"ValueError: .*layer '0' \(VanillaBN\) in batch 1 .* 1 NaN", message1), message1

@@ -8,13 +8,13 @@ numpy; exact recalibration must be the fixed point of that computation.
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from peer_models import BUILDERS, T, data, library_reset, snntorch_net
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -138,12 +138,6 @@ def test_errors_name_the_problem():
     assert report.batches == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -157,7 +151,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_processes_equal_one_process_over_the_union_of_their_batches(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = snntorch_net()
     recalibrate_bn(single, data(6))

@@ -11,9 +11,9 @@ import pytest
 
 import numpy as np
 
-from fake_datasets import write_cifar10, write_cifar10dvs, write_ibm_gesture
 from spikenorm.cli import main
-from spikenorm.loggers import read_offline_run
+from spikenorm.datamodules.testing import write_cifar10, write_cifar10dvs, write_ibm_gesture
+from spikenorm.wandb_runs import read_offline_run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

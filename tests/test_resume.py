@@ -18,7 +18,7 @@ from spikenorm.datamodules import DigitsDataModule
 from spikenorm.datamodules.base import EpochShuffleSampler, ResumableDataLoader
 from torch.utils.data import Dataset, SequentialSampler
 
-from spikenorm.models import SpikingMLP
+from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.tasks import SpikingClassifier
 
 STEPS_PER_EPOCH = 20
@@ -27,8 +27,9 @@ NOT_RESUMABLE = "ended before the epoch ended"
 
 def _task(training_mode: str) -> SpikingClassifier:
     if training_mode == "online":  # OSR running statistics and OTS running thresholds must resume too
-        model = SpikingMLP(64, 10, hidden=(32,), norm="osr",
-                           neuron_kwargs={"reset": "soft", "ots": True, "ots_eval": "running"})
+        model = SpikingMLP(64, 10, hidden=(32,),
+                           layers=LayerSpec(norm="osr",
+                                            neuron_kwargs={"reset": "soft", "ots": True, "ots_eval": "running"}))
     else:
         model = SpikingMLP(64, 10, hidden=(32,))
     return SpikingClassifier(model, time_steps=2, training_mode=training_mode)

@@ -16,6 +16,7 @@ pytest.importorskip("mujoco")
 from tensordict.nn import TensorDictModule
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from spikenorm.modes import eval_mode
 from spikenorm.norm import build_norm, ca_bn_updates
 from spikenorm.rl import (
     BatchedActor,
@@ -24,7 +25,6 @@ from spikenorm.rl import (
     action_bounds,
     action_dim,
     available_mujoco_envs,
-    eval_mode,
     hard_update,
     make_collector,
     make_env,

@@ -21,7 +21,9 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.loggers import WandbLogger, read_offline_run
+from spikenorm.loggers import WandbLogger
+from spikenorm.wandb_runs import read_offline_run
+from spikenorm.models import LayerSpec
 from spikenorm.tasks import SpikingTD3
 
 SMALL = dict(env_name="InvertedPendulum-v5", total_env_steps=240, warmup_steps=80, batch_size=32,
@@ -96,10 +98,10 @@ def test_each_evaluation_is_logged_once_at_its_env_step(logged_run):
 
 
 def test_each_recalibration_is_logged_once_at_its_env_step(logged_run):
-    layers = [k for k in logged_run["csv"][0] if k.startswith("bn/stat_error/")]
+    layers = [k for k in logged_run["csv"][0] if k.startswith("recalibration/stat_error/")]
     assert layers  # the CaRe-BN actor has norm layers
     for rows, step_key in ((logged_run["csv"], "step"), (logged_run["wandb"], "trainer/global_step")):
-        for key in [*layers, "bn/recalibration_seconds"]:
+        for key in [*layers, "recalibration/seconds"]:
             assert [step for step, _ in _series(rows, key, step_key)] == RECALIBRATION_STEPS, key
 
 
@@ -141,7 +143,7 @@ def _fails_at_setup(tmp_path: Path, task, callback, match: str) -> None:
 
 
 def test_recalibration_refuses_an_actor_without_bn(tmp_path):
-    task = SpikingTD3(**{**SMALL, "actor_norm": "none"})
+    task = SpikingTD3(**{**SMALL, "actor_layers": LayerSpec(norm="none", neuron="clif", surrogate="rectangle")})
     _fails_at_setup(tmp_path, task, ReplayRecalibration(every_n_env_steps=100), "no BN layer")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from spikenorm.fold import check_equivalence, fold_model
-from spikenorm.models import DDPGCritic, PopSANActor, PopulationDecoder, PopulationEncoder, TwinQCritic
+from spikenorm.models import POPSAN_LAYERS, DDPGCritic, PopSANActor, PopulationDecoder, PopulationEncoder, TwinQCritic
 from spikenorm.models.rl import regular_spike_train
 from spikenorm.neurons import CLIF, LIF, spiking_neurons
 from spikenorm.norm import TDBN, CaReBN, NoNorm, TimeMajorNorm
@@ -152,7 +153,7 @@ def test_actor_has_three_norm_layers_of_the_right_widths():
 @pytest.mark.parametrize("neuron", ["clif", "lif"])
 def test_actor_every_parameter_gets_a_gradient_in_train_mode(norm, neuron):
     torch.manual_seed(0)
-    actor = small_actor(norm=norm, neuron=neuron).train()
+    actor = small_actor(layers=replace(POPSAN_LAYERS, norm=norm, neuron=neuron)).train()
     obs = torch.randn(32, OBS)
     weights = torch.randn(32, ACT)
     (actor(obs) * weights).sum().backward()
@@ -161,17 +162,18 @@ def test_actor_every_parameter_gets_a_gradient_in_train_mode(norm, neuron):
 
 
 def test_actor_norm_and_neuron_options():
-    lif = small_actor(neuron="lif", norm="tdbn")
+    lif = small_actor(layers=replace(POPSAN_LAYERS, norm="tdbn", neuron="lif"))
     neurons = [n for _, n in spiking_neurons(lif)]
     assert all(isinstance(n, LIF) and n.decay == 0.75 and float(n.threshold) == 0.5 for n in neurons)
     assert all(isinstance(n, TDBN) and n.v_th == 0.5 for n in lif.norm_layers())
-    custom = small_actor(neuron_kwargs={"threshold": 0.8}, norm_kwargs={"innovation_momentum": 0.5})
+    custom = small_actor(layers=replace(POPSAN_LAYERS, norm_kwargs={"innovation_momentum": 0.5},
+                                        neuron_kwargs={"threshold": 0.8}))
     assert all(n.innovation_momentum == 0.5 for n in custom.norm_layers())
     assert all(torch.allclose(n.weight, torch.full_like(n.weight, 0.4)) for n in custom.norm_layers())
-    plain = small_actor(norm="none")
+    plain = small_actor(layers=replace(POPSAN_LAYERS, norm="none"))
     assert all(isinstance(n, NoNorm) for n in plain.norm_layers())
     assert all(l.bias is not None for l in plain.snn.modules() if isinstance(l, torch.nn.Linear))
-    bntt = small_actor(norm="bntt", time_steps=4)
+    bntt = small_actor(layers=replace(POPSAN_LAYERS, norm="bntt"), time_steps=4)
     assert bntt(torch.randn(3, OBS)).shape == (3, ACT)
 
 
@@ -227,7 +229,7 @@ def test_actor_bad_input_raises():
     with pytest.raises(ValueError, match="max_action"):
         PopSANActor(OBS, ACT, max_action=-1.0)
     with pytest.raises(ValueError, match="available"):
-        PopSANActor(OBS, ACT, max_action=1.0, norm="nope")
+        PopSANActor(OBS, ACT, max_action=1.0, layers=replace(POPSAN_LAYERS, norm="nope"))
 
 
 # --- critics -----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from torch import nn
 
 from spikenorm.callbacks import BNRecalibration, FoldNormalization, NIRExport, PackedBinaryExport
 from spikenorm.datamodules import DigitsDataModule
-from spikenorm.models import SpikingMLP, SpikingResNet19, SpikingVGG
+from spikenorm.models import LayerSpec, SpikingMLP, SpikingResNet19, SpikingVGG
 from spikenorm.neurons import LIF
 from spikenorm.tasks import SpikingClassifier
 
@@ -50,7 +50,7 @@ def fit_fails_before_training(tmp_path, network, callback, match) -> list[str]:
 
 
 def test_bn_recalibration_without_bn_layers_fails_at_setup(tmp_path):
-    hooks = fit_fails_before_training(tmp_path, vgg(norm="none"), BNRecalibration(num_batches=1),
+    hooks = fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(norm="none")), BNRecalibration(num_batches=1),
                                       r"BNRecalibration: SpikingVGG has no BN layer .* remove the callback")
     assert hooks == []
 
@@ -62,7 +62,7 @@ def test_bn_recalibration_asking_more_batches_than_the_loader_has_fails_when_tra
 
 
 def test_fold_normalization_of_an_unfoldable_model_fails_at_setup(tmp_path):
-    network = vgg(norm="bntt", norm_kwargs={"time_steps": 2})
+    network = vgg(layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}))
     hooks = fit_fails_before_training(tmp_path, network, FoldNormalization(),
                                       r"FoldNormalization cannot fold and save SpikingVGG: cannot fold norm layer "
                                       r"'features.0.1' \(BNTT\)")
@@ -82,9 +82,9 @@ def test_fold_normalization_of_a_model_the_safe_format_cannot_save_fails_at_setu
 
 
 @pytest.mark.parametrize("build", [
-    lambda: SpikingVGG("small", in_channels=1, norm="mpbn"),
-    lambda: SpikingMLP(20, 4, norm="mpbn"),
-    lambda: SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, norm="mpbn"),
+    lambda: SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="mpbn")),
+    lambda: SpikingMLP(20, 4, layers=LayerSpec(norm="mpbn")),
+    lambda: SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, layers=LayerSpec(norm="mpbn")),
 ])
 def test_mpbn_as_the_post_conv_norm_is_refused_when_the_model_is_built(build):
     with pytest.raises(ValueError, match=r"norm='mpbn' normalizes the membrane potential .* use membrane_norm='mpbn' "
@@ -93,7 +93,7 @@ def test_mpbn_as_the_post_conv_norm_is_refused_when_the_model_is_built(build):
 
 
 def test_nir_export_of_an_unfoldable_model_fails_at_setup(tmp_path):
-    hooks = fit_fails_before_training(tmp_path, vgg(norm="bntt", norm_kwargs={"time_steps": 2}), NIRExport(),
+    hooks = fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2})), NIRExport(),
                                       r"NIRExport could not export SpikingVGG to NIR: cannot fold norm layer")
     assert hooks == []
 
@@ -101,7 +101,7 @@ def test_nir_export_of_an_unfoldable_model_fails_at_setup(tmp_path):
 def test_nir_export_of_what_nir_cannot_express_fails_before_the_first_step(tmp_path):
     """Soft reset folds, but NIR cannot express it: found on the first batch (its shapes are needed), before
     the training step of that batch."""
-    fit_fails_before_training(tmp_path, vgg(neuron_kwargs={"reset": "soft"}), NIRExport(), r"soft reset")
+    fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(neuron_kwargs={"reset": "soft"})), NIRExport(), r"soft reset")
 
 
 def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp_path):
@@ -113,7 +113,7 @@ def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp
     data.setup("fit")
     trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path, callbacks=[callback])
-    network = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10, binary_weights=True)
+    network = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10, layers=LayerSpec(binary_weights=True))
     trainer.fit(SpikingClassifier(network, time_steps=2), data.train_dataloader(), data.val_dataloader())
     assert callback.path.exists() and callback.max_abs_diff == 0.0
 

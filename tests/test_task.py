@@ -106,3 +106,25 @@ def test_same_seed_gives_identical_training(tmp_path):
     (weights_a, loss_a), (weights_b, loss_b) = run(), run()
     assert loss_a == loss_b
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_firing_rates_are_an_option_checked_at_setup(tmp_path):
+    """A model without spiking neurons: skipped with one warning (None), refused before any step (True)."""
+    x = torch.randn(64, 8)
+    loader = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32)
+
+    def fit(model, record):
+        task = SpikingClassifier(model, num_classes=2, time_steps=2, record_firing_rates=record)
+        trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(task, loader, loader)
+        return trainer
+
+    with pytest.warns(UserWarning, match=r"Linear has no spiking neurons.*SpikingClassifier logs no firing rate"):
+        metrics = fit(torch.nn.Linear(8, 2), None).callback_metrics
+    assert "val/acc" in metrics and "val/firing_rate" not in metrics
+    with pytest.raises(ValueError, match=r"SpikingClassifier\(record_firing_rates=True\): Linear has no spiking "):
+        fit(torch.nn.Linear(8, 2), True)
+    spiking = SpikingMLP(8, 2, hidden=(16,))
+    assert "val/firing_rate" not in fit(spiking, False).callback_metrics
+    assert "val/firing_rate" in fit(spiking, True).callback_metrics

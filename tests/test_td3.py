@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.loggers import read_offline_run
+from spikenorm.wandb_runs import read_offline_run
+from spikenorm.models import LayerSpec
 from spikenorm.tasks import SpikingTD3
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -56,7 +57,7 @@ def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     keys = set().union(*run["history"])
     assert {"rl/eval_return", "rl/best_eval_return", "rl/env_steps_per_s", "train/critic_loss",
             "train/actor_loss"} <= keys
-    assert any(k.startswith("bn/stat_error/") for k in keys)
+    assert any(k.startswith("recalibration/stat_error/") for k in keys)
 
 
 def test_checkpoint_resume_restores_networks_optimizers_carebn_and_callback(tmp_path):
@@ -87,7 +88,7 @@ def test_checkpoint_resume_restores_networks_optimizers_carebn_and_callback(tmp_
 def test_ddpg_and_hard_target_updates_run(tmp_path):
     seed_everything(2)
     task = SpikingTD3(**{**SMALL, "algorithm": "ddpg", "target_update": "hard", "hard_update_every": 20,
-                         "actor_norm": "bn"})
+                         "actor_layers": LayerSpec(norm="bn", neuron="clif", surrogate="rectangle")})
     _trainer(tmp_path).fit(task)
     assert task.updates == 240 - 80 + 1
     for a, b in zip(task.actor.parameters(), task.actor_target.parameters()):
@@ -106,6 +107,8 @@ def test_bad_arguments():
 def test_actor_norm_kwargs_reach_the_carebn_layers():
     from spikenorm.norm import CaReBN
 
-    task = SpikingTD3(**SMALL, actor_norm_kwargs={"prior": "debiased", "noise": "prior"})
+    task = SpikingTD3(**SMALL,
+                      actor_layers=LayerSpec(norm="carebn", norm_kwargs={"prior": "debiased", "noise": "prior"},
+                                             neuron="clif", surrogate="rectangle"))
     layers = [m for m in task.actor.modules() if isinstance(m, CaReBN)]
     assert layers and all((m.prior, m.noise) == ("debiased", "prior") for m in layers)

@@ -6,19 +6,16 @@ Frames are checked against an independent numpy histogram of the events the writ
 from __future__ import annotations
 
 import os
+import typing
 
 import numpy as np
 import pytest
 import tonic
 import torch
-from fake_datasets import (
-    write_cifar10dvs,
-    write_dvsgesture_npy,
-    write_ibm_gesture,
-    write_nmnist,
-)
 from spikenorm.datamodules import FrameAugmentation, TonicDataModule
 from spikenorm.datamodules.ibm_gesture import read_aedat31_polarity
+from spikenorm.datamodules.neuromorphic import DVS_DATASETS, TonicDatasetName
+from spikenorm.datamodules.testing import write_cifar10dvs, write_dvsgesture_npy, write_ibm_gesture, write_nmnist
 
 
 def _histogram(events: np.ndarray, width: int, height: int, size: int | None = None) -> np.ndarray:
@@ -248,6 +245,15 @@ def test_failed_download_says_what_goes_where(tmp_path, monkeypatch):
     dm = TonicDataModule("nmnist", root=str(tmp_path), download=True)
     with pytest.raises(FileNotFoundError, match=r"downloading failed \(URLError.*NMNIST/Train/<digit>/\*\.bin"):
         dm.prepare_data()
+
+
+def test_every_dataset_name_has_one_spec_row():
+    assert set(typing.get_args(TonicDatasetName)) == set(DVS_DATASETS)
+    for name, spec in DVS_DATASETS.items():
+        assert "tonic" in spec.readers, name
+        for reader in spec.readers.values():
+            assert tuple(reader.sensor_size) == spec.sensor_size, (name, reader)
+            assert len(reader.classes) == spec.num_classes, (name, reader)
 
 
 def test_bad_arguments_are_rejected(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikenorm.models import SpikingTransformer
+from spikenorm.models import LayerSpec, SpikingTransformer
 from spikenorm.neurons import SpikingNeuron
 
 TINY = {"in_channels": 2, "num_classes": 5, "embed_dim": 16, "depth": 2, "num_heads": 2}
@@ -78,11 +78,11 @@ def test_eval_forward_is_independent_of_the_batch():
             torch.testing.assert_close(model(x[:, b : b + 1]), full[:, b : b + 1], rtol=1e-5, atol=1e-5)
 
 
-def test_binary_mlp_binarizes_exactly_the_mlp_layers_and_trains():
+def test_binary_weights_binarize_exactly_the_mlp_layers_and_trains():
     from spikenorm import binary
 
     torch.manual_seed(3)
-    model = SpikingTransformer(input_size=8, patch_size=2, binary_mlp=True, **TINY)
+    model = SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(binary_weights=True))
     binary_names = {name for name, m in model.named_modules() if isinstance(m, binary.BinaryLinear)}
     expected = {f"blocks.{i}.mlp.fc{j}" for i in range(2) for j in (1, 2)}
     assert binary_names == expected
@@ -126,3 +126,16 @@ def test_clear_errors():
         model(torch.rand(2, 1, 3, 8, 8))
     with pytest.raises(ValueError, match="built for 8x8 input"):
         model(torch.rand(2, 1, 2, 16, 16))
+
+
+def test_membrane_norm_reaches_every_neuron_and_trace_and_shortcuts_are_refused():
+    from spikenorm.norm import MPBN
+
+    model = SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(membrane_norm="mpbn"))
+    neurons = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
+    assert neurons and all(isinstance(n.membrane_norm, MPBN) for n in neurons)
+    assert model(torch.rand(2, 3, 2, 8, 8)).shape == (2, 3, 5)
+    with pytest.raises(ValueError, match=r"SpikingTransformer does not support layers\.trace=True"):
+        SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(trace=True))
+    with pytest.raises(ValueError, match=r"layers\.shortcuts='per_layer'"):
+        SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(shortcuts="per_layer"))

@@ -12,7 +12,12 @@ the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI
   (:class:`~spikenorm.callbacks.LastCheckpoint`), in the same log folder and the same W&B run;
 * the resolved configuration is written into the run's log folder (without a logger, into
   ``<default_root_dir>/configs/``) and never overwrites a file;
-* ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`).
+* ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`);
+* the number of time steps is given once, as the task's ``time_steps`` (and ``eval_time_steps``): links set the
+  network's ``layers.time_steps`` where its norm needs it (``bntt``) and an event datamodule's ``time_bins``
+  (see :meth:`SpikenormCLI.add_arguments_to_parser`). A linked value given in a config or on the command line
+  must agree with the task's, or the CLI stops with an error naming both. An augmentation's ``keep_steps``
+  (random temporal deletion) is not linked but checked before anything is built (:func:`check_kept_steps`).
 
 On start-up it sets the host allocator up for training (:mod:`spikenorm.allocator`;
 ``SPIKENORM_MALLOC=default`` opts out).
@@ -20,6 +25,7 @@ On start-up it sets the host allocator up for training (:mod:`spikenorm.allocato
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -36,6 +42,7 @@ from spikenorm.allocator import retain_freed_memory
 from spikenorm.callbacks import PredictionWriter
 from spikenorm.config import class_path_of, import_object, instantiate
 from spikenorm.loggers import CSVLogger as AppendingCSVLogger
+from spikenorm.models.layers import norm_accepts
 from spikenorm.run_dirs import (
     LOGGER_VERSIONS_KEY,
     free_path,
@@ -47,6 +54,59 @@ from spikenorm.run_dirs import (
 from spikenorm.tasks.run_config import is_unrecorded
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: the task's spikenorm networks whose layer spec gets ``time_steps`` (``model.init_args.<name>``)
+NETWORKS = ("model", "teacher")
+#: keys the links set; a checkpoint's stored values of these are not used as defaults (the links recompute them)
+LINKED_KEYS = (
+    *(f"model.init_args.{net}.init_args.layers.time_steps" for net in NETWORKS),
+    "data.init_args.time_bins",
+)
+
+
+def _disagree(name: str, given: Any, expected: Any, source: str) -> ValueError:
+    return ValueError(f"{name}={given!r} disagrees with {source}={expected!r}: give the number of time steps once, "
+                      f"as the task's time_steps / eval_time_steps (the spikenorm CLI sets {name} from it)")
+
+
+def layer_time_steps(time_steps: int, norm: str, membrane_norm: str | None, given: int | None) -> int | None:
+    """``layers.time_steps`` of a network: the task's ``time_steps`` when the norm or the membrane norm takes
+    ``time_steps`` (``bntt``), else what the spec says (None unless given)."""
+    if given is not None and given != time_steps:
+        raise _disagree("layers.time_steps", given, time_steps, "the task's time_steps")
+    needed = any(name is not None and norm_accepts(name, "time_steps") for name in (norm, membrane_norm))
+    return time_steps if needed else given
+
+
+def frame_count(time_steps: int, eval_time_steps: int | None, given: int, data_class: str) -> int:
+    """An event datamodule's ``time_bins``: the evaluation ``T`` (``eval_time_steps``, else ``time_steps``); the
+    frames of a train batch are cut to ``time_steps`` by the augmentation (:func:`check_kept_steps`)."""
+    frames = eval_time_steps or time_steps
+    default = inspect.signature(import_object(data_class)).parameters["time_bins"].default
+    if given not in (frames, default):
+        raise _disagree("data time_bins", given, frames, "the task's eval_time_steps or time_steps")
+    return frames
+
+
+def check_kept_steps(config: Any) -> None:
+    """Refuse an event augmentation whose ``keep_steps`` (random temporal deletion) is not the task's
+    ``time_steps`` although ``eval_time_steps`` differs from it, or is set although it does not.
+
+    Not a link: jsonargparse leaves link targets nested in two class-path levels (``data`` ->
+    ``augmentation``) out of the config dump from which Lightning takes the datamodule's hyperparameters.
+    """
+    task, data = config.get("model"), config.get("data")
+    augmentation = data.get("init_args", {}).get("augmentation") if data is not None else None
+    if task is None or not hasattr(augmentation, "get") or "time_steps" not in task.get("init_args", {}):
+        return
+    time_steps, eval_time_steps = task.init_args.time_steps, task.init_args.get("eval_time_steps")
+    keep = time_steps if eval_time_steps not in (None, time_steps) else None
+    given = (augmentation.get("init_args") or {}).get("keep_steps")
+    if given != keep:
+        raise ValueError(
+            f"data augmentation keep_steps={given!r} does not fit the task's time_steps={time_steps} and "
+            f"eval_time_steps={eval_time_steps!r}: training on time_steps of the eval_time_steps frames needs "
+            f"keep_steps={keep!r}"
+        )
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -107,7 +167,17 @@ def checkpoint_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
         if class_path is not None:
             init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and not is_unrecorded(v)}
             configs[key] = {"class_path": class_path, "init_args": init_args}
+    for key in LINKED_KEYS:
+        _drop(configs, key.split("."))
     return configs
+
+
+def _drop(config: Any, path: list[str]) -> None:
+    """Remove the nested entry ``path`` of a dict, if there."""
+    for part in path[:-1]:
+        config = config.get(part) if isinstance(config, dict) else None
+    if isinstance(config, dict):
+        config.pop(path[-1], None)
 
 
 def _logger_entries(logger_config: Any) -> list[Any]:
@@ -137,6 +207,23 @@ class SpikenormCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Parse-time links from the task's ``time_steps`` / ``eval_time_steps`` (a link whose keys a config lacks,
+        such as a static datamodule's ``time_bins``, the RL task's network or a model without ``layers``, is
+        skipped). Each link also reads its target, so a disagreeing value given by the user is refused instead
+        of silently replaced."""
+        task = "model.init_args"
+        for net in NETWORKS:
+            layers = f"{task}.{net}.init_args.layers"
+            parser.link_arguments(
+                (f"{task}.time_steps", f"{layers}.norm", f"{layers}.membrane_norm", f"{layers}.time_steps"),
+                f"{layers}.time_steps", compute_fn=layer_time_steps)
+        parser.link_arguments((f"{task}.time_steps", f"{task}.eval_time_steps", "data.init_args.time_bins",
+                               "data.class_path"), "data.init_args.time_bins", compute_fn=frame_count)
+
+    def before_instantiate_classes(self) -> None:
+        check_kept_steps(self.config[self.subcommand] if self.subcommand else self.config)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse with the task and data stored in ``--ckpt_path``'s checkpoint as defaults."""
@@ -227,8 +314,8 @@ def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None
     if "test/acc_folded" in metrics:
         lines.append(
             f"  {'folded model':<14} accuracy {float(metrics['test/acc_folded']):.4f}, "
-            f"{int(metrics['fold/test_flipped_spikes'])} flipped spikes, "
-            f"max |output difference| {float(metrics['fold/test_max_abs_diff']):.2g}"
+            f"{int(metrics['test/flipped_spikes_folded'])} flipped spikes, "
+            f"max |output difference| {float(metrics['test/max_abs_diff_folded']):.2g}"
         )
     lines += [f"  {line}" for line in callback_lines]
     if ckpt_path == "best":

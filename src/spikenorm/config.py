@@ -2,7 +2,11 @@
 
 A *config* is the LightningCLI form of a constructor call, ``{"class_path": "pkg.Class", "init_args": {...}}``,
 whose ``init_args`` hold only plain data (numbers, strings, booleans, ``None``, lists, string-keyed dicts) and
-nested configs. It is what a checkpoint stores to rebuild its network without the user's code that built it,
+nested configs. A dataclass argument (such as a model's :class:`~spikenorm.models.LayerSpec`) is written as the
+dict of its fields, the YAML form LightningCLI reads, and :func:`instantiate` turns that dict back into the
+dataclass the constructor's annotation names.
+
+A config is what a checkpoint stores to rebuild its network without the user's code that built it,
 what a run logs so that runs can be filtered by any constructor argument, and what a loaded checkpoint is
 compared against.
 
@@ -13,7 +17,7 @@ compared against.
   class (how LightningCLI passes optimizer and scheduler factories), and raises :class:`UnrecordableError`
   saying why for anything else.
 * :func:`instantiate` rebuilds an object (or, ``partial=True``, a factory) from a config.
-* :func:`flatten` turns nested configs into flat, filterable keys (``model.norm``, ``optimizer.lr``);
+* :func:`flatten` turns nested configs into flat, filterable keys (``model.layers.norm``, ``optimizer.lr``);
   :func:`differences` lists the flat keys on which two configs disagree.
 * :func:`with_defaults` / :func:`without_defaults` add or drop the arguments equal to the installed class's
   defaults: complete configs to log and compare, minimal ones to store where a class's arguments may differ
@@ -22,9 +26,12 @@ compared against.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,9 +67,13 @@ def is_config(value: Any) -> bool:
 
 
 def _plain(value: Any, where: str) -> Any:
-    """``value`` as plain data (tuples become lists, recorded objects become configs), or raise."""
+    """``value`` as plain data (tuples become lists, dataclasses dicts of their fields, recorded objects configs),
+    or raise."""
     if isinstance(value, _PLAIN):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [f.name for f in dataclasses.fields(value) if f.init]
+        return {name: _plain(getattr(value, name), f"{where}.{name}") for name in fields}
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, Mapping):
@@ -167,6 +178,23 @@ def _build(value: Any) -> Any:
     return value
 
 
+def _dataclass_parameters(cls: Any) -> dict[str, type]:
+    """The constructor parameters of class ``cls`` annotated with a dataclass (alone or in a union with None)."""
+    if not inspect.isclass(cls):
+        return {}
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(cls.__init__))
+    except (AttributeError, NameError, SyntaxError, TypeError):  # annotations that do not resolve: none found
+        return {}
+    found = {}
+    for name, hint in hints.items():
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        classes = [m for m in members if dataclasses.is_dataclass(m)]
+        if len(classes) == 1:
+            found[name] = classes[0]
+    return found
+
+
 def instantiate(config: Mapping[str, Any], partial: bool = False) -> Any:
     """Build the object a config describes (nested configs in ``init_args`` are built first).
 
@@ -179,6 +207,9 @@ def instantiate(config: Mapping[str, Any], partial: bool = False) -> Any:
         raise ValueError(f"expected a config with a 'class_path', got {config!r}")
     cls = import_object(config["class_path"])
     init_args = {k: _build(v) for k, v in (config.get("init_args") or {}).items()}
+    for name, dataclass in _dataclass_parameters(cls).items():  # the dict of a dataclass's fields -> the dataclass
+        if isinstance(init_args.get(name), Mapping):
+            init_args[name] = dataclass(**init_args[name])
     return functools.partial(cls, **init_args) if partial else cls(**init_args)
 
 
@@ -205,9 +236,20 @@ def with_defaults(value: Any) -> Any:
     classes may have gained arguments (an argument the old config lacks compares as its default).
     """
     if is_config(value):
+        defaults = _defaults(value["class_path"])
         init_args = {k: with_defaults(v) for k, v in (value.get("init_args") or {}).items()}
-        return {**value, "init_args": {**_defaults(value["class_path"]), **init_args}}
+        for name in _dataclass_parameters(_import_or_none(value["class_path"])):  # fields left out: their defaults
+            if isinstance(defaults.get(name), Mapping) and isinstance(init_args.get(name), Mapping):
+                init_args[name] = {**defaults[name], **init_args[name]}
+        return {**value, "init_args": {**defaults, **init_args}}
     return value
+
+
+def _import_or_none(class_path: str) -> Any:
+    try:
+        return import_object(class_path)
+    except (ImportError, ValueError):
+        return None
 
 
 def without_defaults(value: Any) -> Any:
@@ -226,8 +268,9 @@ def without_defaults(value: Any) -> Any:
 def flatten(value: Any, prefix: str) -> dict[str, Any]:
     """Flat ``prefix.key`` entries of a config or dict: ``init_args`` disappear from the keys.
 
-    ``flatten(describe(SpikingVGG(norm="tdbn")), "model")`` gives ``{"model.class_path": "...SpikingVGG",
-    "model.norm": "tdbn", "model.surrogate_kwargs.alpha": 4.0, ...}``. Lists and scalars are leaves.
+    ``flatten(describe(SpikingVGG(layers=LayerSpec(surrogate_kwargs={"alpha": 4.0}))), "model")`` gives
+    ``{"model.class_path": "...SpikingVGG", "model.layers.norm": "tdbn", "model.layers.surrogate_kwargs.alpha": 4.0,
+    ...}``. Lists and scalars are leaves.
     """
     if is_config(value):
         flat = {f"{prefix}.class_path": value["class_path"]}

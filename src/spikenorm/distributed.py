@@ -1,4 +1,5 @@
-"""Summing monitoring totals (spike counts, operation counts) across processes.
+"""Process-group helpers: the world size, and summing monitoring totals (spike counts, operation counts)
+across processes.
 
 Monitors accumulate plain sums on every process; under DDP each process has seen a shard of the data, so
 the totals of the whole run are the element-wise sums over processes. :func:`sum_across_processes` does
@@ -14,7 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from spikenorm.norm.stats import distributed_world_size
+
+def distributed_world_size() -> int:
+    """Number of processes to reduce over (1 when not running distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 def _collective_device() -> torch.device:

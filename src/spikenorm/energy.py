@@ -54,7 +54,7 @@ from torch.utils.hooks import RemovableHandle
 
 from spikenorm.distributed import sum_across_processes
 from spikenorm.hooks import HookSession
-from spikenorm.monitoring import excluded
+from spikenorm.module_names import excluded
 from spikenorm.norm import TimeMajorNorm
 
 LayerKind = Literal["synaptic", "norm"]
@@ -239,7 +239,9 @@ class OpCounter(HookSession):
                 key = name or type(module).__name__
                 self.kinds[key], self.layers[key] = kind, module
         if not self.layers:
-            raise ValueError(f"{type(model).__name__} has no Linear, Conv or norm layer whose operations can be counted")
+            raise ValueError(
+                f"{type(model).__name__} has no Linear, Conv or norm layer whose operations can be counted"
+            )
         self._counts: dict[str, list[int]] = {}
         self.samples = 0
 

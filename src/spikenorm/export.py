@@ -6,7 +6,10 @@ describes a network as continuous-time nodes joined by identity edges; the edges
 spikenorm neurons are discrete: at step ``t`` a neuron charges ``h_t`` from its input ``x_t``, fires
 ``s_t = 1[h_t > theta]`` and hard-resets ``v_t = h_t (1 - s_t) + v_r s_t`` (:mod:`spikenorm.neurons`). One
 spikenorm step is the forward-Euler step of length ``dt`` of NIR's ODE, with the reset in the same step
-(``v_leak = 0``; every parameter is an array of the neuron's per-sample feature shape):
+(``v_leak = 0``; every parameter is an array of the neuron's per-sample feature shape). Each neuron class
+gives its own node (:meth:`spikenorm.neurons.SpikingNeuron.nir_node`); the base class derives it from the
+declared :class:`~spikenorm.recurrence.LinearCharge` (input scale ``s = 1`` below; another ``s`` multiplies
+``r``, or ``w_in`` for CubaLIF):
 
 * IF ``h_t = v_{t-1} + x_t``  <->  NIR ``IF``: ``dv/dt = R I``; ``r = 1/dt``.
 * LIF ``h_t = d v_{t-1} + x_t``  <->  NIR ``LIF``: ``tau dv/dt = (v_leak - v) + R I``; ``tau = dt/(1 - d)``,
@@ -38,7 +41,8 @@ Refused with a ValueError naming the node, as NIR cannot express them faithfully
 only reset to ``v_reset``), max pooling, padded average pooling, grouped convolutions (NIR 1.0.8 types a
 grouped conv's input with ``in_channels / groups`` channels), OTS thresholds not folded to a constant, norm
 layers (fold first), binary-weight layers, CLIF without leak (``a = 1`` or ``b = 1``: infinite time
-constant), and any other module or operation.
+constant), a neuron without a NIR mapping (no linear charge and no ``nir_node`` of its own, or more than one
+current stage), and any other module or operation.
 
 snnTorch 1.0 (``snntorch.import_nir.import_from_nir``) reads NIR time in seconds with a fixed ``dt = 1e-4``:
 export with ``to_nir(..., dt=1e-4)`` for it. It then reproduces LIF (as ``Leaky``) and CLIF (as ``Synaptic``)
@@ -66,10 +70,9 @@ from torch import Tensor, fx, nn
 
 from spikenorm.binary import BinaryLayer
 from spikenorm.fold import FoldedModel, SignFlip, fold_model
-from spikenorm.models.layers import TimeDistributed
 from spikenorm.neurons import CLIF, IF, LIF, SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
-from spikenorm.trace import TraceSynapse
+from spikenorm.synapse import TimeDistributed, TraceSynapse
 from spikenorm.validation import check_time_major
 
 _ADD = (operator.add, torch.add)
@@ -200,7 +203,8 @@ class _GraphBuilder:
         elif node.target in _MEAN and node.op in ("call_method", "call_function"):
             self._global_mean(node, source)
         else:
-            raise _unsupported(node, f"{node.op} '{getattr(node.target, '__name__', node.target)}' has no NIR equivalent")
+            target = getattr(node.target, "__name__", node.target)
+            raise _unsupported(node, f"{node.op} '{target}' has no NIR equivalent")
         self.sources.setdefault(node, [node.name])
 
     def _convert_module(self, node: fx.Node, source: fx.Node, module: nn.Module) -> None:
@@ -270,7 +274,8 @@ class _GraphBuilder:
         sign = torch.ones(shape, dtype=neuron.threshold.dtype)
         if neuron.membrane_norm is not None:
             if not isinstance(neuron.membrane_norm, SignFlip):
-                raise _unsupported(node, f"membrane norm {type(neuron.membrane_norm).__name__} left; fold the model first")
+                norm = type(neuron.membrane_norm).__name__
+                raise _unsupported(node, f"membrane norm {norm} left; fold the model first")
             sign = _per_element(neuron.membrane_norm.sign.to(sign.dtype), shape)
             flip = f"{node.name}_sign"
             meta = {"spikenorm_op": f"SignFlip of neuron '{node.target}': input and v_reset negated where -1"}
@@ -279,35 +284,17 @@ class _GraphBuilder:
             source = node
         theta = _array(_per_element(neuron.threshold, shape))
         v_reset = _array(sign * neuron.reset_value + 0.0)  # + 0.0: no negative zeros
-        self._add(node.name, _neuron_node(node, neuron, theta, v_reset, self.dt), source)
+        try:
+            nir_node = neuron.nir_node(theta, v_reset, self.dt, {"spikenorm_neuron": type(neuron).__name__})
+        except ValueError as err:
+            raise _unsupported(node, str(err)) from err
+        self._add(node.name, nir_node, source)
         self.sources[node] = [node.name]
 
 
 def _unsupported(node: fx.Node, what: str) -> ValueError:
     where = f"'{node.target}'" if node.op == "call_module" else f"'{node.name}'"
     return ValueError(f"cannot export node {where} to NIR: {what}")
-
-
-def _neuron_node(node: fx.Node, neuron: SpikingNeuron, theta: np.ndarray, v_reset: np.ndarray,
-                 dt: float) -> nir.NIRNode:
-    def full(value: float) -> np.ndarray:
-        return np.full(theta.shape, value, dtype=np.float64)
-
-    meta = {"spikenorm_neuron": type(neuron).__name__}
-    if type(neuron) is CLIF:
-        if neuron.decay >= 1 or neuron.current_decay >= 1:
-            raise _unsupported(node, f"a CLIF without leak (decay={neuron.decay}, current_decay="
-                                     f"{neuron.current_decay}) needs an infinite NIR time constant")
-        tau_mem, tau_syn = dt / (1 - neuron.decay), dt / (1 - neuron.current_decay)
-        return nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt), v_leak=full(0.0),
-                           v_threshold=theta, v_reset=v_reset, w_in=full(tau_syn / dt), metadata=meta)
-    if type(neuron) is LIF and neuron.decay < 1:
-        tau = dt / (1 - neuron.decay)
-        return nir.LIF(tau=full(tau), r=full(tau / dt), v_leak=full(0.0), v_threshold=theta, v_reset=v_reset,
-                       metadata=meta)
-    if type(neuron) in (IF, LIF):  # a LIF with decay 1 integrates without leak
-        return nir.IF(r=full(1 / dt), v_threshold=theta, v_reset=v_reset, metadata=meta)
-    raise _unsupported(node, f"neuron type {type(neuron).__name__} has no NIR mapping")
 
 
 def _conv(node: fx.Node, conv: nn.Conv1d | nn.Conv2d, in_shape: tuple[int, ...]) -> nir.NIRNode:
@@ -378,7 +365,8 @@ class _AvgPool2d(nn.Module):
     """NIR ``AvgPool2d`` on ``[T, B, C, H, W]``; ``as_mean`` computes it as ``mean`` over H, W, bit for bit as a
     model's global average pool (set from the metadata ``spikenorm_op = "mean"`` that :func:`to_nir` writes)."""
 
-    def __init__(self, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], as_mean: bool) -> None:
+    def __init__(self, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+                 as_mean: bool) -> None:
         super().__init__()
         self.kernel, self.stride, self.padding, self.as_mean = kernel, stride, padding, as_mean
 

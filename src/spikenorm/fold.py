@@ -47,10 +47,10 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from spikenorm.binary import BINARY_WEIGHT_FUNCTIONS, BinaryLayer
-from spikenorm.models.layers import TimeDistributed
+from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import SpikingNeuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
-from spikenorm.trace import TraceSynapse
+from spikenorm.synapse import TraceSynapse
 
 _LINEAR_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

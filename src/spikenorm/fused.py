@@ -1,4 +1,4 @@
-r"""Fused multi-step IF / LIF / CLIF: all ``T`` steps in one compiled kernel, forward and backward.
+r"""Fused multi-step neurons: all ``T`` steps in one compiled kernel, forward and backward.
 
 :meth:`spikenorm.neurons.SpikingNeuron.forward` loops over time in Python and autograd records every
 elementwise op of every step (about ten saved tensors per step). This module replaces that loop, for the
@@ -9,12 +9,27 @@ from ``h_t`` and runs the reverse-time recurrence below. Neurons take it under `
 default, large inputs only) or always with ``backend="fused"``; the loop of :mod:`spikenorm.neurons` stays
 the reference (``backend="eager"``).
 
-Equations (elementwise; ``lambda`` = 1 for IF, ``decay`` for LIF)::
+The contract. This module imports nothing from spikenorm: it writes its kernels from what the objects
+declare, so a new neuron, surrogate or membrane norm gets the fused path without an edit here.
 
-    IF/LIF:  h_t = lambda v_{t-1} + x_t
-    CLIF:    c_t = a c_{t-1} + x_t,   h_t = b v_{t-1} + c_t
+* the neuron: ``linear_charge()`` returns a :class:`~spikenorm.recurrence.LinearCharge` (membrane decay
+  ``b``, input scale ``s``, current-stage decays ``a_1 .. a_K``), or None (not covered); plus the attributes
+  every :class:`~spikenorm.neurons.SpikingNeuron` has (``threshold``, ``threshold_for``, ``reset``,
+  ``reset_value``, ``detach_reset``, ``detach_membrane``, ``ots``, ``membrane_norm``, ``surrogate``);
+* the surrogate: ``kernel_key()``, a hashable identity of its derivative (None: not covered), and
+  ``kernel_derivative()``, the function ``g(z)`` the backward kernel calls (traced and inlined by dynamo);
+  :class:`~spikenorm.surrogate.Surrogate` provides both from ``derivative``;
+* the membrane norm: ``fused_membrane_parameters(x)`` returns ``(mean, rstd, weight, bias)`` (weight, bias
+  None without affine) or the reason it cannot; :class:`~spikenorm.norm.TimeMajorNorm` provides it.
+
+Equations (elementwise)::
+
+    charge:  i_t = s x_t
+             c1_t = a_1 c1_{t-1} + i_t,   ck_t = a_k ck_{t-1} + c(k-1)_t   (k = 2 .. K)
+             h_t = b v_{t-1} + cK_t                                      (cK_t := i_t when K = 0)
+             IF: b = 1, K = 0;  LIF: b = decay, K = 0;  CLIF: b = decay, K = 1, a_1 = current_decay
     norm:    u_t = h_t                                   (no membrane norm)
-             u_t = (h_t - mu) * rstd * gamma + beta      (eval-mode MPBN/VanillaBN: alpha = rstd * gamma)
+             u_t = (h_t - mu) * rstd * gamma + beta      (eval-mode norm: alpha = rstd * gamma)
     fire:    z_t = u_t - theta,   s_t = H(z_t),   dH/dz := g(z_t)   (the surrogate derivative)
     reset:   hard  v_t = h_t (1 - s_t) + v_r s_t
              soft  v_t = h_t - theta s_t
@@ -31,37 +46,39 @@ gradient),
 
     ``G_t = alpha g(z_t) (S_t + D R_t V_t) + P_t V_t``
 
-(``alpha = 1`` without a membrane norm). Then, going from ``t = T`` down to 1:
+(``alpha = 1`` without a membrane norm). Then, going from ``t = T`` down to 1, with ``Ck_t = dL/dck_t``
+(``Ck_{T+1} = 0``): ``h_t`` reads ``cK_t`` and ``ck_t`` feeds ``c(k+1)_t`` and ``ck_{t+1}``, so
 
-    IF/LIF:  ``dL/dx_t = G_t``,  ``V_{t-1} = lambda G_t``
-    CLIF:    ``C_t = G_t + a C_{t+1}`` (``C_{T+1} = 0``),  ``dL/dx_t = C_t``,  ``V_{t-1} = b G_t``
+    ``CK_t = G_t + a_K CK_{t+1}``,  ``Ck_t = C(k+1)_t + a_k Ck_{t+1}`` (k = K-1 .. 1),
+    ``dL/dx_t = s C1_t`` (``s G_t`` when ``K = 0``),  ``V_{t-1} = b G_t``
 
 which is exactly what autograd computes through the eager loop (up to float rounding order). The spikes
 of the fused forward are bit-identical to the eager loop's: the kernel performs the same floating-point
-operations in the same order (inductor keeps the graph's op order and compiles C++ with
-``-ffp-contract=off``); membrane-norm parameters are pre-computed in eager exactly as the norm does
-(``rsqrt(running_var + eps)``) rather than folded into one affine map, which would round differently.
-This bit-exactness is tested on CPU only; on CUDA, Triton may contract ``a * b + c`` into an FMA, so a
-spike can flip where ``u_t`` lies within one rounding of ``theta`` (gradients agree to tolerance).
+operations in the same order (those of :meth:`~spikenorm.recurrence.LinearCharge.charge`; inductor keeps the
+graph's op order and compiles C++ with ``-ffp-contract=off``); membrane-norm parameters are pre-computed in
+eager exactly as the norm does (``rsqrt(running_var + eps)``) rather than folded into one affine map, which
+would round differently. This bit-exactness is tested on CPU only; on CUDA, Triton may contract
+``a * b + c`` into an FMA, so a spike can flip where ``u_t`` lies within one rounding of ``theta``
+(gradients agree to tolerance).
 
-Covered (otherwise :func:`unsupported_reason` names the cause and the neuron runs its eager loop):
-exact classes IF / LIF / CLIF, hard or soft reset, ``detach_reset`` on or off, scalar / per-channel /
-per-element thresholds (a buffer without gradient), the registered surrogates (rectangle, sigmoid, atan,
-triangle, dspike; subclasses overriding ``derivative`` are not covered), no membrane norm or an eval-mode
-:class:`~spikenorm.norm.batchnorm.VanillaBN` / :class:`~spikenorm.norm.mpbn.MPBN` with per-feature running
-statistics whose parameters get no gradient; float32 and float64 inputs. Not covered: float16/bfloat16,
-double backward, OTS, training-mode (batch-statistics) membrane
-norms, ``detach_membrane``, the carried state of :func:`~spikenorm.neurons.stateful` scopes, callable
-(snnTorch) surrogates, gradients w.r.t. thresholds or norm parameters, and calls made while an outer
-``torch.compile`` is tracing (it then traces the eager loop itself).
+Covered (otherwise :func:`unsupported_reason` names the cause and the neuron runs its eager loop): any
+neuron that declares a linear charge (IF, LIF, CLIF and subclasses that do not rewrite ``charge``), hard or
+soft reset, ``detach_reset`` on or off, scalar / per-channel / per-element thresholds (a buffer without
+gradient), every :class:`~spikenorm.surrogate.Surrogate` with a closed-form ``derivative`` and plain
+parameters (the registered ones included), no membrane norm or an eval-mode
+:class:`~spikenorm.norm.TimeMajorNorm` with per-feature running statistics and the base class's forward
+(VanillaBN, MPBN, CaRe-BN) whose parameters get no gradient; float32 and float64 inputs. Not covered:
+float16/bfloat16, double backward, OTS, training-mode (batch-statistics) membrane norms,
+``detach_membrane``, the carried state of :func:`~spikenorm.neurons.stateful` scopes, callable (snnTorch)
+surrogates, gradients w.r.t. thresholds or norm parameters, and calls made while an outer ``torch.compile``
+is tracing (it then traces the eager loop itself).
 
-Kernels are generated per configuration (neuron kind and constants, reset, detach_reset, surrogate and its
-parameters, norm affine or not, with/without saved membranes, dtype, device), each with its own code
-object, and compiled lazily; dynamo then specialises on shapes. If ``torch.compile`` is unavailable or a
-compilation fails, the configuration is marked broken (one warning) and the neuron falls back to its eager
-loop (forward) or the uncompiled kernel (backward). Compile cost: a first kernel takes ~15 s on CPU, later
-ones a few seconds, hence ``backend="auto"`` (the default) only picks this path for large inputs (see
-:func:`use_fused`).
+Kernels are generated per configuration (linear charge, reset, detach_reset, surrogate key, norm affine or
+not, with/without saved membranes, dtype, device), each with its own code object, and compiled lazily;
+dynamo then specialises on shapes. If ``torch.compile`` is unavailable or a compilation fails, the
+configuration is marked broken (one warning) and the neuron falls back to its eager loop (forward) or the
+uncompiled kernel (backward). Compile cost: a first kernel takes ~15 s on CPU, later ones a few seconds,
+hence ``backend="auto"`` (the default) only picks this path for large inputs (see :func:`use_fused`).
 """
 
 from __future__ import annotations
@@ -69,7 +86,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -84,7 +101,7 @@ __all__ = ["clear_cache", "compile_available", "fused_forward", "unsupported_rea
 AUTO_MIN_NUMEL: dict[str, int] = {"cuda": 1 << 16, "cpu": 1 << 20}
 
 _LOCK = threading.Lock()
-_CACHE: dict[tuple, Callable[..., Any]] = {}
+_CACHE: dict[tuple, tuple[Callable[..., Any], Callable[..., Any]]] = {}  # key -> (compiled, plain) kernel
 _BROKEN: set[tuple] = set()
 
 
@@ -106,95 +123,52 @@ def clear_cache() -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------------
-def _surrogate_spec(surrogate: Any) -> tuple | None:
-    """``(name, params)`` of a surrogate whose derivative the kernels write out, else None."""
-    from spikenorm import surrogate as sg
-
-    known = {sg.Rectangle: ("rectangle", "width"), sg.Sigmoid: ("sigmoid", "alpha"), sg.ATan: ("atan", "alpha"),
-             sg.Triangle: ("triangle", "width"), sg.Dspike: ("dspike", "b", "width")}
-    spec = known.get(type(surrogate))
-    if spec is None:
-        return None
-    return (spec[0], *(float(getattr(surrogate, p)) for p in spec[1:]))
-
-
-def _derivative_src(spec: tuple) -> str:
-    """Source of ``g(z)``, written as the surrogate module computes it (constants as exact reprs)."""
-    name = spec[0]
-    if name == "rectangle":
-        w = spec[1]
-        return f"(z.abs() < {w / 2!r}).to(z.dtype) / {w!r}"
-    if name == "sigmoid":
-        a = spec[1]
-        return f"{a!r} * torch.sigmoid({a!r} * z) * (1 - torch.sigmoid({a!r} * z))"
-    if name == "atan":
-        a = spec[1]
-        return f"{a / 2!r} / (1 + ({math.pi / 2 * a!r} * z) ** 2)"
-    if name == "triangle":
-        w = spec[1]
-        return f"torch.clamp(1 - z.abs() / {w!r}, min=0) / {w!r}"
-    if name == "dspike":
-        b, w = spec[1], spec[2]
-        return (f"(((z / {w!r}).abs() < 0.5).to(z.dtype) * {b!r} * (1 - torch.tanh({b!r} * (z / {w!r})) ** 2)"
-                f" / {2 * w * math.tanh(b / 2)!r})")
-    raise AssertionError(name)
-
-
 @dataclass(frozen=True)
 class _Config:
-    kind: str  # "if" | "lif" | "clif"
-    decay: float  # lambda (IF: 1) or b (CLIF)
-    current_decay: float  # a (CLIF only)
+    charge: Any  # the neuron's LinearCharge (frozen, hashable): decay, input_scale, current_decays
     reset: str
     reset_value: float
     detach_reset: bool
-    surrogate: tuple
+    surrogate: Hashable  # the surrogate's kernel_key()
     norm: str  # "none" | "norm" | "affine"
 
 
-def _neuron_config(neuron: Any) -> _Config | str:
-    """The kernel configuration of ``neuron``, or the reason it is not covered."""
-    from spikenorm.neurons import CLIF, IF, LIF
+_NormParams = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
-    kind = {IF: "if", LIF: "lif", CLIF: "clif"}.get(type(neuron))
-    if kind is None:
-        return f"{type(neuron).__name__} is not IF, LIF or CLIF"
+
+def _neuron_config(neuron: Any, x: Tensor) -> tuple[_Config, _NormParams | None] | str:
+    """The kernel configuration of ``neuron`` on ``x`` and its membrane-norm parameters ``(mean, rstd, weight,
+    bias)`` (None without a norm), or the reason it is not covered. Reads only what the neuron, its surrogate
+    and its norm declare (module docstring: the contract)."""
+    name = type(neuron).__name__
+    charge = neuron.linear_charge()
+    if charge is None:
+        return (f"{name} declares no linear charge, so the kernels cannot know its recurrence: define "
+                f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class that overrides "
+                "charge() must declare it itself)")
     if neuron.ots:
         return "OTS thresholds depend on batch statistics of each step"
     if neuron.detach_membrane:
         return "detach_membrane"
     if neuron._carried_state is not None:
         return "carried state (stateful scope)"
-    spec = _surrogate_spec(neuron.surrogate)
-    if spec is None:
-        return f"surrogate {type(neuron.surrogate).__name__} has no closed-form derivative known to the kernels"
-    norm = "none"
+    surrogate = neuron.surrogate.kernel_key()
+    if surrogate is None:
+        return (f"surrogate {type(neuron.surrogate).__name__} supplies no kernel derivative (kernel_key() is None: "
+                "the kernels need a Surrogate with the Heaviside forward, a closed-form derivative() and only "
+                "float/int/bool/str parameters)")
+    params, norm = None, "none"
     if neuron.membrane_norm is not None:
-        reason = _norm_reason(neuron.membrane_norm)
-        if reason:
-            return reason
-        norm = "affine" if neuron.membrane_norm.affine else "norm"
-    decay = {"if": 1.0, "lif": getattr(neuron, "decay", 1.0), "clif": getattr(neuron, "decay", 1.0)}[kind]
-    return _Config(kind, float(decay), float(getattr(neuron, "current_decay", 0.0)), neuron.reset,
-                   float(neuron.reset_value), bool(neuron.detach_reset), spec, norm)
-
-
-def _norm_reason(norm: Any) -> str | None:
-    from spikenorm.norm.base import TimeMajorNorm
-    from spikenorm.norm.batchnorm import VanillaBN
-
-    if not isinstance(norm, VanillaBN):
-        return f"membrane norm {type(norm).__name__} is not an eval-mode VanillaBN/MPBN"
-    for name in ("forward", "normalize", "affine_transform", "feature_view"):
-        if getattr(type(norm), name) is not getattr(TimeMajorNorm, name):
-            return f"membrane norm {type(norm).__name__} overrides {name}"
-    if norm.training:
-        return "membrane norm in training mode (batch statistics)"
-    if tuple(norm.running_mean.shape) != tuple(norm.feature_shape):
-        return "membrane norm statistics are not per feature"
-    if torch.is_grad_enabled() and norm.affine and (norm.weight.requires_grad or norm.bias.requires_grad):
-        return "membrane norm parameters require grad"
-    return None
+        declared = getattr(neuron.membrane_norm, "fused_membrane_parameters", None)
+        if declared is None:
+            return (f"membrane norm {type(neuron.membrane_norm).__name__} declares no fused_membrane_parameters "
+                    "(see spikenorm.norm.TimeMajorNorm)")
+        params = declared(x)
+        if isinstance(params, str):
+            return params
+        norm = "norm" if params[2] is None else "affine"
+    config = _Config(charge, neuron.reset, float(neuron.reset_value), bool(neuron.detach_reset), surrogate, norm)
+    return config, params
 
 
 def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
@@ -206,9 +180,10 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
     if x.dtype not in (torch.float32, torch.float64) or x.ndim < 2:
         # half types: inductor computes in float32 and rounds once, the eager loop rounds every op
         return "input must be a float32/float64 [T, B, ...] tensor"
-    config = _neuron_config(neuron)
-    if isinstance(config, str):
-        return config
+    planned = _neuron_config(neuron, x)
+    if isinstance(planned, str):
+        return planned
+    config, _ = planned
     theta = neuron.threshold
     if theta.requires_grad and torch.is_grad_enabled():
         return "threshold requires grad"
@@ -216,14 +191,6 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
         return "tensor threshold of another dtype than the input (type promotion)"
     if theta.device != x.device:
         return "threshold on another device"
-    norm = neuron.membrane_norm
-    if norm is not None:
-        k = len(norm.feature_shape)
-        if tuple(x.shape[2 : 2 + k]) != tuple(norm.feature_shape):
-            return "membrane norm feature shape does not fit the input"
-        tensors = [norm.running_mean, norm.running_var] + ([norm.weight, norm.bias] if norm.affine else [])
-        if any(t.dtype != x.dtype or t.device != x.device for t in tensors):
-            return "membrane norm tensors of another dtype or device than the input"
     if _key(config, x, True) in _BROKEN:
         return "compilation failed for this configuration"
     return None
@@ -235,8 +202,8 @@ def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
     ``"fused"`` means fused whenever covered; ``"auto"`` additionally asks for an input of at least
     :data:`AUTO_MIN_NUMEL` elements for its device type (CUDA 65,536, CPU 1,048,576): the first call of
     each configuration pays a compilation (several seconds of C++ on CPU), which a small layer, a short run
-    or a test does not win back. On the CIFAR-sized VGG of ``benchmarks/compare.py`` (every neuron layer
-    at least 4M elements) the fused path trained 14% faster on a 2-core CPU (23.2 vs 20.4 samples/s).
+    or a test does not win back. ``benchmarks/compare.py`` measures both paths on a CIFAR-sized VGG (every
+    neuron layer at least 4M elements; its current numbers are in ``benchmarks/results``).
     """
     if backend == "eager" or torch.compiler.is_compiling():  # a traced size would become a guard
         return False
@@ -246,12 +213,19 @@ def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
 
 
 # -- kernel generation --------------------------------------------------------------------------------
+def _times(factor: float, name: str) -> str:
+    """``factor * name`` as source (the exact repr of the constant), or ``name`` when ``factor`` is exactly 1."""
+    return name if factor == 1.0 else f"{factor!r} * {name}"
+
+
 def _charge_src(c: _Config) -> list[str]:
-    if c.kind == "if":
-        return ["h = v + x[t]"]
-    if c.kind == "lif":
-        return [f"h = {c.decay!r} * v + x[t]"]
-    return [f"c = {c.current_decay!r} * c + x[t]", f"h = {c.decay!r} * v + c"]
+    """The charge of one step, the operations of ``LinearCharge.charge`` in its order."""
+    current = _times(c.charge.input_scale, "x[t]")
+    lines = []
+    for k, a in enumerate(c.charge.current_decays):
+        lines.append(f"c{k} = {_times(a, f'c{k}')} + {current}")
+        current = f"c{k}"
+    return lines + [f"h = {_times(c.charge.decay, 'v')} + {current}"]
 
 
 def _u_src(c: _Config) -> list[str]:
@@ -262,10 +236,13 @@ def _u_src(c: _Config) -> list[str]:
     return ["u = (h - nm) * nr * nw + nb"]
 
 
+def _zeros(names: list[str], like: str) -> list[str]:
+    return [f"    {name} = torch.zeros_like({like})" for name in names]
+
+
 def _forward_src(c: _Config, save_h: bool) -> str:
-    lines = ["def kernel(x, theta, nm, nr, nw, nb):", "    v = torch.zeros_like(x[0])"]
-    if c.kind == "clif":
-        lines.append("    c = torch.zeros_like(x[0])")
+    stages = [f"c{k}" for k in range(len(c.charge.current_decays))]
+    lines = ["def kernel(x, theta, nm, nr, nw, nb):", *_zeros(["v", *stages], "x[0]")]
     lines += ["    spikes = []", "    hs = []", "    for t in range(x.shape[0]):"]
     body = _charge_src(c) + _u_src(c) + ["s = (u - theta > 0).to(x.dtype)"]
     if c.reset == "hard":
@@ -279,11 +256,12 @@ def _forward_src(c: _Config, save_h: bool) -> str:
 
 
 def _backward_src(c: _Config) -> str:
-    lines = ["def kernel(gs, hs, theta, nm, nr, nw, nb):", "    gv = torch.zeros_like(gs[0])"]
-    if c.kind == "clif":
-        lines.append("    gc = torch.zeros_like(gs[0])")
+    """Reverse-time BPTT of the module docstring; ``derivative`` is the surrogate's ``g``."""
+    decays = c.charge.current_decays
+    stages = [f"gc{k}" for k in range(len(decays))]
+    lines = ["def kernel(gs, hs, theta, nm, nr, nw, nb):", *_zeros(["gv", *stages], "gs[0]")]
     lines += ["    gx = [None] * gs.shape[0]", "    for t in range(gs.shape[0] - 1, -1, -1):", "        h = hs[t]"]
-    body = _u_src(c) + ["z = u - theta", f"g = {_derivative_src(c.surrogate)}"]
+    body = _u_src(c) + ["z = u - theta", "g = derivative(z)"]
     if c.norm == "norm":
         body.append("g = g * nr")
     elif c.norm == "affine":
@@ -298,10 +276,11 @@ def _backward_src(c: _Config) -> str:
         body.append(f"gh = g * gs[t] + {keep}")
     else:
         body.append(f"gh = g * (gs[t] + r * gv) + {keep}")
-    if c.kind == "clif":
-        body += [f"gc = gh + {c.current_decay!r} * gc", "gx[t] = gc", f"gv = {c.decay!r} * gh"]
-    else:
-        body += ["gx[t] = gh", f"gv = {c.decay!r} * gh"]
+    grad = "gh"
+    for k in reversed(range(len(decays))):  # the stage next to the membrane first
+        body.append(f"gc{k} = {grad} + {_times(decays[k], f'gc{k}')}")
+        grad = f"gc{k}"
+    body += [f"gx[t] = {_times(c.charge.input_scale, grad)}", f"gv = {_times(c.charge.decay, 'gh')}"]
     lines += ["        " + b for b in body]
     lines.append("    return torch.stack(gx)")
     return "\n".join(lines) + "\n"
@@ -309,31 +288,35 @@ def _backward_src(c: _Config) -> str:
 
 def _key(c: _Config, x: Tensor, save_h: bool, part: str = "fwd") -> tuple:
     if part == "fwd":  # the forward does not depend on the surrogate or on detach_reset
-        c = replace(c, detach_reset=False, surrogate=())
+        c = replace(c, detach_reset=False, surrogate=None)
     return (part, c, save_h, x.dtype, x.device.type)
 
 
-def _build(src: str, name: str) -> Callable[..., Any]:
-    """Exec ``src`` into a fresh function (its own code object, hence its own dynamo cache)."""
-    namespace: dict[str, Any] = {"torch": torch}
+def _build(src: str, name: str, **names: Any) -> Callable[..., Any]:
+    """Exec ``src`` into a fresh function (its own code object, hence its own dynamo cache) whose globals are
+    ``torch`` and ``names``."""
+    namespace: dict[str, Any] = {"torch": torch, **names}
     exec(compile(src, f"<spikenorm.fused {name}>", "exec"), namespace)  # noqa: S102 - generated here
     return namespace["kernel"]
 
 
-def _kernels(key: tuple, src: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``(compiled, plain)`` kernel for ``key``, built once."""
+_Kernels = tuple[Callable[..., Any], Callable[..., Any]]
+
+
+def _kernels(key: tuple, src: str, **names: Any) -> _Kernels:
+    """``(compiled, plain)`` kernel for ``key``, built once from ``src`` (compiled lazily, at its first call)."""
     with _LOCK:
         entry = _CACHE.get(key)
         if entry is None:
-            plain = _build(src, "/".join(map(str, key)))
+            plain = _build(src, "/".join(map(str, key)), **names)
             entry = (torch.compile(plain, fullgraph=True), plain)
             _CACHE[key] = entry
     return entry
 
 
-def _run(key: tuple, src: str, *args: Tensor) -> Any:
+def _run(key: tuple, kernels: _Kernels, *args: Tensor) -> Any:
     """Run the compiled kernel; on failure mark ``key`` broken, warn once and run it uncompiled."""
-    compiled, plain = _kernels(key, src)
+    compiled, plain = kernels
     if key not in _BROKEN:
         try:
             return compiled(*args)
@@ -344,23 +327,30 @@ def _run(key: tuple, src: str, *args: Tensor) -> Any:
     return plain(*args)
 
 
+def _backward_kernels(c: _Config, x: Tensor, surrogate: Any) -> tuple[tuple, _Kernels]:
+    key = _key(c, x, True, "bwd")
+    if key in _CACHE:  # the derivative (a frozen copy of the surrogate) is only taken for a new kernel
+        return key, _CACHE[key]
+    return key, _kernels(key, _backward_src(c), derivative=surrogate.kernel_derivative())
+
+
 class _FusedNeuronFn(torch.autograd.Function):
     """Autograd node of a whole multi-step neuron: saves ``h_t`` only, backward is one kernel."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, config: _Config, theta: Tensor, params: tuple) -> Tensor:
-        spikes, hs = _run(_key(config, x, True), _forward_src(config, True), x, theta, *params)
-        ctx.config = config
+    def forward(ctx: Any, x: Tensor, config: _Config, theta: Tensor, params: tuple, surrogate: Any) -> Tensor:
+        key = _key(config, x, True)
+        spikes, hs = _run(key, _kernels(key, _forward_src(config, True)), x, theta, *params)
+        ctx.backward_kernels = _backward_kernels(config, x, surrogate)
         ctx.save_for_backward(hs, theta, *params)
         return spikes
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         hs, theta, *params = ctx.saved_tensors
-        c: _Config = ctx.config
-        grad = _run(_key(c, hs, True, "bwd"), _backward_src(c), grad_spikes.contiguous(), hs, theta, *params)
-        return grad, None, None, None
+        key, kernels = ctx.backward_kernels
+        return _run(key, kernels, grad_spikes.contiguous(), hs, theta, *params), None, None, None, None
 
 
 def _memory_order(x: Tensor) -> tuple[int, ...] | None:
@@ -383,23 +373,17 @@ def _dense(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Te
     return t.contiguous()
 
 
-def _params(neuron: Any, x: Tensor, order: tuple[int, ...] | None) -> tuple[Tensor, tuple]:
+def _params(neuron: Any, x: Tensor, order: tuple[int, ...] | None, norm: _NormParams | None) -> tuple[Tensor, tuple]:
     """The dense threshold and the norm parameters ``(mean, rstd, weight, bias)`` of one step, laid out like
-    ``x.permute(order)``."""
+    ``x.permute(order)`` (zero-dim placeholders for what the configuration does not use)."""
     features = x.shape[2:]
     theta = neuron.threshold_for(x[0])  # validates the shape like the eager path
     theta = theta.to(x.dtype) if theta.ndim == 0 else theta  # eager: a 0-dim theta takes x's dtype
     theta = _dense(theta.detach(), features, order)
-    norm = neuron.membrane_norm
+    empty = x.new_zeros(())
     if norm is None:
-        empty = x.new_zeros(())
         return theta, (empty, empty, empty, empty)
-    with torch.no_grad():
-        rstd = torch.rsqrt(norm.running_var + norm.eps)  # exactly the eager normalize()
-        mean = norm.running_mean
-        weight = norm.weight if norm.affine else torch.ones_like(mean)
-        bias = norm.bias if norm.affine else torch.zeros_like(mean)
-        return theta, tuple(_dense(p.detach(), features, order) for p in (mean, rstd, weight, bias))
+    return theta, tuple(empty if p is None else _dense(p.detach(), features, order) for p in norm)
 
 
 def fused_forward(neuron: Any, x: Tensor) -> Tensor:
@@ -410,13 +394,15 @@ def fused_forward(neuron: Any, x: Tensor) -> Tensor:
     features, so an input whose features are stored in another order (channels-last convolution outputs)
     runs in that order: no copy, and the spikes (and the input gradient) keep the input's layout.
     """
-    config = _neuron_config(neuron)
-    assert isinstance(config, _Config), config
+    planned = _neuron_config(neuron, x)
+    assert not isinstance(planned, str), planned
+    config, norm = planned
     order = _memory_order(x)
-    theta, params = _params(neuron, x, order)
+    theta, params = _params(neuron, x, order, norm)
     x = x.contiguous() if order is None else x.permute(order)
     if torch.is_grad_enabled() and x.requires_grad:
-        spikes = _FusedNeuronFn.apply(x, config, theta, params)
+        spikes = _FusedNeuronFn.apply(x, config, theta, params, neuron.surrogate)
     else:
-        spikes = _run(_key(config, x, False), _forward_src(config, False), x, theta, *params)
+        key = _key(config, x, False)
+        spikes = _run(key, _kernels(key, _forward_src(config, False)), x, theta, *params)
     return spikes if order is None else spikes.permute([order.index(d) for d in range(x.ndim)])

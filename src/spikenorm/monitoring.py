@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from spikenorm.distributed import sum_across_processes
 from spikenorm.hooks import HookSession
 from spikenorm.interop import any_spiking_neurons, check_neuron_types, is_multi_step, spike_tensor
+from spikenorm.module_names import excluded
 
 
 @dataclass
@@ -41,11 +42,6 @@ class _LayerTotals:
     step_counts: Tensor
     neuron_fired: Tensor
     observations: Tensor
-
-
-def excluded(name: str, prefixes: Sequence[str]) -> bool:
-    """Whether the module ``name`` is one of ``prefixes`` or lies inside one of them."""
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def recognised_neurons(

@@ -13,7 +13,14 @@ Every neuron runs the same three phases at each step ``t`` (``x_t`` is the input
 ``theta`` is a buffer: a scalar, per-channel (``[C]``) or per-element (``[C, H, W]``, the feature shape)
 tensor; folding writes into it. ``detach_reset`` stops the gradient through ``s_t`` in the reset;
 ``detach_membrane`` stops it through every state carried from step ``t-1`` (online training cuts the
-temporal path this way, OSR methods.md 2.1).
+temporal path this way: Xiao et al., "Online Training Through Time for Spiking Neural Networks", NeurIPS 2022).
+
+Extending: a new neuron subclasses :class:`SpikingNeuron`. If its charge is linear (a membrane decay, an input
+gain and a chain of current stages, :class:`~spikenorm.recurrence.LinearCharge`), it declares only the numbers
+in :meth:`SpikingNeuron.linear_charge` and gets the eager loop, the fused kernels (:mod:`spikenorm.fused`)
+and the NIR export (:meth:`SpikingNeuron.nir_node`) from that one declaration. Otherwise it overrides
+:meth:`SpikingNeuron.charge` (and :attr:`SpikingNeuron.state_names`): the eager loop runs it, the fused path
+is refused with the reason, and NIR export needs an override of :meth:`SpikingNeuron.nir_node`.
 
 State: a multi-step forward starts from zero state and keeps none, so no reset call can be forgotten.
 Single-step (online) use goes through :meth:`SpikingNeuron.step` with an explicit state dict, or through
@@ -24,26 +31,33 @@ the :func:`stateful` scope, inside which successive forwards continue from the s
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Literal, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from spikenorm import fused
 from spikenorm.norm.stats import batch_moments, unbiased
+from spikenorm.recurrence import LinearCharge
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
 from spikenorm.surrogate import Surrogate, build_surrogate
 from spikenorm.validation import check_time_major
 
-NEURONS: Registry["SpikingNeuron"] = Registry("neuron")
+if TYPE_CHECKING:
+    import nir
+    import numpy as np
+
+NEURONS: Registry[SpikingNeuron] = Registry("neuron")
 
 State = dict[str, Tensor]
 ThresholdLike = float | Sequence[float] | Tensor
 
 
 class SpikingNeuron(nn.Module):
-    """Base class for multi-step neurons; subclasses define :attr:`state_names` and :meth:`charge`.
+    """Base class for multi-step neurons; a subclass declares its charge (:meth:`linear_charge`, or
+    :meth:`charge` with :attr:`state_names`), the base class fires and resets.
 
     Args:
         threshold: firing threshold theta: a float, or a tensor shaped ``[C]`` (per channel) or like the
@@ -55,7 +69,8 @@ class SpikingNeuron(nn.Module):
         surrogate: a registered surrogate name, a :class:`~spikenorm.surrogate.Surrogate`, or any
             spike callable such as an ``snntorch.surrogate`` function.
         surrogate_kwargs: parameters of a named surrogate (e.g. ``{"alpha": 4.0}``).
-        ots: Online Threshold Stabilizer (OSR paper, methods.md 2.4): the threshold of step ``t`` is
+        ots: Online Threshold Stabilizer (Zhu et al., "Online Stabilization of Spiking Neural Networks",
+            ICLR 2024): the threshold of step ``t`` is
             ``theta_t = mu_t + sigma_t (theta - mu_1) / sigma_1`` with ``mu_t, sigma_t`` the mean and
             unbiased std of this layer's membrane ``u_t`` over all its elements (batch and features; all
             processes under DDP), so the standardised firing quantile stays that of step 1. No gradient
@@ -78,7 +93,21 @@ class SpikingNeuron(nn.Module):
             compilation costs seconds on CPU), eager otherwise.
     """
 
+    #: the state a step carries: the membrane ``"v"`` first, then (for a :meth:`linear_charge`) one name per
+    #: current stage, input side first
     state_names: tuple[str, ...] = ("v",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class that writes its own :meth:`charge` does not inherit a parent's :meth:`linear_charge`: the
+        declaration would no longer describe the charge that runs (the fused kernels and the NIR export would
+        compute another neuron). Such a class declares ``linear_charge`` itself, or none; its
+        ``super().charge()`` still computes the parent's declared charge (``_eager_linear_charge``, the
+        nearest declaration, resolved here once per class)."""
+        super().__init_subclass__(**kwargs)
+        if "linear_charge" in cls.__dict__:
+            cls._eager_linear_charge = cls.__dict__["linear_charge"]
+        elif "charge" in cls.__dict__:
+            cls.linear_charge = SpikingNeuron.linear_charge
 
     def __init__(
         self,
@@ -125,9 +154,55 @@ class SpikingNeuron(nn.Module):
         self._carried_state: State | None = None  # only used inside a `stateful` scope
 
     # -- dynamics -----------------------------------------------------------------------------------
+    def linear_charge(self) -> LinearCharge | None:
+        """The charge as data, or None when it is not linear (the base class: declared by no one).
+
+        Return ``LinearCharge(decay=b, input_scale=s, current_decays=(a_1, ..., a_K))`` for the charge
+        ``c1_t = a_1 c1_{t-1} + s x_t``, ..., ``h_t = b v_{t-1} + cK_t`` (:mod:`spikenorm.recurrence`), with
+        :attr:`state_names` ``("v", <one name per stage>)``. It is read at every forward, so it may depend on
+        attributes. From it come :meth:`charge` (the eager step), the fused kernels and :meth:`nir_node`.
+        """
+        return None
+
+    _eager_linear_charge = linear_charge  # what charge() computes (see __init_subclass__)
+
     def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Return the membrane before firing ``h_t`` and the updated non-membrane states."""
-        raise NotImplementedError
+        """Return the membrane before firing ``h_t`` and the updated non-membrane states.
+
+        The base class computes the declared :meth:`linear_charge`; a neuron with another charge overrides
+        this method instead (it then runs eager only, see the module docstring).
+        """
+        law = self._eager_linear_charge()
+        if law is None:
+            raise NotImplementedError(f"{type(self).__name__} must define linear_charge() or charge()")
+        names = self.state_names[1:]
+        if len(names) != len(law.current_decays):
+            raise ValueError(
+                f"{type(self).__name__}.linear_charge() declares {len(law.current_decays)} current stages but "
+                f"state_names {self.state_names} names {len(names)} after 'v'; give one state name per stage"
+            )
+        if not names:
+            return law.charge(x, state["v"], ())[0], state
+        h, currents = law.charge(x, state["v"], [state[name] for name in names])
+        return h, {**state, **dict(zip(names, currents))}
+
+    def nir_node(self, threshold: np.ndarray, reset_value: np.ndarray, dt: float,
+                 metadata: dict[str, Any]) -> nir.NIRNode:
+        """The NIR node of this neuron (:func:`spikenorm.export.to_nir`), for a forward-Euler step ``dt``.
+
+        ``threshold`` and ``reset_value`` are arrays of the per-sample feature shape (the reset already
+        sign-flipped where a fold left a :class:`~spikenorm.fold.SignFlip`); ``metadata`` goes into the node.
+        The base class maps the :meth:`linear_charge` to NIR ``IF``, ``LIF`` or ``CubaLIF``
+        (:meth:`spikenorm.recurrence.LinearCharge.nir_node`); override it for any other neuron.
+
+        Raises:
+            ValueError: the neuron declares no NIR mapping (no linear charge, or one NIR cannot express).
+        """
+        law = self.linear_charge()
+        if law is None:
+            raise ValueError(f"{type(self).__name__} declares no NIR mapping: it has no linear_charge(); override "
+                             f"{type(self).__name__}.nir_node(threshold, reset_value, dt, metadata)")
+        return law.nir_node(threshold, reset_value, dt, metadata, owner=type(self).__name__)
 
     def init_state(self, x: Tensor) -> State:
         """Zero state shaped like one step of input ``x`` (``[B, ...]``)."""
@@ -223,8 +298,8 @@ def _decay(decay: float | None, tau: float | None, default: float) -> float:
 class IF(SpikingNeuron):
     """Integrate-and-fire: ``h_t = v_{t-1} + x_t``."""
 
-    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return state["v"] + x, state
+    def linear_charge(self) -> LinearCharge:
+        return LinearCharge(decay=1.0)
 
 
 @NEURONS.register("lif")
@@ -239,8 +314,8 @@ class LIF(SpikingNeuron):
         super().__init__(**kwargs)
         self.decay = _decay(decay, tau, default=0.5)
 
-    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.decay * state["v"] + x, state
+    def linear_charge(self) -> LinearCharge:
+        return LinearCharge(decay=self.decay)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, " + super().extra_repr()
@@ -250,8 +325,10 @@ class LIF(SpikingNeuron):
 class CLIF(SpikingNeuron):
     """Current-based LIF of CaRe-BN: ``c_t = a c_{t-1} + x_t``, ``h_t = b v_{t-1} + c_t``.
 
-    With hard reset to 0 this is ``v_t = b v_{t-1}(1 - s_{t-1}) + c_t`` (methods.md 1.2). Defaults are the
-    reference code's: ``current_decay a = 0.5``, ``decay b = 0.75``, threshold 0.5.
+    With hard reset to 0 this is ``v_t = b v_{t-1}(1 - s_{t-1}) + c_t``, the neuron of the population-coded
+    spiking actor (PopSAN; Tang et al., "Deep Reinforcement Learning with Population-Coded Spiking Neural
+    Network for Continuous Control", CoRL 2020) that CaRe-BN trains. Defaults are the CaRe-BN reference
+    code's: ``current_decay a = 0.5``, ``decay b = 0.75``, threshold 0.5.
     """
 
     state_names = ("v", "c")
@@ -268,9 +345,8 @@ class CLIF(SpikingNeuron):
         self.decay = _decay(decay, tau, default=0.75)
         self.current_decay = _decay(current_decay, None, default=0.5)
 
-    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        c = self.current_decay * state["c"] + x
-        return self.decay * state["v"] + c, {**state, "c": c}
+    def linear_charge(self) -> LinearCharge:
+        return LinearCharge(decay=self.decay, current_decays=(self.current_decay,))
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, current_decay={self.current_decay}, " + super().extra_repr()

@@ -15,8 +15,8 @@ norms inside neurons) and every torch ``_BatchNorm`` with running statistics (``
 ``[T, B, C, ...]``). A layer called several times per forward (a BN reused at every time step, as snnTorch
 models loop over time) pools all of its calls, so its statistics are over batch and time.
 
-Why not ``torch.optim.swa_utils.update_bn`` or PreciseBN (peers.md section 4): ``update_bn`` never resets
-neuron state, so membranes leak from one batch into the next, and it skips BN layers that are not
+Why not ``torch.optim.swa_utils.update_bn`` or PreciseBN (fvcore's ``update_bn_stats``): ``update_bn`` never
+resets neuron state, so membranes leak from one batch into the next, and it skips BN layers that are not
 ``_BatchNorm`` (MPBN inside neurons); PreciseBN refuses a BN called more than once per forward; neither
 pools over time steps exactly nor reduces across processes. Here every neuron's state is cleared before
 every batch (:func:`spikenorm.interop.reset_neuron_states`: spikenorm, snnTorch ``reset_mem``, SpikingJelly
@@ -52,7 +52,8 @@ Modes:
   most 10 more passes.
 * ``"single_pass"``: the CaRe-BN reference code: one pass in which every layer normalises with its
   partially accumulated statistics, so downstream layers see upstream activations normalised with
-  not-yet-final statistics (methods.md 1.3 and 6.8). Costs one forward per batch.
+  not-yet-final statistics (where the CaRe-BN paper's formula pools each layer exactly). Costs one forward
+  per batch.
 
 During the passes the model runs in eval mode under ``torch.no_grad``; the train/eval flags of every
 module are restored afterwards and no momentum is touched. Layers whose statistics differ per time step
@@ -78,7 +79,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from spikenorm.interop import reset_neuron_states
 from spikenorm.neurons import spiking_neurons
 from spikenorm.norm import TimeMajorNorm
-from spikenorm.norm.stats import distributed_world_size
+from spikenorm.distributed import distributed_world_size
+from spikenorm.modes import eval_mode
 
 ResetFn = Callable[[nn.Module], None]
 """``reset_fn(model)``: clears neuron state that the built-in resets do not know (see :func:`recalibrate_bn`)."""
@@ -316,24 +318,21 @@ def recalibrate_bn(
             "(looked for spikenorm norm layers and torch _BatchNorm layers with track_running_stats=True)"
         )
     ctx = _Context(model, layers, _take(batches, num_batches), forward or (lambda m, batch: m(batch)), reset_fn)
-    flags = {m: m.training for m in model.modules()}
     start = time.perf_counter()
     before = {name: (layer.running_mean.clone(), layer.running_var.clone()) for name, layer in layers.items()}
-    model.eval()
-    try:
-        _check_resets(ctx)
-        moments, gaps = (_single_pass(ctx), {}) if mode == "single_pass" else _exact(ctx)
-        for name, m in moments.items():
-            layers[name].write(m)
-    except BaseException:
-        for name, (mean0, var0) in before.items():
-            layers[name].running_mean.copy_(mean0)
-            layers[name].running_var.copy_(var0)
-        raise
-    finally:
-        ctx.reset()
-        for module, flag in flags.items():
-            module.training = flag
+    with eval_mode(model):
+        try:
+            _check_resets(ctx)
+            moments, gaps = (_single_pass(ctx), {}) if mode == "single_pass" else _exact(ctx)
+            for name, m in moments.items():
+                layers[name].write(m)
+        except BaseException:
+            for name, (mean0, var0) in before.items():
+                layers[name].running_mean.copy_(mean0)
+                layers[name].running_var.copy_(var0)
+            raise
+        finally:
+            ctx.reset()
     report = RecalibrationReport(seconds=time.perf_counter() - start, batches=len(ctx.batches), mode=mode)
     for name, layer in layers.items():
         mean0, var0 = before[name]
@@ -357,15 +356,11 @@ def check_resettable(model: nn.Module, batch: Any, forward: Callable[[nn.Module,
     recalibration. Arguments as for :func:`recalibrate_bn`.
     """
     ctx = _Context(model, statistics_layers(model), [batch], forward or (lambda m, b: m(b)), reset_fn)
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
+        try:
             _check_resets(ctx)
-    finally:
-        ctx.reset()
-        for module, flag in flags.items():
-            module.training = flag
+        finally:
+            ctx.reset()
 
 
 class _StopForward(Exception):

@@ -6,26 +6,35 @@ it in the backward pass by the derivative ``g(x)`` of a smooth function. Every s
 whose forward is exactly the Heaviside step and whose backward is its closed-form ``g``; all of them run
 through the one autograd Function :class:`HeavisideSurrogateFn`, parametrised by the module.
 
-===========  ===================================================================================  ===========
-name         g(x)                                                                                 reference
-===========  ===================================================================================  ===========
-rectangle    ``1[|x| < w/2] / w``                                                                 Wu et al. 2018 (STBP); CaRe-BN uses w = 1
-sigmoid      ``a * sig(a x) * (1 - sig(a x))``                                                    OSR/OTTT use a = 4
-atan         ``(a/2) / (1 + (pi a x / 2)^2)``                                                     Fang et al. 2021
-triangle     ``max(0, 1 - |x|/w) / w``                                                            Esser et al. 2016; Bellec et al. 2018
-dspike       ``b sech^2(b x/w) / (2 w tanh(b/2))`` for ``|x| < w/2``, else 0                     Li et al. 2021 (Dspike); MPBN uses b = 3
-===========  ===================================================================================  ===========
+=========  ===============================================================  =====================================
+name       g(x)                                                             reference
+=========  ===============================================================  =====================================
+rectangle  ``1[|x| < w/2] / w``                                             Wu et al. 2018 (STBP); CaRe-BN: w = 1
+sigmoid    ``a * sig(a x) * (1 - sig(a x))``                                OSR/OTTT use a = 4
+atan       ``(a/2) / (1 + (pi a x / 2)^2)``                                 Fang et al. 2021
+triangle   ``max(0, 1 - |x|/w) / w``                                        Esser et al. 2016; Bellec et al. 2018
+dspike     ``b sech^2(b x/w) / (2 w tanh(b/2))`` for ``|x| < w/2``, else 0  Li et al. 2021 (Dspike); MPBN: b = 3
+=========  ===============================================================  =====================================
 
 All of them integrate to 1 over the real line (Dspike and rectangle over their window), so the
 surrogate is a smoothed Dirac delta. Any callable ``f(x) -> spikes`` (for example every
 ``snntorch.surrogate`` function such as ``snntorch.surrogate.atan()``) can be used instead through
 :class:`CallableSurrogate`, so snnTorch users keep the surrogate they trained with.
+
+Extending: a new surrogate subclasses :class:`Surrogate`, keeps its forward, writes ``g`` in
+:meth:`Surrogate.derivative` from tensor ops and plain float/int/bool/str attributes, and, to be built by
+name, registers it with ``@SURROGATES.register("name")``. That is all the fused kernels (:mod:`spikenorm.fused`)
+need: their compiled backward calls the function :meth:`Surrogate.kernel_derivative` returns, and they are
+cached per :meth:`Surrogate.kernel_key`. A surrogate with another forward (:class:`CallableSurrogate`), tensor
+state or no ``derivative`` runs the eager loop.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,14 +42,18 @@ from torch import Tensor, nn
 from spikenorm.config import RecordsInit
 from spikenorm.registry import Registry
 
-SURROGATES: Registry["Surrogate"] = Registry("surrogate")
+SURROGATES: Registry[Surrogate] = Registry("surrogate")
+
+
+#: instance attributes every module has (torch's bookkeeping, the recorded init config): not parameters of g
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"_init_config"}
 
 
 class HeavisideSurrogateFn(torch.autograd.Function):
     """Forward: ``1[x > 0]``. Backward: ``grad_output * surrogate.derivative(x)``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, surrogate: "Surrogate") -> Tensor:
+    def forward(ctx: Any, x: Tensor, surrogate: Surrogate) -> Tensor:
         ctx.save_for_backward(x)
         ctx.surrogate = surrogate
         return (x > 0).to(x.dtype)
@@ -60,6 +73,29 @@ class Surrogate(RecordsInit, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return HeavisideSurrogateFn.apply(x, self)
+
+    def kernel_key(self) -> Hashable | None:
+        """What identifies :meth:`derivative` for the fused kernels: the class and its parameters (every
+        attribute it sets, all float/int/bool/str). None when the fused kernels cannot use this surrogate: its
+        forward is not the Heaviside step of :class:`Surrogate`, it defines no ``derivative``, or it holds
+        state a key of plain values cannot capture (parameters, buffers, submodules, other attributes)."""
+        cls = type(self)
+        if cls.forward is not Surrogate.forward or cls.derivative is Surrogate.derivative:
+            return None
+        if self._parameters or self._buffers or self._modules:
+            return None
+        own = {k: v for k, v in vars(self).items() if k not in _MODULE_INTERNALS}
+        if not all(isinstance(v, (bool, int, float, str)) for v in own.values()):
+            return None
+        return (cls, tuple(sorted(own.items())))
+
+    def kernel_derivative(self) -> Callable[[Tensor], Tensor] | None:
+        """``g`` as a pure function for the fused kernels to trace (``torch.compile`` inlines it): the
+        :meth:`derivative` of a frozen copy, so later changes to this module cannot reach a cached kernel;
+        None exactly when :meth:`kernel_key` is None."""
+        if self.kernel_key() is None:
+            return None
+        return copy.deepcopy(self).derivative
 
 
 def _positive(name: str, value: float) -> float:

@@ -7,26 +7,19 @@ output before firing (the Spiking-ResNet placement, Zheng et al. 2021)::
 
 ``shortcut`` is the identity when the shape is kept, else ``conv1x1(stride) -> norm`` on the input spikes.
 ``per_block`` shortcuts go around pairs of convs (ResNet's basic block), ``per_layer`` around every single
-conv (Bi-Real-Net style, the "multiple shortcuts" of SEI-BWSNN as spikenorm reads it; methods.md 3).
+conv (Bi-Real-Net style, the "multiple shortcuts" of SEI-BWSNN as spikenorm reads it).
 The placement is an inference from the SEI-BWSNN abstract, not the paper's verified design: the
 shortcut carries spikes into the membrane input here, not a real-valued stream as in Bi-Real-Net.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 from torch import Tensor, nn
 
-from spikenorm.models.layers import SpikingLayerFactory, TimeDistributed, conv_output_size, spiking_conv
-
-Shortcuts = Literal["per_layer", "per_block", "none"]
-SHORTCUTS: tuple[str, ...] = ("per_layer", "per_block", "none")
-
-
-def check_shortcuts(shortcuts: str) -> None:
-    if shortcuts not in SHORTCUTS:
-        raise ValueError(f"unknown shortcuts {shortcuts!r}; available: {', '.join(SHORTCUTS)}")
+from spikenorm.models.layers import Shortcuts, SpikingLayerFactory, check_shortcuts, conv_output_size, spiking_conv
+from spikenorm.synapse import TimeDistributed
 
 
 class ResidualConvBlock(nn.Module):
@@ -67,7 +60,8 @@ class ResidualConvBlock(nn.Module):
         if shortcut:
             if stride != 1 or in_channels != out_channels:
                 projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
-                self.shortcut = nn.Sequential(factory.synapse(TimeDistributed(projection)), factory.make_norm(out_channels))
+                self.shortcut = nn.Sequential(factory.synapse(TimeDistributed(projection)),
+                                              factory.make_norm(out_channels))
             else:
                 self.shortcut = nn.Identity()
         self.neuron = factory.make_neuron((out_channels, self.out_size, self.out_size))

@@ -1,11 +1,11 @@
-"""Building blocks shared by the spiking models: time-distributed stateless layers and a layer factory."""
+"""Building blocks shared by the spiking models: the layer factory and the model base class."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
 
-import torch
 import torch.fx
 from torch import Tensor, nn
 
@@ -13,109 +13,166 @@ from spikenorm.binary import binarize_model
 from spikenorm.config import RecordsInit
 from spikenorm.neurons import SpikingNeuron, build_neuron
 from spikenorm.norm import TimeMajorNorm, build_norm
+from spikenorm.norm.base import NORMS
 from spikenorm.surrogate import Surrogate
-from spikenorm.trace import TraceSynapse
+from spikenorm.synapse import TimeDistributed, TraceSynapse
 from spikenorm.validation import check_time_major
 
 SurrogateSpec = str | Surrogate | Callable[[Tensor], Tensor]
+Shortcuts = Literal["per_layer", "per_block", "none"]
+SHORTCUTS: tuple[str, ...] = ("per_layer", "per_block", "none")
 
 
-class TimeDistributed(nn.Module):
-    """Apply a stateless module to every step of ``[T, B, ...]`` at once by folding ``T`` into the batch.
-
-    Layout: a 2-d convolution on CPU gets its input in channels-last (NHWC) layout unless
-    ``channels_last=False``. oneDNN's convolutions on NCHW input reorder to a blocked layout and back on
-    every call; on NHWC they do not, which made training of the spiking VGG of ``benchmarks/compare.py``
-    about 10% faster on a 2-core CPU. The output stays channels-last, and so do the norms, neurons
-    (:mod:`spikenorm.fused` included) and pools after it, so only a network's input is converted once.
-    ``channels_last=True`` forces the layout on any device for 4-d inputs; the default leaves CUDA inputs
-    as they are (not measured there), and so does it while ``torch.compile`` or ``torch.export`` traces the
-    model (the compiler picks layouts itself; a layout conversion on a dynamic batch size fails to export).
-    Values are the same up to the rounding order of the convolution's sums.
-    """
-
-    def __init__(self, module: nn.Module, channels_last: bool | None = None) -> None:
-        super().__init__()
-        self.module = module
-        self.channels_last = channels_last
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_time_major(x, f"TimeDistributed({type(self.module).__name__})")
-        folded = x.flatten(0, 1)
-        if folded.ndim == 4 and self._wants_channels_last(folded):
-            folded = folded.contiguous(memory_format=torch.channels_last)
-        return self.module(folded).unflatten(0, x.shape[:2])
-
-    def _wants_channels_last(self, x: Tensor) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return isinstance(self.module, nn.Conv2d) and x.device.type == "cpu" and not torch.compiler.is_compiling()
+def check_shortcuts(shortcuts: str) -> None:
+    if shortcuts not in SHORTCUTS:
+        raise ValueError(f"unknown shortcuts {shortcuts!r}; available: {', '.join(SHORTCUTS)}")
 
 
-@dataclass
-class SpikingLayerFactory:
-    """Builds the norm and neuron layers of a model from names, so every model takes the same options.
+@dataclass(frozen=True)
+class LayerSpec:
+    """What every spiking layer of a model is made of: one object with the same names in every model.
+
+    Every spikenorm model takes it as ``layers`` (LightningCLI: a mapping of these fields under the model's
+    ``init_args``). A ``conv/linear -> norm -> neuron`` layer computes ``s = neuron(norm(W x))``, where the
+    neuron fires ``s_t = 1[v_t > threshold]`` on a membrane ``v_t`` that ``membrane_norm`` normalises just
+    before firing (MPBN).
 
     Attributes:
-        norm: registered norm name (see :func:`spikenorm.norm.available_norms`).
-        neuron: registered neuron name (see :func:`spikenorm.neurons.available_neurons`).
-        surrogate: surrogate name, Surrogate or spike callable, given to every neuron.
-        norm_kwargs: options for every norm layer (e.g. ``{"time_steps": 4}`` for ``bntt``).
-        neuron_kwargs: options for every neuron (e.g. ``{"decay": 0.25, "threshold": 0.5}``).
-        surrogate_kwargs: options for a named surrogate (e.g. ``{"alpha": 4.0}``).
-        membrane_norm: registered norm applied to every neuron's membrane before firing (``"mpbn"``), or
-            None.
+        norm: registered norm after every synaptic layer (:func:`spikenorm.norm.available_norms`; ``"none"``
+            keeps the layer's bias instead).
+        norm_kwargs: its options (e.g. ``{"eps": 1e-4}`` for ``osr``).
+        membrane_norm: registered norm applied to every neuron's membrane before firing (``"mpbn"``), or None.
         membrane_norm_kwargs: its options; ``{"elementwise": True}`` gives one statistic per neuron
             (``C x H x W``), which needs the model's ``input_size``.
-        trace: wrap every synaptic layer that receives spikes in a
-            :class:`~spikenorm.trace.TraceSynapse` (OTTT: weight gradients from presynaptic traces, with
-            the neuron's decay).
+        neuron: registered neuron (:func:`spikenorm.neurons.available_neurons`).
+        neuron_kwargs: its options (e.g. ``{"decay": 0.25, "threshold": 0.5}``).
+        surrogate: surrogate name, :class:`~spikenorm.surrogate.Surrogate` or spike callable, given to every neuron.
+        surrogate_kwargs: options of a named surrogate (e.g. ``{"alpha": 4.0}``).
+        trace: wrap every synaptic layer that receives spikes in a :class:`~spikenorm.synapse.TraceSynapse`
+            (OTTT, Xiao et al., NeurIPS 2022: weight gradients from presynaptic traces, with the neuron's decay).
+        binary_weights: 1-bit weights (:mod:`spikenorm.binary`, SEI-BWSNN) in the layers the model names.
+        shortcuts: ``per_layer``, ``per_block`` or ``none`` (:mod:`spikenorm.models.blocks`); None: the model's
+            default. Models without shortcuts refuse a value.
+        time_steps: ``T``, for norms whose constructor takes ``time_steps`` (``bntt``); the Lightning CLI sets it
+            from the task's ``time_steps`` when such a norm is chosen. None: not known.
     """
 
     norm: str = "tdbn"
-    neuron: str = "lif"
-    surrogate: SurrogateSpec = "sigmoid"
-    norm_kwargs: dict[str, Any] | None = None
-    neuron_kwargs: dict[str, Any] | None = None
-    surrogate_kwargs: dict[str, Any] | None = None
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
     membrane_norm: str | None = None
-    membrane_norm_kwargs: dict[str, Any] | None = None
+    membrane_norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    neuron: str = "lif"
+    neuron_kwargs: dict[str, Any] = field(default_factory=dict)
+    surrogate: SurrogateSpec = "sigmoid"
+    surrogate_kwargs: dict[str, Any] = field(default_factory=dict)
     trace: bool = False
+    binary_weights: bool = False
+    shortcuts: Shortcuts | None = None
+    time_steps: int | None = None
 
     def __post_init__(self) -> None:
-        self.norm_kwargs = dict(self.norm_kwargs or {})
-        self.neuron_kwargs = dict(self.neuron_kwargs or {})
-        self.surrogate_kwargs = dict(self.surrogate_kwargs or {})
-        self.membrane_norm_kwargs = dict(self.membrane_norm_kwargs or {})
+        if self.shortcuts is not None:
+            check_shortcuts(self.shortcuts)
+        if self.time_steps is not None and (isinstance(self.time_steps, bool) or self.time_steps < 1):
+            raise ValueError(f"LayerSpec.time_steps must be a positive int or None, got {self.time_steps!r}")
+
+    def refuse(self, model: str, *options: str, reason: str) -> None:
+        """Raise a ValueError naming every option of ``options`` that is set to other than its default."""
+        defaults = LayerSpec()
+        unsupported = [name for name in options if getattr(self, name) != getattr(defaults, name)]
+        if unsupported:
+            settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in unsupported)
+            raise ValueError(f"{model} does not support layers.{settings}: {reason}")
+
+    @property
+    def uses_time_steps(self) -> bool:
+        """Whether the norm or the membrane norm takes ``time_steps`` (then :attr:`time_steps` is needed)."""
+        return any(name is not None and norm_accepts(name, "time_steps") for name in (self.norm, self.membrane_norm))
+
+
+def norm_accepts(name: str, parameter: str) -> bool:
+    """Whether the constructor of the norm registered as ``name`` has a parameter called ``parameter``."""
+    return parameter in inspect.signature(NORMS.get(name)).parameters
+
+
+class SpikingLayerFactory:
+    """Builds the norm, neuron and synapse layers of a model from its :class:`LayerSpec`.
+
+    Context values: a norm gets ``time_steps`` (``spec.time_steps``) and the model's ``norm_context`` (e.g. the
+    PopSAN actor's ``v_th``, its neurons' threshold) when its constructor takes a parameter of that name and
+    ``norm_kwargs`` does not set it. A norm that needs a value nobody gave, or a ``norm_kwargs`` value that
+    disagrees with the spec's ``time_steps``, is refused at construction.
+
+    Args:
+        spec: the layer spec.
+        norm_context: further values the model offers to the norms that take them.
+    """
+
+    def __init__(self, spec: LayerSpec, norm_context: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(spec, LayerSpec):
+            raise TypeError(f"layers must be a spikenorm.models.LayerSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.membrane_norm_kwargs = dict(spec.membrane_norm_kwargs)
         self.elementwise_membrane = bool(self.membrane_norm_kwargs.pop("elementwise", False))
+        context = {} if spec.time_steps is None else {"time_steps": spec.time_steps}
+        self.context = {**context, **(norm_context or {})}
+        self.norm_kwargs = self._with_context(spec.norm, spec.norm_kwargs)
+        if spec.membrane_norm is not None:
+            self.membrane_norm_kwargs = self._with_context(spec.membrane_norm, self.membrane_norm_kwargs)
         # build one of each now, so a bad name or option fails at model construction
         if self.make_norm(1).fold_target == "threshold":
             raise ValueError(
-                f"norm={self.norm!r} normalizes the membrane potential inside a neuron (it folds into the firing "
-                f"threshold), so it cannot be the post-conv norm: use membrane_norm={self.norm!r} together with a "
+                f"norm={spec.norm!r} normalizes the membrane potential inside a neuron (it folds into the firing "
+                f"threshold), so it cannot be the post-conv norm: use membrane_norm={spec.norm!r} together with a "
                 "post-conv norm such as norm='tdbn' (MPBN adds a BN on the membrane just before firing, on top of "
                 "the usual BN after the conv)"
             )
         self.make_neuron((1, 1, 1))
 
+    def _with_context(self, name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus the context values the norm ``name`` takes and ``kwargs`` leaves unset."""
+        kwargs = dict(kwargs)
+        given = kwargs.get("time_steps")
+        if given is not None and self.spec.time_steps is not None and given != self.spec.time_steps:
+            raise ValueError(
+                f"norm {name!r}: norm_kwargs time_steps={given} disagrees with layers.time_steps="
+                f"{self.spec.time_steps}; give T once"
+            )
+        parameters = inspect.signature(NORMS.get(name)).parameters
+        for key, value in self.context.items():
+            if key in parameters:
+                kwargs.setdefault(key, value)
+        for key, parameter in parameters.items():
+            required = parameter.default is inspect.Parameter.empty and parameter.kind in (
+                parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            if required and key not in ("self", "num_features", "feature_shape") and key not in kwargs:
+                hint = " (layers.time_steps; the spikenorm CLI sets it from the task's time_steps)" \
+                    if key == "time_steps" else ""
+                raise ValueError(f"norm {name!r} needs {key}: give it in the layer spec{hint} or in its kwargs")
+        return kwargs
+
+    @property
+    def trace(self) -> bool:
+        return self.spec.trace
+
     @property
     def uses_norm(self) -> bool:
         """False for ``norm="none"``: the layer before it then keeps its bias."""
-        return self.norm.lower() != "none"
+        return self.spec.norm.lower() != "none"
 
     def make_norm(self, num_features: int) -> TimeMajorNorm:
-        return build_norm(self.norm, num_features, **self.norm_kwargs)
+        return build_norm(self.spec.norm, num_features, **self.norm_kwargs)
 
     def synapse(self, layer: nn.Module, receives_spikes: bool = True) -> nn.Module:
         """``layer`` itself, or wrapped in a TraceSynapse when ``trace`` is on and its input is spikes."""
-        if not (self.trace and receives_spikes):
+        if not (self.spec.trace and receives_spikes):
             return layer
         return TraceSynapse(layer, decay=getattr(self.make_neuron((1,)), "decay", 1.0))
 
     def make_neuron(self, feature_shape: tuple[int | None, ...]) -> SpikingNeuron:
         """A neuron for features ``(C,)`` or ``(C, H, W)``; ``H, W`` may be None when unknown."""
-        membrane = None
-        if self.membrane_norm is not None:
+        spec, membrane = self.spec, None
+        if spec.membrane_norm is not None:
             shape = None
             if self.elementwise_membrane:
                 if None in feature_shape:
@@ -124,13 +181,14 @@ class SpikingLayerFactory:
                         "its input_size"
                     )
                 shape = tuple(feature_shape)
-            membrane = build_norm(self.membrane_norm, int(feature_shape[0]), feature_shape=shape, **self.membrane_norm_kwargs)
+            membrane = build_norm(spec.membrane_norm, int(feature_shape[0]), feature_shape=shape,
+                                  **self.membrane_norm_kwargs)
         return build_neuron(
-            self.neuron,
-            surrogate=self.surrogate,
-            surrogate_kwargs=self.surrogate_kwargs,
+            spec.neuron,
+            surrogate=spec.surrogate,
+            surrogate_kwargs=spec.surrogate_kwargs,
             membrane_norm=membrane,
-            **self.neuron_kwargs,
+            **spec.neuron_kwargs,
         )
 
 

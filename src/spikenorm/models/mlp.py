@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import Tensor, nn
 
-from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, SurrogateSpec, spiking_linear
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, spiking_linear
 
 
 class SpikingMLP(SpikingModel):
     """``[linear -> norm -> neuron] x len(hidden) -> linear`` readout, applied at every time step.
 
     Input ``[T, B, in_features]`` or ``[T, B, *dims]`` with ``prod(dims) == in_features`` (flattened);
-    output per-step logits ``[T, B, num_classes]`` (the readout does not spike). ``membrane_norm="mpbn"``
-    adds MPBN to every neuron (per feature, so channel- and element-wise coincide); ``trace=True`` gives the
-    OTTT presynaptic-trace synapses; ``binary_weights=True`` gives 1-bit weights in the hidden layers but the
-    first (:mod:`spikenorm.binary`).
+    output per-step logits ``[T, B, num_classes]`` (the readout does not spike).
+
+    ``layers`` (:class:`~spikenorm.models.layers.LayerSpec`): ``membrane_norm="mpbn"`` adds MPBN to every neuron
+    (per feature, so channel- and element-wise coincide); ``trace=True`` gives the OTTT presynaptic-trace
+    synapses; ``binary_weights=True`` gives 1-bit weights in the hidden layers but the first
+    (:mod:`spikenorm.binary`). An MLP has no shortcuts.
     """
 
     input_ndim = 3
@@ -26,21 +28,11 @@ class SpikingMLP(SpikingModel):
         in_features: int,
         num_classes: int,
         hidden: Sequence[int] = (256, 256),
-        norm: str = "tdbn",
-        neuron: str = "lif",
-        surrogate: SurrogateSpec = "sigmoid",
-        norm_kwargs: dict[str, Any] | None = None,
-        neuron_kwargs: dict[str, Any] | None = None,
-        surrogate_kwargs: dict[str, Any] | None = None,
-        membrane_norm: str | None = None,
-        membrane_norm_kwargs: dict[str, Any] | None = None,
-        trace: bool = False,
-        binary_weights: bool = False,
+        layers: LayerSpec = LayerSpec(),
     ) -> None:
         super().__init__()
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
-        )
+        layers.refuse(type(self).__name__, "shortcuts", reason="it has no residual blocks")
+        factory = SpikingLayerFactory(layers)
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden]
@@ -48,7 +40,7 @@ class SpikingMLP(SpikingModel):
             *(spiking_linear(factory, a, b, receives_spikes=i > 0) for i, (a, b) in enumerate(zip(widths, widths[1:])))
         )
         self.classifier = factory.synapse(nn.Linear(widths[-1], num_classes))
-        self.use_binary_weights(binary_weights)
+        self.use_binary_weights(layers.binary_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(2)  # [T, B, *dims] -> [T, B, in_features]; a no-op on [T, B, F]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-from spikenorm.models.blocks import ResidualConvBlock, Shortcuts, check_shortcuts
-from spikenorm.models.layers import SpikingLayerFactory, SpikingModel, SurrogateSpec, spiking_conv, spiking_linear
+from spikenorm.models.blocks import ResidualConvBlock
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, spiking_conv, spiking_linear
 
 
 class SpikingResNet19(SpikingModel):
@@ -19,14 +17,13 @@ class SpikingResNet19(SpikingModel):
     Args:
         width: channel multiplier (``0.25`` gives a CPU-sized 32/64/128 network).
         input_size: input height (= width); needed only for element-wise membrane norms.
-        trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the stem.
-        shortcuts: ``per_block`` (ResNet's basic blocks, the default), ``per_layer`` (each basic block split
-            into two single-conv blocks, each with its shortcut) or ``none`` (the same convs, no shortcuts);
-            see :mod:`spikenorm.models.blocks`. The head's linear layer has no shortcut.
-        binary_weights: 1-bit weights in every conv/linear layer except the first and the last
-            (:mod:`spikenorm.binary`, SEI-BWSNN).
-        norm, neuron, surrogate, membrane_norm, *_kwargs: see
-            :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
+        layers: norm, neuron, surrogate and their options (:class:`~spikenorm.models.layers.LayerSpec`;
+            ``membrane_norm="mpbn"`` adds MPBN). ``trace``: OTTT presynaptic-trace synapses
+            (:class:`~spikenorm.synapse.TraceSynapse`) after the stem. ``shortcuts``: ``per_block`` (ResNet's
+            basic blocks, the default), ``per_layer`` (each basic block split into two single-conv blocks, each
+            with its shortcut) or ``none`` (the same convs, no shortcuts); see :mod:`spikenorm.models.blocks`;
+            the head's linear layer has no shortcut. ``binary_weights``: 1-bit weights in every conv/linear
+            layer except the first and the last (:mod:`spikenorm.binary`, SEI-BWSNN).
     """
 
     input_ndim = 5
@@ -37,25 +34,13 @@ class SpikingResNet19(SpikingModel):
         in_channels: int = 3,
         width: float = 1.0,
         input_size: int | None = None,
-        norm: str = "tdbn",
-        neuron: str = "lif",
-        surrogate: SurrogateSpec = "sigmoid",
-        norm_kwargs: dict[str, Any] | None = None,
-        neuron_kwargs: dict[str, Any] | None = None,
-        surrogate_kwargs: dict[str, Any] | None = None,
-        membrane_norm: str | None = None,
-        membrane_norm_kwargs: dict[str, Any] | None = None,
-        trace: bool = False,
-        binary_weights: bool = False,
-        shortcuts: Shortcuts =  "per_block",
+        layers: LayerSpec = LayerSpec(),
     ) -> None:
         super().__init__()
-        check_shortcuts(shortcuts)
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
-        )
+        factory = SpikingLayerFactory(layers)
+        shortcuts = layers.shortcuts or "per_block"
         self.in_channels = in_channels
         self.num_classes = num_classes
         widths = [max(1, round(c * width)) for c in (128, 256, 512)]
@@ -75,7 +60,7 @@ class SpikingResNet19(SpikingModel):
         hidden = max(1, round(256 * width))
         self.head = spiking_linear(factory, channels, hidden)
         self.classifier = factory.synapse(nn.Linear(hidden, num_classes))
-        self.use_binary_weights(binary_weights)
+        self.use_binary_weights(layers.binary_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x, channels=self.in_channels)

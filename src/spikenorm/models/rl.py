@@ -1,6 +1,6 @@
 """Reinforcement-learning models: the population-coded spiking actor of CaRe-BN and ANN critics.
 
-The actor (:class:`PopSANActor`, methods.md 1.2, after PopSAN, Tang et al. 2020) takes a plain batch of
+The actor (:class:`PopSANActor`, the CaRe-BN actor after PopSAN, Tang et al., CoRL 2020) takes a plain batch of
 observations ``[B, obs_dim]`` and encodes time itself:
 
     obs -> tanh -> Gaussian receptive fields (``pop_dim`` neurons per observation dimension)
@@ -15,22 +15,24 @@ Inside the network every activation is time-major ``[T, B, ...]``, so the norm l
 stateless: every call (every environment step) starts from zero membrane state.
 
 The critics (:class:`TwinQCritic` for TD3, :class:`DDPGCritic` for DDPG) are the reference code's ANN
-critics on ``concat[obs, action]`` (methods.md 1.4).
+critics on ``concat[obs, action]`` (TD3: Fujimoto et al., ICML 2018; DDPG: Lillicrap et al., ICLR 2016).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 
-from spikenorm.models.layers import SpikingLayerFactory, SurrogateSpec, spiking_linear
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, spiking_linear
 from spikenorm.validation import check_time_major
 
 __all__ = [
+    "POPSAN_LAYERS",
     "DDPGCritic",
     "PopSANActor",
     "PopulationDecoder",
@@ -215,9 +217,12 @@ class PopulationDecoder(nn.Module):
 
 # --- actor -------------------------------------------------------------------------------------------
 
+#: The CaRe-BN reference actor's layers: CaRe-BN norms, CLIF neurons, rectangular surrogate (width 1).
+POPSAN_LAYERS = LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle")
+
 
 class PopSANActor(nn.Module):
-    """Population-coded spiking actor of CaRe-BN (methods.md 1.2): ``obs [B, obs_dim] -> action [B, act_dim]``.
+    """Population-coded spiking actor of CaRe-BN: ``obs [B, obs_dim] -> action [B, act_dim]``.
 
     ``encoder`` (:class:`PopulationEncoder`) -> ``snn``: ``[Linear -> norm -> neuron]`` for every width in
     ``hidden`` and once more for the output population (``act_dim * pop_dim`` neurons), so there are
@@ -228,9 +233,9 @@ class PopSANActor(nn.Module):
     with ``norm="none"`` they keep it. Every call starts from zero neuron state (the neurons are stateless
     multi-step modules), i.e. the state is reset at every environment step as in the reference.
 
-    Defaults follow the reference code: CLIF neurons (current decay 0.5, voltage decay 0.75, threshold
-    0.5, hard reset, reset gradient not detached), rectangular surrogate of width 1, CaRe-BN norms with
-    ``gamma = beta = v_th / 2``.
+    Defaults follow the reference code (:data:`POPSAN_LAYERS`): CLIF neurons (current decay 0.5, voltage decay
+    0.75, threshold 0.5, hard reset, reset gradient not detached), rectangular surrogate of width 1, CaRe-BN
+    norms with ``gamma = beta = v_th / 2``.
 
     Args:
         obs_dim: observation size.
@@ -238,15 +243,13 @@ class PopSANActor(nn.Module):
         max_action: action bound, one float for every dimension or one per dimension (a buffer).
         hidden: widths of the hidden spiking layers.
         pop_dim: encoder and output neurons per observation / action dimension.
-        time_steps: ``T`` of the spike trains.
-        norm: registered norm name (``carebn``, ``bn``, ``tdbn``, ``none``, ...).
-        neuron: registered neuron name (``clif``, ``lif``, ``if``).
-        surrogate: surrogate name, Surrogate or callable.
-        norm_kwargs: options of every norm. ``carebn`` and ``tdbn`` get ``v_th`` = the neuron threshold
-            unless given; ``bntt`` gets ``time_steps`` unless given.
-        neuron_kwargs: options of every neuron; ``threshold`` defaults to 0.5 and, for ``lif``, ``decay``
-            to 0.75 (the reference's LIF).
-        surrogate_kwargs: options of a named surrogate (``rectangle``: ``width``, default 1).
+        time_steps: ``T`` of the spike trains; also ``layers.time_steps`` (which, if set, must agree).
+        layers: the spiking layers (:class:`~spikenorm.models.layers.LayerSpec`; norm ``carebn``, ``bn``,
+            ``tdbn``, ``none``, ...; neuron ``clif``, ``lif``, ``if``). ``neuron_kwargs``' ``threshold`` defaults
+            to 0.5 and, for ``lif``, ``decay`` to 0.75 (the reference's LIF). Every norm whose constructor takes
+            ``v_th`` (``carebn``, ``tdbn``) gets the neuron threshold unless ``norm_kwargs`` sets it; one that
+            takes ``time_steps`` (``bntt``) gets ``time_steps``. ``binary_weights`` and ``shortcuts`` are
+            refused.
         mean_range: initial span of the encoder means.
         encoder_std: initial std of the encoder's receptive fields.
     """
@@ -259,12 +262,7 @@ class PopSANActor(nn.Module):
         hidden: Sequence[int] = (256, 256),
         pop_dim: int = 10,
         time_steps: int = 5,
-        norm: str = "carebn",
-        neuron: str = "clif",
-        surrogate: SurrogateSpec = "rectangle",
-        norm_kwargs: dict[str, Any] | None = None,
-        neuron_kwargs: dict[str, Any] | None = None,
-        surrogate_kwargs: dict[str, Any] | None = None,
+        layers: LayerSpec = POPSAN_LAYERS,
         mean_range: tuple[float, float] = (-1.0, 1.0),
         encoder_std: float = math.sqrt(0.05),
     ) -> None:
@@ -280,17 +278,17 @@ class PopSANActor(nn.Module):
         self.time_steps = time_steps
         self.register_buffer("max_action", _action_bound(max_action, act_dim))
 
-        neuron_kwargs = dict(neuron_kwargs or {})
-        neuron_kwargs.setdefault("threshold", 0.5)
-        if isinstance(neuron, str) and neuron.lower() == "lif":
-            neuron_kwargs.setdefault("decay", 0.75)
-        norm_kwargs = dict(norm_kwargs or {})
+        layers.refuse(type(self).__name__, "binary_weights", "shortcuts", reason="the actor is a plain stack of "
+                      "full-precision linear layers")
+        if layers.time_steps not in (None, time_steps):
+            raise ValueError(
+                f"PopSANActor: layers.time_steps={layers.time_steps} disagrees with time_steps={time_steps}")
+        neuron_kwargs = {"threshold": 0.5, **({"decay": 0.75} if layers.neuron.lower() == "lif" else {}),
+                         **layers.neuron_kwargs}
+        layers = replace(layers, neuron_kwargs=neuron_kwargs, time_steps=time_steps)
         threshold = neuron_kwargs["threshold"]
-        if isinstance(norm, str) and norm.lower() in ("carebn", "tdbn") and isinstance(threshold, (int, float)):
-            norm_kwargs.setdefault("v_th", float(threshold))
-        if isinstance(norm, str) and norm.lower() == "bntt":
-            norm_kwargs.setdefault("time_steps", time_steps)
-        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+        context = {"v_th": float(threshold)} if isinstance(threshold, (int, float)) else {}
+        factory = SpikingLayerFactory(layers, norm_context=context)
 
         self.encoder = PopulationEncoder(obs_dim, pop_dim, mean_range, encoder_std, time_steps)
         widths = [self.encoder.out_features, *hidden, act_dim * pop_dim]
@@ -380,7 +378,8 @@ class TwinQCritic(_Critic):
 
 
 class DDPGCritic(_Critic):
-    """DDPG critic of the reference code (methods.md 1.4): the action joins after the first layer.
+    """DDPG critic of the CaRe-BN reference code (after Lillicrap et al., ICLR 2016): the action joins after the
+    first layer.
 
     ``h = ReLU(Linear(obs_dim, 400)(obs))``, ``h = ReLU(Linear(400 + act_dim, 300)(concat[h, action]))``,
     ``q = Linear(300, 1)(h)`` ``[B, 1]``. :meth:`q1` is the same (so TD3 and DDPG tasks share one actor

@@ -5,25 +5,19 @@ tokens ``[T, B, N, D]`` (``N`` tokens of ``D`` features), so that ``nn.Linear`` 
 every step and token. The norm layers and neurons of spikenorm expect channels at axis 2, so they run
 inside :class:`TokenChannels`, which moves the feature axis to axis 2 (``[T, B, D, N]``) and back.
 
-Used by SEI-BWSNN (methods.md section 3): ``binary_mlp=True`` binarises the weights of every block's MLP
-(``blocks.<i>.mlp.fc1`` / ``fc2``) and keeps the patch splitter, the attention and the classifier in
-full precision.
+Used by SEI-BWSNN (Binary-weight SNNs trained as self-ensembles): ``layers.binary_weights=True`` binarises the
+weights of every block's MLP (``blocks.<i>.mlp.fc1`` / ``fc2``) and keeps the patch splitter, the attention and
+the classifier in full precision.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.fx
 from torch import Tensor, nn
 
-from spikenorm.models.layers import (
-    SpikingLayerFactory,
-    SpikingModel,
-    SurrogateSpec,
-    TimeDistributed,
-    spiking_conv,
-)
+from spikenorm.binary import binarize_model
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, spiking_conv
+from spikenorm.synapse import TimeDistributed
 from spikenorm.validation import check_time_major
 
 
@@ -72,7 +66,9 @@ class SpikingPatchSplitting(nn.Module):
     ``[T, B, N, embed_dim]``.
     """
 
-    def __init__(self, factory: SpikingLayerFactory, in_channels: int, embed_dim: int, input_size: int, patch_size: int):
+    def __init__(
+        self, factory: SpikingLayerFactory, in_channels: int, embed_dim: int, input_size: int, patch_size: int
+    ):
         super().__init__()
         downsamples = patch_size.bit_length() - 1  # log2(patch_size)
         stages = max(downsamples, 1)
@@ -179,9 +175,12 @@ class SpikingTransformer(SpikingModel):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
         attention_scale: the constant factor of ``Q K^T V`` (Spikformer uses 0.125).
-        binary_mlp: binarise the MLP weights of every block (``blocks.<i>.mlp.fc1``/``fc2``) with
-            :func:`spikenorm.binary.binarize_model` (SEI-BWSNN); everything else stays full precision.
-        norm, neuron, surrogate, *_kwargs: see :class:`~spikenorm.models.layers.SpikingLayerFactory`.
+        layers: norm, neuron, surrogate and their options (:class:`~spikenorm.models.layers.LayerSpec`);
+            ``membrane_norm`` normalises the membrane of every neuron, the attention's included.
+            ``binary_weights`` binarises the MLP weights of every block (``blocks.<i>.mlp.fc1``/``fc2``) with
+            :func:`spikenorm.binary.binarize_model` (SEI-BWSNN); everything else stays full precision. ``trace``
+            and ``shortcuts`` are refused: the attention's spike products and the residual token stream are not
+            synapse-then-neuron layers.
     """
 
     input_ndim = 5
@@ -197,15 +196,11 @@ class SpikingTransformer(SpikingModel):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         attention_scale: float = 0.125,
-        norm: str = "tdbn",
-        neuron: str = "lif",
-        surrogate: SurrogateSpec = "sigmoid",
-        norm_kwargs: dict[str, Any] | None = None,
-        neuron_kwargs: dict[str, Any] | None = None,
-        surrogate_kwargs: dict[str, Any] | None = None,
-        binary_mlp: bool = False,
+        layers: LayerSpec = LayerSpec(),
     ) -> None:
         super().__init__()
+        layers.refuse(type(self).__name__, "trace", "shortcuts", reason="the attention's spike products and the "
+                      "residual token stream are not synapse-then-neuron layers")
         positive = {
             "in_channels": in_channels,
             "num_classes": num_classes,
@@ -233,7 +228,7 @@ class SpikingTransformer(SpikingModel):
         hidden = int(embed_dim * mlp_ratio)
         if hidden < 1:
             raise ValueError(f"SpikingTransformer: mlp_ratio must give an MLP width >= 1, got mlp_ratio={mlp_ratio}")
-        factory = SpikingLayerFactory(norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs)
+        factory = SpikingLayerFactory(layers)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.input_size = input_size
@@ -246,9 +241,7 @@ class SpikingTransformer(SpikingModel):
         )
         self.classifier = nn.Linear(embed_dim, num_classes)
         self.binary_layers: list[str] = []
-        if binary_mlp:
-            from spikenorm.binary import binarize_model
-
+        if layers.binary_weights:
             self.binary_layers = list(binarize_model(self, include=["blocks.*.mlp.fc*"], keep_first_last=False))
 
     def forward(self, x: Tensor) -> Tensor:

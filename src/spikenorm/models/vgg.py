@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import Tensor, nn
 
-from spikenorm.models.blocks import ResidualConvBlock, Shortcuts, check_shortcuts, group_convs
-from spikenorm.models.layers import (
-    SpikingLayerFactory,
-    SpikingModel,
-    SurrogateSpec,
-    TimeDistributed,
-    spiking_conv,
-)
+from spikenorm.models.blocks import ResidualConvBlock, group_convs
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, spiking_conv
+from spikenorm.synapse import TimeDistributed
 
 #: Layer lists: an int is a ``conv3x3 -> norm -> neuron`` with that many channels, ``"A"`` a 2x2 average
 #: pool, ``"M"`` a 2x2 max pool. The classifier is global average pooling and one linear layer.
@@ -36,13 +31,12 @@ class SpikingVGG(SpikingModel):
         num_classes: classifier outputs.
         input_size: input height (= width); needed only for element-wise membrane norms.
         dropout: dropout before the classifier (0 disables).
-        trace: OTTT presynaptic-trace synapses (:class:`~spikenorm.trace.TraceSynapse`) after the first layer.
-        shortcuts: ``none`` (plain VGG), ``per_layer`` (a shortcut around every conv after the first) or
-            ``per_block`` (around pairs of convs at one resolution); see :mod:`spikenorm.models.blocks`.
-        binary_weights: 1-bit weights in every conv/linear layer except the first and the last
-            (:mod:`spikenorm.binary`, SEI-BWSNN).
-        norm, neuron, surrogate, membrane_norm, *_kwargs: see
-            :class:`~spikenorm.models.layers.SpikingLayerFactory` (``membrane_norm="mpbn"`` adds MPBN).
+        layers: norm, neuron, surrogate and their options (:class:`~spikenorm.models.layers.LayerSpec`;
+            ``membrane_norm="mpbn"`` adds MPBN). ``trace``: OTTT presynaptic-trace synapses
+            (:class:`~spikenorm.synapse.TraceSynapse`) after the first layer. ``shortcuts``: ``none`` (plain VGG,
+            the default), ``per_layer`` (a shortcut around every conv after the first) or ``per_block`` (around
+            pairs of convs at one resolution); see :mod:`spikenorm.models.blocks`. ``binary_weights``: 1-bit
+            weights in every conv/linear layer except the first and the last (:mod:`spikenorm.binary`, SEI-BWSNN).
     """
 
     input_ndim = 5
@@ -54,34 +48,22 @@ class SpikingVGG(SpikingModel):
         num_classes: int = 10,
         input_size: int | None = None,
         dropout: float = 0.0,
-        norm: str = "tdbn",
-        neuron: str = "lif",
-        surrogate: SurrogateSpec = "sigmoid",
-        norm_kwargs: dict[str, Any] | None = None,
-        neuron_kwargs: dict[str, Any] | None = None,
-        surrogate_kwargs: dict[str, Any] | None = None,
-        membrane_norm: str | None = None,
-        membrane_norm_kwargs: dict[str, Any] | None = None,
-        trace: bool = False,
-        binary_weights: bool = False,
-        shortcuts: Shortcuts =  "none",
+        layers: LayerSpec = LayerSpec(),
     ) -> None:
         super().__init__()
-        check_shortcuts(shortcuts)
         layers_cfg = self._resolve(cfg)
-        factory = SpikingLayerFactory(
-            norm, neuron, surrogate, norm_kwargs, neuron_kwargs, surrogate_kwargs, membrane_norm, membrane_norm_kwargs, trace
-        )
+        factory = SpikingLayerFactory(layers)
+        shortcuts = layers.shortcuts or "none"
         self.in_channels = in_channels
         self.num_classes = num_classes
-        layers: list[nn.Module] = []
+        modules: list[nn.Module] = []
         channels, size = in_channels, input_size
         run: list[int] = []  # convs at the current resolution still to be built as shortcut blocks
 
         def flush() -> None:
             nonlocal channels
             for group in group_convs(run, shortcuts):
-                layers.append(ResidualConvBlock(factory, [channels, *group], in_size=size))
+                modules.append(ResidualConvBlock(factory, [channels, *group], in_size=size))
                 channels = group[-1]
             run.clear()
 
@@ -89,18 +71,18 @@ class SpikingVGG(SpikingModel):
             if item in ("A", "M"):
                 flush()
                 pool = nn.AvgPool2d(2) if item == "A" else nn.MaxPool2d(2)
-                layers.append(TimeDistributed(pool))
+                modules.append(TimeDistributed(pool))
                 size = None if size is None else size // 2
-            elif layers and shortcuts != "none":
+            elif modules and shortcuts != "none":
                 run.append(int(item))
             else:
-                layers.append(spiking_conv(factory, channels, int(item), in_size=size, receives_spikes=bool(layers)))
+                modules.append(spiking_conv(factory, channels, int(item), in_size=size, receives_spikes=bool(modules)))
                 channels = int(item)
         flush()
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*modules)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = factory.synapse(nn.Linear(channels, num_classes))
-        self.use_binary_weights(binary_weights)
+        self.use_binary_weights(layers.binary_weights)
 
     @staticmethod
     def _resolve(cfg: str | Sequence[int | str]) -> list[int | str]:

@@ -31,7 +31,7 @@ from spikenorm.validation import check_time_major
 
 FoldTarget = Literal["weights", "threshold", "identity", "unfoldable"]
 
-NORMS: Registry["TimeMajorNorm"] = Registry("norm")
+NORMS: Registry[TimeMajorNorm] = Registry("norm")
 
 
 class TimeMajorNorm(nn.Module):
@@ -165,6 +165,34 @@ class TimeMajorNorm(nn.Module):
         scale = self.effective_weight.double() / torch.sqrt(self.running_var.double() + self.eps)
         bias = self.bias.double() if self.bias is not None else torch.zeros_like(scale)
         return scale, bias - self.running_mean.double() * scale
+
+    def fused_membrane_parameters(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None] | str:
+        """The eval-mode map as the fused neuron kernels (:mod:`spikenorm.fused`) compute it on the membrane of a
+        neuron whose input is ``x`` (``[T, B, *feature_shape, ...]``): ``(mean, rstd, weight, bias)`` per feature
+        for ``u = (h - mean) * rstd * weight + bias`` (weight and bias None when ``affine=False``: ``u = (h -
+        mean) * rstd``), with ``rstd = rsqrt(running_var + eps)``, the same tensors and ops as :meth:`normalize`
+        and :meth:`affine_transform`, so the fused spikes equal the eager ones bit for bit. Or the reason the
+        kernels cannot stand in for this layer: training mode, a forward, normalize, affine_transform or
+        feature_view of a subclass, statistics not per feature (per step, like BNTT), parameters that want a
+        gradient, or tensors that do not fit ``x`` (feature shape, dtype, device)."""
+        for name in ("forward", "normalize", "affine_transform", "feature_view"):
+            if getattr(type(self), name) is not getattr(TimeMajorNorm, name):
+                return f"membrane norm {type(self).__name__} overrides {name}"
+        if self.training:
+            return "membrane norm in training mode (batch statistics)"
+        if tuple(self.running_mean.shape) != self.feature_shape:
+            return "membrane norm statistics are not per feature"
+        if tuple(x.shape[2 : 2 + len(self.feature_shape)]) != self.feature_shape:
+            return "membrane norm feature shape does not fit the input"
+        if torch.is_grad_enabled() and self.affine and (self.weight.requires_grad or self.bias.requires_grad):
+            return "membrane norm parameters require grad"
+        affine = (self.weight, self.bias) if self.affine else ()
+        if any(t.dtype != x.dtype or t.device != x.device for t in (self.running_mean, self.running_var, *affine)):
+            return "membrane norm tensors of another dtype or device than the input"
+        with torch.no_grad():
+            rstd = torch.rsqrt(self.running_var + self.eps)  # exactly normalize()
+        weight, bias = affine if affine else (None, None)
+        return self.running_mean, rstd, weight, bias
 
     @torch.no_grad()
     def update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:

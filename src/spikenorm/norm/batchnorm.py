@@ -12,8 +12,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from spikenorm.distributed import distributed_world_size
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
-from spikenorm.norm.stats import batch_moments, distributed_world_size, unbiased
+from spikenorm.norm.stats import batch_moments, unbiased
 
 
 def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape: tuple[int, ...]) -> None:
@@ -34,12 +35,13 @@ def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape:
 
 @NORMS.register("bn")
 class VanillaBN(TimeMajorNorm):
-    """Per-step batch statistics, one shared affine and one running estimate ("vanilla BN", methods.md 2.5).
+    """Per-step batch statistics, one shared affine and one running estimate ("vanilla BN").
 
     Training: ``y_t = gamma (x_t - mu_t) / sqrt(var_t + eps) + beta`` for each step ``t``.
     Running update, once per forward: ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)`` and
     ``var_hat <- (1 - m) var_hat + m mean_t(var_t n/(n-1))``: the mean of the per-step means and of the
-    per-step variances, without the between-step term (the OSR paper's baseline, ``BN_type: old``).
+    per-step variances, without the between-step term (the baseline of Zhu et al., "Online Stabilization of
+    Spiking Neural Networks", ICLR 2024; ``BN_type: old`` in its reference code).
     Inference: ``y = gamma (x - mu_hat) / sqrt(var_hat + eps) + beta`` at every step; an affine map per
     channel, so it folds into the preceding weights.
     """

@@ -37,7 +37,7 @@ def ca_bn_update(
     prior: Literal["innovation", "debiased"] = "innovation",
     noise: Literal["batch", "prior"] = "batch",
 ) -> tuple[CaBNState, Tensor, Tensor]:
-    """One confidence-adaptive update of the running statistics (methods.md 1.3, the reference code).
+    """One confidence-adaptive update of the running statistics (Ca-BN, as in the reference code xuzijie32/CaRe-BN).
 
     A Kalman-style fusion of the prior estimate with the batch observation, per feature::
 

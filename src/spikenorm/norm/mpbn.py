@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from spikenorm.norm.base import NORMS, FoldTarget
 from spikenorm.norm.batchnorm import VanillaBN
@@ -15,7 +16,7 @@ class MPBN(VanillaBN):
     Plug it into a neuron as its ``membrane_norm`` (models do this with ``membrane_norm="mpbn"``). At step
     ``t`` the neuron charges ``m_t = decay * m_{t-1}' + x_t``, normalises
     ``u_t = gamma (m_t - mu_t) / sqrt(var_t + eps) + beta`` and fires ``s_t = 1[u_t > theta]``; leak and
-    reset act on the un-normalised ``m_t`` (methods.md 4.2), which is what makes the fold exact.
+    reset act on the un-normalised ``m_t`` (as in the reference code), which is what makes the fold exact.
 
     Training (as the reference code ``yfguo91/MPBN``): per-step batch statistics ``mu_t, var_t``; one
     ``gamma``, ``beta`` and one running estimate shared by all steps. The neuron calls the layer once per

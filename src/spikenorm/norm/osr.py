@@ -16,7 +16,8 @@ from spikenorm.sequence import SequenceAware
 class OSR(TimeMajorNorm, SequenceAware):
     """Batch renormalization per time step: the same statistics in training and test.
 
-    Forward, in training and inference alike (methods.md 2.2), with running ``mu_hat, var_hat``:
+    Forward, in training and inference alike (Zhu et al., ICLR 2024; its Eqs. 10-12 give the gradients), with
+    running ``mu_hat, var_hat``:
     ``y = gamma (x - mu_hat) / sqrt(var_hat + eps) + beta``. In training the value is computed exactly so
     (bit-identical to eval mode) while the gradient is that of the paper's stop-gradient form, with
     ``mu_t, var_t`` the batch statistics of step ``t``::

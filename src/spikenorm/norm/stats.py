@@ -15,12 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def distributed_world_size() -> int:
-    """Number of processes to reduce over (1 when not running distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+from spikenorm.distributed import distributed_world_size
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -5,15 +5,14 @@ in whatever mode the training loop left it in, i.e. train mode. With one environ
 a batch of a single sample (``nn.BatchNorm1d`` raises "Expected more than 1 value per channel when
 training"; time-major SNN norms normalize by that one sample's own statistics), and every environment
 step overwrites the running statistics with rollout data. :class:`EvalModePolicy` fixes this: it enters
-:func:`eval_mode` around every call, so the actor acts with its running statistics and leaves them
-untouched, and the train/eval flag of every submodule is restored exactly afterwards.
+:func:`~spikenorm.modes.eval_mode` around every call, so the actor acts with its running statistics and
+leaves them untouched, and the train/eval flag of every submodule is restored exactly afterwards.
 :func:`make_collector` applies it to any policy it is given.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,39 +25,17 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 from torchrl.modules import AdditiveGaussianModule
 
+from spikenorm.modes import eval_mode
 from spikenorm.rl.envs import bounds_from_spec
 
 __all__ = [
     "BatchedActor",
     "EvalModePolicy",
     "TD3GaussianNoise",
-    "eval_mode",
     "make_collector",
     "make_exploration_policy",
     "make_policy",
 ]
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` (and all their submodules) in eval mode; restore each submodule's flag on exit.
-
-    The flags are restored one by one, so a model whose parts were in mixed modes (e.g. a frozen
-    encoder in eval inside a training actor) comes back exactly as it was, also after an exception.
-    """
-    for m in modules:
-        if not isinstance(m, nn.Module):
-            raise TypeError(
-                f"eval_mode expects torch.nn.Module arguments, got {type(m).__name__}"
-            )
-    saved = [(sub, sub.training) for m in modules for sub in m.modules()]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for sub, flag in saved:
-            sub.training = flag
 
 
 class BatchedActor(nn.Module):

@@ -42,19 +42,22 @@ class SpikingClassifier(LightningModule):
         num_classes: number of classes; read from ``model.num_classes`` when omitted.
         time_steps: ``T`` in training.
         eval_time_steps: ``T`` in validation, test and prediction when it differs from training's, e.g.
-            DVS128 Gesture trained on 14 of 20 frames by random temporal deletion and tested on all 20
-            (methods.md 2.6); ``None``: the same as ``time_steps``.
+            DVS128 Gesture trained on 14 of 20 frames by random temporal deletion and tested on all 20 (the
+            setting of Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024); ``None``: the
+            same as ``time_steps``.
         encoding: ``repeat`` (static input, direct encoding) or ``frames`` (``[B, T, ...]`` event frames).
-        loss: ``ce`` (cross-entropy of the mean logits) or ``tet`` (per-step CE + MSE, methods.md 2.1).
+        loss: ``ce`` (cross-entropy of the mean logits) or ``tet`` (per-step CE + MSE,
+            :func:`~spikenorm.tasks.losses.tet_loss`).
         tet_mse_weight: the MSE weight ``eps`` of the ``tet`` loss.
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``); Adam(lr=1e-3) if omitted.
         lr_scheduler: LR scheduler factory, stepped every epoch; none if omitted.
         check_finite: stop at the first batch whose input or training loss holds NaN/Inf, with a ValueError
             naming the stage, batch index, epoch, tensor and counts (on by default; one pass over the input
             and one scalar check per batch, cost measured in ``benchmarks/finite_check.py``).
-        training_mode: ``bptt`` (one multi-step forward and backward) or ``online`` (methods.md 2.1: one
-            step at a time, ``loss_t / T`` back-propagated at once with the temporal path detached, memory
-            flat in ``T``; :func:`spikenorm.tasks.online.online_backward`). Online uses manual
+        training_mode: ``bptt`` (one multi-step forward and backward) or ``online`` (as in OTTT, Xiao et al.,
+            "Online Training Through Time for Spiking Neural Networks", NeurIPS 2022, and OSR, Zhu et al., ICLR
+            2024: one step at a time, ``loss_t / T`` back-propagated at once with the temporal path detached,
+            memory flat in ``T``; :func:`spikenorm.tasks.online.online_backward`). Online uses manual
             optimization; the loss is per step (``ce``: cross-entropy of each step's logits).
         online_update: ``batch`` (gradients accumulate over the T steps, one optimizer step per batch, OTTT_A)
             or ``step`` (an optimizer step after every time step, OTTT_O).
@@ -71,9 +74,19 @@ class SpikingClassifier(LightningModule):
         kd_temperature: softening temperature ``tau`` of :func:`~spikenorm.tasks.distillation.distillation_loss`.
         kd_per_step: distil every time step's logits (each step a self-ensemble member) instead of the
             time-averaged ones.
+        record_firing_rates: log ``val/firing_rate`` and ``test/firing_rate``, the mean firing rate of the
+            model's spiking neurons (:meth:`spikenorm.monitoring.FiringRateRecorder.mean_rate`, each batch's rate
+            weighted by its size). ``None`` (default): when the model has neurons spikenorm recognises, else
+            one warning at setup and no rate; ``True``: required, a model without them is refused at setup
+            (before any step) with a ValueError; ``False``: never (no recorder hooks during evaluation). Per-layer
+            rates, dead and saturated neurons are :class:`~spikenorm.callbacks.SpikeMonitor`'s job.
 
-    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (mean over spiking
-    layers) and the same under ``test/``; with a teacher also ``train/kd_loss`` and ``val/teacher_acc``.
+    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (see
+    ``record_firing_rates``) and the same under ``test/``; with a teacher also ``train/kd_loss`` and
+    ``val/teacher_acc``.
+
+    Callbacks see it as a :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike`: the network as
+    ``model``, ``encode(x)`` and ``time_steps``.
 
     Checkpoints rebuild their network by themselves: the hyperparameters hold each constructor object's
     config (:mod:`spikenorm.tasks.run_config`), so ``SpikingClassifier.load_from_checkpoint(path)`` needs no
@@ -113,6 +126,7 @@ class SpikingClassifier(LightningModule):
         kd_weight: float = 0.5,
         kd_temperature: float = 4.0,
         kd_per_step: bool = False,
+        record_firing_rates: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.OBJECT_ARGUMENTS), logger=False)
@@ -139,7 +153,7 @@ class SpikingClassifier(LightningModule):
             raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
         self._check_distillation(teacher, teacher_checkpoint, teacher_input, teacher_epochs, kd_weight, training_mode)
         self.automatic_optimization = training_mode == "bptt"
-        self._record_firing = True  # setup() turns it off for a network without recognised neurons
+        self._record_firing = record_firing_rates is not False  # setup() decides for None (see the docstring)
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
             if num_classes is None:
@@ -199,15 +213,21 @@ class SpikingClassifier(LightningModule):
 
     # -- run configuration and checkpoints ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Log the run's complete configuration (flat keys) to every logger; decide whether firing rates can be
-        recorded (a network without neurons spikenorm recognises gets a warning and no ``*/firing_rate``)."""
+        """Log the run's complete configuration (flat keys) to every logger; check that firing rates can be
+        recorded (``record_firing_rates``: a network without neurons spikenorm recognises is refused when it is
+        True, gets one warning and no ``*/firing_rate`` when it is None)."""
         config = run_config(type(self), self.hparams, self.OBJECT_ARGUMENTS, self.trainer)
         for logger in self.trainer.loggers:
             logger.log_hyperparams(config)
+        if self.hparams.record_firing_rates is False:
+            return
         try:
             recognised_neurons(self.model)
             self._record_firing = True
         except ValueError as error:
+            if self.hparams.record_firing_rates:
+                raise ValueError(f"{type(self).__name__}(record_firing_rates=True): {error}; pass "
+                                 "record_firing_rates=None to skip the rate for such a model, or False") from error
             rank_zero_warn(f"{error}. {type(self).__name__} logs no firing rate for it.")
             self._record_firing = False
 
@@ -323,7 +343,8 @@ class SpikingClassifier(LightningModule):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            raise ValueError("teacher_epochs trains the teacher on the datamodule's training data: fit with a datamodule")
+            raise ValueError("teacher_epochs trains the teacher on the datamodule's training data: fit with a "
+                             "datamodule")
 
         def batches() -> Any:
             for x, y in datamodule.train_dataloader():

@@ -1,4 +1,5 @@
-"""Knowledge distillation for spiking classifiers (SEI-BWSNN's KD-based training; methods.md 3).
+"""Knowledge distillation for spiking classifiers (the KD-based training of SEI-BWSNN: Meng et al., "A Self-Ensemble
+Inspired Approach for Effective Training of Binary-Weight Spiking Neural Networks", arXiv 2508.12609, 2025).
 
 The SEI-BWSNN abstract fixes only that training is "knowledge-distillation based"; the loss below (a
 ReActNet/Hinton-style KL on softened outputs from a frozen full-precision teacher) is spikenorm's

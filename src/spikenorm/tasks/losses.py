@@ -12,7 +12,9 @@ def mean_logit_ce(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def tet_loss(logits: Tensor, target: Tensor, mse_weight: float = 0.05) -> Tensor:
-    """TET-style per-step loss as used by OSR (methods.md 2.1):
+    """TET-style per-step loss (Deng et al., "Temporal Efficient Training of Spiking Neural Network via Gradient
+    Re-weighting", ICLR 2022) as used by OSR (Zhu et al., "Online Stabilization of Spiking Neural Networks",
+    ICLR 2024):
 
     ``L = (1/T) sum_t [ (1 - eps) CE(o[t], y) + eps MSE(o[t], onehot(y)) ]``
 

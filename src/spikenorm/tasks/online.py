@@ -1,14 +1,16 @@
 """Online training: per-time-step forward and backward with the temporal gradient path cut.
 
-OSR/OTTT style (methods.md 2.1): at step ``t`` the network runs one step in single-step mode, the loss
-``L_t / T`` is back-propagated at once, and the gradients accumulate over the ``T`` steps. The neurons
+OSR/OTTT style (Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024; Xiao et al., "Online
+Training Through Time for Spiking Neural Networks", NeurIPS 2022): at step ``t`` the network runs one step in
+single-step mode, the loss ``L_t / T`` is back-propagated at once, and the gradients accumulate over the ``T``
+steps. The neurons
 carry their state across steps detached (``v = v.detach() * decay + x``), so the graph of a step is freed
 by its backward and memory does not grow with ``T``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

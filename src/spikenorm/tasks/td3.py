@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any, Iterator, Literal
 
 import torch
@@ -13,12 +15,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from spikenorm.models.rl import DDPGCritic, PopSANActor, TwinQCritic
+from spikenorm.models.layers import LayerSpec
+from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, PopSANActor, TwinQCritic
+from spikenorm.modes import eval_mode
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.rl import (
     action_bounds,
     action_dim,
-    eval_mode,
     hard_update,
     log_event,
     make_collector,
@@ -41,7 +44,7 @@ class _Ticks(IterableDataset):
 
 
 class SpikingTD3(LightningModule):
-    """TD3 (or DDPG) with a spiking actor, trained online on a gymnasium MuJoCo env (methods.md 1.4).
+    """TD3 (or DDPG) with a spiking actor, trained online on a gymnasium MuJoCo env (the CaRe-BN setting).
 
     Each training iteration collects ``frames_per_batch`` environment steps with a TorchRL ``Collector``
     (the policy in eval mode: BN layers use their running statistics, so a batch of one works; Gaussian
@@ -78,11 +81,13 @@ class SpikingTD3(LightningModule):
         env_name: a gymnasium env id with a bounded continuous action space (MuJoCo v5, or classic control
             such as ``Pendulum-v1``).
         total_env_steps: environment steps to train for (warm-up included).
-        actor_norm, neuron: the PopSAN actor's norm (``carebn``, ``bn``, ``tdbn``, ``none``) and neuron.
-        actor_norm_kwargs: options of the actor's norm layers, e.g. ``{"prior": "debiased", "noise": "prior"}``
-            for CaRe-BN's Kalman variant (:func:`spikenorm.norm.carebn.ca_bn_update`).
-        algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau per methods.md 1.4 when left
-            at their defaults).
+        actor_layers: the PopSAN actor's layers (:class:`~spikenorm.models.LayerSpec`, default
+            :data:`~spikenorm.models.POPSAN_LAYERS`: norm ``carebn``, neuron ``clif``, surrogate ``rectangle``;
+            norm ``bn``, ``tdbn``, ``none``, ... and their ``norm_kwargs``, e.g. ``{"prior": "debiased", "noise":
+            "prior"}`` for CaRe-BN's Kalman variant, :func:`spikenorm.norm.carebn.ca_bn_update`). The actor's
+            ``T`` is ``time_steps``. Checkpoints store the spec as the dict of its fields.
+        algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau of the CaRe-BN reference code when
+            left at their defaults).
     """
 
     _PROGRESS_BAR = frozenset({"rl/eval_return", "rl/train_return", "rl/env_steps_per_s"})
@@ -93,9 +98,7 @@ class SpikingTD3(LightningModule):
         total_env_steps: int = 50_000,
         warmup_steps: int = 5_000,
         algorithm: Literal["td3", "ddpg"] = "td3",
-        actor_norm: str = "carebn",
-        actor_norm_kwargs: dict[str, Any] | None = None,
-        neuron: str = "clif",
+        actor_layers: LayerSpec = POPSAN_LAYERS,
         time_steps: int = 5,
         hidden: tuple[int, ...] = (256, 256),
         batch_size: int = 256,
@@ -131,7 +134,11 @@ class SpikingTD3(LightningModule):
         ddpg = algorithm == "ddpg"
         defaults = {"tau": 0.001 if ddpg else 0.005, "actor_lr": 1e-4 if ddpg else 3e-4,
                     "critic_lr": 1e-3 if ddpg else 3e-4, "critic_weight_decay": 0.01 if ddpg else 0.0}
+        if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters: the dict of the spec's fields
+            actor_layers = LayerSpec(**actor_layers)
         self.save_hyperparameters()
+        # plain data, so that checkpoints load without unpickling code and loggers get actor_layers/<field> keys
+        self._hparams["actor_layers"] = self._hparams_initial["actor_layers"] = asdict(actor_layers)
         for key, value in defaults.items():
             if self.hparams[key] is None:
                 self.hparams[key] = value
@@ -143,7 +150,7 @@ class SpikingTD3(LightningModule):
         self.register_buffer("action_low", low.float())
         self.register_buffer("action_high", high.float())
         self.actor = PopSANActor(obs_dim, act_dim, max_action=high.float().tolist(), hidden=hidden,
-                                 time_steps=time_steps, norm=actor_norm, norm_kwargs=actor_norm_kwargs, neuron=neuron)
+                                 time_steps=time_steps, layers=actor_layers)
         self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
         self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
         self.critic_target = make_target(self.critic)

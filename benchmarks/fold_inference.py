@@ -13,22 +13,21 @@ The acceptance bar is ``folded / no norm <= 1.05``. When SpikingJelly is install
 are also folded by SpikingJelly's ``MPBNLIFNode`` and the flipped-spike rates of the two folds are reported
 (see ``sj_mpbn.py``).
 
-    python benchmarks/fold.py                  # CPU (or CUDA when available); appends to results/fold.md
+    python benchmarks/fold_inference.py                  # CPU (or CUDA when available): writes results/fold_inference.md
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 
 import torch
-from common import publish, stamp, timed
+from common import benchmark_parser, publish, stamp, timed
 from lightning.pytorch import Trainer, seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.fold import SignFlip, check_equivalence, fold_model
-from spikenorm.models import SpikingVGG
+from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.norm import MPBN
 from spikenorm.tasks import SpikingClassifier
 
@@ -38,9 +37,9 @@ NEURON = {"decay": 0.25, "threshold": 0.5}
 def timing_networks(cfg: str, size: int, channels: int) -> dict[str, torch.nn.Module]:
     """The three networks of the timing comparison (MPBN statistics moved off their initial values)."""
     torch.manual_seed(0)
-    plain = SpikingVGG(cfg, in_channels=channels, input_size=size, norm="none", neuron_kwargs=NEURON)
-    mpbn = SpikingVGG(cfg, in_channels=channels, input_size=size, norm="tdbn", membrane_norm="mpbn",
-                      neuron_kwargs=NEURON, surrogate="dspike")
+    plain = SpikingVGG(cfg, in_channels=channels, input_size=size, layers=LayerSpec(norm="none", neuron_kwargs=NEURON))
+    mpbn = SpikingVGG(cfg, in_channels=channels, input_size=size,
+                      layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"))
     with torch.no_grad():
         mpbn(torch.randn(2, 8, channels, size, size))  # one training-mode pass sets real statistics
     mpbn.eval()
@@ -65,8 +64,8 @@ def time_inference(networks: dict[str, torch.nn.Module], x: torch.Tensor, repeat
 def trained_mpbn(epochs: int) -> tuple[torch.nn.Module, torch.Tensor]:
     """A channel-wise MPBN SpikingVGG trained on digits, and one encoded test batch."""
     seed_everything(0)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8, norm="tdbn", membrane_norm="mpbn",
-                     neuron_kwargs=NEURON, surrogate="dspike")
+    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
+                     layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"))
     task = SpikingClassifier(net, time_steps=4, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
     data = DigitsDataModule(batch_size=64)
     Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -109,17 +108,15 @@ def spikingjelly_rows(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--cfg", default="vgg11", help="SpikingVGG layer list for the timing")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--train-epochs", type=int, default=10, help="digits training for the SpikingJelly comparison")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = args.device
 
     networks = {k: v.to(device) for k, v in timing_networks(args.cfg, args.size, 3).items()}
     x = torch.randn(args.time_steps, args.batch, 3, args.size, args.size, device=device)
@@ -142,7 +139,7 @@ def main() -> None:
               "The same model with gamma negated in every other channel of its last MPBN layer:", "",
               *spikingjelly_rows(with_negative_gamma(model), inputs), ""]
     report = "\n".join(lines)
-    publish("fold", "MPBN folding: inference cost and exactness", report, save=not args.no_save)
+    publish("fold_inference", "MPBN folding: inference cost and exactness", report, save=not args.no_save)
 
 
 if __name__ == "__main__":

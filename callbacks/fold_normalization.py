@@ -12,6 +12,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from spikenorm.callbacks.plumbing import (
+    NetworkTask,
+    check_every_n_epochs,
+    model_inputs,
+    output_folder,
+    task_network,
+    validation_due,
+)
 from spikenorm.fold import FoldedModel, check_equivalence, fold_model, save_folded
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -20,12 +28,14 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class FoldNormalization(Callback):
     """Fold every norm layer (:func:`spikenorm.fold.fold_model`) and check the folded model as you train.
 
-    At every ``every_n_epochs``-th validation (and at every test) the current model is folded once, and each
-    batch runs through both models (:func:`spikenorm.fold.check_equivalence`). Logged:
+    At every ``every_n_epochs``-th validation of a fit, every ``trainer.validate`` and every test, the current
+    model is folded once, and each batch runs through both models (:func:`spikenorm.fold.check_equivalence`).
+    Logged, under ``val/`` in validation and ``test/`` in test:
 
-    * ``val/acc_folded`` (``test/acc_folded``): accuracy of the folded model;
-    * ``fold/flipped_spikes`` (``fold/test_flipped_spikes``): spikes that differ, summed over the epoch;
-    * ``fold/max_abs_diff`` (``fold/test_max_abs_diff``): largest output difference.
+    * ``val/acc_folded``: accuracy of the folded model;
+    * ``val/flipped_spikes_folded``: spikes of the folded model that differ from the trained one's, summed over
+      the epoch;
+    * ``val/max_abs_diff_folded``: largest difference between the two models' outputs.
 
     The check runs in ``check_dtype``: ``float64`` (default) tests the fold itself, free of float32
     rounding, and an exact fold then flips no spike; ``float32`` measures the deployed precision. At fit
@@ -38,8 +48,18 @@ class FoldNormalization(Callback):
     At setup the network is folded (and, when it is saved at fit end, written to memory in that format) once,
     so a model that cannot be folded or saved fails before the first step, with the reason.
 
-    The LightningModule must hold its network as ``model`` and may encode batches with ``encode(x)``
-    (as :class:`~spikenorm.tasks.SpikingClassifier` does); batches are ``(x, y)``.
+    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as
+    ``model``) and may encode batches with ``encode(x)`` (a
+    :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike` such as
+    :class:`~spikenorm.tasks.SpikingClassifier`); batches are ``(x, y)``.
+
+    Args:
+        every_n_epochs: check every n-th validation epoch of a fit.
+        check_dtype: the precision of the check.
+        save_on_fit_end: write the folded model at fit end.
+        export: also write the ``torch.export`` program.
+        filename: file name without suffix.
+        dirpath: output folder; by default the checkpoint folder, else the trainer's ``default_root_dir``.
     """
 
     def __init__(
@@ -49,34 +69,24 @@ class FoldNormalization(Callback):
         save_on_fit_end: bool = True,
         export: bool = True,
         filename: str = "folded_model",
+        dirpath: str | None = None,
     ) -> None:
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if check_dtype not in _DTYPES:
             raise ValueError(f"check_dtype must be one of {sorted(_DTYPES)}, got {check_dtype!r}")
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.check_dtype = check_dtype
         self.save_on_fit_end = save_on_fit_end
         self.export = export
         self.filename = filename
+        self.dirpath = dirpath
         self._pair: tuple[nn.Module, FoldedModel] | None = None
         self._example: Tensor | None = None
         self.saved_paths: list[Path] = []
 
     # -- checking ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _network(pl_module: LightningModule) -> nn.Module:
-        model = getattr(pl_module, "model", None)
-        if not isinstance(model, nn.Module):
-            raise ValueError(
-                f"FoldNormalization needs the LightningModule to hold its network as `model`; "
-                f"{type(pl_module).__name__} has none"
-            )
-        return model
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        network = self._network(pl_module)
+        network = task_network(pl_module, "FoldNormalization")
         try:
             folded = fold_model(network)
             if stage == "fit" and self.save_on_fit_end:
@@ -84,14 +94,13 @@ class FoldNormalization(Callback):
         except (TypeError, ValueError) as err:
             raise type(err)(f"FoldNormalization cannot fold and save {type(network).__name__}: {err}") from err
 
-    def _start(self, pl_module: LightningModule) -> None:
-        reference = copy.deepcopy(self._network(pl_module)).to(_DTYPES[self.check_dtype]).eval()
+    def _start(self, pl_module: NetworkTask) -> None:
+        reference = copy.deepcopy(pl_module.model).to(_DTYPES[self.check_dtype]).eval()
         self._pair = (reference, fold_model(reference))
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
         self._pair = None
-        if due and not trainer.sanity_checking:
+        if validation_due(trainer, self.every_n_epochs):
             self._start(pl_module)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -101,19 +110,18 @@ class FoldNormalization(Callback):
         if self._pair is None:
             return
         x, y = batch[0], batch[1]
-        encode = getattr(pl_module, "encode", None)
-        inputs = encode(x) if callable(encode) else x
+        inputs = model_inputs(pl_module, x)
         if self._example is None:
             self._example = inputs[:, :1].detach().clone()
         reference, folded = self._pair
         report = check_equivalence(reference, folded, inputs.to(_DTYPES[self.check_dtype]))
         accuracy = (report.folded_output.mean(0).argmax(-1) == y).double().mean()
-        prefix = "fold/" if stage == "val" else "fold/test_"
         size = len(y)
         pl_module.log(f"{stage}/acc_folded", accuracy.float(), batch_size=size, sync_dist=True)
-        pl_module.log(f"{prefix}flipped_spikes", float(report.flipped_spikes), reduce_fx="sum", batch_size=size,
+        pl_module.log(f"{stage}/flipped_spikes_folded", float(report.flipped_spikes), reduce_fx="sum",
+                      batch_size=size, sync_dist=True)
+        pl_module.log(f"{stage}/max_abs_diff_folded", report.max_abs_diff, reduce_fx="max", batch_size=size,
                       sync_dist=True)
-        pl_module.log(f"{prefix}max_abs_diff", report.max_abs_diff, reduce_fx="max", batch_size=size, sync_dist=True)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -131,9 +139,8 @@ class FoldNormalization(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.save_on_fit_end or not trainer.is_global_zero or trainer.fast_dev_run:
             return
-        folded = fold_model(self._network(pl_module))
-        checkpoint = trainer.checkpoint_callback
-        directory = Path(getattr(checkpoint, "dirpath", None) or trainer.default_root_dir)
+        folded = fold_model(pl_module.model)
+        directory = output_folder(trainer, self.dirpath)
         self.saved_paths = [save_folded(folded, directory / f"{self.filename}.pt")]
         if self.export and self._example is not None:
             self._export(folded, directory / f"{self.filename}.pt2")
@@ -147,7 +154,8 @@ class FoldNormalization(Callback):
                                           dynamic_shapes={"x": {1: batch}}, strict=False)
             torch.export.save(program, path)
         except Exception as err:  # export support varies by model and torch version: keep the .pt file
-            rank_zero_warn(f"FoldNormalization: torch.export of the folded model failed ({err}); kept {self.saved_paths[0]}")
+            rank_zero_warn(f"FoldNormalization: torch.export of the folded model failed ({err}); "
+                           f"kept {self.saved_paths[0]}")
             return
         self.saved_paths.append(path)
 

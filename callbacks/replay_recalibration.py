@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor, nn
+from torch import Tensor
 
+from spikenorm.callbacks.plumbing import ReplayBufferLike, ReplayTaskLike, require_task
 from spikenorm.recalibrate import recalibrate_bn, statistics_layers
 from spikenorm.rl import log_event
-
-
-class ReplayTask(Protocol):
-    """What :class:`ReplayRecalibration` needs from the LightningModule (:class:`~spikenorm.tasks.SpikingTD3`
-    offers it): the ``actor`` network, a TorchRL ``replay_buffer`` of TensorDicts with an ``observation``
-    entry, and the ``env_steps`` taken so far. An optional ``total_env_steps`` lets the schedule be checked."""
-
-    actor: nn.Module
-    replay_buffer: Any
-    env_steps: int
 
 
 class ReplayRecalibration(Callback):
@@ -30,14 +21,14 @@ class ReplayRecalibration(Callback):
     on its actor, which overwrites the running statistics of every norm layer with the exact statistics
     pooled over all batches and time steps (CaRe-BN: 100 x 256 every 5000 steps, about 2% of the forward
     passes). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
-    :class:`~spikenorm.tasks.SpikingTD3`'s logs), per layer ``bn/stat_error/<layer>`` (mean W2 distance
-    between the running estimate before re-calibration and the exact pooled statistics) and
-    ``bn/recalibration_seconds``. The step counter is saved in checkpoints.
+    :class:`~spikenorm.tasks.SpikingTD3`'s logs), per layer ``recalibration/stat_error/<layer>`` (mean W2
+    distance between the running estimate before re-calibration and the exact pooled statistics) and
+    ``recalibration/seconds``. The step counter is saved in checkpoints.
 
-    The LightningModule must satisfy :class:`ReplayTask`. Before the first training step the callback
-    checks that it does, that the actor has BN layers with running statistics, and that the schedule runs
-    at least once within the task's ``total_env_steps``; it raises ``ValueError`` (``TypeError`` for an actor
-    that is not a module) otherwise.
+    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.ReplayTaskLike`. Before the first
+    training step the callback checks that it is, that the actor has BN layers with running statistics, and
+    that the schedule runs at least once within the task's ``total_env_steps``; it raises ``ValueError``
+    (``TypeError`` for a member of the wrong type, e.g. an actor that is not a module) otherwise.
     """
 
     def __init__(
@@ -68,21 +59,12 @@ class ReplayRecalibration(Callback):
     def check(self, pl_module: LightningModule) -> None:
         """Raise ``ValueError`` if this callback cannot work on ``pl_module`` (see the class doc)."""
         name = type(pl_module).__name__
-        missing = [attribute for attribute in ("actor", "replay_buffer", "env_steps")
-                   if not hasattr(pl_module, attribute)]
-        if missing:
-            raise ValueError(
-                f"ReplayRecalibration needs a LightningModule with `actor`, `replay_buffer` and `env_steps` (as "
-                f"spikenorm.tasks.SpikingTD3 has); {name} has no {', '.join(f'`{m}`' for m in missing)}"
-            )
-        if not isinstance(pl_module.actor, nn.Module):
-            raise TypeError(f"ReplayRecalibration: {name}.actor must be a torch.nn.Module, got "
-                            f"{type(pl_module.actor).__name__}")
+        require_task(pl_module, ReplayTaskLike, "ReplayRecalibration")
         if not statistics_layers(pl_module.actor):
             raise ValueError(
                 f"ReplayRecalibration: the actor of {name} ({type(pl_module.actor).__name__}) has no BN layer with "
-                "running statistics to re-calibrate; give it one (SpikingTD3(actor_norm='carebn', 'bn' or 'tdbn')) "
-                "or remove the callback"
+                "running statistics to re-calibrate; give it one (SpikingTD3(actor_layers=LayerSpec(norm='carebn'), "
+                "or 'bn' or 'tdbn')) or remove the callback"
             )
         total = getattr(pl_module, "total_env_steps", None)
         if total is not None and self.every_n_env_steps > total:
@@ -100,10 +82,10 @@ class ReplayRecalibration(Callback):
         device = next(pl_module.actor.parameters()).device
         report = recalibrate_bn(pl_module.actor, self.draw(pl_module.replay_buffer, device), mode=self.mode)
         self.recalibrations += 1
-        metrics = {f"bn/stat_error/{name}": layer.stat_error for name, layer in report.layers.items()}
-        log_event(trainer, {**metrics, "bn/recalibration_seconds": report.seconds}, steps)
+        metrics = {f"recalibration/stat_error/{name}": layer.stat_error for name, layer in report.layers.items()}
+        log_event(trainer, {**metrics, "recalibration/seconds": report.seconds}, steps)
 
-    def draw(self, buffer: Any, device: torch.device) -> list[Tensor]:
+    def draw(self, buffer: ReplayBufferLike, device: torch.device) -> list[Tensor]:
         """``num_batches`` batches of ``batch_size`` observations, drawn uniformly with replacement.
 
         Indexes the buffer directly rather than calling ``buffer.sample``, whose sampler may be prioritized

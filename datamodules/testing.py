@@ -1,4 +1,8 @@
-"""Writers of small stand-in files in each real dataset's own on-disk format, for tests without network.
+"""Writers of small stand-in files in each real dataset's own on-disk format, for tests and benchmarks.
+
+The real loaders (torchvision's, tonic's, :mod:`spikenorm.datamodules.ibm_gesture`) read these files
+exactly as they read the downloaded datasets, so tests and benchmarks run without network. Event writers
+take and return :data:`~spikenorm.datamodules.events.EVENT_DTYPE` records.
 
 CIFAR-10/100: Python 2 pickles of dicts, as in the official archives. MNIST/Fashion-MNIST: big-endian
 idx files under ``<root>/<Name>/raw/``, as torchvision expects after download and extraction.
@@ -19,6 +23,7 @@ import pickle
 import struct
 
 import numpy as np
+from spikenorm.datamodules.events import EVENT_DTYPE
 
 
 class _Py2Str(bytes):
@@ -116,8 +121,6 @@ def write_mnist(root, folder_name: str = "MNIST", n_train: int = 20, n_test: int
 
 AEDAT4_MAGIC = b"#!AER-DAT4.0\r\n"
 CIFAR10DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# What the writers take and return: t in microseconds, x/y pixel addresses, p polarity (True = ON).
-DVS_EVENT_DTYPE = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "?")])
 # The flatbuffer struct dv::Event {int64 timestamp; int16 x; int16 y; bool polarity}: 13 bytes of fields
 # padded to 16, the struct's alignment being that of its largest member.
 _AEDAT4_EVENT = np.dtype(
@@ -194,11 +197,11 @@ def write_aedat4(path, events: np.ndarray, width: int = 128, height: int = 128, 
 
 def _random_dvs_events(rng: np.random.Generator, n: int, width: int = 128, height: int = 128) -> np.ndarray:
     """``n`` events at random pixels and polarities, t strictly increasing from a random start (microseconds)."""
-    events = np.zeros(n, DVS_EVENT_DTYPE)
+    events = np.zeros(n, EVENT_DTYPE)
     events["t"] = int(rng.integers(0, 1_000_000)) + np.cumsum(rng.integers(1, 200, n))
     events["x"] = rng.integers(0, width, n)
     events["y"] = rng.integers(0, height, n)
-    events["p"] = rng.integers(0, 2, n).astype(bool)
+    events["p"] = rng.integers(0, 2, n)
     return events
 
 
@@ -206,7 +209,7 @@ def write_cifar10dvs(root, samples_per_class: int, rng: np.random.Generator, num
     """CIFAR10-DVS as extracted: ``<root>/CIFAR10DVS/<class>/cifar10_<class>_<i>.aedat4`` (128x128 sensor).
 
     ``tonic.datasets.CIFAR10DVS(root)`` labels each file by its folder's name. Returns {path relative to
-    ``root``: events written (``DVS_EVENT_DTYPE``)}. Note tonic only skips its download when the archive
+    ``root``: events written}. Note tonic only skips its download when the archive
     ``CIFAR10DVS/CIFAR10DVS.zip`` exists and at least 1000 ``.aedat4`` files are present.
     """
     written = {}
@@ -227,8 +230,6 @@ AEDAT31_HEADER = (
     b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
     b"#Start-Time: 2017-03-02 16:38:42 (TZ-0800)\r\n#!END-HEADER\r\n"
 )
-# Per-segment events as returned by write_ibm_gesture (tonic's DVSGesture field order and types).
-GESTURE_EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
 # eventType, eventSource, eventSize, eventTSOffset, eventTSOverflow, eventCapacity, eventNumber, eventValid
 _AEDAT31_PACKET_HEADER = struct.Struct("<hhiiiiii")  # 28 bytes
 _SPECIAL_EVENT, _POLARITY_EVENT = 0, 1
@@ -335,7 +336,7 @@ def write_ibm_gesture(
     ``load_aedat_v3`` does not check the valid mark; a reader following the format drops the event).
 
     Returns {trial: [{"class": 0-based class, "start": µs, "end": µs, "events": the valid polarity events with
-    start <= t < end, ``GESTURE_EVENT_DTYPE``, t absolute as in the file}, ...] in CSV row order}.
+    start <= t < end, t absolute as in the file}, ...] in CSV row order}.
     """
     folder = os.path.join(root, "DvsGesture")
     os.makedirs(folder)
@@ -352,8 +353,8 @@ def write_ibm_gesture(
                 "class": c - 1,
                 "start": start,
                 "end": end,
-                "events": valid[(valid["t"] >= start) & (valid["t"] < end)][list(GESTURE_EVENT_DTYPE.names)]
-                .astype(GESTURE_EVENT_DTYPE),
+                "events": valid[(valid["t"] >= start) & (valid["t"] < end)][list(EVENT_DTYPE.names)]
+                .astype(EVENT_DTYPE),
             }
             for c, start, end in segments
         ]
@@ -372,7 +373,7 @@ def write_nmnist(root, samples_per_class: dict[str, int], rng: np.random.Generat
     Every event is 5 bytes (Orchard et al.'s format): byte 0 ``x``, byte 1 ``y``, bit 7 of byte 2 the
     polarity, and the other 23 bits (byte 2 bits 0-6, bytes 3-4, big-endian) the time in microseconds.
     ``samples_per_class`` maps ``Train``/``Test`` to a count per digit. Returns {path relative to ``root``:
-    events written (``DVS_EVENT_DTYPE``)}.
+    events written}.
     """
     written = {}
     for split, count in samples_per_class.items():
@@ -407,7 +408,7 @@ def write_dvsgesture_npy(root, trials: dict[str, list[str]], rng: np.random.Gene
     ``trials`` maps ``ibmGestureTrain``/``ibmGestureTest`` to trial folders (``user01_fluorescent``...);
     each gets one file per class 0..10 holding an ``[N, 4]`` int64 array with columns ``x, y, p, t`` and
     ``t`` in milliseconds (tonic's reader multiplies it by 1000). Returns {path relative to ``root``:
-    events written (``DVS_EVENT_DTYPE``, ``t`` in microseconds)}.
+    events written (``t`` in microseconds)}.
     """
     written = {}
     for split, names in trials.items():

@@ -1,0 +1,29 @@
+"""Training-flag scopes: run modules in eval mode and give every submodule its own flag back afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` (and all their submodules) in eval mode; restore each submodule's flag on exit.
+
+    The flags are restored one by one, so a model whose parts were in mixed modes (e.g. a frozen
+    encoder in eval inside a training actor) comes back exactly as it was, also after an exception.
+    """
+    for m in modules:
+        if not isinstance(m, nn.Module):
+            raise TypeError(
+                f"eval_mode expects torch.nn.Module arguments, got {type(m).__name__}"
+            )
+    saved = [(sub, sub.training) for m in modules for sub in m.modules()]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for sub, flag in saved:
+            sub.training = flag
