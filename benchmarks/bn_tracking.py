@@ -54,15 +54,33 @@ LOG_VAR_RANGE = 1.5  # true log-variance kept in [-1.5, 1.5] (variance 0.22 .. 4
 # first update and then holds it. Jumps at 710 (Re-BN at update 800 sees only post-jump data), at 1290
 # (the Re-BN window at update 1300 holds 10 pre-jump and 10 post-jump batches) and right after a ramp.
 SCHEDULE: tuple[tuple[str, int], ...] = (
-    ("stable", 260), ("ramp", 200), ("stable", 250), ("jump", 230), ("ramp", 150), ("stable", 200),
-    ("jump", 180), ("ramp", 250), ("jump", 240), ("jump", 240),
+    ("stable", 260),
+    ("ramp", 200),
+    ("stable", 250),
+    ("jump", 230),
+    ("ramp", 150),
+    ("stable", 200),
+    ("jump", 180),
+    ("ramp", 250),
+    ("jump", 240),
+    ("jump", 240),
 )
-ESTIMATORS = ("EMA 0.1", "EMA 0.01", "Ca-BN", "Ca-BN + Re-BN", "Ca-BN, N=1280", "Ca-BN debiased",
-              "Ca-BN Kalman", "Ca-BN Kalman + Re-BN")
+ESTIMATORS = (
+    "EMA 0.1",
+    "EMA 0.01",
+    "Ca-BN",
+    "Ca-BN + Re-BN",
+    "Ca-BN, N=1280",
+    "Ca-BN debiased",
+    "Ca-BN Kalman",
+    "Ca-BN Kalman + Re-BN",
+)
 # ca_bn_update options of each Ca-BN estimator beyond the reference code's
-FILTER_OPTIONS = {"Ca-BN debiased": {"prior": "debiased"},
-                  "Ca-BN Kalman": {"prior": "debiased", "noise": "prior"},
-                  "Ca-BN Kalman + Re-BN": {"prior": "debiased", "noise": "prior"}}
+FILTER_OPTIONS = {
+    "Ca-BN debiased": {"prior": "debiased"},
+    "Ca-BN Kalman": {"prior": "debiased", "noise": "prior"},
+    "Ca-BN Kalman + Re-BN": {"prior": "debiased", "noise": "prior"},
+}
 CA_BN = ESTIMATORS[2:]
 PHASES = ("stable", "ramp", "jump", "start", "overall")
 
@@ -77,13 +95,14 @@ class Truth:
 
 def make_truth(gen: torch.Generator) -> Truth:
     """The true per-feature mean and variance at every update, following SCHEDULE."""
+
     def new_targets(mean: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d_mean = torch.randn(FEATURES, generator=gen, dtype=torch.float64)
         d_log_var = torch.rand(FEATURES, generator=gen, dtype=torch.float64) * 2 - 1
         return mean + d_mean, (log_var + d_log_var).clamp(-LOG_VAR_RANGE, LOG_VAR_RANGE)
 
     mean = torch.randn(FEATURES, generator=gen, dtype=torch.float64)
-    log_var = (torch.rand(FEATURES, generator=gen, dtype=torch.float64) * 2 - 1)
+    log_var = torch.rand(FEATURES, generator=gen, dtype=torch.float64) * 2 - 1
     means, log_vars, phase, jumps = [], [], [], []
     for kind, length in SCHEDULE:
         start = len(phase)
@@ -122,8 +141,13 @@ def run_seed(seed: int) -> dict[str, object]:
     err_var = {name: torch.empty(steps, dtype=torch.float64) for name in ESTIMATORS}
     trace_mean = {name: torch.empty(steps, dtype=torch.float64) for name in ESTIMATORS}
     trace_var = {name: torch.empty(steps, dtype=torch.float64) for name in ESTIMATORS}
-    gains = {name: {"K_mu": torch.empty(steps, FEATURES, dtype=torch.float64),
-                    "K_v": torch.empty(steps, FEATURES, dtype=torch.float64)} for name in ("Ca-BN", "Ca-BN Kalman")}
+    gains = {
+        name: {
+            "K_mu": torch.empty(steps, FEATURES, dtype=torch.float64),
+            "K_v": torch.empty(steps, FEATURES, dtype=torch.float64),
+        }
+        for name in ("Ca-BN", "Ca-BN Kalman")
+    }
     window: list[tuple[torch.Tensor, torch.Tensor]] = []  # recent (batch mean, biased batch var)
     for t in range(steps):
         x = truth.mean[t] + truth.var[t].sqrt() * torch.randn(BATCH, FEATURES, generator=gen, dtype=torch.float64)
@@ -135,8 +159,9 @@ def run_seed(seed: int) -> dict[str, object]:
             r_var.mul_(1 - m).add_(m * b_var * BATCH / (BATCH - 1))
             estimates[name] = (r_mean, r_var)
         for name, state in ca.items():
-            state, k_mu, k_v = ca_bn_update(state, b_mean, b_var, momentum=0.8, sample_count=sample_count[name],
-                                            **FILTER_OPTIONS.get(name, {}))
+            state, k_mu, k_v = ca_bn_update(
+                state, b_mean, b_var, momentum=0.8, sample_count=sample_count[name], **FILTER_OPTIONS.get(name, {})
+            )
             if name in ("Ca-BN", "Ca-BN Kalman"):
                 gains[name]["K_mu"][t], gains[name]["K_v"][t] = k_mu, k_v
             if name.endswith("+ Re-BN") and (t + 1) % RECAL_EVERY == 0:
@@ -152,8 +177,14 @@ def run_seed(seed: int) -> dict[str, object]:
             err_var[name][t] = ((e_var - truth.var[t]) ** 2).mean()
             trace_mean[name][t] = e_mean[0]
             trace_var[name][t] = e_var[0]
-    return {"truth": truth, "err_mean": err_mean, "err_var": err_var, "trace_mean": trace_mean,
-            "trace_var": trace_var, "gains": gains}
+    return {
+        "truth": truth,
+        "err_mean": err_mean,
+        "err_var": err_var,
+        "trace_mean": trace_mean,
+        "trace_var": trace_var,
+        "gains": gains,
+    }
 
 
 def phase_table(runs: list[dict[str, object]], key: str) -> dict[str, dict[str, tuple[float, float]]]:
@@ -176,8 +207,9 @@ def phase_table(runs: list[dict[str, object]], key: str) -> dict[str, dict[str, 
 def render(table: dict[str, dict[str, tuple[float, float]]], label: str) -> list[str]:
     lines = [f"| {label} | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for name, row in table.items():
-        cells = [f"{m:.2e} ± {s:.1e}" if phase != "overall" else f"**{m:.2e}** ± {s:.1e}"
-                 for phase, (m, s) in row.items()]
+        cells = [
+            f"{m:.2e} ± {s:.1e}" if phase != "overall" else f"**{m:.2e}** ± {s:.1e}" for phase, (m, s) in row.items()
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -210,9 +242,16 @@ def plot(run: dict[str, object], path) -> None:
     truth: Truth = run["truth"]
     steps = truth.mean.shape[0]
     t = range(steps)
-    colours = {"EMA 0.1": "tab:blue", "EMA 0.01": "tab:orange", "Ca-BN": "tab:green",
-               "Ca-BN + Re-BN": "tab:red", "Ca-BN, N=1280": "tab:purple", "Ca-BN debiased": "tab:brown",
-               "Ca-BN Kalman": "tab:cyan", "Ca-BN Kalman + Re-BN": "tab:pink"}
+    colours = {
+        "EMA 0.1": "tab:blue",
+        "EMA 0.01": "tab:orange",
+        "Ca-BN": "tab:green",
+        "Ca-BN + Re-BN": "tab:red",
+        "Ca-BN, N=1280": "tab:purple",
+        "Ca-BN debiased": "tab:brown",
+        "Ca-BN Kalman": "tab:cyan",
+        "Ca-BN Kalman + Re-BN": "tab:pink",
+    }
     fig, axes = plt.subplots(4, 1, figsize=(12, 13), sharex=True)
     for ax in axes:
         for i, p in enumerate(truth.phase):
@@ -225,13 +264,20 @@ def plot(run: dict[str, object], path) -> None:
             ax.axvline(r, color="tab:red", ls=":", lw=0.5, alpha=0.5)
     axes[0].plot(t, truth.mean[:, 0], color="k", lw=2, label="truth")
     axes[1].plot(t, truth.var[:, 0], color="k", lw=2, label="truth")
-    for name in ("EMA 0.1", "EMA 0.01", "Ca-BN + Re-BN", "Ca-BN", "Ca-BN Kalman"):  # Ca-BN over Re-BN: they differ at recalibrations
+    for name in (
+        "EMA 0.1",
+        "EMA 0.01",
+        "Ca-BN + Re-BN",
+        "Ca-BN",
+        "Ca-BN Kalman",
+    ):  # Ca-BN over Re-BN: they differ at recalibrations
         axes[0].plot(t, run["trace_mean"][name], color=colours[name], lw=0.8, label=name)
         axes[1].plot(t, run["trace_var"][name], color=colours[name], lw=0.8, label=name)
     for ax, key, what in ((axes[2], "err_mean", "mean"), (axes[3], "err_var", "variance")):
         for name in ("EMA 0.1", "EMA 0.01", "Ca-BN, N=1280", "Ca-BN + Re-BN", "Ca-BN", "Ca-BN Kalman"):
-            ax.plot(t, run[key][name], color=colours[name], lw=0.7, label=name,
-                    ls="--" if name == "Ca-BN, N=1280" else "-")
+            ax.plot(
+                t, run[key][name], color=colours[name], lw=0.7, label=name, ls="--" if name == "Ca-BN, N=1280" else "-"
+            )
         ax.set_yscale("log")
         ax.set_ylabel(f"MSE of {what}\n(64 features)")
     axes[0].set_ylabel("mean, feature 0")
@@ -262,16 +308,25 @@ def main() -> None:
             for ema in ("EMA 0.1", "EMA 0.01"):
                 key = "err_mean" if label == "mean" else "err_var"
                 per_seed = sum(run[key][variant].mean() < run[key][ema].mean() for run in runs)
-                variant_checks.append((f"{label}: {variant} {ca:.2e} vs {ema} {table[ema]['overall'][0]:.2e}",
-                                       ca < table[ema]["overall"][0], int(per_seed)))
+                variant_checks.append(
+                    (
+                        f"{label}: {variant} {ca:.2e} vs {ema} {table[ema]['overall'][0]:.2e}",
+                        ca < table[ema]["overall"][0],
+                        int(per_seed),
+                    )
+                )
         verdicts[variant] = all(ok for _, ok, _ in variant_checks)
         checks += variant_checks
     passed = verdicts["Ca-BN Kalman"]
 
     stable = [[p == "stable" for p in run["truth"].phase] for run in runs]
-    stable_gains = {name: {k: torch.cat([run["gains"][name][k][torch.tensor(s)].flatten()
-                                         for run, s in zip(runs, stable)]) for k in ("K_mu", "K_v")}
-                    for name in ("Ca-BN", "Ca-BN Kalman")}
+    stable_gains = {
+        name: {
+            k: torch.cat([run["gains"][name][k][torch.tensor(s)].flatten() for run, s in zip(runs, stable)])
+            for k in ("K_mu", "K_v")
+        }
+        for name in ("Ca-BN", "Ca-BN Kalman")
+    }
     k_mu, k_v = stable_gains["Ca-BN"]["K_mu"], stable_gains["Ca-BN"]["K_v"]
     kalman = stable_gains["Ca-BN Kalman"]
     fixed_point = 2 - math.sqrt(2)
@@ -295,8 +350,13 @@ def main() -> None:
         png = RESULTS_DIR / "bn_tracking.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         plot(runs[0], png)
-        plot_note = [(f"Plot (seed 0: feature 0's true mean and variance with the estimates; log-scale MSE curves"
-                      f" of all estimators): `{png.name}`."), ""]
+        plot_note = [
+            (
+                f"Plot (seed 0: feature 0's true mean and variance with the estimates; log-scale MSE curves"
+                f" of all estimators): `{png.name}`."
+            ),
+            "",
+        ]
     lines = [
         stamp(torch.device("cpu")),
         "",
@@ -319,15 +379,19 @@ def main() -> None:
         gain_note,
         "",
         "Re-BN (medians over recalibrations and seeds): "
-        + "; ".join(f"{label}: MSE {r['clean']:.1e} right after a recalibration (Ca-BN {r['ca']:.1e}), {r['clean+1']:.1e}"
-                    f" one update later (Ca-BN {r['ca+1']:.1e}); window straddling a jump: {r['mixed']:.1e}"
-                    f" (Ca-BN {r['mixed ca']:.1e})" for label, r in recal.items())
+        + "; ".join(
+            f"{label}: MSE {r['clean']:.1e} right after a recalibration (Ca-BN {r['ca']:.1e}), {r['clean+1']:.1e}"
+            f" one update later (Ca-BN {r['ca+1']:.1e}); window straddling a jump: {r['mixed']:.1e}"
+            f" (Ca-BN {r['mixed ca']:.1e})"
+            for label, r in recal.items()
+        )
         + ". The Ca-BN gain stays high after the overwrite, so the next batch brings the estimate back to Ca-BN's noise"
         " floor; a window holding both sides of a jump gives statistics of neither (its variance includes the"
         " between-batch spread of the means).",
         "",
         *plot_note,
-        "Acceptance (Ca-BN overall MSE below both fixed EMAs, means over seeds; in parentheses the seeds where it holds)."
+        "Acceptance (Ca-BN overall MSE below both fixed EMAs, means over seeds; in parentheses the seeds where it "
+        "holds)."
         " The verdict is the Kalman variant's (`prior='debiased', noise='prior'`); the reference filter's rows"
         " are reported alongside:",
         "",

@@ -2,8 +2,9 @@
 
 Every run trains ``SpikingVGG([32, 32, "A", 64, 64, "A"])`` (``--narrow``: ``[8, 8, "A", 16, 16, "A"]``, where
 1-bit weights cost more; tdBN, LIF, sigmoid surrogate) on scikit-learn's digits for ``--epochs`` epochs (Adam
-5e-3, cosine) and reports the test accuracy of the best-validation checkpoint. Variants (the design is spikenorm's inference of SEI-BWSNN: Meng et al., "A Self-Ensemble Inspired
-Approach for Effective Training of Binary-Weight Spiking Neural Networks", arXiv 2508.12609):
+5e-3, cosine) and reports the test accuracy of the best-validation checkpoint. Variants (the design is
+spikenorm's inference of SEI-BWSNN: Meng et al., "A Self-Ensemble Inspired Approach for Effective Training of
+Binary-Weight Spiking Neural Networks", arXiv 2508.12609):
 
 * ``full precision``: no binarization (no shortcuts);
 * ``binary``: 1-bit weights (sign * per-channel mean|W|, clipped STE) in every conv but the first, and the
@@ -50,18 +51,29 @@ TEACHER_T = 2
 
 
 def network(cfg: list[int | str], binary: bool, shortcuts: bool) -> SpikingVGG:
-    return SpikingVGG(cfg, in_channels=1, num_classes=10, input_size=8,
-                      layers=LayerSpec(norm="tdbn", surrogate_kwargs={"alpha": 4.0}, binary_weights=binary,
-                                       shortcuts="per_layer" if shortcuts else "none"))
+    return SpikingVGG(
+        cfg,
+        in_channels=1,
+        num_classes=10,
+        input_size=8,
+        layers=LayerSpec(
+            norm="tdbn",
+            surrogate_kwargs={"alpha": 4.0},
+            binary_weights=binary,
+            shortcuts="per_layer" if shortcuts else "none",
+        ),
+    )
 
 
-def run(cfg: list[int | str], variant: dict, time_steps: int, seed: int, epochs: int,
-        teacher: SpikingVGG | None) -> tuple[float, SpikingVGG]:
+def run(
+    cfg: list[int | str], variant: dict, time_steps: int, seed: int, epochs: int, teacher: SpikingVGG | None
+) -> tuple[float, SpikingVGG]:
     seed_everything(seed)
     net = network(cfg, variant["binary"], variant["shortcuts"])
     kd = {"teacher": teacher, "kd_weight": 0.5, "kd_temperature": 4.0} if variant["kd"] else {}
     task = SpikingClassifier(
-        net, time_steps=time_steps,
+        net,
+        time_steps=time_steps,
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
         **kd,
@@ -98,20 +110,27 @@ def main() -> None:
         rows.append(f"| {name} | {cells} | {statistics.mean(gain):+.2f} |")
     size = model_size(network(cfg, True, True))
     size_plain = model_size(network(cfg, True, False))
-    report = "\n".join([
-        stamp(torch.device("cpu")), "",
-        f"Digits test set (360 images), SpikingVGG {cfg} (tdBN, LIF), {args.seeds} seeds (0..{args.seeds - 1}),"
-        f" {args.epochs} epochs, Adam 5e-3 cosine, best-val checkpoint. KD teacher: the full-precision T={TEACHER_T}"
-        f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), kd_weight 0.5, tau 4."
-        f" Wall {time.perf_counter() - start:.0f} s.", "",
-        "| variant | T=1 test acc % | T=1 per seed | T=2 test acc % | T=2 per seed | T=2 - T=1 (mean over seeds) |",
-        "|---|---|---|---|---|---|",
-        *rows, "",
-        f"Model size, packed binary vs float32: without shortcuts {size_plain.packed_bytes} B vs"
-        f" {size_plain.full_precision_bytes} B (ratio {size_plain.ratio:.3f}); with per-layer shortcuts"
-        f" {size.packed_bytes} B vs {size.full_precision_bytes} B (ratio {size.ratio:.3f}). The first conv, the"
-        f" classifier and the norms stay full precision.", "",
-    ])
+    report = "\n".join(
+        [
+            stamp(torch.device("cpu")),
+            "",
+            f"Digits test set (360 images), SpikingVGG {cfg} (tdBN, LIF), {args.seeds} seeds (0..{args.seeds - 1}),"
+            f" {args.epochs} epochs, Adam 5e-3 cosine, best-val checkpoint. KD teacher: the full-precision "
+            f"T={TEACHER_T}"
+            f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), kd_weight 0.5, tau 4."
+            f" Wall {time.perf_counter() - start:.0f} s.",
+            "",
+            "| variant | T=1 test acc % | T=1 per seed | T=2 test acc % | T=2 per seed | T=2 - T=1 (mean over seeds) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Model size, packed binary vs float32: without shortcuts {size_plain.packed_bytes} B vs"
+            f" {size_plain.full_precision_bytes} B (ratio {size_plain.ratio:.3f}); with per-layer shortcuts"
+            f" {size.packed_bytes} B vs {size.full_precision_bytes} B (ratio {size.ratio:.3f}). The first conv, the"
+            f" classifier and the norms stay full precision.",
+            "",
+        ]
+    )
     title = "SEI-BWSNN ablation on digits (binary weights, shortcuts, KD, T)"
     if args.narrow:
         publish("bw_ablation_narrow", f"{title}, narrow network", report, save=not args.no_save)

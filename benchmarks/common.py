@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -126,13 +126,21 @@ def write_result(name: str, title: str, report: str) -> Path:
     return path
 
 
-def fit_and_test(task: LightningModule, data: LightningDataModule, epochs: int,
-                 callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+def fit_and_test(
+    task: LightningModule, data: LightningDataModule, epochs: int, callbacks: Sequence[Callback] = ()
+) -> dict[str, float]:
     """Train on CPU deterministically, then test the best-validation checkpoint; returns the test metrics."""
     with tempfile.TemporaryDirectory() as root:
         checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
-        trainer = Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                          accelerator="cpu", deterministic=True, default_root_dir=root,
-                          callbacks=[checkpoint, *callbacks])
+        trainer = Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            deterministic=True,
+            default_root_dir=root,
+            callbacks=[checkpoint, *callbacks],
+        )
         trainer.fit(task, data)
         return trainer.test(task, data, ckpt_path="best", verbose=False)[0]

@@ -78,9 +78,9 @@ from torch import Tensor, nn
 
 from spikenorm.allocator import retain_freed_memory
 from spikenorm.models import LayerSpec, SpikingVGG
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF
 from spikenorm.norm.base import TimeMajorNorm
+from spikenorm.synapse import TimeDistributed
 
 #: conv widths and pools of the compared VGG (4 convs at 32, 16, 16, 8 pixels after pooling, then GAP + FC)
 CFG: list[int | str] = [64, 128, "A", 256, 256, "A", 512, "A"]
@@ -99,14 +99,25 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def build_spikenorm(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
-                    norm: str = "tdbn", backend: str = "auto", channels_last: bool | None = None) -> nn.Module:
+def build_spikenorm(
+    cfg: Sequence[int | str] = CFG,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    norm: str = "tdbn",
+    backend: str = "auto",
+    channels_last: bool | None = None,
+) -> nn.Module:
     """spikenorm's SpikingVGG; ``backend`` is the neurons' multi-step backend (``auto`` | ``eager`` |
     ``fused``), ``channels_last`` the convolutions' layout (None: spikenorm's choice, see ``TimeDistributed``)."""
     neuron_kwargs = {"decay": DECAY, "threshold": THRESHOLD, "detach_reset": True, "backend": backend}
-    net = SpikingVGG(list(cfg), in_channels=in_channels, num_classes=num_classes,
-                     layers=LayerSpec(norm=norm, neuron="lif", neuron_kwargs=neuron_kwargs, surrogate="sigmoid",
-                                      surrogate_kwargs={"alpha": ALPHA}))
+    net = SpikingVGG(
+        list(cfg),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        layers=LayerSpec(
+            norm=norm, neuron="lif", neuron_kwargs=neuron_kwargs, surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA}
+        ),
+    )
     for module in net.modules():
         if isinstance(module, TimeDistributed):
             module.channels_last = channels_last
@@ -114,7 +125,9 @@ def build_spikenorm(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_cl
 
 
 def vgg_features(
-    cfg: Sequence[int | str], in_channels: int, pool: Callable[[], nn.Module],
+    cfg: Sequence[int | str],
+    in_channels: int,
+    pool: Callable[[], nn.Module],
     block: Callable[[int, int], list[nn.Module]],
 ) -> tuple[nn.Sequential, int]:
     """The feature stack of a layer list (an int is ``block(c_in, c_out)``, ``"A"`` a ``pool()``) and its
@@ -138,12 +151,21 @@ class SpikingJellyVGG(nn.Module):
         from spikingjelly.activation_based import layer, neuron, surrogate
 
         self.features, channels = vgg_features(
-            cfg, in_channels, pool=lambda: layer.AvgPool2d(2, step_mode="m"),
+            cfg,
+            in_channels,
+            pool=lambda: layer.AvgPool2d(2, step_mode="m"),
             block=lambda c_in, c_out: [
                 layer.Conv2d(c_in, c_out, 3, padding=1, bias=False, step_mode="m"),
                 layer.BatchNorm2d(c_out, step_mode="m"),
-                neuron.LIFNode(tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=THRESHOLD, v_reset=0.0,
-                               surrogate_function=surrogate.Sigmoid(alpha=ALPHA), detach_reset=True, step_mode="m"),
+                neuron.LIFNode(
+                    tau=1.0 / (1.0 - DECAY),
+                    decay_input=False,
+                    v_threshold=THRESHOLD,
+                    v_reset=0.0,
+                    surrogate_function=surrogate.Sigmoid(alpha=ALPHA),
+                    detach_reset=True,
+                    step_mode="m",
+                ),
             ],
         )
         self.classifier = layer.Linear(channels, num_classes, step_mode="m")
@@ -164,12 +186,19 @@ class SnnTorchVGG(nn.Module):
         from snntorch import surrogate
 
         self.features, channels = vgg_features(
-            cfg, in_channels, pool=lambda: nn.AvgPool2d(2),
+            cfg,
+            in_channels,
+            pool=lambda: nn.AvgPool2d(2),
             block=lambda c_in, c_out: [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
-                snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=surrogate.sigmoid(slope=ALPHA),
-                          reset_mechanism="zero", init_hidden=True),
+                snn.Leaky(
+                    beta=DECAY,
+                    threshold=THRESHOLD,
+                    spike_grad=surrogate.sigmoid(slope=ALPHA),
+                    reset_mechanism="zero",
+                    init_hidden=True,
+                ),
             ],
         )
         self.classifier = nn.Linear(channels, num_classes)
@@ -196,7 +225,9 @@ def build_snntorch(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_cla
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "spikenorm": build_spikenorm, "spikingjelly": build_spikingjelly, "snntorch": build_snntorch,
+    "spikenorm": build_spikenorm,
+    "spikingjelly": build_spikingjelly,
+    "snntorch": build_snntorch,
 }
 
 
@@ -223,9 +254,15 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
     return dst
 
 
-def build_all(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-              variants: Sequence[str] = ()) -> dict[str, nn.Module]:
+def build_all(
+    cfg: Sequence[int | str] = CFG,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    variants: Sequence[str] = (),
+) -> dict[str, nn.Module]:
     """The three networks (plus the spikenorm ``variants``, names of :data:`VARIANTS`), weights copied from
     spikenorm's."""
     torch.manual_seed(seed)
@@ -239,9 +276,15 @@ def build_all(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes:
     return {k: v.to(device=device, dtype=dtype) for k, v in nets.items()}
 
 
-def equivalence(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10,
-                shape: tuple[int, int, int] = (4, 8, 32), device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float64, variants: Sequence[str] = ()) -> dict[str, float]:
+def equivalence(
+    cfg: Sequence[int | str] = CFG,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    shape: tuple[int, int, int] = (4, 8, 32),
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    variants: Sequence[str] = (),
+) -> dict[str, float]:
     """Max absolute differences of outputs (and input gradients) against spikenorm after weight copy.
 
     ``shape`` is ``(T, B, H)``. Keys: ``"<lib> train"`` / ``"<lib> eval"`` for outputs, ``"<lib> grad"`` for
@@ -254,7 +297,9 @@ def equivalence(cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classe
     gen = torch.Generator().manual_seed(1)
     x = (2.0 * torch.rand(t, b, in_channels, h, h, generator=gen)).to(device=device, dtype=dtype)
     nets = build_all(cfg, in_channels, num_classes, device, dtype, variants=variants)
-    per_step = copy_weights(nets["spikenorm"], build_spikenorm(cfg, in_channels, num_classes, norm="bn")).to(device, dtype)
+    per_step = copy_weights(nets["spikenorm"], build_spikenorm(cfg, in_channels, num_classes, norm="bn")).to(
+        device, dtype
+    )
     out: dict[str, float] = {}
 
     def run(net: nn.Module, train: bool) -> tuple[Tensor, Tensor | None]:
@@ -297,7 +342,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, list[float]]:
     """Seconds per call of each fn: ``warmup`` untimed calls each, then ``repeats`` rounds in which every
     fn is timed once, the order rotated by one each round."""
     names = list(fns)
@@ -306,7 +353,7 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repe
             fns[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
             start = time.perf_counter()
             fns[name]()
@@ -357,7 +404,9 @@ def peak_step_memory(step: Callable[[], object], device: torch.device) -> int:
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    mem = sorted((e["ts"], e["args"]) for e in events if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {}))
+    mem = sorted(
+        (e["ts"], e["args"]) for e in events if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
+    )
     cpu = [a for _, a in mem if str(a.get("Device Type", 0)) in ("0", "cpu")]
     if not cpu:
         raise RuntimeError("the profiler recorded no CPU memory events")
@@ -382,8 +431,7 @@ def profile_step(step: Callable[[], object], device: torch.device) -> tuple[str,
     return averages.table(sort_by=sort_key, row_limit=15), conv_us / 1e6
 
 
-def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_steps: int, batch: int,
-                             size: int) -> int:
+def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_steps: int, batch: int, size: int) -> int:
     """Floating-point operations of the 3x3 convolutions of one training step of the compared VGG (2 per
     multiply-add): the forward, the weight gradient, and the input gradient of every convolution but the
     first (the image needs none). Everything else in the network is elementwise or tiny next to this."""
@@ -398,26 +446,47 @@ def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_st
     return flops
 
 
-def neuron_fns(shape: Sequence[int], device: torch.device,
-               variants: Sequence[str] = ()) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+def neuron_fns(
+    shape: Sequence[int], device: torch.device, variants: Sequence[str] = ()
+) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor."""
     import snntorch as snn
     from common import forward_and_backward
     from snntorch import surrogate as st_surrogate
-    from spikingjelly.activation_based import functional, neuron, surrogate as sj_surrogate
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based import surrogate as sj_surrogate
 
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device) + 0.5
+
     def spikenorm_lif(variant: str) -> LIF:
         backend = str(VARIANTS[variant].get("backend", "auto"))
-        return LIF(decay=DECAY, threshold=THRESHOLD, surrogate="sigmoid", surrogate_kwargs={"alpha": ALPHA},
-                   detach_reset=True, backend=backend).to(device)
+        return LIF(
+            decay=DECAY,
+            threshold=THRESHOLD,
+            surrogate="sigmoid",
+            surrogate_kwargs={"alpha": ALPHA},
+            detach_reset=True,
+            backend=backend,
+        ).to(device)
 
     sn = spikenorm_lif("spikenorm")
-    sj = neuron.LIFNode(tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=THRESHOLD, v_reset=0.0,
-                        surrogate_function=sj_surrogate.Sigmoid(alpha=ALPHA), detach_reset=True, step_mode="m").to(device)
-    st = snn.Leaky(beta=DECAY, threshold=THRESHOLD, spike_grad=st_surrogate.sigmoid(slope=ALPHA),
-                   reset_mechanism="zero", init_hidden=True).to(device)
+    sj = neuron.LIFNode(
+        tau=1.0 / (1.0 - DECAY),
+        decay_input=False,
+        v_threshold=THRESHOLD,
+        v_reset=0.0,
+        surrogate_function=sj_surrogate.Sigmoid(alpha=ALPHA),
+        detach_reset=True,
+        step_mode="m",
+    ).to(device)
+    st = snn.Leaky(
+        beta=DECAY,
+        threshold=THRESHOLD,
+        spike_grad=st_surrogate.sigmoid(slope=ALPHA),
+        reset_mechanism="zero",
+        init_hidden=True,
+    ).to(device)
 
     def run_sj(inp: Tensor) -> Tensor:
         functional.reset_net(sj)
@@ -457,11 +526,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--neuron-repeats", type=int, default=20)
-    parser.add_argument("--variants", nargs="*", choices=[v for v in VARIANTS if v != "spikenorm"],
-                        default=[v for v in VARIANTS if v != "spikenorm"],
-                        help="spikenorm configurations besides the default, one row each (the default is the reference)")
-    parser.add_argument("--retain-freed-memory", action="store_true",
-                        help="let malloc reuse freed memory instead of unmapping it (spikenorm.allocator; all libraries gain)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=[v for v in VARIANTS if v != "spikenorm"],
+        default=[v for v in VARIANTS if v != "spikenorm"],
+        help="spikenorm configurations besides the default, one row each (the default is the reference)",
+    )
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="let malloc reuse freed memory instead of unmapping it (spikenorm.allocator; all libraries gain)",
+    )
     args = parser.parse_args()
     allocator = "glibc malloc defaults"
     if args.retain_freed_memory:
@@ -519,8 +595,10 @@ def main() -> None:
             fwd, fb = med(fwd_t[name]), med(bwd_t[name])
             fwd_rel = rel or f"{fwd / med(fwd_t['spikenorm']):.2f}"
             fb_rel = rel or f"{fb / med(bwd_t['spikenorm']):.2f}"
-            neuron = (f"| {fwd * 1e3:.2f} ({fwd_rel}; {fwd / floor:.1f}x floor) "
-                      f"| {fb * 1e3:.2f} ({fb_rel}; {fb / floor:.1f}x floor) |")
+            neuron = (
+                f"| {fwd * 1e3:.2f} ({fwd_rel}; {fwd / floor:.1f}x floor) "
+                f"| {fb * 1e3:.2f} ({fb_rel}; {fb / floor:.1f}x floor) |"
+            )
         rows.append(
             f"| {name} | {train_sps[name]:.1f} ({ratio(train_sps)}) | {infer_sps[name]:.1f} ({ratio(infer_sps)}) "
             f"| {memory[name] / 2**20:.0f} ({ratio(memory)}) " + neuron
@@ -529,21 +607,23 @@ def main() -> None:
     lines = [
         stamp(device),
         "",
-        f"Spiking VGG {cfg} + GAP + FC, input [{t}, {b}, 3, {args.size}, {args.size}] float32, 10 classes; LIF decay 0.5, "
-        f"threshold 1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm tdBN (alpha = v_th = 1), "
-        f"SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. Allocator: {allocator}. Medians of {args.repeats} interleaved rounds "
-        f"after {args.warmup} warm-up calls (neuron: {args.neuron_repeats} rounds). In brackets: ratio to spikenorm "
+        f"Spiking VGG {cfg} + GAP + FC, input [{t}, {b}, 3, {args.size}, {args.size}] float32, 10 classes; "
+        f"LIF decay 0.5, threshold 1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm "
+        f"tdBN (alpha = v_th = 1), SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. "
+        f"Allocator: {allocator}. Medians of {args.repeats} interleaved rounds after {args.warmup} warm-up calls "
+        f"(neuron: {args.neuron_repeats} rounds). In brackets: ratio to spikenorm "
         f"(throughput: higher is faster; memory and time: lower is better). `spikenorm` = the library's defaults "
-        f"(neuron `backend=\"auto\"`, which picks the compiled kernel for these layer sizes; convolutions channels-last "
+        f'(neuron `backend="auto"`, which picks the compiled kernel for these layer sizes; convolutions channels-last '
         f"on CPU); `[eager]` = the python loop over time; `[eager, NCHW]` = also convolutions in NCHW (the neuron "
         f"alone has no layout: no row). Compilation happens in the warm-up.",
         "",
         f"Equivalence after weight copy (max |diff| to spikenorm, float64, [T={t}, B=4] input): {eq_text}; first-layer "
         f"spike rate {eq['spike rate']:.2f}. float32 benchmark nets, eval: "
-        + ", ".join(f"{k} {v:.2g}" for k, v in eq32.items()) + ".",
+        + ", ".join(f"{k} {v:.2g}" for k, v in eq32.items())
+        + ".",
         "",
-        f"| library | train samples/s | inference samples/s | peak train-step memory MiB | LIF {args.neuron_shape} fwd ms "
-        f"| LIF fwd+bwd ms |",
+        f"| library | train samples/s | inference samples/s | peak train-step memory MiB "
+        f"| LIF {args.neuron_shape} fwd ms | LIF fwd+bwd ms |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
@@ -551,12 +631,16 @@ def main() -> None:
         f"and input gradients; {conv_flops / 1e9 / conv_seconds:.0f} GFLOP/s) and took {conv_seconds * 1e3:.0f} ms of "
         f"the profiled spikenorm step below. With everything else (norms, neurons, pooling, loss, optimizer) at zero "
         f"cost, a step with these convolution kernels would still train at most {conv_bound:.1f} samples/s: "
-        f"{conv_bound / train_sps['spikingjelly']:.2f}x SpikingJelly, {conv_bound / train_sps['snntorch']:.2f}x snnTorch.",
+        f"{conv_bound / train_sps['spikingjelly']:.2f}x SpikingJelly, "
+        f"{conv_bound / train_sps['snntorch']:.2f}x snnTorch.",
         "",
         f"Elementwise floor (`torch.mul(x, 0.5)` on the neuron tensor): {floor * 1e3:.3f} ms. Peak memory: "
-        + ("`torch.cuda.max_memory_allocated` above the pre-step allocation." if device.type == "cuda" else
-           "torch profiler `profile_memory=True`, max of the CPU allocator's running total during the step above its "
-           "value before the step (tensor memory allocated through torch)."),
+        + (
+            "`torch.cuda.max_memory_allocated` above the pre-step allocation."
+            if device.type == "cuda"
+            else "torch profiler `profile_memory=True`, max of the CPU allocator's running total during the step "
+            "above its value before the step (tensor memory allocated through torch)."
+        ),
         "",
         "<details><summary>One spikenorm training step, top ops by self time (torch.profiler)</summary>",
         "",
@@ -567,7 +651,9 @@ def main() -> None:
         "</details>",
         "",
     ]
-    publish("compare", "spikenorm vs SpikingJelly vs snnTorch: same spiking VGG", "\n".join(lines), save=not args.no_save)
+    publish(
+        "compare", "spikenorm vs SpikingJelly vs snnTorch: same spiking VGG", "\n".join(lines), save=not args.no_save
+    )
 
 
 if __name__ == "__main__":

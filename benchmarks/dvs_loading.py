@@ -77,14 +77,18 @@ def main() -> None:
         common = {"root": root, "augment": False, "batch_size": 32, "val_fraction": 0.2}
         setups = {
             f"N-MNIST format, 34x34, T=10, {args.nmnist_events} events/sample": lambda cache, on: TonicDataModule(
-                "nmnist", time_bins=10, cache=on, cache_dir=cache, **common),
+                "nmnist", time_bins=10, cache=on, cache_dir=cache, **common
+            ),
             f"CIFAR10-DVS format (AEDAT4), 128->48, T=10, {args.cifar10dvs_events} events/sample": (
-                lambda cache, on: TonicDataModule("cifar10dvs", time_bins=10, sensor_size=48, cache=on,
-                                                  cache_dir=cache, **common)),
+                lambda cache, on: TonicDataModule(
+                    "cifar10dvs", time_bins=10, sensor_size=48, cache=on, cache_dir=cache, **common
+                )
+            ),
         }
         with tempfile.TemporaryDirectory() as streams:
-            setups["event-digits (embedded), 16x16, T=6, ~1200 events/sample"] = (
-                lambda cache, on: EventDigitsDataModule(cache=on, cache_dir=cache or streams, augment=False))
+            setups["event-digits (embedded), 16x16, T=6, ~1200 events/sample"] = lambda cache, on: (
+                EventDigitsDataModule(cache=on, cache_dir=cache or streams, augment=False)
+            )
             for name, make in setups.items():
                 times = measure(make, args.repeats)
                 samples = len(_ready(make(None, False)).train_dataset)
@@ -94,17 +98,21 @@ def main() -> None:
                     f"{rate['warm'] / rate['no cache']:.2f} | {rate['cold'] / rate['no cache']:.2f} |"
                 )
                 print(rows[-1], flush=True)
-    report = "\n".join([
-        stamp(torch.device("cpu")),
-        "",
-        (f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
-         f"{args.repeats} interleaved repeats."),
-        "",
-        "| data | train samples | no cache | cache cold | cache warm | warm / no cache | cold / no cache |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    report = "\n".join(
+        [
+            stamp(torch.device("cpu")),
+            "",
+            (
+                f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
+                f"{args.repeats} interleaved repeats."
+            ),
+            "",
+            "| data | train samples | no cache | cache cold | cache warm | warm / no cache | cold / no cache |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     publish("dvs_loading", "DVS loading: TonicDataModule / EventDigitsDataModule samples/s", report, args.save)
 
 

@@ -82,23 +82,36 @@ class AlternatingCheck(Callback):
         pl_module.hparams.check_finite = (batch_idx + trainer.current_epoch) % 2 == 0
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         elapsed = time.perf_counter() - self._start
         if trainer.current_epoch >= self.warmup_epochs:
             self.times[pl_module.hparams.check_finite][-1].append(elapsed)
 
 
-def time_steps(task: SpikingClassifier, data: LightningDataModule, rounds: int, steps: int,
-               warmup_epochs: int = 1) -> dict[bool, list[list[float]]]:
+def time_steps(
+    task: SpikingClassifier, data: LightningDataModule, rounds: int, steps: int, warmup_epochs: int = 1
+) -> dict[bool, list[list[float]]]:
     """Per-round step times with the check on (``True``) and off, from one fit of ``warmup_epochs + rounds``
     epochs of ``steps`` batches (no validation, no logger, nothing written); ``check_finite`` is left on."""
     timer = AlternatingCheck(warmup_epochs)
     with tempfile.TemporaryDirectory() as root:
-        trainer = Trainer(max_epochs=warmup_epochs + rounds, limit_train_batches=steps, limit_val_batches=0,
-                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-                          deterministic=True, default_root_dir=root, callbacks=[timer])
+        trainer = Trainer(
+            max_epochs=warmup_epochs + rounds,
+            limit_train_batches=steps,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+            deterministic=True,
+            default_root_dir=root,
+            callbacks=[timer],
+        )
         trainer.fit(task, data)
     task.hparams.check_finite = True
     return timer.times
@@ -120,8 +133,10 @@ def time_check_alone(task: SpikingClassifier, data: LightningDataModule, calls: 
 def spread(values: list[float], scale: float = 1e3) -> str:
     """``median (IQR q1-q3, min-max)`` of ``values`` times ``scale``."""
     q1, q2, q3 = statistics.quantiles(values, n=4)
-    return f"{q2 * scale:.2f} (IQR {q1 * scale:.2f}-{q3 * scale:.2f}, min-max {min(values) * scale:.2f}-" \
-           f"{max(values) * scale:.2f})"
+    return (
+        f"{q2 * scale:.2f} (IQR {q1 * scale:.2f}-{q3 * scale:.2f}, min-max {min(values) * scale:.2f}-"
+        f"{max(values) * scale:.2f})"
+    )
 
 
 def summary(times: dict[bool, list[list[float]]], check: list[float]) -> dict[str, float]:
@@ -134,11 +149,15 @@ def summary(times: dict[bool, list[list[float]]], check: list[float]) -> dict[st
     median_on, median_off, median_check = statistics.median(on), statistics.median(off), statistics.median(check)
     q1, _, q3 = statistics.quantiles(off, n=4)
     return {
-        "on": median_on, "off": median_off, "ratio": median_on / median_off,
+        "on": median_on,
+        "off": median_off,
+        "ratio": median_on / median_off,
         "cost_percent": 100 * (median_on / median_off - 1),
         "paired_percent": 100 * statistics.median(paired) / median_off,
-        "round_cost_min": 100 * (min(ratios) - 1), "round_cost_max": 100 * (max(ratios) - 1),
-        "check": median_check, "check_percent": 100 * median_check / median_off,
+        "round_cost_min": 100 * (min(ratios) - 1),
+        "round_cost_max": 100 * (max(ratios) - 1),
+        "check": median_check,
+        "check_percent": 100 * median_check / median_off,
         "iqr_percent": 100 * (q3 - q1) / median_off,
     }
 
@@ -146,50 +165,63 @@ def summary(times: dict[bool, list[list[float]]], check: list[float]) -> dict[st
 def verdict(s: dict[str, float]) -> str:
     """One sentence: within target, and whether the step-time noise is larger than the measured effect."""
     noisy = s["round_cost_min"] < 0 < s["round_cost_max"] or abs(s["cost_percent"]) < s["iqr_percent"]
-    text = (f"The check alone costs {s['check_percent']:.3f}% of a step, "
-            f"{'within' if s['check_percent'] <= 2 else 'above'} the 2% target. ")
+    text = (
+        f"The check alone costs {s['check_percent']:.3f}% of a step, "
+        f"{'within' if s['check_percent'] <= 2 else 'above'} the 2% target. "
+    )
     if noisy:
-        return text + (f"The on/off difference of whole steps ({s['cost_percent']:+.2f}%; paired "
-                       f"{s['paired_percent']:+.2f}%) is within the noise "
-                       f"(per-round cost from {s['round_cost_min']:+.2f}% to {s['round_cost_max']:+.2f}%, step-time "
-                       f"IQR {s['iqr_percent']:.1f}% of the median): the step measurement cannot resolve the check, "
-                       "and the check-alone share is the number to trust.")
-    return text + (f"Whole steps resolve it: {s['cost_percent']:+.2f}% with the check on (paired "
-                   f"{s['paired_percent']:+.2f}%).")
+        return text + (
+            f"The on/off difference of whole steps ({s['cost_percent']:+.2f}%; paired "
+            f"{s['paired_percent']:+.2f}%) is within the noise "
+            f"(per-round cost from {s['round_cost_min']:+.2f}% to {s['round_cost_max']:+.2f}%, step-time "
+            f"IQR {s['iqr_percent']:.1f}% of the median): the step measurement cannot resolve the check, "
+            "and the check-alone share is the number to trust."
+        )
+    return text + (
+        f"Whole steps resolve it: {s['cost_percent']:+.2f}% with the check on (paired {s['paired_percent']:+.2f}%)."
+    )
 
 
-def report(s: dict[str, float], times: dict[bool, list[list[float]]], check: list[float], args: argparse.Namespace,
-           command: str) -> str:
+def report(
+    s: dict[str, float],
+    times: dict[bool, list[list[float]]],
+    check: list[float],
+    args: argparse.Namespace,
+    command: str,
+) -> str:
     """The markdown report written to ``results/finite_check.md``."""
     on, off = (sum(times[flag], []) for flag in (True, False))
-    return "\n".join([
-        stamp(CPU),
-        "",
-        f"torch threads: {torch.get_num_threads()} (`torch.set_num_threads`). Command: `{command}`.",
-        "",
-        f"Quickstart training steps (recipes/quickstart.yaml: SpikingVGG small, tdBN, LIF, sigmoid alpha 4, T=4, Adam "
-        f"lr 0.005, digits, batch 64), timed inside one `Trainer.fit` from `on_train_batch_start` to "
-        f"`on_train_batch_end` (forward, loss, backward, optimizer step, Lightning's per-step work); check on and off "
-        f"alternating step by step, {args.rounds} rounds (epochs) of {args.steps} steps after one warm-up epoch: "
-        f"{len(on)} steps on, {len(off)} off. The check alone: `check_batch` + `check_loss` on the first batch "
-        f"([64, 1, 8, 8], before encoding) and its loss, median of {args.repeats} x {args.calls} calls. Other "
-        f"processes shared the CPU during the run.",
-        "",
-        "| measurement | value |",
-        "|---|---|",
-        f"| step, check on, ms: median (IQR, min-max) | {spread(on)} |",
-        f"| step, check off, ms: median (IQR, min-max) | {spread(off)} |",
-        f"| ratio on / off (medians) | **{s['ratio']:.4f}** |",
-        f"| relative cost of the check on the step | **{s['cost_percent']:+.2f}%** |",
-        f"| median of (on - off) over adjacent step pairs / median step (off) | {s['paired_percent']:+.2f}% |",
-        f"| per-round cost (median on / median off - 1), min to max | {s['round_cost_min']:+.2f}% to "
-        f"{s['round_cost_max']:+.2f}% |",
-        f"| check alone (`check_batch` + `check_loss`), us: median (IQR, min-max) | {spread(check, 1e6)} |",
-        f"| check alone / median step (off) | **{s['check_percent']:.3f}%** |",
-        "",
-        verdict(s),
-        "",
-    ])
+    return "\n".join(
+        [
+            stamp(CPU),
+            "",
+            f"torch threads: {torch.get_num_threads()} (`torch.set_num_threads`). Command: `{command}`.",
+            "",
+            f"Quickstart training steps (recipes/quickstart.yaml: SpikingVGG small, tdBN, LIF, sigmoid alpha 4, T=4, "
+            f"Adam lr 0.005, digits, batch 64), timed inside one `Trainer.fit` from `on_train_batch_start` to "
+            f"`on_train_batch_end` (forward, loss, backward, optimizer step, Lightning's per-step work); check on and "
+            f"off "
+            f"alternating step by step, {args.rounds} rounds (epochs) of {args.steps} steps after one warm-up epoch: "
+            f"{len(on)} steps on, {len(off)} off. The check alone: `check_batch` + `check_loss` on the first batch "
+            f"([64, 1, 8, 8], before encoding) and its loss, median of {args.repeats} x {args.calls} calls. Other "
+            f"processes shared the CPU during the run.",
+            "",
+            "| measurement | value |",
+            "|---|---|",
+            f"| step, check on, ms: median (IQR, min-max) | {spread(on)} |",
+            f"| step, check off, ms: median (IQR, min-max) | {spread(off)} |",
+            f"| ratio on / off (medians) | **{s['ratio']:.4f}** |",
+            f"| relative cost of the check on the step | **{s['cost_percent']:+.2f}%** |",
+            f"| median of (on - off) over adjacent step pairs / median step (off) | {s['paired_percent']:+.2f}% |",
+            f"| per-round cost (median on / median off - 1), min to max | {s['round_cost_min']:+.2f}% to "
+            f"{s['round_cost_max']:+.2f}% |",
+            f"| check alone (`check_batch` + `check_loss`), us: median (IQR, min-max) | {spread(check, 1e6)} |",
+            f"| check alone / median step (off) | **{s['check_percent']:.3f}%** |",
+            "",
+            verdict(s),
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -206,10 +238,16 @@ def main() -> None:
     times = time_steps(task, data, args.rounds, args.steps)
     check = time_check_alone(task, data, args.calls, args.repeats)
     s = summary(times, check)
-    command = (f"python benchmarks/finite_check.py --rounds {args.rounds} --steps {args.steps} --repeats "
-               f"{args.repeats} --calls {args.calls} --threads {args.threads}")
-    publish("finite_check", "Cost of the non-finite check on the quickstart training step",
-            report(s, times, check, args, command), save=not args.no_save)
+    command = (
+        f"python benchmarks/finite_check.py --rounds {args.rounds} --steps {args.steps} --repeats "
+        f"{args.repeats} --calls {args.calls} --threads {args.threads}"
+    )
+    publish(
+        "finite_check",
+        "Cost of the non-finite check on the quickstart training step",
+        report(s, times, check, args, command),
+        save=not args.no_save,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ The acceptance bar is ``folded / no norm <= 1.05``. When SpikingJelly is install
 are also folded by SpikingJelly's ``MPBNLIFNode`` and the flipped-spike rates of the two folds are reported
 (see ``sj_mpbn.py``).
 
-    python benchmarks/fold_inference.py                  # CPU (or CUDA when available): writes results/fold_inference.md
+    python benchmarks/fold_inference.py      # CPU (or CUDA when available): writes results/fold_inference.md
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ def timing_networks(cfg: str, size: int, channels: int) -> dict[str, torch.nn.Mo
     """The three networks of the timing comparison (MPBN statistics moved off their initial values)."""
     torch.manual_seed(0)
     plain = SpikingVGG(cfg, in_channels=channels, input_size=size, layers=LayerSpec(norm="none", neuron_kwargs=NEURON))
-    mpbn = SpikingVGG(cfg, in_channels=channels, input_size=size,
-                      layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"))
+    mpbn = SpikingVGG(
+        cfg,
+        in_channels=channels,
+        input_size=size,
+        layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"),
+    )
     with torch.no_grad():
         mpbn(torch.randn(2, 8, channels, size, size))  # one training-mode pass sets real statistics
     mpbn.eval()
@@ -49,7 +53,9 @@ def timing_networks(cfg: str, size: int, channels: int) -> dict[str, torch.nn.Mo
     return {"no norm": plain.eval(), "MPBN unfolded": mpbn, "MPBN folded": folded}
 
 
-def time_inference(networks: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, device: torch.device) -> dict[str, float]:
+def time_inference(
+    networks: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, device: torch.device
+) -> dict[str, float]:
     """Median seconds per forward, the networks interleaved round by round to share machine drift."""
     samples: dict[str, list[float]] = {name: [] for name in networks}
     with torch.inference_mode():
@@ -64,12 +70,23 @@ def time_inference(networks: dict[str, torch.nn.Module], x: torch.Tensor, repeat
 def trained_mpbn(epochs: int) -> tuple[torch.nn.Module, torch.Tensor]:
     """A channel-wise MPBN SpikingVGG trained on digits, and one encoded test batch."""
     seed_everything(0)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
-                     layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"))
+    net = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=10,
+        input_size=8,
+        layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON, surrogate="dspike"),
+    )
     task = SpikingClassifier(net, time_steps=4, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
     data = DigitsDataModule(batch_size=64)
-    Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu").fit(task, data)
+    Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    ).fit(task, data)
     x, _ = next(iter(data.test_dataloader()))
     return net.eval(), task.encode(x)
 
@@ -87,6 +104,7 @@ def spikingjelly_rows(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]
     """Flipped-spike rates of SpikingJelly's fold vs ours on the same weights (or why there are none)."""
     try:
         from sj_mpbn import spikingjelly_fold_flips
+
         sj = spikingjelly_fold_flips(model, inputs)
     except ImportError as err:
         return [f"SpikingJelly comparison skipped: {err}"]
@@ -97,13 +115,18 @@ def spikingjelly_rows(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]
         "|---|---|---|---|",
         f"| spikenorm `fold_model` | {ours.flipped_spikes} | {ours_steps} | {ours.flipped_spikes / ours_steps:.2%} |",
     ]
-    for key, label in (("default", "SpikingJelly `re_parameterize_v_threshold()` (defaults)"),
-                       ("normalize_residual", "SpikingJelly `re_parameterize_v_threshold(normalize_residual=True)`")):
+    for key, label in (
+        ("default", "SpikingJelly `re_parameterize_v_threshold()` (defaults)"),
+        ("normalize_residual", "SpikingJelly `re_parameterize_v_threshold(normalize_residual=True)`"),
+    ):
         r = sj[key]
         rows.append(f"| {label} | {r['flipped']} | {r['neuron_steps']} | {r['rate']:.2%} |")
-    rows += ["", f"Negative-gamma MPBN channels in the trained model: {sj['negative_gamma_channels']}. "
-             f"SpikingJelly's unfolded MPBNLIFNode vs ours on the same weights (different membrane semantics): "
-             f"{sj['sj_unfolded_vs_ours_mismatch_rate']:.2%} of spikes differ."]
+    rows += [
+        "",
+        f"Negative-gamma MPBN channels in the trained model: {sj['negative_gamma_channels']}. "
+        f"SpikingJelly's unfolded MPBNLIFNode vs ours on the same weights (different membrane semantics): "
+        f"{sj['sj_unfolded_vs_ours_mismatch_rate']:.2%} of spikes differ.",
+    ]
     return rows
 
 
@@ -124,20 +147,33 @@ def main() -> None:
     folded, plain, unfolded = seconds["MPBN folded"], seconds["no norm"], seconds["MPBN unfolded"]
     sign_flips = sum(isinstance(m, SignFlip) for m in networks["MPBN folded"].modules())
     lines = [
-        stamp(device), "",
-        f"Inference, SpikingVGG `{args.cfg}`, input [T={args.time_steps}, B={args.batch}, 3, {args.size}, {args.size}], "
-        f"median of {args.repeats} interleaved repeats; SignFlip modules left by the fold: {sign_flips}.", "",
-        "| network | median ms | vs no norm |", "|---|---|---|",
-        *(f"| {name} | {sec * 1e3:.2f} | {sec / plain:.3f}x |" for name, sec in seconds.items()), "",
+        stamp(device),
+        "",
+        f"Inference, SpikingVGG `{args.cfg}`, "
+        f"input [T={args.time_steps}, B={args.batch}, 3, {args.size}, {args.size}], "
+        f"median of {args.repeats} interleaved repeats; SignFlip modules left by the fold: {sign_flips}.",
+        "",
+        "| network | median ms | vs no norm |",
+        "|---|---|---|",
+        *(f"| {name} | {sec * 1e3:.2f} | {sec / plain:.3f}x |" for name, sec in seconds.items()),
+        "",
         f"Folded / no norm = **{folded / plain:.3f}** (bar: <= 1.05). Folding saves "
         f"**{1 - folded / unfolded:.1%}** of the unfolded MPBN network's inference time "
-        f"({unfolded / folded:.2f}x faster).", "",
+        f"({unfolded / folded:.2f}x faster).",
+        "",
     ]
     model, inputs = trained_mpbn(args.train_epochs)
-    lines += [f"Fold exactness on a channel-wise MPBN SpikingVGG `small` trained {args.train_epochs} epochs on digits "
-              "(one test batch of 64, T=4, float64):", "", *spikingjelly_rows(model, inputs), "",
-              "The same model with gamma negated in every other channel of its last MPBN layer:", "",
-              *spikingjelly_rows(with_negative_gamma(model), inputs), ""]
+    lines += [
+        f"Fold exactness on a channel-wise MPBN SpikingVGG `small` trained {args.train_epochs} epochs on digits "
+        "(one test batch of 64, T=4, float64):",
+        "",
+        *spikingjelly_rows(model, inputs),
+        "",
+        "The same model with gamma negated in every other channel of its last MPBN layer:",
+        "",
+        *spikingjelly_rows(with_negative_gamma(model), inputs),
+        "",
+    ]
     report = "\n".join(lines)
     publish("fold_inference", "MPBN folding: inference cost and exactness", report, save=not args.no_save)
 

@@ -31,18 +31,28 @@ VARIANTS = {
 
 def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
     seed_everything(seed)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
-                     layers=LayerSpec(norm="tdbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike",
-                                      **variant))
+    net = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=10,
+        input_size=8,
+        layers=LayerSpec(norm="tdbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike", **variant),
+    )
     task = SpikingClassifier(
-        net, time_steps=4,
+        net,
+        time_steps=4,
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
     )
-    result = fit_and_test(task, DigitsDataModule(batch_size=64), epochs,
-                          [FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)])
-    return {"acc": result["test/acc"], "acc_folded": result["test/acc_folded"],
-            "flipped": result["test/flipped_spikes_folded"], "firing_rate": result["test/firing_rate"]}
+    result = fit_and_test(
+        task, DigitsDataModule(batch_size=64), epochs, [FoldNormalization(every_n_epochs=epochs, save_on_fit_end=False)]
+    )
+    return {
+        "acc": result["test/acc"],
+        "acc_folded": result["test/acc_folded"],
+        "flipped": result["test/flipped_spikes_folded"],
+        "firing_rate": result["test/firing_rate"],
+    }
 
 
 def main() -> None:
@@ -61,14 +71,20 @@ def main() -> None:
             f"{int(sum(r['flipped'] for r in runs))} | {statistics.mean(r['firing_rate'] for r in runs):.3f} |"
         )
         print(rows[-1], flush=True)
-    report = "\n".join([
-        stamp(torch.device("cpu")), "",
-        f"Digits test set (360 images), {args.seeds} seeds (0..{args.seeds - 1}), {args.epochs} epochs, best-val "
-        f"checkpoint; wall {time.perf_counter() - start:.0f} s.", "",
-        "| variant | test acc % (mean ± std) | per seed | folded acc % (mean) | flipped spikes (all seeds) | firing rate |",
-        "|---|---|---|---|---|---|",
-        *rows, "",
-    ])
+    report = "\n".join(
+        [
+            stamp(torch.device("cpu")),
+            "",
+            f"Digits test set (360 images), {args.seeds} seeds (0..{args.seeds - 1}), {args.epochs} epochs, best-val "
+            f"checkpoint; wall {time.perf_counter() - start:.0f} s.",
+            "",
+            "| variant | test acc % (mean ± std) | per seed | folded acc % (mean) | flipped spikes (all seeds) "
+            "| firing rate |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     publish("mpbn_digits", "MPBN reproduction on digits", report, save=not args.no_save)
 
 

@@ -19,6 +19,7 @@ from common import benchmark_parser, forward_and_backward, publish, stamp, timed
 
 from spikenorm.neurons import LIF
 
+
 def main() -> None:
     parser = benchmark_parser(__doc__, device=True)
     parser.add_argument("--shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
@@ -34,9 +35,14 @@ def main() -> None:
     def floor() -> None:
         torch.mul(x, 0.5)
 
-    rows = {name: statistics.median(timed(fn, device, args.repeats, args.warmup))
-            for name, fn in (("elementwise floor", floor), ("LIF forward", forward),
-                             ("LIF forward+backward", forward_backward))}
+    rows = {
+        name: statistics.median(timed(fn, device, args.repeats, args.warmup))
+        for name, fn in (
+            ("elementwise floor", floor),
+            ("LIF forward", forward),
+            ("LIF forward+backward", forward_backward),
+        )
+    }
     base = rows["elementwise floor"]
     lines = [
         stamp(device),

@@ -37,11 +37,17 @@ MB = 2**20
 
 
 def build_model(cfg: str, device: torch.device) -> SpikingVGG:
-    model = SpikingVGG(cfg, in_channels=3, num_classes=10,
-                       layers=LayerSpec(norm="osr", neuron="lif",
-                                        neuron_kwargs={"decay": 0.5, "threshold": 1.0, "reset": "soft",
-                                                       "detach_reset": True, "ots": True},
-                                        surrogate="sigmoid"))
+    model = SpikingVGG(
+        cfg,
+        in_channels=3,
+        num_classes=10,
+        layers=LayerSpec(
+            norm="osr",
+            neuron="lif",
+            neuron_kwargs={"decay": 0.5, "threshold": 1.0, "reset": "soft", "detach_reset": True, "ots": True},
+            surrogate="sigmoid",
+        ),
+    )
     return model.to(device).train()
 
 

@@ -42,10 +42,18 @@ VARIANTS = {
 def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
     seed_everything(seed)
     options = {"neuron_kwargs": NEURON, **variant}
-    net = SpikingVGG("small", in_channels=1, num_classes=10,
-                     layers=LayerSpec(surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}, **options))
+    net = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=10,
+        layers=LayerSpec(surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}, **options),
+    )
     task = SpikingClassifier(
-        net, time_steps=time_steps, loss="tet", tet_mse_weight=0.05, training_mode="online",
+        net,
+        time_steps=time_steps,
+        loss="tet",
+        tet_mse_weight=0.05,
+        training_mode="online",
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
     )
@@ -76,16 +84,22 @@ def main() -> None:
             f"{' / '.join(f'{s:.3f}' for s in steps)} | {steps[0] / statistics.mean(steps[1:]):.2f} |"
         )
         print(rows[-1], flush=True)
-    report = "\n".join([
-        stamp(torch.device("cpu")), "",
-        f"Digits test set (360 images), online training, T={args.time_steps}, {args.seeds} seeds "
-        f"(0..{args.seeds - 1}), {args.epochs} epochs, best-val checkpoint; wall {time.perf_counter() - start:.0f} s. "
-        "Firing rates on the test set (eval mode), mean over the three spiking layers.", "",
-        "| variant | test acc % (mean ± std) | per seed | gross firing rate | firing rate per step t=1..T | "
-        "step 1 / later steps |",
-        "|---|---|---|---|---|---|",
-        *rows, "",
-    ])
+    report = "\n".join(
+        [
+            stamp(torch.device("cpu")),
+            "",
+            f"Digits test set (360 images), online training, T={args.time_steps}, {args.seeds} seeds "
+            f"(0..{args.seeds - 1}), {args.epochs} epochs, best-val checkpoint; "
+            f"wall {time.perf_counter() - start:.0f} s. "
+            "Firing rates on the test set (eval mode), mean over the three spiking layers.",
+            "",
+            "| variant | test acc % (mean ± std) | per seed | gross firing rate | firing rate per step t=1..T | "
+            "step 1 / later steps |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     publish("osr_digits", "OSR / OTS reproduction on digits (online training)", report, save=not args.no_save)
 
 

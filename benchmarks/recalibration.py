@@ -46,8 +46,11 @@ class SnnTorchVGG(nn.Module):
             if item == "A":
                 layers.append(nn.AvgPool2d(2))
                 continue
-            layers += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
-                       snn.Leaky(beta=0.5, init_hidden=True)]
+            layers += [
+                nn.Conv2d(channels, item, 3, padding=1, bias=False),
+                nn.BatchNorm2d(item),
+                snn.Leaky(beta=0.5, init_hidden=True),
+            ]
             channels = item
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
@@ -61,11 +64,15 @@ def networks(device: torch.device) -> dict[str, nn.Module]:
 
     torch.manual_seed(0)
     nets: dict[str, nn.Module] = {
-        "spikenorm VGG-11, tdBN": SpikingVGG("vgg11", in_channels=3, input_size=32,
-                                             layers=LayerSpec(norm="tdbn", neuron_kwargs=NEURON)),
-        "spikenorm VGG-11, tdBN + MPBN": SpikingVGG("vgg11", in_channels=3, input_size=32,
-                                                    layers=LayerSpec(norm="tdbn", membrane_norm="mpbn",
-                                                                     neuron_kwargs=NEURON)),
+        "spikenorm VGG-11, tdBN": SpikingVGG(
+            "vgg11", in_channels=3, input_size=32, layers=LayerSpec(norm="tdbn", neuron_kwargs=NEURON)
+        ),
+        "spikenorm VGG-11, tdBN + MPBN": SpikingVGG(
+            "vgg11",
+            in_channels=3,
+            input_size=32,
+            layers=LayerSpec(norm="tdbn", membrane_norm="mpbn", neuron_kwargs=NEURON),
+        ),
     }
     try:
         nets["snnTorch-style VGG-11, BN reused per step"] = SnnTorchVGG(VGG_CONFIGS["vgg11"])
@@ -104,8 +111,10 @@ def main() -> None:
     args = parser.parse_args()
     device = args.device
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(args.time_steps, args.batch, 3, 32, 32, generator=g).to(device) + 0.1 * j
-               for j in range(args.batches)]
+    batches = [
+        torch.randn(args.time_steps, args.batch, 3, 32, 32, generator=g).to(device) + 0.1 * j
+        for j in range(args.batches)
+    ]
     rows = []
     for name, net in networks(device).items():
         passes = count_passes(net, batches)
@@ -128,18 +137,20 @@ def main() -> None:
             f"**{median['single_pass'] / plain:.2f}** | {passes} | {passes * plain:.3f} | {median['exact']:.3f} | "
             f"**{median['exact'] / (passes * plain):.2f}** | {median['exact'] / plain:.2f} |"
         )
-    report = "\n".join([
-        stamp(device),
-        "",
-        f"M = {args.batches} batches of [T={args.time_steps}, B={args.batch}, 3, 32, 32], median of {args.repeats} "
-        "interleaved repeats (seconds). Target: ratio <= 1.3 at the same number of forward passes.",
-        "",
-        "| network | BN layers | plain: M forwards | single_pass | ratio | exact: forwards started per batch P "
-        "| P x plain | exact | ratio | exact / plain |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    report = "\n".join(
+        [
+            stamp(device),
+            "",
+            f"M = {args.batches} batches of [T={args.time_steps}, B={args.batch}, 3, 32, 32], median of {args.repeats} "
+            "interleaved repeats (seconds). Target: ratio <= 1.3 at the same number of forward passes.",
+            "",
+            "| network | BN layers | plain: M forwards | single_pass | ratio | exact: forwards started per batch P "
+            "| P x plain | exact | ratio | exact / plain |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     publish("recalibration", "BN re-calibration: cost against plain eval forwards", report, save=not args.no_save)
 
 

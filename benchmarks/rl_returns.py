@@ -53,16 +53,35 @@ def run(spec: RunSpec, threads: int) -> dict[str, object]:
         torch.set_num_threads(threads)
     seed_everything(spec.seed)
     started = time.perf_counter()
-    task = SpikingTD3(spec.env, total_env_steps=spec.warmup + spec.steps, warmup_steps=spec.warmup,
-                      eval_every=spec.eval_every, eval_episodes=10, seed=spec.seed,
-                      actor_layers=LayerSpec(norm=spec.norm, neuron="clif", surrogate="rectangle"))
-    callbacks = ([ReplayRecalibration(every_n_env_steps=5000, num_batches=100, batch_size=256)]
-                 if spec.norm == "carebn" else [])
-    Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", callbacks=callbacks).fit(task)
-    return {**asdict(spec), "eval_history": [list(e) for e in task.eval_history],
-            "wall_s": time.perf_counter() - started, "threads": torch.get_num_threads(),
-            "machine": machine(torch.device("cpu")), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    task = SpikingTD3(
+        spec.env,
+        total_env_steps=spec.warmup + spec.steps,
+        warmup_steps=spec.warmup,
+        eval_every=spec.eval_every,
+        eval_episodes=10,
+        seed=spec.seed,
+        actor_layers=LayerSpec(norm=spec.norm, neuron="clif", surrogate="rectangle"),
+    )
+    callbacks = (
+        [ReplayRecalibration(every_n_env_steps=5000, num_batches=100, batch_size=256)] if spec.norm == "carebn" else []
+    )
+    Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=callbacks,
+    ).fit(task)
+    return {
+        **asdict(spec),
+        "eval_history": [list(e) for e in task.eval_history],
+        "wall_s": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
+        "machine": machine(torch.device("cpu")),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def stored_runs() -> dict[RunSpec, dict[str, object]]:
@@ -109,8 +128,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
     args = parser.parse_args()
-    specs = [RunSpec(env, norm, seed, args.steps, args.warmup, args.eval_every)
-             for env, norm, seed in itertools.product(args.envs, VARIANTS.values(), range(args.seeds))]
+    specs = [
+        RunSpec(env, norm, seed, args.steps, args.warmup, args.eval_every)
+        for env, norm, seed in itertools.product(args.envs, VARIANTS.values(), range(args.seeds))
+    ]
     done = stored_runs()
     todo = [s for s in specs if s not in done]
     print(f"{len(specs)} runs, {len(specs) - len(todo)} already stored in {RUNS_FILE.name}", flush=True)
@@ -124,11 +145,16 @@ def main() -> None:
                 RUNS_FILE.parent.mkdir(parents=True, exist_ok=True)
                 with RUNS_FILE.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-            print(f"{record['env']} {record['norm']} seed {record['seed']}: returns "
-                  f"{[round(r) for _, r in record['eval_history']]}, {record['wall_s']:.0f} s", flush=True)
+            print(
+                f"{record['env']} {record['norm']} seed {record['seed']}: returns "
+                f"{[round(r) for _, r in record['eval_history']]}, {record['wall_s']:.0f} s",
+                flush=True,
+            )
 
     def spread(values: list[float]) -> str:
-        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        return (
+            f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        )
 
     rows, curves = [], {}
     for env, (name, norm) in itertools.product(args.envs, VARIANTS.items()):
@@ -137,22 +163,32 @@ def main() -> None:
         curves[(env, name)] = histories
         best, last = [max(r for _, r in h) for h in histories], [h[-1][1] for h in histories]
         minutes = statistics.median(r["wall_s"] for r in records) / 60
-        rows.append(f"| {env} | {name} | {spread(best)} | {spread(last)} | "
-                    f"{' / '.join(f'{v:.0f}' for v in best)} | {minutes:.1f} |")
+        rows.append(
+            f"| {env} | {name} | {spread(best)} | {spread(last)} | "
+            f"{' / '.join(f'{v:.0f}' for v in best)} | {minutes:.1f} |"
+        )
     plot_note = []
     if not args.no_save:
         png = RESULTS_DIR / "rl_returns.png"
         plot(curves, png)
         plot_note = [f"Learning curves (mean over seeds, band min-max): `{png.name}`.", ""]
-    report = "\n".join([
-        stamp(torch.device("cpu")), "",
-        f"TD3, PopSAN actor with CLIF neurons (T=5), **{args.steps} env steps** after {args.warmup} random warm-up"
-        f" steps (the paper trains 1M after 25k), {args.seeds} seeds, 10 evaluation episodes every"
-        f" {args.eval_every} steps; {args.jobs} run(s) at a time, {args.threads or 'default'} torch thread(s) each;"
-        f" this invocation's wall {time.perf_counter() - started:.0f} s (runs are in `{RUNS_FILE.name}`).", "",
-        "| env | actor norm | max eval return (mean ± std) | last eval return | max per seed | min / run (median) |",
-        "|---|---|---|---|---|---|", *rows, "", *plot_note,
-    ])
+    report = "\n".join(
+        [
+            stamp(torch.device("cpu")),
+            "",
+            f"TD3, PopSAN actor with CLIF neurons (T=5), **{args.steps} env steps** after {args.warmup} random warm-up"
+            f" steps (the paper trains 1M after 25k), {args.seeds} seeds, 10 evaluation episodes every"
+            f" {args.eval_every} steps; {args.jobs} run(s) at a time, {args.threads or 'default'} torch thread(s) each;"
+            f" this invocation's wall {time.perf_counter() - started:.0f} s (runs are in `{RUNS_FILE.name}`).",
+            "",
+            "| env | actor norm | max eval return (mean ± std) | last eval return | max per seed "
+            "| min / run (median) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            *plot_note,
+        ]
+    )
     publish("rl_returns", "TD3 returns with spiking actors: no BN vs BN vs CaRe-BN", report, save=not args.no_save)
 
 

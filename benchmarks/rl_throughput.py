@@ -72,8 +72,8 @@ import torch
 import torch.nn.functional as F
 from common import benchmark_parser, publish, stamp
 from lightning.pytorch import Callback, Trainer, seed_everything
-from spikenorm.callbacks import ReplayRecalibration
 
+from spikenorm.callbacks import ReplayRecalibration
 from spikenorm.models import LayerSpec
 from spikenorm.models.rl import PopSANActor, TwinQCritic
 from spikenorm.norm.carebn import ca_bn_updates
@@ -172,12 +172,12 @@ class NumpyReplay:
 
     def sample(self, n: int) -> tuple[torch.Tensor, ...]:
         idx = self.rng.integers(0, self.size, n)
-        return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.action, self.reward, self.next_obs,
-                                                         self.not_done))
+        return tuple(
+            torch.from_numpy(a[idx]) for a in (self.obs, self.action, self.reward, self.next_obs, self.not_done)
+        )
 
 
-def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams,
-              timers: Timers = NULL_TIMERS) -> Run:
+def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, timers: Timers = NULL_TIMERS) -> Run:
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
     env = gym.make(env_name)
@@ -185,8 +185,14 @@ def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams,
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
     high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-    actor = PopSANActor(obs_dim, act_dim, max_action=high.tolist(), hidden=hp.hidden, time_steps=hp.time_steps,
-                        layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"))
+    actor = PopSANActor(
+        obs_dim,
+        act_dim,
+        max_action=high.tolist(),
+        hidden=hp.hidden,
+        time_steps=hp.time_steps,
+        layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
+    )
     critic = TwinQCritic(obs_dim, act_dim, hidden=hp.hidden)
     actor_target = copy.deepcopy(actor).eval().requires_grad_(False)
     critic_target = copy.deepcopy(critic).eval().requires_grad_(False)
@@ -202,8 +208,9 @@ def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams,
         with timers.part("update"):
             with torch.no_grad():
                 next_action = actor_target(next_obs)
-                noise = (torch.randn_like(next_action) * hp.policy_noise * high).clamp(-hp.noise_clip * high,
-                                                                                      hp.noise_clip * high)
+                noise = (torch.randn_like(next_action) * hp.policy_noise * high).clamp(
+                    -hp.noise_clip * high, hp.noise_clip * high
+                )
                 next_action = torch.maximum(torch.minimum(next_action + noise, high), low)
                 q1_next, q2_next = critic_target(next_obs, next_action)
                 target = reward + hp.gamma * not_done * torch.minimum(q1_next, q2_next)
@@ -315,31 +322,63 @@ def instrument(task: SpikingTD3, timers: Timers) -> None:
     task.on_fit_start = wrapped_on_fit_start
 
 
-def run_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, frames_per_batch: int = 1,
-                  timers: Timers = NULL_TIMERS, label: str = "spikenorm") -> tuple[Run, SpikingTD3]:
+def run_spikenorm(
+    env_name: str,
+    warmup: int,
+    steps: int,
+    seed: int,
+    hp: HParams,
+    frames_per_batch: int = 1,
+    timers: Timers = NULL_TIMERS,
+    label: str = "spikenorm",
+) -> tuple[Run, SpikingTD3]:
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
     total = warmup + steps
-    task = SpikingTD3(env_name=env_name, total_env_steps=total, warmup_steps=warmup, algorithm="td3",
-                      time_steps=hp.time_steps, hidden=hp.hidden, batch_size=hp.batch_size, buffer_size=hp.buffer_size,
-                      frames_per_batch=frames_per_batch, gamma=hp.gamma, tau=hp.tau, policy_delay=hp.policy_delay,
-                      exploration_noise=hp.exploration_noise, policy_noise=hp.policy_noise, noise_clip=hp.noise_clip,
-                      actor_lr=hp.lr, critic_lr=hp.lr, eval_every=total + 1, seed=seed,
-                      actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"))
+    task = SpikingTD3(
+        env_name=env_name,
+        total_env_steps=total,
+        warmup_steps=warmup,
+        algorithm="td3",
+        time_steps=hp.time_steps,
+        hidden=hp.hidden,
+        batch_size=hp.batch_size,
+        buffer_size=hp.buffer_size,
+        frames_per_batch=frames_per_batch,
+        gamma=hp.gamma,
+        tau=hp.tau,
+        policy_delay=hp.policy_delay,
+        exploration_noise=hp.exploration_noise,
+        policy_noise=hp.policy_noise,
+        noise_clip=hp.noise_clip,
+        actor_lr=hp.lr,
+        critic_lr=hp.lr,
+        eval_every=total + 1,
+        seed=seed,
+        actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
+    )
     if timers is not NULL_TIMERS:
         instrument(task, timers)
-    rebn = TimedReplayRecalibration(every_n_env_steps=PAPER_REBN_EVERY, num_batches=REBN_BATCHES,
-                                    batch_size=REBN_BATCH_SIZE)
+    rebn = TimedReplayRecalibration(
+        every_n_env_steps=PAPER_REBN_EVERY, num_batches=REBN_BATCHES, batch_size=REBN_BATCH_SIZE
+    )
     clock = StepClock(warmup, timers)
     # ReplayRecalibration refuses a schedule that never runs: attach it only to runs long enough to trigger it
     callbacks = [rebn, clock] if total >= PAPER_REBN_EVERY else [clock]
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1, callbacks=callbacks)
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+    )
     trainer.fit(task)
     end = time.perf_counter()
     timers.enabled = False
-    run = Run(label, end - start, clock.end - clock.post_start, task.env_steps - warmup, task.updates,
-              rebn.durations)
+    run = Run(label, end - start, clock.end - clock.post_start, task.env_steps - warmup, task.updates, rebn.durations)
     return run, task
 
 
@@ -358,10 +397,16 @@ def code_state() -> str:
     """Commit of the checkout and the library files that differ from it (results depend on them)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "callbacks"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "callbacks"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "code state unknown (no git)"
     changed = [line[3:] for line in dirty if line.strip()]
@@ -393,12 +438,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="timed env steps (one update each) after warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames-per-batch", type=int, default=10,
-                        help="extra SpikingTD3 row with this frames_per_batch (0: none)")
+    parser.add_argument(
+        "--frames-per-batch", type=int, default=10, help="extra SpikingTD3 row with this frames_per_batch (0: none)"
+    )
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-part timer run")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile top list of a spikenorm run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for both loops (0: torch's default); see the module doc")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both loops (0: torch's default); see the module doc",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -421,8 +471,7 @@ def main() -> None:
             rebn[mode].append(time_rebn(task, mode))
         del task
         if args.frames_per_batch > 1:
-            run, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, args.frames_per_batch,
-                                   label=fpb_label)
+            run, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, args.frames_per_batch, label=fpb_label)
             runs[fpb_label].append(run)
         print(" | ".join(f"{k}: {v[-1].steps_per_s:.1f} steps/s" for k, v in runs.items()), flush=True)
     load_after = os.getloadavg()
@@ -430,53 +479,71 @@ def main() -> None:
     median_sps = {k: statistics.median(x.steps_per_s for x in v) for k, v in runs.items()}
     ratio = median_sps["spikenorm"] / median_sps["plain"]
     t_step = 1.0 / median_sps["spikenorm"]
-    rebn_med = {mode: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
-                for mode, v in rebn.items()}
+    rebn_med = {
+        mode: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for mode, v in rebn.items()
+    }
     share = {mode: sec / (PAPER_REBN_EVERY * t_step) for mode, (sec, _) in rebn_med.items()}
     in_run = [d for x in runs["spikenorm"] for d in x.rebn_in_run_s]
 
     lines = [
         stamp(device),
         "",
-        (f"`{args.env}`, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with one "
-        f"TD3 update each (batch {hp.batch_size}, PopSAN actor CLIF/CaRe-BN T={hp.time_steps}, twin-Q critic "
-        f"{list(hp.hidden)}); loops alternated, {args.repeats} repeats (seeds {args.seed}..{args.seed + args.repeats - 1}),"
-        f" medians. Steps/s over the post-warm-up part only (timestamps at the end of env step {args.warmup} and"
-        f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
-        f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
-        f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
-        f"torch threads {torch.get_num_threads()}; {code_state()}."),
+        (
+            f"`{args.env}`, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with one "
+            f"TD3 update each (batch {hp.batch_size}, PopSAN actor CLIF/CaRe-BN T={hp.time_steps}, twin-Q critic "
+            f"{list(hp.hidden)}); loops alternated, {args.repeats} repeats "
+            f"(seeds {args.seed}..{args.seed + args.repeats - 1}),"
+            f" medians. Steps/s over the post-warm-up part only (timestamps at the end of env step {args.warmup} and"
+            f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
+            f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
+            f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
+            f"torch threads {torch.get_num_threads()}; {code_state()}."
+        ),
         "",
-        "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates | vs plain |",
+        "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates "
+        "| vs plain |",
         "|---|---|---|---|---|---|---|",
     ]
     for k, v in runs.items():
         per = ", ".join(f"{x.steps_per_s:.1f}" for x in v)
-        lines.append(f"| {k} | {median_sps[k]:.1f} | {per} | {1e3 / median_sps[k]:.2f} | "
-                     f"{statistics.median(x.total_s for x in v):.1f} | {v[0].updates} | "
-                     f"{median_sps[k] / median_sps['plain']:.3f}x |")
+        lines.append(
+            f"| {k} | {median_sps[k]:.1f} | {per} | {1e3 / median_sps[k]:.2f} | "
+            f"{statistics.median(x.total_s for x in v):.1f} | {v[0].updates} | "
+            f"{median_sps[k] / median_sps['plain']:.3f}x |"
+        )
     verdict = "PASS" if ratio >= 0.9 else "FAIL"
     lines += [
         "",
         f"**Throughput ratio spikenorm / plain = {ratio:.3f} (target >= 0.9): {verdict}.**",
         "",
-        (f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
-        f"observations from the replay buffer, then `recalibrate_bn` on the trained actor), median of "
-        f"{args.repeats}. Share at the paper's rate = t_recalibration / ({PAPER_REBN_EVERY} x t_env_step), "
-        f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm post-warm-up):"),
+        (
+            f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
+            f"observations from the replay buffer, then `recalibrate_bn` on the trained actor), median of "
+            f"{args.repeats}. Share at the paper's rate = t_recalibration / ({PAPER_REBN_EVERY} x t_env_step), "
+            f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm post-warm-up):"
+        ),
         "",
         "| mode | s / re-calibration | of which recalibrate_bn | share of training time | target <= 3% |",
         "|---|---|---|---|---|",
     ]
     for mode, (sec, inner) in rebn_med.items():
-        lines.append(f"| {mode} | {sec:.3f} | {inner:.3f} | {share[mode]:.2%} | "
-                     f"{'PASS' if share[mode] <= 0.03 else 'FAIL'} |")
+        lines.append(
+            f"| {mode} | {sec:.3f} | {inner:.3f} | {share[mode]:.2%} | {'PASS' if share[mode] <= 0.03 else 'FAIL'} |"
+        )
     if in_run:
-        lines += ["", f"In-run re-calibrations by the callback (every {PAPER_REBN_EVERY} env steps): "
-                  + ", ".join(f"{d:.3f} s" for d in in_run)]
+        lines += [
+            "",
+            f"In-run re-calibrations by the callback (every {PAPER_REBN_EVERY} env steps): "
+            + ", ".join(f"{d:.3f} s" for d in in_run),
+        ]
     else:
-        lines += ["", (f"(The runs are shorter than {PAPER_REBN_EVERY} env steps, so the attached callback did not "
-                  "fire; the share above is computed from the timed re-calibrations.)")]
+        lines += [
+            "",
+            (
+                f"(The runs are shorter than {PAPER_REBN_EVERY} env steps, so the attached callback did not "
+                "fire; the share above is computed from the timed re-calibrations.)"
+            ),
+        ]
 
     if not args.no_breakdown:
         seed = args.seed
@@ -485,11 +552,13 @@ def main() -> None:
         spike, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, timers=t_spike)
         lines += [
             "",
-            (f"Where the time goes (one extra instrumented run each, seed {seed}, post-warm-up part: plain "
-            f"{plain.steps_per_s:.1f} steps/s, spikenorm {spike.steps_per_s:.1f} steps/s). Parts nest for "
-            "spikenorm: `training_step` holds `collector next`, `buffer extend`, `buffer sample`, "
-            "`update (incl. self.log)`, `_log_episodes` and the throughput `self.log` calls; "
-            "the rest of the wall time is Lightning's loop (and the callbacks)."),
+            (
+                f"Where the time goes (one extra instrumented run each, seed {seed}, post-warm-up part: plain "
+                f"{plain.steps_per_s:.1f} steps/s, spikenorm {spike.steps_per_s:.1f} steps/s). Parts nest for "
+                "spikenorm: `training_step` holds `collector next`, `buffer extend`, `buffer sample`, "
+                "`update (incl. self.log)`, `_log_episodes` and the throughput `self.log` calls; "
+                "the rest of the wall time is Lightning's loop (and the callbacks)."
+            ),
             "",
             "| loop | part | calls | ms / env step | share of wall |",
             "|---|---|---|---|---|",
@@ -498,18 +567,29 @@ def main() -> None:
         ]
         ts = t_spike.seconds
         outside = spike.post_s - ts["training_step"]
-        in_step_other = ts["training_step"] - sum(ts[k] for k in ("collector next", "buffer extend", "buffer sample",
-                                                                   "update (incl. self.log)", "_log_episodes"))
+        in_step_other = ts["training_step"] - sum(
+            ts[k]
+            for k in ("collector next", "buffer extend", "buffer sample", "update (incl. self.log)", "_log_episodes")
+        )
         lines += [
-            (f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | {outside / spike.steps * 1e3:.3f} | "
-            f"{outside / spike.post_s:.1%} |"),
-            (f"| spikenorm | rest of training_step (throughput self.log, ...) | | "
-            f"{in_step_other / spike.steps * 1e3:.3f} | {in_step_other / spike.post_s:.1%} |"),
+            (
+                f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | "
+                f"{outside / spike.steps * 1e3:.3f} | "
+                f"{outside / spike.post_s:.1%} |"
+            ),
+            (
+                f"| spikenorm | rest of training_step (throughput self.log, ...) | | "
+                f"{in_step_other / spike.steps * 1e3:.3f} | {in_step_other / spike.post_s:.1%} |"
+            ),
         ]
     lines.append("")
     report = "\n".join(lines)
-    publish("rl_throughput", "RL throughput: SpikingTD3 vs a plain PyTorch TD3 loop, and Re-BN's share",
-            report, save=not args.no_save)
+    publish(
+        "rl_throughput",
+        "RL throughput: SpikingTD3 vs a plain PyTorch TD3 loop, and Re-BN's share",
+        report,
+        save=not args.no_save,
+    )
     if args.profile:
         print(profile_spikenorm(args.env, args.warmup, args.steps, args.seed, hp, top=45))
 

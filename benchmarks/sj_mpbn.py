@@ -48,26 +48,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF, SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.norm.mpbn import MPBN
+from spikenorm.synapse import TimeDistributed
 
 
 def _import_spikingjelly() -> tuple[Any, Any, Any, Any]:
     try:
         from spikingjelly.activation_based import functional, layer, neuron, surrogate
-    except (
-        ImportError
-    ) as err:  # spikingjelly missing, or one of its own imports (e.g. loguru)
+    except ImportError as err:  # spikingjelly missing, or one of its own imports (e.g. loguru)
         raise ImportError(
             "spikingjelly_fold_flips needs SpikingJelly 2.x (`pip install spikingjelly`; it imports "
             f"`loguru` at start-up): importing spikingjelly.activation_based failed with: {err}"
         ) from err
     if not hasattr(neuron, "MPBNLIFNode"):
-        raise ImportError(
-            "spikingjelly_fold_flips needs SpikingJelly >= 2.0 (neuron.MPBNLIFNode is missing)"
-        )
+        raise ImportError("spikingjelly_fold_flips needs SpikingJelly >= 2.0 (neuron.MPBNLIFNode is missing)")
     return functional, layer, neuron, surrogate
 
 
@@ -77,9 +73,7 @@ def _import_spikingjelly() -> tuple[Any, Any, Any, Any]:
 def _sj_conv(layer: Any, conv: nn.Conv2d, norm: TimeMajorNorm | None) -> nn.Module:
     """SpikingJelly multi-step Conv2d computing ``norm(conv(x))`` (eval-mode norm folded in, float64)."""
     if conv.padding_mode != "zeros":
-        raise ValueError(
-            f"only zero-padded convolutions are supported, got padding_mode={conv.padding_mode!r}"
-        )
+        raise ValueError(f"only zero-padded convolutions are supported, got padding_mode={conv.padding_mode!r}")
     sj = layer.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -92,11 +86,7 @@ def _sj_conv(layer: Any, conv: nn.Conv2d, norm: TimeMajorNorm | None) -> nn.Modu
         step_mode="m",
     ).to(torch.float64)
     w = conv.weight.detach().double()
-    b = (
-        conv.bias.detach().double()
-        if conv.bias is not None
-        else torch.zeros(conv.out_channels, dtype=torch.float64)
-    )
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
     if norm is not None:
         if norm.fold_target == "identity":
             pass
@@ -115,36 +105,24 @@ def _sj_conv(layer: Any, conv: nn.Conv2d, norm: TimeMajorNorm | None) -> nn.Modu
     return sj
 
 
-def _sj_neuron(
-    neuron_mod: Any, surrogate: Any, ours: SpikingNeuron, name: str
-) -> nn.Module:
+def _sj_neuron(neuron_mod: Any, surrogate: Any, ours: SpikingNeuron, name: str) -> nn.Module:
     """SpikingJelly ``MPBNLIFNode`` with our LIF constants and our MPBN statistics and affine."""
     if type(ours) is not LIF:
-        raise ValueError(
-            f"neuron '{name}' is {type(ours).__name__}; only spikenorm LIF maps to MPBNLIFNode"
-        )
+        raise ValueError(f"neuron '{name}' is {type(ours).__name__}; only spikenorm LIF maps to MPBNLIFNode")
     norm = ours.membrane_norm
     if not isinstance(norm, MPBN):
-        raise TypeError(
-            f"neuron '{name}' has membrane_norm {type(norm).__name__}, expected MPBN"
-        )
+        raise TypeError(f"neuron '{name}' has membrane_norm {type(norm).__name__}, expected MPBN")
     if norm.elementwise:
-        raise ValueError(
-            f"neuron '{name}': element-wise MPBN has no SpikingJelly counterpart (channel-wise only)"
-        )
+        raise ValueError(f"neuron '{name}': element-wise MPBN has no SpikingJelly counterpart (channel-wise only)")
     if ours.reset != "hard" or ours.reset_value != 0.0:
         # SpikingJelly leaks towards v_reset (v - (v - v_reset)/tau); ours leaks towards 0
-        raise ValueError(
-            f"neuron '{name}': only hard reset to 0 maps exactly (got {ours.reset}, {ours.reset_value})"
-        )
+        raise ValueError(f"neuron '{name}': only hard reset to 0 maps exactly (got {ours.reset}, {ours.reset_value})")
     if ours.threshold.ndim != 0:
         raise ValueError(
             f"neuron '{name}': SpikingJelly needs a scalar v_threshold, got shape {tuple(ours.threshold.shape)}"
         )
     if not 0.0 < ours.decay < 1.0:
-        raise ValueError(
-            f"neuron '{name}': decay {ours.decay} has no SpikingJelly tau (tau = 1/(1-decay) must be > 1)"
-        )
+        raise ValueError(f"neuron '{name}': decay {ours.decay} has no SpikingJelly tau (tau = 1/(1-decay) must be > 1)")
     channels = norm.num_features
     node = neuron_mod.MPBNLIFNode(
         tau=float(1.0 / (1.0 - ours.decay)),
@@ -160,25 +138,17 @@ def _sj_neuron(
     with torch.no_grad():
         node.vbn.running_mean.copy_(norm.running_mean.double())
         node.vbn.running_var.copy_(norm.running_var.double())
-        node.vbn.weight.copy_(
-            norm.weight.double() if norm.weight is not None else torch.ones(channels)
-        )
-        node.vbn.bias.copy_(
-            norm.bias.double() if norm.bias is not None else torch.zeros(channels)
-        )
+        node.vbn.weight.copy_(norm.weight.double() if norm.weight is not None else torch.ones(channels))
+        node.vbn.bias.copy_(norm.bias.double() if norm.bias is not None else torch.zeros(channels))
     node.vbn.eps = float(norm.eps)
     return node
 
 
-def _convert(
-    model: nn.Module, sj: tuple[Any, Any, Any, Any]
-) -> tuple[nn.Sequential, list[str]]:
+def _convert(model: nn.Module, sj: tuple[Any, Any, Any, Any]) -> tuple[nn.Sequential, list[str]]:
     """SpikingJelly version of ``model.features`` and the qualified names of our neurons, in order."""
     _, layer, neuron_mod, surrogate = sj
     if not isinstance(getattr(model, "features", None), nn.Sequential):
-        raise TypeError(
-            f"expected a spikenorm SpikingVGG (a `features` Sequential), got {type(model).__name__}"
-        )
+        raise TypeError(f"expected a spikenorm SpikingVGG (a `features` Sequential), got {type(model).__name__}")
     modules: list[nn.Module] = []
     names: list[str] = []
 
@@ -239,9 +209,7 @@ def _convert(
         elif isinstance(inner, (nn.Identity, nn.Dropout)):
             continue
         else:
-            raise TypeError(
-                f"layer '{name}' ({type(inner).__name__}) has no SpikingJelly counterpart here"
-            )
+            raise TypeError(f"layer '{name}' ({type(inner).__name__}) has no SpikingJelly counterpart here")
     flush()
     return nn.Sequential(*modules).eval(), names
 
@@ -266,15 +234,11 @@ def _run_sj(
 
 
 @torch.no_grad()
-def _run_ours(
-    model: nn.Module, x: Tensor, names: list[str]
-) -> tuple[Tensor, list[Tensor]]:
+def _run_ours(model: nn.Module, x: Tensor, names: list[str]) -> tuple[Tensor, list[Tensor]]:
     recorded: dict[str, Tensor] = {}
     modules = dict(model.named_modules())
     handles = [
-        modules[name].register_forward_hook(
-            lambda m, i, out, name=name: recorded.__setitem__(name, out.clone())
-        )
+        modules[name].register_forward_hook(lambda m, i, out, name=name: recorded.__setitem__(name, out.clone()))
         for name in names
     ]
     try:
@@ -356,9 +320,7 @@ def spikingjelly_fold_flips(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
     functional, _, neuron_mod, _ = sj
     ours = copy.deepcopy(model).to(torch.float64).eval()
     x = inputs.detach().to(torch.float64)
-    head = nn.Sequential(
-        copy.deepcopy(ours.dropout), copy.deepcopy(ours.classifier)
-    ).eval()
+    head = nn.Sequential(copy.deepcopy(ours.dropout), copy.deepcopy(ours.classifier)).eval()
 
     def build(fold: dict[str, bool] | None) -> tuple[nn.Sequential, list[str]]:
         net, names = _convert(ours, sj)
@@ -374,12 +336,8 @@ def spikingjelly_fold_flips(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
     residual, _ = build({"normalize_residual": True})
 
     ref_logits, ref = _run_sj(unfolded, head, x, neuron_mod.MPBNLIFNode, functional)
-    def_logits, def_spikes = _run_sj(
-        default, head, x, neuron_mod.MPBNLIFNode, functional
-    )
-    res_logits, res_spikes = _run_sj(
-        residual, head, x, neuron_mod.MPBNLIFNode, functional
-    )
+    def_logits, def_spikes = _run_sj(default, head, x, neuron_mod.MPBNLIFNode, functional)
+    res_logits, res_spikes = _run_sj(residual, head, x, neuron_mod.MPBNLIFNode, functional)
     our_logits, our_spikes = _run_ours(ours, x, names)
 
     modules = dict(ours.named_modules())
@@ -390,14 +348,10 @@ def spikingjelly_fold_flips(model: nn.Module, inputs: Tensor) -> dict[str, Any]:
     vs_ours = _compare(our_spikes, ref, names, negative, our_logits, ref_logits)
     return {
         "default": _compare(ref, def_spikes, names, negative, ref_logits, def_logits),
-        "normalize_residual": _compare(
-            ref, res_spikes, names, negative, ref_logits, res_logits
-        ),
+        "normalize_residual": _compare(ref, res_spikes, names, negative, ref_logits, res_logits),
         "sj_unfolded_vs_ours_mismatch_rate": vs_ours["rate"],
         "sj_unfolded_vs_ours": vs_ours,
-        "sj_default_folded_vs_ours": _compare(
-            our_spikes, def_spikes, names, negative, our_logits, def_logits
-        ),
+        "sj_default_folded_vs_ours": _compare(our_spikes, def_spikes, names, negative, our_logits, def_logits),
         "sj_normalize_residual_folded_vs_ours": _compare(
             our_spikes, res_spikes, names, negative, our_logits, res_logits
         ),
@@ -441,55 +395,47 @@ def _format(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def example_model(
-    negate_last: bool = True, seed: int = 0, time_steps: int = 4
-) -> tuple[nn.Module, Tensor]:
+def example_model(negate_last: bool = True, seed: int = 0, time_steps: int = 4) -> tuple[nn.Module, Tensor]:
     """Our small SpikingVGG with running statistics moved by training-mode forwards on random data,
     half of the last neuron layer's MPBN gammas negated (``negate_last``), in eval mode; and a test batch."""
     from spikenorm.models import LayerSpec, SpikingVGG
 
     torch.manual_seed(seed)
-    model = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
-                       layers=LayerSpec(norm="tdbn", membrane_norm="mpbn",
-                                        neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike"))
+    model = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=10,
+        input_size=8,
+        layers=LayerSpec(
+            norm="tdbn", membrane_norm="mpbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike"
+        ),
+    )
     model.train()
     with torch.no_grad():
         for _ in range(10):
             model(torch.rand(time_steps, 32, 1, 8, 8))
         if negate_last:
-            last = [m for m in model.modules() if isinstance(m, SpikingNeuron)][
-                -1
-            ].membrane_norm
+            last = [m for m in model.modules() if isinstance(m, SpikingNeuron)][-1].membrane_norm
             last.weight[: last.num_features // 2] *= -1
     model.eval()
     return model, torch.rand(time_steps, 64, 1, 8, 8)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-steps", type=int, default=4)
-    parser.add_argument(
-        "--json", action="store_true", help="print the full result dicts as JSON"
-    )
+    parser.add_argument("--json", action="store_true", help="print the full result dicts as JSON")
     args = parser.parse_args()
 
     from spikenorm.fold import check_equivalence, fold_model
 
     for negate in (True, False):
-        model, x = example_model(
-            negate_last=negate, seed=args.seed, time_steps=args.time_steps
-        )
+        model, x = example_model(negate_last=negate, seed=args.seed, time_steps=args.time_steps)
         ours = check_equivalence(model, fold_model(model), x, dtype=torch.float64)
         result = spikingjelly_fold_flips(model, x)
-        print(
-            f"=== {'half of the last layer MPBN gammas negated' if negate else 'control: all gammas positive'}"
-        )
-        print(
-            f"spikenorm fold_model: {ours.flipped_spikes} flipped of {ours.total_spikes} spikes"
-        )
+        print(f"=== {'half of the last layer MPBN gammas negated' if negate else 'control: all gammas positive'}")
+        print(f"spikenorm fold_model: {ours.flipped_spikes} flipped of {ours.total_spikes} spikes")
         print(json.dumps(result, indent=1) if args.json else _format(result))
 
 

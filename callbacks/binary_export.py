@@ -16,7 +16,6 @@ from spikenorm.binary_packing import ModelSize, load_packed, model_size, save_pa
 from spikenorm.callbacks.plumbing import batch_inputs, model_inputs, output_folder, task_network
 from spikenorm.modes import eval_mode
 
-
 #: samples of the first training batch kept to check the reloaded model on
 CHECK_SAMPLES = 8
 
@@ -50,15 +49,19 @@ class PackedBinaryExport(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         network = task_network(pl_module, "PackedBinaryExport")
         if not binary_layers(network):
-            raise ValueError("PackedBinaryExport needs a LightningModule whose `model` has binary-weight layers "
-                             "(build it with binary_weights=True or spikenorm.binary.binarize_model)")
+            raise ValueError(
+                "PackedBinaryExport needs a LightningModule whose `model` has binary-weight layers "
+                "(build it with binary_weights=True or spikenorm.binary.binarize_model)"
+            )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._inputs is None:
             inputs = batch_inputs(batch)
             if not isinstance(inputs, Tensor):
-                raise TypeError(f"PackedBinaryExport checks the reloaded model on the first training batch's inputs: "
-                                f"expected a tensor or (inputs, targets), got {type(inputs).__name__}")
+                raise TypeError(
+                    f"PackedBinaryExport checks the reloaded model on the first training batch's inputs: "
+                    f"expected a tensor or (inputs, targets), got {type(inputs).__name__}"
+                )
             self._inputs = inputs[:CHECK_SAMPLES].detach().cpu().clone()  # a few samples, off the accelerator
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -135,8 +135,9 @@ class BNRecalibration(Callback):
         if loader in _flatten_loaders(trainer.train_dataloader):
             return  # the training loader itself (a stream): drawing a batch now would consume or restart it
         batch = pl_module.transfer_batch_to_device(next(iter(loader)), pl_module.device, 0)
-        check_resettable(self.network(pl_module), batch, forward=lambda _, b: self.forward(pl_module, b),
-                         reset_fn=self.reset_fn)
+        check_resettable(
+            self.network(pl_module), batch, forward=lambda _, b: self.forward(pl_module, b), reset_fn=self.reset_fn
+        )
 
     def _check_length(self, loader: DataLoader) -> None:
         available = _length(loader)
@@ -180,12 +181,14 @@ class BNRecalibration(Callback):
             return loader  # no index sampler to replace: use it as it is
         seed = self.seed + trainer.current_epoch
         if trainer.world_size > 1:
-            sampler = DistributedSampler(loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                         shuffle=True, seed=seed)
+            sampler = DistributedSampler(
+                loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True, seed=seed
+            )
         else:
             sampler = RandomSampler(loader.dataset, generator=torch.Generator().manual_seed(seed))
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          collate_fn=loader.collate_fn, num_workers=0)
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn, num_workers=0
+        )
 
     def recalibrate(self, trainer: Trainer, pl_module: LightningModule) -> RecalibrationReport:
         """Recalibrate now; returns the report (also kept as ``last_report``)."""
@@ -194,8 +197,12 @@ class BNRecalibration(Callback):
         batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
         with eval_mode(pl_module):
             report = recalibrate_bn(
-                self.network(pl_module), batches, forward=lambda _, batch: self.forward(pl_module, batch),
-                mode=self.mode, num_batches=self.num_batches, reset_fn=self.reset_fn,
+                self.network(pl_module),
+                batches,
+                forward=lambda _, batch: self.forward(pl_module, batch),
+                mode=self.mode,
+                num_batches=self.num_batches,
+                reset_fn=self.reset_fn,
             )
         self.last_report = report
         self.recalibrations += 1
@@ -209,9 +216,13 @@ class BNRecalibration(Callback):
         metrics = {"recalibration/seconds": report.seconds}
         if self.log_layers:
             for name, layer in report.layers.items():
-                metrics.update({f"recalibration/mean_shift/{name}": layer.mean_shift,
-                                f"recalibration/var_shift/{name}": layer.var_shift,
-                                f"recalibration/stat_error/{name}": layer.stat_error})
+                metrics.update(
+                    {
+                        f"recalibration/mean_shift/{name}": layer.mean_shift,
+                        f"recalibration/var_shift/{name}": layer.var_shift,
+                        f"recalibration/stat_error/{name}": layer.stat_error,
+                    }
+                )
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

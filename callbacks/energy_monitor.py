@@ -132,7 +132,12 @@ class EnergyMonitor(Callback):
         self._live = OpCounter(network, exclude).start()
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if self._live is None:
@@ -158,8 +163,9 @@ class EnergyMonitor(Callback):
                 continue
             counter.all_reduce()
             if counter.samples == 0:
-                rank_zero_warn(f"EnergyMonitor: no validation samples were counted for the "
-                               f"{'folded' if suffix else 'live'} model")
+                rank_zero_warn(
+                    f"EnergyMonitor: no validation samples were counted for the {'folded' if suffix else 'live'} model"
+                )
                 continue
             for key, value in self._metrics(counter.report(self.costs, steps), suffix).items():
                 # identical on every rank after all_reduce, so their mean over ranks (sync_dist) is the value itself

@@ -118,19 +118,35 @@ class FoldNormalization(Callback):
         accuracy = (report.folded_output.mean(0).argmax(-1) == y).double().mean()
         size = len(y)
         pl_module.log(f"{stage}/acc_folded", accuracy.float(), batch_size=size, sync_dist=True)
-        pl_module.log(f"{stage}/flipped_spikes_folded", float(report.flipped_spikes), reduce_fx="sum",
-                      batch_size=size, sync_dist=True)
-        pl_module.log(f"{stage}/max_abs_diff_folded", report.max_abs_diff, reduce_fx="max", batch_size=size,
-                      sync_dist=True)
+        pl_module.log(
+            f"{stage}/flipped_spikes_folded",
+            float(report.flipped_spikes),
+            reduce_fx="sum",
+            batch_size=size,
+            sync_dist=True,
+        )
+        pl_module.log(
+            f"{stage}/max_abs_diff_folded", report.max_abs_diff, reduce_fx="max", batch_size=size, sync_dist=True
+        )
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         self._check_batch(pl_module, batch, "val")
 
     def on_test_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         self._check_batch(pl_module, batch, "test")
@@ -150,12 +166,17 @@ class FoldNormalization(Callback):
         example = self._example.to(next(folded.parameters()).dtype)
         batch = torch.export.Dim("batch")
         try:
-            program = torch.export.export(folded, (example.expand(-1, 2, *example.shape[2:]).contiguous(),),
-                                          dynamic_shapes={"x": {1: batch}}, strict=False)
+            program = torch.export.export(
+                folded,
+                (example.expand(-1, 2, *example.shape[2:]).contiguous(),),
+                dynamic_shapes={"x": {1: batch}},
+                strict=False,
+            )
             torch.export.save(program, path)
         except Exception as err:  # export support varies by model and torch version: keep the .pt file
-            rank_zero_warn(f"FoldNormalization: torch.export of the folded model failed ({err}); "
-                           f"kept {self.saved_paths[0]}")
+            rank_zero_warn(
+                f"FoldNormalization: torch.export of the folded model failed ({err}); kept {self.saved_paths[0]}"
+            )
             return
         self.saved_paths.append(path)
 

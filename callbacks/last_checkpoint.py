@@ -30,8 +30,7 @@ class LastCheckpoint(ModelCheckpoint):
         if every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be >= 0 (0: epoch ends only), got {every_n_train_steps}")
         # always last.ckpt (no last-v1.ckpt beside an older one): --ckpt_path last reads that name
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=1,
-                         enable_version_counter=False)
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=1, enable_version_counter=False)
         self.every_n_train_steps_last = every_n_train_steps
 
     @property
@@ -48,8 +47,9 @@ class LastCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Nothing: ``ModelCheckpoint`` would save here only after a ranked save, which this callback never makes."""
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         every = self.every_n_train_steps_last
         if every and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -115,8 +115,10 @@ def require_task(pl_module: LightningModule, protocol: type, owner: str) -> None
     for member, expected in members.items():
         value = getattr(pl_module, member)
         if isinstance(expected, type) and not isinstance(value, expected):
-            raise TypeError(f"{owner}: {name}.{member} must be a {_type_name(expected)} ({protocol.__name__}), got "
-                            f"{type(value).__name__}")
+            raise TypeError(
+                f"{owner}: {name}.{member} must be a {_type_name(expected)} ({protocol.__name__}), got "
+                f"{type(value).__name__}"
+            )
 
 
 def _type_name(cls: type) -> str:
@@ -179,8 +181,9 @@ def batch_samples(batch: Any) -> int:
 # -- where files go -----------------------------------------------------------------------------------------
 
 
-def output_folder(trainer: Trainer, dirpath: str | Path | None = None,
-                  beside: Literal["checkpoints", "logs"] = "checkpoints") -> Path:
+def output_folder(
+    trainer: Trainer, dirpath: str | Path | None = None, beside: Literal["checkpoints", "logs"] = "checkpoints"
+) -> Path:
     """The folder a callback writes its files to, created if missing.
 
     ``dirpath`` when the user gave one; else the checkpoint folder (``beside="checkpoints"``:
@@ -189,8 +192,7 @@ def output_folder(trainer: Trainer, dirpath: str | Path | None = None,
     """
     if beside not in ("checkpoints", "logs"):
         raise ValueError(f"beside must be 'checkpoints' or 'logs', got {beside!r}")
-    run_folder = (getattr(trainer.checkpoint_callback, "dirpath", None) if beside == "checkpoints"
-                  else trainer.log_dir)
+    run_folder = getattr(trainer.checkpoint_callback, "dirpath", None) if beside == "checkpoints" else trainer.log_dir
     folder = Path(dirpath or run_folder or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

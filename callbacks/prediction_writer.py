@@ -35,8 +35,9 @@ class PredictionWriter(BasePredictionWriter):
         self.dirpath = dirpath
         self.written: list[Path] = []
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
-                           batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         several = bool(predictions) and isinstance(predictions[0], list)  # one list per predict dataloader
         per_loader = predictions if several else [predictions]
         per_loader_indices = batch_indices or [None] * len(per_loader)  # Lightning lists these per dataloader
@@ -59,10 +60,11 @@ class PredictionWriter(BasePredictionWriter):
 def _merged(batches: list[Any], indices: list[Any] | None) -> dict[str, torch.Tensor]:
     """One dataloader's per-batch dicts concatenated along the batch, plus the sampler's indices if known."""
     if not all(isinstance(batch, dict) for batch in batches):
-        raise TypeError(f"PredictionWriter expects predict_step to return a dict of tensors per batch, got "
-                        f"{type(batches[0]).__name__}")
+        raise TypeError(
+            f"PredictionWriter expects predict_step to return a dict of tensors per batch, got "
+            f"{type(batches[0]).__name__}"
+        )
     merged = {key: torch.cat([batch[key].detach().cpu() for batch in batches]) for key in batches[0]}
     if indices and all(index is not None for index in indices):
         merged["batch_indices"] = torch.tensor([i for batch in indices for i in batch])
     return merged
-

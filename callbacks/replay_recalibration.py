@@ -39,8 +39,11 @@ class ReplayRecalibration(Callback):
         mode: Literal["exact", "single_pass"] = "exact",
     ) -> None:
         super().__init__()
-        for name, value in (("every_n_env_steps", every_n_env_steps), ("num_batches", num_batches),
-                            ("batch_size", batch_size)):
+        for name, value in (
+            ("every_n_env_steps", every_n_env_steps),
+            ("num_batches", num_batches),
+            ("batch_size", batch_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if mode not in ("exact", "single_pass"):
@@ -73,8 +76,9 @@ class ReplayRecalibration(Callback):
                 f"for total_env_steps={total}; set every_n_env_steps to at most {total}"
             )
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         steps = pl_module.env_steps
         if steps - self.last_env_steps < self.every_n_env_steps or len(pl_module.replay_buffer) == 0:
             return

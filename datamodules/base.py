@@ -36,9 +36,7 @@ class EpochShuffleSampler(DistributedSampler):
     ``len()`` is always the full share (``num_samples``), so the loader's length stays one full epoch.
     """
 
-    def __init__(
-        self, dataset: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0
-    ) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(
             dataset,
             num_replicas=num_replicas,
@@ -100,20 +98,12 @@ class ResumableDataLoader(DataLoader):
     ) -> None:
         if sampler is None and kwargs.get("batch_sampler") is None:
             if shuffle is False:
-                raise ValueError(
-                    "ResumableDataLoader shuffles; pass a sampler for another order, got shuffle=False"
-                )
-            sampler = EpochShuffleSampler(
-                dataset, seed=seed, num_replicas=num_replicas, rank=rank
-            )
+                raise ValueError("ResumableDataLoader shuffles; pass a sampler for another order, got shuffle=False")
+            sampler = EpochShuffleSampler(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
             shuffle = None
-        super().__init__(
-            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, **kwargs
-        )
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, **kwargs)
         self.seed = seed
-        self._position = (
-            0  # batches of the current epoch already yielded (or skipped on resume)
-        )
+        self._position = 0  # batches of the current epoch already yielded (or skipped on resume)
         self._resume_pending = False
 
     @property
@@ -154,9 +144,7 @@ class ResumableDataLoader(DataLoader):
             )
             if saved[:2] != now[:2] and saved[0] and saved[1]:
                 # keep the number of samples consumed this epoch as close as possible
-                batches = (
-                    batches * int(saved[0]) * int(saved[1])
-                ) // self._samples_per_step()
+                batches = (batches * int(saved[0]) * int(saved[1])) // self._samples_per_step()
         if batches >= len(self):  # the checkpoint closed its epoch: start the next one
             epoch, batches = epoch + 1, 0
         set_epoch = getattr(self.sampler, "set_epoch", None)
@@ -172,10 +160,7 @@ class ResumableDataLoader(DataLoader):
         self._position = skip
         fetch_and_drop = 0
         if skip:
-            if (
-                isinstance(self.sampler, EpochShuffleSampler)
-                and self.batch_size is not None
-            ):
+            if isinstance(self.sampler, EpochShuffleSampler) and self.batch_size is not None:
                 self.sampler.start_at(skip * self.batch_size)
             else:
                 fetch_and_drop = skip
@@ -228,9 +213,7 @@ class SplitDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, split: str) -> DataLoader:
         if dataset is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: call setup() before requesting the {split} dataloader"
-            )
+            raise RuntimeError(f"{type(self).__name__}: call setup() before requesting the {split} dataloader")
         workers = self.hparams.num_workers
         common = {
             "batch_size": self.hparams.batch_size,
@@ -240,9 +223,7 @@ class SplitDataModule(LightningDataModule):
         if split != "train":
             return DataLoader(dataset, shuffle=False, **common)
         trainer = self.trainer
-        shard = (
-            trainer.distributed_sampler_kwargs if trainer is not None else None
-        ) or {}
+        shard = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
         return ResumableDataLoader(
             dataset,
             seed=self.hparams.split_seed,
@@ -263,7 +244,6 @@ class SplitDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Predictions run over the test split (``spikenorm predict``)."""
         return self._loader(self.test_dataset, "predict")
-
 
 
 def stratified_holdout(labels: Sequence[int], held_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from spikenorm.datamodules.base import SplitDataModule, stratified_holdout
 from torch.utils.data import TensorDataset
+
+from spikenorm.datamodules.base import SplitDataModule, stratified_holdout
 
 
 class DigitsDataModule(SplitDataModule):

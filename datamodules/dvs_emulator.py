@@ -54,6 +54,7 @@ few seconds on one CPU core.
 from __future__ import annotations
 
 import numpy as np
+
 from spikenorm.datamodules.events import EVENT_DTYPE
 
 __all__ = [
@@ -309,6 +310,4 @@ def image_to_events(
     offsets = saccade_offsets(frames, amplitude)
     stack = np.stack([shift_image(img, dx, dy, canvas) for dx, dy in offsets]) + bg
     times = np.linspace(0.0, duration, frames)
-    return emulate_events(
-        stack, times, threshold=threshold, log_eps=log_eps, noise_rate_hz=noise_rate_hz, rng=rng
-    )
+    return emulate_events(stack, times, threshold=threshold, log_eps=log_eps, noise_rate_hz=noise_rate_hz, rng=rng)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.datasets import load_digits
+from tqdm.auto import tqdm
+
 from spikenorm.datamodules.base import stratified_holdout
 from spikenorm.datamodules.dvs_emulator import image_to_events
 from spikenorm.datamodules.errors import (
@@ -28,7 +30,6 @@ from spikenorm.datamodules.event_frames import (
 )
 from spikenorm.datamodules.events import EVENT_DTYPE
 from spikenorm.datamodules.frame_augment import FrameAugmentation
-from tqdm.auto import tqdm
 
 GENERATOR_VERSION = 1  # bump when the emulator or the rendering changes the events of the same settings
 
@@ -74,7 +75,9 @@ class EventDigits:
         self.transform = transform
         settings = f"v{GENERATOR_VERSION}|canvas{canvas}|thr{threshold!r}|noise{noise_rate_hz!r}|seed{seed}"
         self.signature = hashlib.sha256(settings.encode()).hexdigest()[:16]
-        self.path = os.path.join(cache_dir or default_cache_dir(), f"event_digits-v{GENERATOR_VERSION}-{self.signature}.npz")
+        self.path = os.path.join(
+            cache_dir or default_cache_dir(), f"event_digits-v{GENERATOR_VERSION}-{self.signature}.npz"
+        )
         events, offsets, targets = load_or_rebuild(
             self.path, self._load, lambda path: self._generate(canvas, threshold, noise_rate_hz, seed, progress)
         )
@@ -86,8 +89,10 @@ class EventDigits:
         with reading(path, self.file_format, cache_entry_fix(path)), np.load(path) as stored:
             events, offsets, targets = stored["events"], stored["offsets"], stored["targets"]
         if len(offsets) != len(targets) + 1 or offsets[-1] != len(events):
-            problem = (f"its {len(offsets)} offsets (last {offsets[-1]}) do not match {len(targets)} targets and "
-                       f"{len(events)} events")
+            problem = (
+                f"its {len(offsets)} offsets (last {offsets[-1]}) do not match {len(targets)} targets and "
+                f"{len(events)} events"
+            )
             raise CorruptDataError.for_file(path, self.file_format, problem, cache_entry_fix(path))
         return events, offsets, targets
 
@@ -95,7 +100,10 @@ class EventDigits:
         digits = load_digits()
         streams = [
             image_to_events(
-                image / 16.0, canvas=canvas, threshold=threshold, noise_rate_hz=noise_rate_hz,
+                image / 16.0,
+                canvas=canvas,
+                threshold=threshold,
+                noise_rate_hz=noise_rate_hz,
                 rng=np.random.default_rng([seed, index]),
             )
             for index, image in enumerate(tqdm(digits.images, desc="event-digits", disable=not progress))
@@ -187,4 +195,6 @@ class EventDigitsDataModule(EventFrameDataModule):
         return {"all": self.events_dataset(transform)}
 
     def _test_holdout(self, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-        return stratified_holdout(targets, math.ceil(self.hparams.test_fraction * len(targets)), self.hparams.split_seed)
+        return stratified_holdout(
+            targets, math.ceil(self.hparams.test_fraction * len(targets)), self.hparams.split_seed
+        )

@@ -19,6 +19,10 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import torch
+from tonic.transforms import Downsample, ToFrame
+from torch import Tensor
+from torch.utils.data import Dataset
+
 from spikenorm.datamodules.base import (
     SplitDataModule,
     TransformedSubset,
@@ -32,9 +36,6 @@ from spikenorm.datamodules.errors import (
     temporary_path,
 )
 from spikenorm.datamodules.frame_augment import FrameAugmentation
-from tonic.transforms import Downsample, ToFrame
-from torch import Tensor
-from torch.utils.data import Dataset
 
 SplitBy = Literal["number", "time"]
 FrameEngine = Literal["exact", "tonic"]
@@ -57,8 +58,14 @@ class EventsToFrames:
     timestamp in the second (on event-digits, up to a few percent of a recording's events).
     """
 
-    def __init__(self, sensor_size: tuple[int, int, int], time_bins: int, size: int | None = None,
-                 split_by: SplitBy = "number", engine: FrameEngine = "exact") -> None:
+    def __init__(
+        self,
+        sensor_size: tuple[int, int, int],
+        time_bins: int,
+        size: int | None = None,
+        split_by: SplitBy = "number",
+        engine: FrameEngine = "exact",
+    ) -> None:
         if time_bins < 1:
             raise ValueError(f"EventsToFrames expects time_bins >= 1, got {time_bins}")
         if split_by not in ("number", "time"):
@@ -91,9 +98,15 @@ class EventsToFrames:
         else:
             t = events["t"].astype(np.float64)
             span = t[-1] - t[0]
-            slice_of = np.zeros(count, np.int64) if span <= 0 else np.minimum(steps - 1, (steps * (t - t[0]) / span).astype(np.int64))
+            slice_of = (
+                np.zeros(count, np.int64)
+                if span <= 0
+                else np.minimum(steps - 1, (steps * (t - t[0]) / span).astype(np.int64))
+            )
         channel = (events["p"].astype(np.int64) > 0).astype(np.int64) if polarities > 1 else 0
-        flat = ((slice_of * polarities + channel) * height + events["y"].astype(np.int64)) * width + events["x"].astype(np.int64)
+        flat = ((slice_of * polarities + channel) * height + events["y"].astype(np.int64)) * width + events["x"].astype(
+            np.int64
+        )
         counts = np.bincount(flat, minlength=steps * polarities * height * width)
         return counts.reshape(steps, polarities, height, width).astype(np.int16)
 
@@ -127,16 +140,19 @@ class FrameCache(Dataset):
         return os.path.join(self.cache_path, f"{index}_0.hdf5")
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return load_or_rebuild(self.entry(index), lambda path: self._load(path, index),
-                               lambda path: self._write(path, index))
+        return load_or_rebuild(
+            self.entry(index), lambda path: self._load(path, index), lambda path: self._write(path, index)
+        )
 
     def _load(self, path: str, index: int) -> tuple[np.ndarray, int]:
         with reading(path, self.entry_format, cache_entry_fix(path)), h5py.File(path, "r") as f:
             frames, target = f["data/0"][()], f["target/0"][()]
         expected = self.dataset.targets[index]
         if frames.shape != self.frame_shape or target != expected:
-            problem = (f"it holds frames of shape {frames.shape} and target {target}, the sample has frames of shape "
-                       f"{self.frame_shape} and target {expected}")
+            problem = (
+                f"it holds frames of shape {frames.shape} and target {target}, the sample has frames of shape "
+                f"{self.frame_shape} and target {expected}"
+            )
             raise CorruptDataError.for_file(path, self.entry_format, problem, cache_entry_fix(path))
         return frames, int(target)
 
@@ -170,8 +186,9 @@ def as_augmentation(value: FrameAugmentation | Mapping[str, Any] | None) -> Fram
         if "class_path" in value and not str(value["class_path"]).endswith("FrameAugmentation"):
             raise TypeError(f"augmentation must be a FrameAugmentation, got class_path {value['class_path']!r}")
         return FrameAugmentation(**dict(value.get("init_args", {}) if "class_path" in value else value))
-    raise TypeError(f"augmentation must be a FrameAugmentation, a mapping of its arguments or None, "
-                    f"got {type(value).__name__}")
+    raise TypeError(
+        f"augmentation must be a FrameAugmentation, a mapping of its arguments or None, got {type(value).__name__}"
+    )
 
 
 def sample_list_signature(dataset: Any, root: str) -> str:
@@ -310,8 +327,9 @@ class EventFrameDataModule(SplitDataModule):
             raise ValueError(f"{name}: unknown split_by {hp.split_by!r}; available: number, time")
         side = min(self.native_sensor_size[:2])
         if hp.sensor_size is not None and not 1 <= hp.sensor_size <= side:
-            raise ValueError(f"{name} expects sensor_size (the downsampled side) in [1, {side}] or None, "
-                             f"got {hp.sensor_size}")
+            raise ValueError(
+                f"{name} expects sensor_size (the downsampled side) in [1, {side}] or None, got {hp.sensor_size}"
+            )
         if not 0.0 < hp.val_fraction < 1.0:
             raise ValueError(f"{name} expects val_fraction in the open interval (0, 1), got {hp.val_fraction}")
         if hp.batch_size < 1:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
+
 from spikenorm.datamodules.errors import CorruptDataError, reading
 from spikenorm.datamodules.events import EVENT_DTYPE
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
 from spikenorm.datamodules.base import stratified_holdout
 from spikenorm.datamodules.event_frames import (
     EventFrameDataModule,
@@ -158,8 +159,7 @@ class TonicDataModule(EventFrameDataModule):
         if split_convention not in DVS_DATASETS[dataset].readers:
             datasets = sorted(name for name, spec in DVS_DATASETS.items() if split_convention in spec.readers)
             raise ValueError(
-                f"split_convention={split_convention!r} applies to {', '.join(datasets)} only, "
-                f"got dataset={dataset!r}"
+                f"split_convention={split_convention!r} applies to {', '.join(datasets)} only, got dataset={dataset!r}"
             )
         if test_split not in ("stratified", "per_class"):
             raise ValueError(f"unknown test_split {test_split!r}; available: per_class, stratified")

@@ -23,6 +23,7 @@ import pickle
 import struct
 
 import numpy as np
+
 from spikenorm.datamodules.events import EVENT_DTYPE
 
 
@@ -353,8 +354,9 @@ def write_ibm_gesture(
                 "class": c - 1,
                 "start": start,
                 "end": end,
-                "events": valid[(valid["t"] >= start) & (valid["t"] < end)][list(EVENT_DTYPE.names)]
-                .astype(EVENT_DTYPE),
+                "events": valid[(valid["t"] >= start) & (valid["t"] < end)][list(EVENT_DTYPE.names)].astype(
+                    EVENT_DTYPE
+                ),
             }
             for c, start, end in segments
         ]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import tonic
 from numpy.lib import recfunctions
+
 from spikenorm.datamodules.errors import CorruptDataError, reading
 
 
@@ -80,8 +81,11 @@ class _LocalFirst:
             return
         x_range, y_range = (events["x"].min(), events["x"].max()), (events["y"].min(), events["y"].max())
         if x_range[0] < 0 or y_range[0] < 0 or x_range[1] >= width or y_range[1] >= height:
-            raise self.corrupt(path, f"it holds events outside the {width}x{height} sensor "
-                                     f"(x in [{x_range[0]}, {x_range[1]}], y in [{y_range[0]}, {y_range[1]}])")
+            raise self.corrupt(
+                path,
+                f"it holds events outside the {width}x{height} sensor "
+                f"(x in [{x_range[0]}, {x_range[1]}], y in [{y_range[0]}, {y_range[1]}])",
+            )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         """``(events, target)`` of sample ``index``, transformed as tonic does; a damaged file raises a
@@ -159,4 +163,3 @@ class NMNIST(_LocalFirst, tonic.datasets.NMNIST):
             raise self.corrupt(path, f"its size, {size} bytes, is not a positive multiple of 5")
         events = tonic.datasets.nmnist.read_mnist_file(path, dtype=self.dtype)
         return events[events["t"] < 1e5] if self.first_saccade_only else events
-

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from spikenorm.datamodules.base import SplitDataModule, TransformedSubset
-from spikenorm.datamodules.errors import reading
 from torchvision import datasets, transforms
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
+
+from spikenorm.datamodules.base import SplitDataModule, TransformedSubset
+from spikenorm.datamodules.errors import reading
 
 VisionDatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 

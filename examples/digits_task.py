@@ -43,12 +43,15 @@ def fit_with_callbacks(task: DigitsTask, run_name: str, argv: list[str] | None =
     parser.add_argument("--max-epochs", type=int, default=10)
     args = parser.parse_args(argv)
     trainer = L.Trainer(
-        max_epochs=args.max_epochs, accelerator="cpu",
+        max_epochs=args.max_epochs,
+        accelerator="cpu",
         logger=WandbLogger(project="spikenorm-examples", name=run_name),  # offline without an API key
         callbacks=[BNRecalibration(num_batches=10), SpikeMonitor(), EnergyMonitor(folded=False)],
     )
     trainer.fit(task, DigitsDataModule())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"val/acc {metrics['val/acc']:.3f}  firing rate {metrics['spikes/mean_rate']:.3f}  "
-          f"energy {metrics['energy/uj']:.4f} uJ/sample (ANN {metrics['energy/ann_uj']:.4f})")
+    print(
+        f"val/acc {metrics['val/acc']:.3f}  firing rate {metrics['spikes/mean_rate']:.3f}  "
+        f"energy {metrics['energy/uj']:.4f} uJ/sample (ANN {metrics['energy/ann_uj']:.4f})"
+    )
     return metrics

@@ -120,12 +120,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     L.seed_everything(0)
     # --8<-- [start:use]
-    layers = LayerSpec(norm="pooled_bn", neuron="decay_input_lif", surrogate="fast_sigmoid",
-                       neuron_kwargs={"decay": 0.5, "threshold": 0.5}, surrogate_kwargs={"slope": 4.0})
+    layers = LayerSpec(
+        norm="pooled_bn",
+        neuron="decay_input_lif",
+        surrogate="fast_sigmoid",
+        neuron_kwargs={"decay": 0.5, "threshold": 0.5},
+        surrogate_kwargs={"slope": 4.0},
+    )
     network = SpikingVGG("small", in_channels=1, num_classes=10, layers=layers)
     task = SpikingClassifier(network, time_steps=4, optimizer=functools.partial(torch.optim.Adam, lr=5e-3))
-    trainer = L.Trainer(max_epochs=args.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        callbacks=[ThresholdLogger()])
+    trainer = L.Trainer(
+        max_epochs=args.max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[ThresholdLogger()],
+    )
     trainer.fit(task, DigitsDataModule())
     folded = fold_model(network.eval())  # PooledBN goes into the convolution weights
     x = torch.rand(4, 8, 1, 8, 8)
@@ -135,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     metrics["flipped_spikes_folded"] = float(report.flipped_spikes)
     metrics["nir_nodes"] = float(len(graph.nodes))
-    print(f"val/acc {metrics['val/acc']:.3f}; folded model: {report.flipped_spikes} flipped spikes, "
-          f"max |output difference| {report.max_abs_diff:.2g} (float64); NIR graph of {len(graph.nodes)} nodes")
+    print(
+        f"val/acc {metrics['val/acc']:.3f}; folded model: {report.flipped_spikes} flipped spikes, "
+        f"max |output difference| {report.max_abs_diff:.2g} (float64); NIR graph of {len(graph.nodes)} nodes"
+    )
     return metrics
 
 

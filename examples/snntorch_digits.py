@@ -1,6 +1,6 @@
 """An snnTorch CNN trained with Lightning, with spikenorm's callbacks attached (bundled digits, CPU).
 
-    python examples/snntorch_digits.py            # about 15 s on 2 CPU cores, 97% val accuracy
+python examples/snntorch_digits.py            # about 15 s on 2 CPU cores, 97% val accuracy
 """
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from __future__ import annotations
 import lightning as L
 import snntorch as snn
 import torch
+from digits_task import DigitsTask, fit_with_callbacks
 from snntorch import surrogate, utils
 from torch import nn
-
-from digits_task import DigitsTask, fit_with_callbacks
 
 
 class ConvSNN(nn.Module):

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from test_bn_recalibration_callback import RecordingRecalibration, loaders
-
 from peer_models import PeerClassifier
+from test_bn_recalibration_callback import RecordingRecalibration, loaders
 
 
 class SaveRankResults(Callback):
@@ -23,16 +22,27 @@ class SaveRankResults(Callback):
         self.out_dir, self.recorder = out_dir, recorder
 
     def on_train_end(self, trainer: Trainer, pl_module: PeerClassifier) -> None:
-        batches = self.recorder.seen[-self.recorder.num_batches:]
-        torch.save({"state": pl_module.model.state_dict(), "batches": batches},
-                   Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+        batches = self.recorder.seen[-self.recorder.num_batches :]
+        torch.save(
+            {"state": pl_module.model.state_dict(), "batches": batches},
+            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+        )
 
 
 def main(out_dir: str) -> None:
     recorder = RecordingRecalibration(num_batches=2)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, callbacks=[recorder, SaveRankResults(out_dir, recorder)])
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, SaveRankResults(out_dir, recorder)],
+    )
     trainer.fit(PeerClassifier("snntorch"), *loaders())
 
 

@@ -12,9 +12,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import LIF
 from spikenorm.norm import build_norm
+from spikenorm.synapse import TimeDistributed
 
 T, B, C, H = 4, 6, 2, 4
 FEATURES = 4
@@ -85,8 +85,10 @@ BUILDERS = {"spikenorm": spikenorm_net, "snntorch": snntorch_net, "spikingjelly"
 def data(num_batches: int = 5, seed: int = 1) -> list[Tensor]:
     """Batches with different means and scales, so running statistics differ from any single batch."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(T, B, C, H, H, generator=g, dtype=torch.float64) * (1 + 0.3 * j) + 0.2 * j
-            for j in range(num_batches)]
+    return [
+        torch.randn(T, B, C, H, H, generator=g, dtype=torch.float64) * (1 + 0.3 * j) + 0.2 * j
+        for j in range(num_batches)
+    ]
 
 
 def library_reset(library: str, model: nn.Module) -> None:

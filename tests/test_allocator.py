@@ -31,8 +31,12 @@ print(resident_mib() - before)
 
 @pytest.mark.skipif(not GLIBC, reason="glibc malloc only")
 def test_freed_memory_stays_mapped_only_when_retained():
-    kept = {mode: float(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("default", "retain")}
+    kept = {
+        mode: float(
+            subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True).stdout
+        )
+        for mode in ("default", "retain")
+    }
     assert kept["default"] < 64, kept  # glibc unmapped the block on free
     assert kept["retain"] > 200, kept  # the block's pages stay in the heap for reuse
 

@@ -13,8 +13,7 @@ from spikenorm.binary import BinaryConv2d, BinaryLayer, BinaryLinear, SignSTE, b
 from spikenorm.binary_packing import PACKED_FORMAT_KEY, load_packed, model_size, pack_binary, save_packed
 from spikenorm.fold import fold_model
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
-from spikenorm.synapse import TimeDistributed
-from spikenorm.synapse import TraceSynapse
+from spikenorm.synapse import TimeDistributed, TraceSynapse
 
 
 def np_sign(w: np.ndarray) -> np.ndarray:
@@ -99,7 +98,14 @@ def test_from_float_copies_parameters_and_config() -> None:
     conv = nn.Conv2d(2, 6, (3, 1), stride=(1, 2), padding=(1, 0), dilation=1, groups=2, bias=False).double()
     b = BinaryConv2d.from_float(conv, clip=0.5, alpha_grad=False)
     assert torch.equal(b.weight, conv.weight) and b.bias is None and b.weight.dtype == torch.float64
-    assert (b.kernel_size, b.stride, b.padding, b.groups, b.clip, b.alpha_grad) == ((3, 1), (1, 2), (1, 0), 2, 0.5, False)
+    assert (b.kernel_size, b.stride, b.padding, b.groups, b.clip, b.alpha_grad) == (
+        (3, 1),
+        (1, 2),
+        (1, 0),
+        2,
+        0.5,
+        False,
+    )
     assert b.weight.data_ptr() != conv.weight.data_ptr()
     lin = nn.Linear(4, 3)
     bl = BinaryLinear.from_float(lin)
@@ -349,7 +355,9 @@ def test_model_size() -> None:
 def test_fold_refuses_binary_layers() -> None:
     model = SpikingVGG(cfg=[8, 8, "A"], in_channels=1, num_classes=3, layers=LayerSpec(norm="tdbn"))
     assert binarize_model(model) == ["features.1.0.module"]
-    with pytest.raises(ValueError, match=r"features\.1\.0.*binary-weight layer.*folding into binary weights is not supported"):
+    with pytest.raises(
+        ValueError, match=r"features\.1\.0.*binary-weight layer.*folding into binary weights is not supported"
+    ):
         fold_model(model)
     mlp = SpikingMLP(16, 3, hidden=(8, 8))  # a bare (unwrapped) binary layer is traced through by fx
     binarize_model(mlp)

@@ -14,22 +14,33 @@ from spikenorm.tasks import SpikingClassifier
 
 
 def trainer(tmp_path, callback):
-    return Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path, callbacks=[callback])
+    return Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
 
 
 def test_packed_model_written_and_exact(tmp_path):
     seed_everything(0)
-    network = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10,
-                         layers=LayerSpec(binary_weights=True, shortcuts="per_layer"))
+    network = SpikingVGG(
+        [8, 8, "A", 16], in_channels=1, num_classes=10, layers=LayerSpec(binary_weights=True, shortcuts="per_layer")
+    )
     callback = PackedBinaryExport()
     task = SpikingClassifier(network, time_steps=2)
     trainer(tmp_path, callback).fit(task, DigitsDataModule(batch_size=32))
     assert callback.path is not None and callback.path.exists()
     assert callback.max_abs_diff == 0.0
     assert 0 < callback.size.ratio < 0.5 and callback.size.binary_weights > 0
-    fresh = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10,
-                       layers=LayerSpec(binary_weights=True, shortcuts="per_layer"))
+    fresh = SpikingVGG(
+        [8, 8, "A", 16], in_channels=1, num_classes=10, layers=LayerSpec(binary_weights=True, shortcuts="per_layer")
+    )
     load_packed(fresh, callback.path)
     x = task.encode(torch.rand(5, 1, 8, 8))
     assert torch.equal(fresh.eval()(x), network.eval()(x))

@@ -37,8 +37,16 @@ class RecordingRecalibration(BNRecalibration):
 
 
 def trainer(tmp_path, callback, **kwargs):
-    options = dict(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    options = dict(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     options.update(kwargs)
     return Trainer(callbacks=[callback], **options)
 
@@ -93,9 +101,11 @@ def test_draws_a_different_shuffled_subset_each_epoch(tmp_path):
 
 
 def test_errors(tmp_path):
-    for kwargs, message in [({"num_batches": 0}, "num_batches must be >= 1"),
-                            ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
-                            ({"mode": "fast"}, "mode must be")]:
+    for kwargs, message in [
+        ({"num_batches": 0}, "num_batches must be >= 1"),
+        ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
+        ({"mode": "fast"}, "mode must be"),
+    ]:
         with pytest.raises(ValueError, match=message):
             BNRecalibration(**kwargs)
     with pytest.raises(ValueError, match=r"num_batches=7\): the training data gives only 6 batch"):
@@ -115,8 +125,19 @@ def test_errors(tmp_path):
 
 # variables that would make the script's Lightning join another launch, resume a W&B run or reuse a seed
 # that an earlier test left in os.environ (seed_everything sets PL_GLOBAL_SEED, which seeds DDP's samplers)
-_INHERITED = ("WANDB_", "PL_", "MASTER_", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE",
-              "LOCAL_WORLD_SIZE", "TORCHELASTIC_", "SLURM_")
+_INHERITED = (
+    "WANDB_",
+    "PL_",
+    "MASTER_",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_",
+    "SLURM_",
+)
 # A hang guard, not a speed limit: the test takes 15 s on an idle 2-core machine but took 257 s at load 12 (other
 # runs sharing the cores), so the former 300 s limit failed correct runs on a busy machine.
 _HANG_GUARD_S = 1800
@@ -127,11 +148,14 @@ def run_ddp_script(out_dir: Path) -> None:
     process's PYTHONPATH. On failure the message holds the run's output, and the whole process
     group (rank 1 included) is killed, so no rank outlives the test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED)}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent),
-                                                                               os.environ.get("PYTHONPATH")])))
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+    )
     command = [sys.executable, str(Path(__file__).parent / "ddp_bn_recalibration.py"), str(out_dir)]
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as run:
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    ) as run:
 
         def kill_group() -> None:
             with contextlib.suppress(ProcessLookupError):
@@ -162,5 +186,6 @@ def test_ddp_two_processes_identical_and_equal_to_one_process_over_the_union(tmp
     union = ranks[0]["batches"] + ranks[1]["batches"]
     recalibrate_bn(single.model, union, forward=lambda _, batch: forward_inputs(single, batch))
     for key in stats:
-        np.testing.assert_allclose(ranks[0]["state"][key].numpy(), single.model.state_dict()[key].numpy(),
-                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            ranks[0]["state"][key].numpy(), single.model.state_dict()[key].numpy(), rtol=1e-12, atol=1e-14
+        )

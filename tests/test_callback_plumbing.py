@@ -64,9 +64,12 @@ def test_a_missing_member_is_named_with_the_protocol():
     task = ReplayTask()
     del task.replay_buffer
     task.env_steps = None
-    with pytest.raises(ValueError, match=r"^MyCallback needs a LightningModule that offers ReplayTaskLike \(`actor`, "
-                                         r"`replay_buffer`, `env_steps`; .*ReplayTask has no `replay_buffer`, "
-                                         r"`env_steps`$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^MyCallback needs a LightningModule that offers ReplayTaskLike \(`actor`, "
+        r"`replay_buffer`, `env_steps`; .*ReplayTask has no `replay_buffer`, "
+        r"`env_steps`$",
+    ):
         require_task(task, ReplayTaskLike, "MyCallback")
 
 
@@ -74,8 +77,11 @@ def test_a_member_of_the_wrong_type_is_refused():
     task = ReplayTask()
     del task.actor
     task.actor = lambda obs: obs
-    with pytest.raises(TypeError, match=r"^MyCallback: ReplayTask.actor must be a torch.nn.Module \(ReplayTaskLike\), "
-                                        r"got function$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^MyCallback: ReplayTask.actor must be a torch.nn.Module \(ReplayTaskLike\), "
+        r"got function$",
+    ):
         require_task(task, ReplayTaskLike, "MyCallback")
     task = ReplayTask()
     task.replay_buffer = 3
@@ -102,8 +108,11 @@ def test_output_folder_rules(tmp_path: Path):
     assert output_folder(bare) == tmp_path / "root"
     assert output_folder(bare, beside="logs") == tmp_path / "root"
     assert output_folder(bare, tmp_path / "mine") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
-    logged = Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path / "logs"),
-                     callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")])
+    logged = Trainer(
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path / "logs"),
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+    )
     assert output_folder(logged) == tmp_path / "ckpt"
     assert output_folder(logged, beside="logs") == Path(logged.log_dir)
     assert output_folder(logged, str(tmp_path / "mine"), beside="logs") == tmp_path / "mine"

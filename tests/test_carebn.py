@@ -42,8 +42,13 @@ def reference_filter(batches, momentum=0.8, count=255.0, prior="innovation", noi
 
 @pytest.mark.parametrize(
     "sample_count, prior, noise",
-    [(255.0, "innovation", "batch"), (None, "innovation", "batch"), (255.0, "debiased", "batch"),
-     (255.0, "debiased", "prior"), (None, "innovation", "prior")],
+    [
+        (255.0, "innovation", "batch"),
+        (None, "innovation", "batch"),
+        (255.0, "debiased", "batch"),
+        (255.0, "debiased", "prior"),
+        (None, "innovation", "prior"),
+    ],
 )
 def test_ca_bn_update_matches_reference_and_gains_are_in_unit_interval(sample_count, prior, noise):
     layer = build_norm("carebn", F, sample_count=sample_count, prior=prior, noise=noise).double()

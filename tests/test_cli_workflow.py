@@ -29,8 +29,14 @@ from spikenorm.wandb_runs import read_offline_run
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 USER_CONFIG = "# the user's own config.yaml: comments and all\nmine: true\n"
-SHORT = {"max_epochs": 1, "limit_train_batches": 12, "limit_val_batches": 2, "limit_test_batches": 2,
-         "enable_progress_bar": False, "log_every_n_steps": 2}
+SHORT = {
+    "max_epochs": 1,
+    "limit_train_batches": 12,
+    "limit_val_batches": 2,
+    "limit_test_batches": 2,
+    "enable_progress_bar": False,
+    "log_every_n_steps": 2,
+}
 
 
 def _recipe(folder: Path, every_n_train_steps: int = 0, **trainer: object) -> Path:
@@ -51,8 +57,14 @@ def _env(folder: Path) -> dict[str, str]:
 
 
 def _spikenorm(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "spikenorm.cli", *args], cwd=folder, env=_env(folder),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "spikenorm.cli", *args],
+        cwd=folder,
+        env=_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -71,9 +83,13 @@ def run(tmp_path_factory):
     (folder / "config.yaml").write_text(USER_CONFIG)
     done = _spikenorm(folder, "fit", "--config", str(_recipe(folder, **SHORT)))
     version = folder / "logs" / "quickstart" / "version_0"
-    return {"folder": folder, "stdout": done.stdout, "version": version,
-            "ckpt": version / "checkpoints" / "last.ckpt",
-            "wandb": next((folder / "logs" / "wandb").glob("offline-run-*"))}
+    return {
+        "folder": folder,
+        "stdout": done.stdout,
+        "version": version,
+        "ckpt": version / "checkpoints" / "last.ckpt",
+        "wandb": next((folder / "logs" / "wandb").glob("offline-run-*")),
+    }
 
 
 def _expected_run_config(flat: dict) -> None:
@@ -81,7 +97,10 @@ def _expected_run_config(flat: dict) -> None:
     assert flat["task.time_steps"] == 4 and flat["task.loss"] == "ce" and flat["task.check_finite"] is True
     assert flat["model.class_path"] == "spikenorm.models.vgg.SpikingVGG"
     assert (flat["model.layers.norm"], flat["model.layers.neuron"], flat["model.layers.surrogate"]) == (
-        "tdbn", "lif", "sigmoid")
+        "tdbn",
+        "lif",
+        "sigmoid",
+    )
     assert flat["model.layers.surrogate_kwargs.alpha"] == 4.0 and flat["model.cfg"] == "small"
     assert flat["optimizer.class_path"] == "torch.optim.adam.Adam" and flat["optimizer.lr"] == 0.005
     assert flat["optimizer.betas"] == [0.9, 0.999]  # the class's defaults are filled in
@@ -107,11 +126,19 @@ def test_python_built_task_logs_the_same_keys(run, tmp_path):
 
     model = SpikingVGG("small", in_channels=1, num_classes=10, layers=LayerSpec(surrogate_kwargs={"alpha": 4.0}))
     task = SpikingClassifier(
-        model, optimizer=functools.partial(torch.optim.Adam, lr=0.005),
+        model,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.005),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=20),
     )
-    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=CSVLogger(tmp_path),
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     from lightning.pytorch import seed_everything
 
     seed_everything(0)
@@ -135,9 +162,17 @@ def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
     line is used (the loss equals the same checkpoint evaluated in Python at that T, and differs from T=4)."""
     losses, root = {}, run["folder"] / "eval_t"
     for steps in (1, 4):
-        done = _spikenorm(run["folder"], "test", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
-                          "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false",
-                          f"--trainer.default_root_dir={root}", f"--model.init_args.eval_time_steps={steps}")
+        done = _spikenorm(
+            run["folder"],
+            "test",
+            "--ckpt_path",
+            str(run["ckpt"]),
+            "--trainer.logger=false",
+            "--trainer.limit_test_batches=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={root}",
+            f"--model.init_args.eval_time_steps={steps}",
+        )
         losses[steps] = _printed_metric(done.stdout, "test/loss")
     task = SpikingClassifier.load_from_checkpoint(run["ckpt"], eval_time_steps=1)
     trainer = Trainer(limit_test_batches=2, logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -151,22 +186,39 @@ def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
 
 def test_a_different_network_is_refused_with_the_differing_keys(run):
     """Row 4: CLI and Python refuse a checkpoint under another neuron or other norm options."""
-    done = _spikenorm(run["folder"], "test", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
-                      f"--trainer.default_root_dir={run['folder'] / 'refused'}",
-                      "--model.init_args.model.init_args.layers.neuron=if", check=False)
+    done = _spikenorm(
+        run["folder"],
+        "test",
+        "--ckpt_path",
+        str(run["ckpt"]),
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={run['folder'] / 'refused'}",
+        "--model.init_args.model.init_args.layers.neuron=if",
+        check=False,
+    )
     assert done.returncode != 0
     assert "different network" in done.stderr and "model.layers.neuron: 'lif' -> 'if'" in done.stderr
     with pytest.raises(ValueError, match=r"model\.layers\.norm_kwargs\.eps: \(absent\) -> 0\.001"):
         SpikingClassifier.load_from_checkpoint(
-            run["ckpt"], model=SpikingVGG("small", in_channels=1,
-                                          layers=LayerSpec(norm_kwargs={"eps": 1e-3}, surrogate_kwargs={"alpha": 4.0})))
+            run["ckpt"],
+            model=SpikingVGG(
+                "small", in_channels=1, layers=LayerSpec(norm_kwargs={"eps": 1e-3}, surrogate_kwargs={"alpha": 4.0})
+            ),
+        )
 
 
 def test_predict_writes_per_step_logits_and_classes(run):
     """Row 11: `spikenorm predict` writes predictions (per-step logits, class) under the run's folder."""
     out = run["folder"] / "predict_root"
-    done = _spikenorm(run["folder"], "predict", "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false",
-                      f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false")
+    done = _spikenorm(
+        run["folder"],
+        "predict",
+        "--ckpt_path",
+        str(run["ckpt"]),
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+    )
     path = out / "predictions.pt"
     assert str(path) in done.stdout
     predictions = torch.load(path, weights_only=True)
@@ -221,21 +273,28 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
 
     last = crashed / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
     (crashed / "killer.py").write_text(KILLER)  # the CLI runs with its working directory on sys.path
-    killed = _spikenorm(crashed, "fit", "--config", "recipe.yaml", "--trainer.callbacks+=killer.KillAt",
-                        "--trainer.callbacks.step=7", check=False)
+    killed = _spikenorm(
+        crashed,
+        "fit",
+        "--config",
+        "recipe.yaml",
+        "--trainer.callbacks+=killer.KillAt",
+        "--trainer.callbacks.step=7",
+        check=False,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     killed_at = int(torch.load(last, weights_only=True)["global_step"])
     assert killed_at == 6  # the last step save before the kill at step 7, mid-epoch 0 (10 steps an epoch)
 
-    missing = _spikenorm(tmp_path, "fit", "--config", str(crashed / "recipe.yaml"), "--ckpt_path", "last",
-                         check=False)
+    missing = _spikenorm(tmp_path, "fit", "--config", str(crashed / "recipe.yaml"), "--ckpt_path", "last", check=False)
     assert missing.returncode != 0 and "no last.ckpt" in missing.stderr  # nothing to resume here: an error
 
     resumed = _spikenorm(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
     assert f"resuming {Path('logs/quickstart/version_0/checkpoints/last.ckpt')}" in resumed.stderr
     assert sorted(p.name for p in (crashed / "logs" / "quickstart").iterdir()) == ["version_0"]
-    reference = torch.load(straight / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt",
-                           weights_only=True)
+    reference = torch.load(
+        straight / "logs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == reference["global_step"] == 20
     assert final["state_dict"].keys() == reference["state_dict"].keys()
@@ -269,8 +328,11 @@ def test_time_steps_are_given_once_and_linked_to_the_norms_and_the_frames(monkey
     tdbn = _parsed(QUICKSTART, "--model.init_args.time_steps=3")
     assert tdbn.model.hparams["model"]["init_args"]["layers"]["time_steps"] is None  # not needed: not in the config
     with pytest.raises(SystemExit):
-        _parsed(QUICKSTART, "--model.init_args.model.init_args.layers.norm=bntt",
-                "--model.init_args.model.init_args.layers.time_steps=2")
+        _parsed(
+            QUICKSTART,
+            "--model.init_args.model.init_args.layers.norm=bntt",
+            "--model.init_args.model.init_args.layers.time_steps=2",
+        )
     gesture = _parsed(DVS_GESTURE, "--data.init_args.root=" + str(tmp_path))
     assert gesture.datamodule.hparams.time_bins == 20 and gesture.model.hparams.time_steps == 14
     with pytest.raises(SystemExit):  # time_bins disagrees with eval_time_steps

@@ -38,8 +38,11 @@ def test_only_the_outermost_init_records_with_defaults_filled_in():
     config = describe(Child(3, inner=Base(5, colour="red")))
     assert config == {
         "class_path": f"{__name__}.Child",
-        "init_args": {"depth": 3, "sizes": [1, 2],
-                      "inner": {"class_path": f"{__name__}.Base", "init_args": {"width": 5, "colour": "red"}}},
+        "init_args": {
+            "depth": 3,
+            "sizes": [1, 2],
+            "inner": {"class_path": f"{__name__}.Base", "init_args": {"width": 5, "colour": "red"}},
+        },
     }
     rebuilt = instantiate(config)
     assert type(rebuilt) is Child and rebuilt.width == 6 and rebuilt.inner.width == 5
@@ -66,8 +69,10 @@ def test_a_partial_of_a_class_lists_every_argument_and_rebuilds_as_a_factory():
     assert config == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1, "momentum": 0.9, "dampening": 0}}
     complete = with_defaults(config)
     assert complete["init_args"]["lr"] == 0.1 and complete["init_args"]["nesterov"] is False  # defaults filled in
-    assert without_defaults(complete) == {"class_path": "torch.optim.sgd.SGD",
-                                          "init_args": {"lr": 0.1, "momentum": 0.9}}  # dampening=0 is the default
+    assert without_defaults(complete) == {
+        "class_path": "torch.optim.sgd.SGD",
+        "init_args": {"lr": 0.1, "momentum": 0.9},
+    }  # dampening=0 is the default
     factory = instantiate(config, partial=True)
     optimizer = factory([nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
@@ -88,8 +93,10 @@ def test_flatten_and_differences():
     layers = old["init_args"]["layers"]
     older = {**old, "init_args": {**old["init_args"], "layers": {k: v for k, v in layers.items() if k != "trace"}}}
     assert differences(older, old, "model") == []  # a layer field added since: the old config means its default
-    assert differences(old, {**old, "init_args": {**old["init_args"], "layers": {**layers, "norm_kwargs": None}}},
-                       "model") == []
+    assert (
+        differences(old, {**old, "init_args": {**old["init_args"], "layers": {**layers, "norm_kwargs": None}}}, "model")
+        == []
+    )
 
 
 def test_a_dataclass_argument_round_trips_through_its_fields():
@@ -101,10 +108,15 @@ def test_a_dataclass_argument_round_trips_through_its_fields():
     rebuilt = instantiate(config)
     assert rebuilt.features[1].neuron.decay == 0.5 and describe(rebuilt) == config
     # the YAML form: only the fields that differ from the defaults; the others are the dataclass's defaults
-    short = {"class_path": config["class_path"],
-             "init_args": {"cfg": [8, 8, "A", 16], "in_channels": 1, "num_classes": 3,
-                           "layers": {"norm": "bntt", "time_steps": 3, "neuron_kwargs": {"decay": 0.5},
-                                      "shortcuts": "per_layer"}}}
+    short = {
+        "class_path": config["class_path"],
+        "init_args": {
+            "cfg": [8, 8, "A", 16],
+            "in_channels": 1,
+            "num_classes": 3,
+            "layers": {"norm": "bntt", "time_steps": 3, "neuron_kwargs": {"decay": 0.5}, "shortcuts": "per_layer"},
+        },
+    }
     assert describe(instantiate(short)) == config
     assert differences(short, config, "model") == []
     assert differences({**short, "init_args": {**short["init_args"], "layers": {"norm": "tdbn"}}}, config, "model") == [

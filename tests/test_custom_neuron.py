@@ -151,8 +151,13 @@ def test_what_declares_nothing_runs_eager_with_a_reason():
 
 def test_nir_export_and_round_trip():
     torch.manual_seed(0)
-    model = nn.Sequential(TimeDistributed(nn.Linear(SHAPE[3], 8)), build_norm("bn", 8), DecayInputLIF(threshold=0.2),
-                          TimeDistributed(nn.Linear(8, 4)), DecayInputLIF(decay=0.5, threshold=0.1))
+    model = nn.Sequential(
+        TimeDistributed(nn.Linear(SHAPE[3], 8)),
+        build_norm("bn", 8),
+        DecayInputLIF(threshold=0.2),
+        TimeDistributed(nn.Linear(8, 4)),
+        DecayInputLIF(decay=0.5, threshold=0.1),
+    )
     x = 2 * torch.randn(SHAPE[0], SHAPE[1], SHAPE[3])
     with torch.no_grad():
         model.train()(x)  # running statistics away from (0, 1)
@@ -167,8 +172,10 @@ def test_nir_export_and_round_trip():
         spikes = folded(x)
         assert torch.equal(rebuilt(x), spikes) and 0 < spikes.mean() < 1
 
-    for neuron, match in ((TwoStageLIF(), "TwoStageLIF declares no NIR mapping for 2 current stages"),
-                          (SquaredLeakIF(), "SquaredLeakIF declares no NIR mapping")):
+    for neuron, match in (
+        (TwoStageLIF(), "TwoStageLIF declares no NIR mapping for 2 current stages"),
+        (SquaredLeakIF(), "SquaredLeakIF declares no NIR mapping"),
+    ):
         net = nn.Sequential(TimeDistributed(nn.Linear(SHAPE[3], 8)), neuron)
         with pytest.raises(ValueError, match=f"cannot export node '1' to NIR: {match}.*override"):
             to_nir(net, x[:, :1])
@@ -176,8 +183,14 @@ def test_nir_export_and_round_trip():
 
 def network(neuron_type: type[SpikingNeuron]) -> nn.Sequential:
     torch.manual_seed(1)
-    return nn.Sequential(TimeDistributed(nn.Linear(SHAPE[3], 8)), build_norm("bn", 8), neuron_type(threshold=0.2),
-                         TimeDistributed(nn.Linear(8, 6)), build_norm("bn", 6), neuron_type(threshold=0.2))
+    return nn.Sequential(
+        TimeDistributed(nn.Linear(SHAPE[3], 8)),
+        build_norm("bn", 8),
+        neuron_type(threshold=0.2),
+        TimeDistributed(nn.Linear(8, 6)),
+        build_norm("bn", 6),
+        neuron_type(threshold=0.2),
+    )
 
 
 @pytest.mark.parametrize("neuron_type", [DecayInputLIF, SquaredLeakIF])
@@ -198,8 +211,10 @@ def test_recalibration_and_monitoring(neuron_type):
 
     assert list(recognised_neurons(model)) == ["2", "5"]
     spikes = {}
-    hooks = [n.register_forward_hook(lambda m, args, out, name=name: spikes.setdefault(name, out))
-             for name, n in spiking_neurons(model)]
+    hooks = [
+        n.register_forward_hook(lambda m, args, out, name=name: spikes.setdefault(name, out))
+        for name, n in spiking_neurons(model)
+    ]
     with FiringRateRecorder(model) as recorder, torch.no_grad():
         model(batches[0])
     for handle in hooks:

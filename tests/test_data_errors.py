@@ -18,6 +18,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
+
 from spikenorm.datamodules import (
     CorruptDataError,
     EventDigits,
@@ -258,8 +259,9 @@ def test_frame_cache_entry_broken_after_rebuild_says_delete_it(cached_gesture, m
 def few_digits(monkeypatch):
     """EventDigits over the first 20 digits only, so that generating the archive takes no time."""
     digits = load_digits()
-    monkeypatch.setattr(event_digits_module, "load_digits", lambda: Bunch(images=digits.images[:20],
-                                                                          target=digits.target[:20]))
+    monkeypatch.setattr(
+        event_digits_module, "load_digits", lambda: Bunch(images=digits.images[:20], target=digits.target[:20])
+    )
 
 
 @pytest.mark.parametrize(
@@ -289,8 +291,12 @@ def test_broken_event_digits_archive_is_named_and_rebuilt(tmp_path, few_digits, 
         ("cifar10", write_cifar10, "cifar-10-batches-py/data_batch_3", ["pickle", "pickle data was truncated"]),
         ("cifar100", write_cifar100, "cifar-100-python/train", ["pickle", "pickle data was truncated"]),
         ("mnist", write_mnist, "MNIST/raw/train-images-idx3-ubyte", ["idx3-ubyte", "is invalid for input"]),
-        ("fashion_mnist", lambda root: write_mnist(root, "FashionMNIST"), "FashionMNIST/raw/t10k-labels-idx1-ubyte",
-         ["idx1-ubyte"]),
+        (
+            "fashion_mnist",
+            lambda root: write_mnist(root, "FashionMNIST"),
+            "FashionMNIST/raw/t10k-labels-idx1-ubyte",
+            ["idx1-ubyte"],
+        ),
     ],
 )
 def test_torchvision_truncated_file_is_named(tmp_path, name, writer, relative, words):
@@ -301,7 +307,6 @@ def test_torchvision_truncated_file_is_named(tmp_path, name, writer, relative, w
     with pytest.raises(CorruptDataError) as info:
         dm.setup()
     _names(info, path, *words, "Replace it with an intact copy")
-
 
 
 def test_temporary_names_never_collide_and_transient_os_errors_are_not_corruption(tmp_path):

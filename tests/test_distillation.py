@@ -57,8 +57,16 @@ def mlp(seed):
 
 
 def fit(task, data, tmp_path, steps=4):
-    trainer = Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = Trainer(
+        max_steps=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, data)
     return trainer
 

@@ -29,9 +29,7 @@ def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
         x = _data()[:, rank * B : (rank + 1) * B].clone().requires_grad_(True)
         layer = build_norm(name, C).double()
         layer(x).pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
-        torch.save(
-            {"mean": layer.running_mean, "var": layer.running_var, "grad": x.grad}, f"{out_dir}/rank{rank}.pt"
-        )
+        torch.save({"mean": layer.running_mean, "var": layer.running_var, "grad": x.grad}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -46,4 +44,6 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(name, tmp_pat
     for r, result in enumerate(ranks):
         np.testing.assert_allclose(result["mean"].numpy(), single.running_mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(result["var"].numpy(), single.running_var.numpy(), rtol=1e-12)
-        np.testing.assert_allclose(result["grad"].numpy(), x.grad[:, r * B : (r + 1) * B].numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            result["grad"].numpy(), x.grad[:, r * B : (r + 1) * B].numpy(), rtol=1e-9, atol=1e-12
+        )

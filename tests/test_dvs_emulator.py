@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from spikenorm.datamodules.dvs_emulator import (
     emulate_events,
     image_to_events,
@@ -260,6 +261,7 @@ def test_image_to_events_on_a_digit_and_tonic_frames():
     assert image_to_events(np.zeros((8, 8))).size == 0
 
     import tonic
+
     bins = 5
     to_frame = tonic.transforms.ToFrame(sensor_size=(16, 16, 2), n_time_bins=bins)
     frames = to_frame(events.copy())

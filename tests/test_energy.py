@@ -11,9 +11,9 @@ from torch import nn
 from spikenorm.energy import EnergyCosts, OpCounter, synaptic_ops
 from spikenorm.fold import check_equivalence, fold_model
 from spikenorm.models import LayerSpec, SpikingMLP
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import IF
 from spikenorm.norm import TimeMajorNorm
+from spikenorm.synapse import TimeDistributed
 
 
 def test_hand_computed_linear_neuron_linear() -> None:
@@ -94,8 +94,13 @@ def test_layers_inside_time_distributed_and_spikingjelly_containers() -> None:
     inner = nn.Conv2d(2, 4, 3, padding=1, stride=2)
     sj_conv = sj_layer.Conv2d(4, 4, 3, padding=1, step_mode="m")
     bn = sj_layer.BatchNorm2d(4, step_mode="m").eval()
-    net = nn.Sequential(TimeDistributed(inner), sj_neuron.IFNode(step_mode="m", v_threshold=0.1), sj_conv, bn,
-                        sj_layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)))
+    net = nn.Sequential(
+        TimeDistributed(inner),
+        sj_neuron.IFNode(step_mode="m", v_threshold=0.1),
+        sj_conv,
+        bn,
+        sj_layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)),
+    )
     x = torch.rand(T, B, 2, 8, 8)
     with torch.no_grad(), OpCounter(net) as counter:
         net(x)

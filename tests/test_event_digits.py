@@ -7,6 +7,7 @@ import pytest
 import tonic
 import torch
 from sklearn.datasets import load_digits
+
 from spikenorm.datamodules import (
     DigitsDataModule,
     EventDigits,
@@ -17,7 +18,6 @@ from spikenorm.datamodules import event_digits as event_digits_module
 from spikenorm.datamodules.dvs_emulator import image_to_events
 from spikenorm.datamodules.event_frames import EventsToFrames
 from spikenorm.datamodules.neuromorphic import DVS_DATASETS
-
 from spikenorm.models import SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 
@@ -54,9 +54,7 @@ def test_streams_are_generated_once_and_keyed_by_settings(cache_dir, monkeypatch
     assert again.path == first.path
     np.testing.assert_array_equal(again.data[42], first.data[42])
     with pytest.raises(AssertionError, match="should have been loaded"):
-        EventDigits(
-            cache_dir, threshold=0.3, progress=False
-        )  # other settings: another file, generated anew
+        EventDigits(cache_dir, threshold=0.3, progress=False)  # other settings: another file, generated anew
 
 
 def test_streams_work_with_tonic_transforms(cache_dir):
@@ -83,17 +81,11 @@ def test_datamodule_matches_static_digits_split_and_counts(cache_dir):
     ):
         np.testing.assert_array_equal(ours, theirs)
     x, y = next(iter(dm.train_dataloader()))
-    assert (
-        x.shape == (64, 6, 2, 16, 16)
-        and x.dtype == torch.float32
-        and y.dtype == torch.int64
-    )
+    assert x.shape == (64, 6, 2, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     events = EventDigits(cache_dir, progress=False)
     frames, label = dm.test_dataset[0]
     index = int(dm.test_indices[0])
-    assert label == events.targets[index] and float(frames.sum()) == len(
-        events.data[index]
-    )
+    assert label == events.targets[index] and float(frames.sum()) == len(events.data[index])
 
 
 def test_datamodule_disk_cache_gives_the_same_frames(cache_dir, tmp_path):
@@ -102,15 +94,11 @@ def test_datamodule_disk_cache_gives_the_same_frames(cache_dir, tmp_path):
     for dm in (plain, cached):
         dm.setup()
     for position in (0, 100):
-        assert torch.equal(
-            plain.val_dataset[position][0], cached.val_dataset[position][0]
-        )
+        assert torch.equal(plain.val_dataset[position][0], cached.val_dataset[position][0])
 
 
 def _ramp_events(count: int) -> np.ndarray:
-    events = np.zeros(
-        count, [("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)]
-    )
+    events = np.zeros(count, [("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
     events["x"], events["y"], events["t"], events["p"] = (
         np.arange(count) % 8,
         np.arange(count) % 3,
@@ -124,9 +112,7 @@ def test_exact_frames_equal_tonic_where_tonic_keeps_every_event():
     """With N divisible by T, tonic's ToFrame(n_event_bins) drops nothing: both engines must agree."""
     events = _ramp_events(40)
     exact = EventsToFrames((8, 4, 2), time_bins=4, split_by="number")(events)
-    reference = EventsToFrames(
-        (8, 4, 2), time_bins=4, split_by="number", engine="tonic"
-    )(events)
+    reference = EventsToFrames((8, 4, 2), time_bins=4, split_by="number", engine="tonic")(events)
     np.testing.assert_array_equal(exact, reference)
     assert exact.dtype == np.int16 and exact.shape == (4, 2, 4, 8)
 
@@ -134,26 +120,13 @@ def test_exact_frames_equal_tonic_where_tonic_keeps_every_event():
 def test_exact_frames_count_every_event():
     events = _ramp_events(42)
     by_number = EventsToFrames((8, 4, 2), time_bins=4, split_by="number")(events)
-    np.testing.assert_array_equal(
-        by_number.sum(axis=(1, 2, 3)), [10, 10, 10, 12]
-    )  # the last slice takes the rest
-    assert (
-        EventsToFrames((8, 4, 2), time_bins=4, split_by="number", engine="tonic")(
-            events
-        ).sum()
-        == 40
-    )
-    by_time = EventsToFrames((8, 4, 2), time_bins=4, split_by="time")(
-        events
-    )  # t = 0..410: bins of 102.5
-    np.testing.assert_array_equal(
-        by_time.sum(axis=(1, 2, 3)), [11, 10, 10, 11]
-    )  # the last timestamp included
+    np.testing.assert_array_equal(by_number.sum(axis=(1, 2, 3)), [10, 10, 10, 12])  # the last slice takes the rest
+    assert EventsToFrames((8, 4, 2), time_bins=4, split_by="number", engine="tonic")(events).sum() == 40
+    by_time = EventsToFrames((8, 4, 2), time_bins=4, split_by="time")(events)  # t = 0..410: bins of 102.5
+    np.testing.assert_array_equal(by_time.sum(axis=(1, 2, 3)), [11, 10, 10, 11])  # the last timestamp included
     few = EventsToFrames((8, 4, 2), time_bins=4, split_by="number")(events[:3])
     np.testing.assert_array_equal(few.sum(axis=(1, 2, 3)), [0, 0, 0, 3])
-    downsampled = EventsToFrames((8, 4, 2), time_bins=2, size=2, split_by="time")(
-        events
-    )
+    downsampled = EventsToFrames((8, 4, 2), time_bins=2, size=2, split_by="time")(events)
     assert downsampled.shape == (2, 2, 2, 2) and downsampled.sum() == 42
     empty = EventsToFrames((8, 4, 2), time_bins=3)(events[:0])
     assert empty.shape == (3, 2, 4, 8) and empty.dtype == np.int16 and not empty.any()
@@ -171,14 +144,10 @@ def test_frame_augmentation_draws_once_per_sample():
         for _ in range(5):
             out = augmentation(frames)
             assert out.shape == frames.shape
-            assert all(
-                torch.equal(out[0], out[t]) for t in range(1, 6)
-            )  # one geometric draw for all T frames
+            assert all(torch.equal(out[0], out[t]) for t in range(1, 6))  # one geometric draw for all T frames
     steps = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 2, 4, 4)
     kept = FrameAugmentation(keep_steps=4)(steps)[:, 0, 0, 0]
-    assert kept.shape == (4,) and bool(
-        (kept[1:] > kept[:-1]).all()
-    )  # time order preserved
+    assert kept.shape == (4,) and bool((kept[1:] > kept[:-1]).all())  # time order preserved
     assert DVS_DATASETS["nmnist"].augmentation is None
     with pytest.raises(ValueError, match="keep_steps"):
         FrameAugmentation(keep_steps=0)

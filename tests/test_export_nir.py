@@ -17,27 +17,44 @@ from spikenorm.datamodules import DigitsDataModule
 from spikenorm.export import from_nir, to_nir, write_nir
 from spikenorm.fold import SignFlip, fold_model
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import build_neuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
+from spikenorm.synapse import TimeDistributed
 from spikenorm.tasks import SpikingClassifier
 
 
 def vgg(neuron: str, elementwise: bool, **neuron_kwargs) -> SpikingVGG:
     # per_layer shortcuts: an identity shortcut (negative gammas stay a SignFlip) and a projection one
-    return SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=5, input_size=8,
-                      layers=LayerSpec(norm="bn", membrane_norm="mpbn",
-                                       membrane_norm_kwargs={"elementwise": elementwise}, neuron=neuron,
-                                       neuron_kwargs=neuron_kwargs, shortcuts="per_layer"))
+    return SpikingVGG(
+        [8, 8, "A", 16],
+        in_channels=1,
+        num_classes=5,
+        input_size=8,
+        layers=LayerSpec(
+            norm="bn",
+            membrane_norm="mpbn",
+            membrane_norm_kwargs={"elementwise": elementwise},
+            neuron=neuron,
+            neuron_kwargs=neuron_kwargs,
+            shortcuts="per_layer",
+        ),
+    )
 
 
 # name: (model, input shape, NIR neuron type)
 CASES = {
     "vgg_lif_per_channel": (lambda: vgg("lif", False, decay=0.25, threshold=0.5), (3, 6, 1, 8, 8), nir.LIF),
     "vgg_clif_per_element": (lambda: vgg("clif", True), (3, 6, 1, 8, 8), nir.CubaLIF),
-    "mlp_if": (lambda: SpikingMLP(20, 4, hidden=(24, 16),
-                                  layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron="if",
-                                                   neuron_kwargs={"threshold": 0.5})), (4, 6, 20), nir.IF),
+    "mlp_if": (
+        lambda: SpikingMLP(
+            20,
+            4,
+            hidden=(24, 16),
+            layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron="if", neuron_kwargs={"threshold": 0.5}),
+        ),
+        (4, 6, 20),
+        nir.IF,
+    ),
 }
 
 
@@ -65,8 +82,10 @@ def spikes_by_layer(model: nn.Module, x: Tensor, prefix: str = "") -> tuple[Tens
     def record(key: str):
         return lambda module, inputs, out: spikes.__setitem__(key, out)
 
-    hooks = [n.register_forward_hook(record(name.removeprefix(prefix).replace(".", "_")))
-             for name, n in spiking_neurons(model)]
+    hooks = [
+        n.register_forward_hook(record(name.removeprefix(prefix).replace(".", "_")))
+        for name, n in spiking_neurons(model)
+    ]
     with torch.no_grad():
         out = model(x)
     for hook in hooks:
@@ -79,8 +98,9 @@ def assert_same_arrays(written: nir.NIRNode, read: nir.NIRNode) -> None:
     assert a.keys() == b.keys()
     for key, value in a.items():
         if key == "metadata":
-            assert {k: np.asarray(v).tolist() for k, v in value.items()} == \
-                   {k: np.asarray(v).tolist() for k, v in b[key].items()}
+            assert {k: np.asarray(v).tolist() for k, v in value.items()} == {
+                k: np.asarray(v).tolist() for k, v in b[key].items()
+            }
         else:
             assert np.array_equal(np.asarray(value), np.asarray(b[key])), key
             if isinstance(value, np.ndarray):
@@ -101,7 +121,9 @@ def test_round_trip_through_a_file_is_spike_exact(name, tmp_path):
     path = write_nir(folded, x[:, :1], tmp_path / "net.nir")
     read = nir.read(path)
 
-    assert sorted(read.nodes) == sorted(graph.nodes) and [tuple(e) for e in read.edges] == graph.edges  # HDF5 sorts names
+    assert (
+        sorted(read.nodes) == sorted(graph.nodes) and [tuple(e) for e in read.edges] == graph.edges
+    )  # HDF5 sorts names
     for key, node in graph.nodes.items():
         assert type(read.nodes[key]) is type(node)
         assert_same_arrays(node, read.nodes[key])
@@ -179,9 +201,12 @@ class ResidualConvNet(nn.Module):
 
 
 SNNTORCH_CASES = {
-    "mlp": (lambda neuron, kw: SpikingMLP(20, 4, hidden=(24, 16),
-                                          layers=LayerSpec(norm="bn", neuron=neuron, neuron_kwargs=kw)),
-            (6, 5, 20)),
+    "mlp": (
+        lambda neuron, kw: SpikingMLP(
+            20, 4, hidden=(24, 16), layers=LayerSpec(norm="bn", neuron=neuron, neuron_kwargs=kw)
+        ),
+        (6, 5, 20),
+    ),
     "residual_conv": (lambda neuron, kw: ResidualConvNet(neuron, **kw), (6, 4, 2, 8, 8)),
 }
 
@@ -243,12 +268,25 @@ def _task(model: nn.Module) -> SpikingClassifier:
 
 def test_nir_export_callback_writes_a_graph_that_runs_like_the_folded_model(tmp_path):
     seed_everything(0)
-    net = SpikingMLP(64, 10, hidden=(32,),
-                     layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}))
+    net = SpikingMLP(
+        64,
+        10,
+        hidden=(32,),
+        layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}),
+    )
     default, chosen = NIRExport(), NIRExport(filename="digits", dirpath=str(tmp_path / "nir"))
-    trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[default, chosen], default_root_dir=tmp_path, accelerator="cpu")
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[default, chosen],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     task = _task(net)
     trainer.fit(task, DigitsDataModule(batch_size=32))
     assert default.saved_paths == [tmp_path / "model.nir"] and chosen.saved_paths == [tmp_path / "nir" / "digits.nir"]
@@ -266,8 +304,9 @@ def test_nir_export_callback_writes_a_graph_that_runs_like_the_folded_model(tmp_
 
 def test_nir_export_callback_names_the_layer_it_cannot_export(tmp_path):
     task = _task(SpikingVGG([4, "M", 4], in_channels=1, num_classes=3, layers=LayerSpec(norm="bn")))
-    trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=False, checkpoint_callback=None,
-                              default_root_dir=tmp_path)
+    trainer = SimpleNamespace(
+        is_global_zero=True, fast_dev_run=False, checkpoint_callback=None, default_root_dir=tmp_path
+    )
     callback = NIRExport()
     with pytest.raises(ValueError, match=r"NIRExport could not export SpikingVGG.*'features\.1'.*MaxPool2d"):
         callback.on_train_batch_start(trainer, task, (torch.rand(4, 1, 8, 8), torch.zeros(4)), 0)

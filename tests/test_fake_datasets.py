@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from spikenorm.datamodules.testing import CIFAR10DVS_CLASSES, write_aedat4, write_cifar10dvs, write_ibm_gesture
 
 # ------------------------------------------------------------------------------------------ AEDAT 4.0

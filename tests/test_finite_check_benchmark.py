@@ -58,9 +58,16 @@ def test_report_numbers_and_structure_when_noise_hides_the_effect(bench):
     assert summary["check_percent"] == pytest.approx(2e-3)  # 20 us of a 1 s step
     assert text.startswith("## ") and "torch threads: " in text and "AVX-512: " in text and "AMX: " in text
     assert "`python benchmarks/finite_check.py --rounds 2`" in text
-    for row in ("step, check on, ms", "step, check off, ms", "ratio on / off (medians) | **1.0500**",
-                "relative cost of the check on the step | **+5.00%**", "adjacent step pairs", "per-round cost",
-                "check alone (`check_batch` + `check_loss`), us", "check alone / median step (off) | **0.002%**"):
+    for row in (
+        "step, check on, ms",
+        "step, check off, ms",
+        "ratio on / off (medians) | **1.0500**",
+        "relative cost of the check on the step | **+5.00%**",
+        "adjacent step pairs",
+        "per-round cost",
+        "check alone (`check_batch` + `check_loss`), us",
+        "check alone / median step (off) | **0.002%**",
+    ):
         assert row in text, row
     assert "within the noise" in text  # the step IQR (15% of the median) exceeds the 5% difference
 

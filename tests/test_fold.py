@@ -27,28 +27,52 @@ MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
 
 
 def vgg(elementwise=False, norm="tdbn", cfg="small", shortcuts="none"):
-    return SpikingVGG(cfg, in_channels=1, num_classes=5, input_size=8,
-                      layers=LayerSpec(norm=norm, membrane_norm="mpbn",
-                                       membrane_norm_kwargs={"elementwise": elementwise}, neuron_kwargs=MPBN_NEURON,
-                                       surrogate="dspike", shortcuts=shortcuts))
+    return SpikingVGG(
+        cfg,
+        in_channels=1,
+        num_classes=5,
+        input_size=8,
+        layers=LayerSpec(
+            norm=norm,
+            membrane_norm="mpbn",
+            membrane_norm_kwargs={"elementwise": elementwise},
+            neuron_kwargs=MPBN_NEURON,
+            surrogate="dspike",
+            shortcuts=shortcuts,
+        ),
+    )
 
 
 def resnet(elementwise=False, shortcuts="per_block"):
-    return SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, input_size=8,
-                           layers=LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": elementwise},
-                                            neuron_kwargs=MPBN_NEURON, shortcuts=shortcuts))
+    return SpikingResNet19(
+        num_classes=5,
+        in_channels=2,
+        width=0.0625,
+        input_size=8,
+        layers=LayerSpec(
+            membrane_norm="mpbn",
+            membrane_norm_kwargs={"elementwise": elementwise},
+            neuron_kwargs=MPBN_NEURON,
+            shortcuts=shortcuts,
+        ),
+    )
 
 
 def mlp():
-    return SpikingMLP(20, 4, hidden=(24, 16),
-                      layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs=MPBN_NEURON))
+    return SpikingMLP(
+        20, 4, hidden=(24, 16), layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs=MPBN_NEURON)
+    )
 
 
-MODELS = {"vgg": (vgg, (3, 12, 1, 8, 8)), "vgg_elementwise": (lambda: vgg(True), (3, 12, 1, 8, 8)),
-          "resnet": (resnet, (2, 8, 2, 8, 8)), "resnet_elementwise": (lambda: resnet(True), (2, 8, 2, 8, 8)),
-          "mlp": (mlp, (4, 16, 20)),
-          "vgg_per_layer_shortcuts": (lambda: vgg(cfg=[8, 8, "A", 16, 16], shortcuts="per_layer"), (3, 12, 1, 8, 8)),
-          "resnet_per_layer_shortcuts": (lambda: resnet(shortcuts="per_layer"), (2, 8, 2, 8, 8))}
+MODELS = {
+    "vgg": (vgg, (3, 12, 1, 8, 8)),
+    "vgg_elementwise": (lambda: vgg(True), (3, 12, 1, 8, 8)),
+    "resnet": (resnet, (2, 8, 2, 8, 8)),
+    "resnet_elementwise": (lambda: resnet(True), (2, 8, 2, 8, 8)),
+    "mlp": (mlp, (4, 16, 20)),
+    "vgg_per_layer_shortcuts": (lambda: vgg(cfg=[8, 8, "A", 16, 16], shortcuts="per_layer"), (3, 12, 1, 8, 8)),
+    "resnet_per_layer_shortcuts": (lambda: resnet(shortcuts="per_layer"), (2, 8, 2, 8, 8)),
+}
 
 
 def prepared(name: str, gamma: str, seed: int = 0, train_steps: int = 0):
@@ -207,6 +231,7 @@ def test_save_and_load_round_trip(tmp_path, name):
     assert [n for n, _ in loaded.named_modules()] == [n for n, _ in folded.named_modules()]
     with pytest.raises(ValueError, match="inference-only"):
         loaded.train()
+
     def nodes(gm):  # fx-wrapped calls (the input checks) stay marked, so the loaded model traces as the folded one
         return [(n.op, n.target, n.args, n.meta.get("is_wrapped")) for n in gm.graph.nodes]
 
@@ -220,14 +245,28 @@ def test_every_kind_of_foldable_model_round_trips(tmp_path):
     """Trace synapses, IF and CLIF neurons, binary layers, folded OTS thresholds, the RL actor's encoders."""
     torch.manual_seed(0)
     models = [
-        (SpikingVGG("small", in_channels=1, num_classes=5, input_size=8,
-                    layers=LayerSpec(neuron="if", trace=True, shortcuts="per_layer")), torch.rand(2, 3, 1, 8, 8)),
-        (SpikingVGG("small", in_channels=1, num_classes=5,
-                    layers=LayerSpec(norm="none", neuron="clif", binary_weights=True)),
-         torch.rand(2, 3, 1, 8, 8)),
-        (SpikingMLP(20, 4, hidden=(24, 16),
-                    layers=LayerSpec(norm="osr", neuron_kwargs={"ots": True, "ots_eval": "running"})),
-         torch.randn(2, 3, 20)),
+        (
+            SpikingVGG(
+                "small",
+                in_channels=1,
+                num_classes=5,
+                input_size=8,
+                layers=LayerSpec(neuron="if", trace=True, shortcuts="per_layer"),
+            ),
+            torch.rand(2, 3, 1, 8, 8),
+        ),
+        (
+            SpikingVGG(
+                "small", in_channels=1, num_classes=5, layers=LayerSpec(norm="none", neuron="clif", binary_weights=True)
+            ),
+            torch.rand(2, 3, 1, 8, 8),
+        ),
+        (
+            SpikingMLP(
+                20, 4, hidden=(24, 16), layers=LayerSpec(norm="osr", neuron_kwargs={"ots": True, "ots_eval": "running"})
+            ),
+            torch.randn(2, 3, 20),
+        ),
         (PopSANActor(3, 2, 1.0, hidden=(8, 8)), torch.randn(4, 3)),
     ]
     for model, x in models:
@@ -308,13 +347,21 @@ def _tamper_keyword_argument(spec, marker):  # a Python keyword as an argument n
     next(n for n in spec["graph"] if n["op"] == "call_function")["kwargs"] = {"dict": {"lambda": 1}}
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (_tamper_function, "calls 'builtins.open'"), (_tamper_method, "calls the method 'numpy'"),
-    (_tamper_input_name, "invalid input name"), (_tamper_module_path, "invalid module path"),
-    (_tamper_class, "subprocess.Popen"), (_tamper_value, "invalid value"),
-    (_tamper_dunder_path, "invalid module path"), (_tamper_foreign_target, "which is not a module"),
-    (_tamper_class_alias, "spikenorm.fold.fx.GraphModule"), (_tamper_keyword_argument, "keyword arguments"),
-])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (_tamper_function, "calls 'builtins.open'"),
+        (_tamper_method, "calls the method 'numpy'"),
+        (_tamper_input_name, "invalid input name"),
+        (_tamper_module_path, "invalid module path"),
+        (_tamper_class, "subprocess.Popen"),
+        (_tamper_value, "invalid value"),
+        (_tamper_dunder_path, "invalid module path"),
+        (_tamper_foreign_target, "which is not a module"),
+        (_tamper_class_alias, "spikenorm.fold.fx.GraphModule"),
+        (_tamper_keyword_argument, "keyword arguments"),
+    ],
+)
 def test_a_crafted_safe_file_can_name_nothing_outside_the_allowlists(tmp_path, tamper, message):
     model, x = prepared("mlp", "positive")
     path = save_folded(fold_model(model), tmp_path / "folded.pt")
@@ -347,7 +394,9 @@ def test_save_names_what_the_safe_format_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match=r"module '1' is a test_fold._CustomLIF; the safe format rebuilds only"):
         save_folded(fold_model(custom), tmp_path / "f.pt")
     x = torch.randn(2, 4, 3)
-    assert torch.equal(load_folded(save_folded(fold_model(custom), tmp_path / "f.pt", pickle=True), trusted=True)(x),
-                       fold_model(custom)(x))
+    assert torch.equal(
+        load_folded(save_folded(fold_model(custom), tmp_path / "f.pt", pickle=True), trusted=True)(x),
+        fold_model(custom)(x),
+    )
     with pytest.raises(TypeError, match="output of fold_model"):
         save_folded(torch.nn.Linear(2, 2), tmp_path / "f.pt")

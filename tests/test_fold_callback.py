@@ -15,13 +15,30 @@ from spikenorm.tasks import SpikingClassifier
 
 def _fit(tmp_path, callback, epochs=2):
     seed_everything(0)
-    net = SpikingVGG("small", in_channels=1, num_classes=10, input_size=8,
-                     layers=LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": True},
-                                      neuron_kwargs={"decay": 0.25, "threshold": 0.5}, surrogate="dspike"))
+    net = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=10,
+        input_size=8,
+        layers=LayerSpec(
+            membrane_norm="mpbn",
+            membrane_norm_kwargs={"elementwise": True},
+            neuron_kwargs={"decay": 0.25, "threshold": 0.5},
+            surrogate="dspike",
+        ),
+    )
     task = SpikingClassifier(net, time_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
-    trainer = Trainer(max_epochs=epochs, limit_train_batches=6, limit_val_batches=3, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                      default_root_dir=tmp_path, accelerator="cpu")
+    trainer = Trainer(
+        max_epochs=epochs,
+        limit_train_batches=6,
+        limit_val_batches=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     trainer.fit(task, DigitsDataModule(batch_size=32))
     return trainer, task
 
@@ -57,6 +74,9 @@ def test_bad_arguments_and_modules():
     class NoModel(LightningModule):
         pass
 
-    with pytest.raises(ValueError, match=r"FoldNormalization needs a LightningModule that offers NetworkTask "
-                                         r"\(`model`; .*NoModel has no `model`"):
+    with pytest.raises(
+        ValueError,
+        match=r"FoldNormalization needs a LightningModule that offers NetworkTask "
+        r"\(`model`; .*NoModel has no `model`",
+    ):
         FoldNormalization().setup(Trainer(), NoModel(), "fit")

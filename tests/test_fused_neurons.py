@@ -52,8 +52,14 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def compare(eager: SpikingNeuron, dtype: torch.dtype, seed: int = 0, scale: float = 1.0, atol: float | None = None,
-            layout: str = "contiguous"):
+def compare(
+    eager: SpikingNeuron,
+    dtype: torch.dtype,
+    seed: int = 0,
+    scale: float = 1.0,
+    atol: float | None = None,
+    layout: str = "contiguous",
+):
     """Run eager and a fused copy on the same input; assert equal spikes and close input gradients.
 
     ``layout="channels_last"`` stores the input (and the incoming gradient) channels innermost; the fused
@@ -97,13 +103,16 @@ def test_fused_matches_eager_float64(kind, reset, detach_reset, theta_kind, coun
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_fused_matches_eager_float32(reset, detach_reset, count_fused):
-    compare(LIF(decay=0.75, threshold=threshold("channel", torch.float32), reset=reset, detach_reset=detach_reset),
-            torch.float32)
+    compare(
+        LIF(decay=0.75, threshold=threshold("channel", torch.float32), reset=reset, detach_reset=detach_reset),
+        torch.float32,
+    )
     assert count_fused
 
 
-@pytest.mark.parametrize("name, kwargs", [("rectangle", {}), ("atan", {}), ("triangle", {"width": 0.8}),
-                                          ("dspike", {"b": 3.0})])
+@pytest.mark.parametrize(
+    "name, kwargs", [("rectangle", {}), ("atan", {}), ("triangle", {"width": 0.8}), ("dspike", {"b": 3.0})]
+)
 def test_fused_surrogates(name, kwargs, count_fused):
     compare(LIF(threshold=0.6, surrogate=name, surrogate_kwargs=kwargs, reset_value=-0.1).double(), torch.float64)
     assert count_fused

@@ -14,9 +14,17 @@ from spikenorm.tasks import SpikingClassifier
 def _fit(folder, max_epochs: int, every: int, ckpt_path=None) -> dict:
     seed_everything(0)
     task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2)
-    trainer = Trainer(max_epochs=max_epochs, limit_train_batches=10, limit_val_batches=2, logger=False,
-                      deterministic=True, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[LastCheckpoint(every_n_train_steps=every, dirpath=folder)], num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=10,
+        limit_val_batches=2,
+        logger=False,
+        deterministic=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LastCheckpoint(every_n_train_steps=every, dirpath=folder)],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return {k: v.clone() for k, v in task.state_dict().items()}
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingResNet19, SpikingVGG
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import CLIF, spiking_neurons
 from spikenorm.norm import BNTT, TDBN, available_norms
+from spikenorm.synapse import TimeDistributed
 
 
 @pytest.mark.parametrize("norm", ["none", "bn", "tdbn", "bntt"])
@@ -18,8 +18,9 @@ from spikenorm.norm import BNTT, TDBN, available_norms
 def test_vgg_every_norm_and_neuron(norm, neuron):
     torch.manual_seed(0)
     kwargs = {"time_steps": 3} if norm == "bntt" else {}
-    model = SpikingVGG("small", in_channels=1, num_classes=7,
-                       layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron=neuron))
+    model = SpikingVGG(
+        "small", in_channels=1, num_classes=7, layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron=neuron)
+    )
     x = torch.randn(3, 2, 1, 8, 8)
     out = model(x)
     assert out.shape == (3, 2, 7)
@@ -28,8 +29,9 @@ def test_vgg_every_norm_and_neuron(norm, neuron):
 
 
 def test_mlp_and_resnet_shapes_and_options():
-    mlp = SpikingMLP(64, 10, hidden=(32,),
-                     layers=LayerSpec(neuron="clif", neuron_kwargs={"threshold": 0.4}, surrogate="dspike"))
+    mlp = SpikingMLP(
+        64, 10, hidden=(32,), layers=LayerSpec(neuron="clif", neuron_kwargs={"threshold": 0.4}, surrogate="dspike")
+    )
     assert mlp(torch.rand(2, 5, 1, 8, 8)).shape == (2, 5, 10)
     assert isinstance(mlp.features[0][2], CLIF) and float(mlp.features[0][2].threshold) == pytest.approx(0.4)
     resnet = SpikingResNet19(num_classes=10, in_channels=3, width=0.125, layers=LayerSpec(norm="tdbn"))
@@ -41,8 +43,9 @@ def test_mlp_and_resnet_shapes_and_options():
 def test_vgg_named_and_custom_configs():
     vgg11 = SpikingVGG("vgg11", in_channels=3, num_classes=10)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg11.modules()) == 8
-    custom = SpikingVGG([8, "M", 16], in_channels=2, num_classes=3,
-                        layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}))
+    custom = SpikingVGG(
+        [8, "M", 16], in_channels=2, num_classes=3, layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2})
+    )
     assert custom(torch.randn(2, 1, 2, 6, 6)).shape == (2, 1, 3)
     assert sum(isinstance(m, BNTT) for m in custom.modules()) == 2
 
@@ -87,14 +90,21 @@ def test_shortcut_layouts_build_the_blocks_they_name():
     # runs after the first conv: [8] | [16, 16, 16] -> [8], [16, 16], [16]
     assert [len(b.layers) + 1 for b in per_block] == [1, 2, 1]
     assert not blocks(SpikingVGG(cfg, in_channels=1, num_classes=3, layers=LayerSpec(shortcuts="none")))
-    resnet = {s: blocks(SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, layers=LayerSpec(shortcuts=s)))
-              for s in ("per_block", "per_layer", "none")}
+    resnet = {
+        s: blocks(SpikingResNet19(num_classes=3, in_channels=1, width=0.0625, layers=LayerSpec(shortcuts=s)))
+        for s in ("per_block", "per_layer", "none")
+    }
     assert len(resnet["per_block"]) == 8 and len(resnet["per_layer"]) == 16 and len(resnet["none"]) == 8
     assert all(b.shortcut is None for b in resnet["none"])
-    convs = {s: sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in
-                    SpikingResNet19(num_classes=3, in_channels=1, width=0.0625,
-                                    layers=LayerSpec(shortcuts=s)).modules())
-             for s in resnet}
+    convs = {
+        s: sum(
+            isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+            for m in SpikingResNet19(
+                num_classes=3, in_channels=1, width=0.0625, layers=LayerSpec(shortcuts=s)
+            ).modules()
+        )
+        for s in resnet
+    }
     assert len(set(convs.values())) == 1  # same 3x3 convs in every layout
     with pytest.raises(ValueError, match="shortcuts"):
         SpikingVGG(cfg, layers=LayerSpec(shortcuts="dense"))
@@ -133,8 +143,9 @@ def test_conv_layout_changes_no_values(norm):
     as in NCHW, the layout reaches the neurons, and the gradients agree."""
     torch.manual_seed(0)
     kwargs = {"time_steps": 3} if norm == "bntt" else {}
-    nhwc = SpikingResNet19(num_classes=5, in_channels=2, width=0.125,
-                           layers=LayerSpec(norm=norm, norm_kwargs=kwargs)).double()
+    nhwc = SpikingResNet19(
+        num_classes=5, in_channels=2, width=0.125, layers=LayerSpec(norm=norm, norm_kwargs=kwargs)
+    ).double()
     nchw = _conv_layout(copy.deepcopy(nhwc), False)
     seen = []
     _, first_neuron = next(spiking_neurons(nhwc))

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from spikenorm.callbacks.energy_monitor import EnergyMonitor
-from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from spikenorm.callbacks.energy_monitor import EnergyMonitor
+from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from spikenorm.loggers import WandbLogger
-from spikenorm.wandb_runs import read_offline_run
 from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.neurons import IF
 from spikenorm.tasks import SpikingClassifier
+from spikenorm.wandb_runs import read_offline_run
 
 _WANDB_ENV = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC", "WANDB_DIR")
 T = 3
@@ -31,9 +31,18 @@ def _data(n: int = 24, features: int = 8) -> DataLoader:
 
 
 def _trainer(tmp_path: Path, callbacks: list[pl.Callback], logger: object = False, epochs: int = 1) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=logger, callbacks=callbacks,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=tmp_path)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+    )
 
 
 def _tensorboard_tags(log_dir: str) -> dict[str, list[str]]:
@@ -47,9 +56,15 @@ def _tensorboard_tags(log_dir: str) -> dict[str, list[str]]:
 def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in _WANDB_ENV:
         monkeypatch.delenv(var, raising=False)
-    for var, value in {"HOME": tmp_path, "WANDB_MODE": "offline", "WANDB_DIR": tmp_path, "WANDB_SILENT": "true",
-                       "WANDB_CACHE_DIR": tmp_path / "cache", "WANDB_CONFIG_DIR": tmp_path / "config",
-                       "WANDB_DATA_DIR": tmp_path / "data"}.items():
+    for var, value in {
+        "HOME": tmp_path,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": tmp_path,
+        "WANDB_SILENT": "true",
+        "WANDB_CACHE_DIR": tmp_path / "cache",
+        "WANDB_CONFIG_DIR": tmp_path / "config",
+        "WANDB_DATA_DIR": tmp_path / "data",
+    }.items():
         monkeypatch.setenv(var, str(value))
     import wandb
 
@@ -151,8 +166,11 @@ class SnnTorchModule(pl.LightningModule):
 def test_snntorch_module_without_model_attribute(tmp_path: Path) -> None:
     module = SnnTorchModule()
     callbacks = [SpikeMonitor(heatmap=False), EnergyMonitor()]
-    with pytest.warns(UserWarning, match=r"SnnTorchModule holds no spikenorm network to fold .*its neurons are "
-                                         r"net.lif1 \(snntorch Leaky\), net.lif2 \(snntorch Leaky\)\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"SnnTorchModule holds no spikenorm network to fold .*its neurons are "
+        r"net.lif1 \(snntorch Leaky\), net.lif2 \(snntorch Leaky\)\)",
+    ):
         _trainer(tmp_path, callbacks).validate(module, _data())
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items()}
     assert not any("teacher" in k for k in metrics)

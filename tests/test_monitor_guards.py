@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from peer_models import PeerClassifier, classification_data
-from spikenorm.callbacks.energy_monitor import EnergyMonitor
-from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from spikenorm.callbacks.energy_monitor import EnergyMonitor
+from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.tasks import SpikingClassifier
@@ -97,9 +97,17 @@ def _data(n: int = 16) -> DataLoader:
 
 
 def _trainer(tmp_path: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
-    return pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=callbacks, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      default_root_dir=tmp_path)
+    return pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
 
 
 def test_spike_monitor_records_a_neuron_class_of_the_users_own(tmp_path: Path) -> None:
@@ -141,8 +149,11 @@ def test_neuron_types_must_be_classes(callback: type) -> None:
 
 def test_energy_monitor_counts_a_model_with_custom_neurons_and_says_why_it_is_not_folded(tmp_path: Path) -> None:
     module = Counting(HandNet())
-    with pytest.warns(UserWarning, match=r"no \*_folded energy numbers: HandNet holds no spikenorm network to fold "
-                                         r"\(no spikenorm neuron or norm layer\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"no \*_folded energy numbers: HandNet holds no spikenorm network to fold "
+        r"\(no spikenorm neuron or norm layer\)",
+    ):
         _trainer(tmp_path, [EnergyMonitor(neuron_types=[HandLIF])]).validate(module, _data())
     metrics = module.trainer.callback_metrics
     assert float(metrics["energy/macs"]) == pytest.approx(T * 8 * 12)  # fc1 on the analog input
@@ -153,9 +164,11 @@ def test_folding_a_spikingjelly_model_names_the_real_reason(tmp_path: Path) -> N
     """It used to warn that the module "holds no network as `model`", although it does."""
     module = PeerClassifier("spikingjelly")
     loader = DataLoader(classification_data(12), batch_size=6)
-    reason = (r"Sequential holds no spikenorm network to fold \(no spikenorm neuron or norm layer; its neurons are "
-              r"2 \(spikingjelly LIFNode\), 6 \(spikingjelly LIFNode\)\); spikenorm.fold.fold_model folds spikenorm "
-              r"layers only")
+    reason = (
+        r"Sequential holds no spikenorm network to fold \(no spikenorm neuron or norm layer; its neurons are "
+        r"2 \(spikingjelly LIFNode\), 6 \(spikingjelly LIFNode\)\); spikenorm.fold.fold_model folds spikenorm "
+        r"layers only"
+    )
     with pytest.warns(UserWarning, match=reason):
         _trainer(tmp_path, [EnergyMonitor()]).validate(module, loader)
     assert "energy/uj" in module.trainer.callback_metrics
@@ -164,10 +177,14 @@ def test_folding_a_spikingjelly_model_names_the_real_reason(tmp_path: Path) -> N
 
 
 def test_folded_true_raises_what_fold_model_raised_before_training(tmp_path: Path) -> None:
-    module = SpikingClassifier(SpikingMLP(8, 2, hidden=(16,),
-                                          layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": T})), time_steps=T)
-    with pytest.raises(ValueError, match=r"EnergyMonitor\(folded=True\): spikenorm.fold.fold_model\(SpikingMLP\) "
-                                         r"raised ValueError: cannot fold norm layer"):
+    module = SpikingClassifier(
+        SpikingMLP(8, 2, hidden=(16,), layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": T})), time_steps=T
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"EnergyMonitor\(folded=True\): spikenorm.fold.fold_model\(SpikingMLP\) "
+        r"raised ValueError: cannot fold norm layer",
+    ):
         _trainer(tmp_path, [EnergyMonitor(folded=True)]).fit(module, _data(), _data())
     assert module.global_step == 0
 
@@ -181,6 +198,9 @@ def test_a_foldable_model_kept_elsewhere_than_model_is_named(tmp_path: Path) -> 
         def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
             self.net(batch[0].expand(T, *batch[0].shape))
 
-    with pytest.raises(ValueError, match=r"Elsewhere has no `model` attribute; EnergyMonitor folds and runs "
-                                         r"pl_module.model"):
+    with pytest.raises(
+        ValueError,
+        match=r"Elsewhere has no `model` attribute; EnergyMonitor folds and runs "
+        r"pl_module.model",
+    ):
         _trainer(tmp_path, [EnergyMonitor(folded=True)]).validate(Elsewhere(), _data())

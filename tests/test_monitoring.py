@@ -130,8 +130,12 @@ def _spikingjelly_net(step_mode: str) -> nn.Sequential:
     from spikingjelly.activation_based import layer, neuron
 
     torch.manual_seed(2)
-    net = nn.Sequential(layer.Linear(IN, HID, step_mode=step_mode), neuron.LIFNode(step_mode=step_mode),
-                        layer.Linear(HID, OUT, step_mode=step_mode), neuron.IFNode(step_mode=step_mode))
+    net = nn.Sequential(
+        layer.Linear(IN, HID, step_mode=step_mode),
+        neuron.LIFNode(step_mode=step_mode),
+        layer.Linear(HID, OUT, step_mode=step_mode),
+        neuron.IFNode(step_mode=step_mode),
+    )
     _with_dead_and_saturated(net[0], net[2])
     return net
 
@@ -139,7 +143,9 @@ def _spikingjelly_net(step_mode: str) -> nn.Sequential:
 def _capture(net: nn.Sequential, names: tuple[str, ...]) -> tuple[dict[str, list[Tensor]], list]:
     """Plain forward hooks appending each neuron's output (the test's own record of the spikes)."""
     seen: dict[str, list[Tensor]] = {n: [] for n in names}
-    handles = [net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.detach())) for n in names]
+    handles = [
+        net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.detach())) for n in names
+    ]
     return seen, handles
 
 
@@ -173,8 +179,10 @@ def test_spikingjelly_single_step_user_loop() -> None:
     for h in handles:
         h.remove()
     # the hooks saw T outputs [B, N] per batch, in order: stack each batch's steps into [T, B, N]
-    reference = {name: [np.stack([s.numpy() for s in steps[i : i + T]]) for i in range(0, len(steps), T)]
-                 for name, steps in seen.items()}
+    reference = {
+        name: [np.stack([s.numpy() for s in steps[i : i + T]]) for i in range(0, len(steps), T)]
+        for name, steps in seen.items()
+    }
     _check(per_batch, reference)
     assert all(r.numel() == T for r in per_batch.step_rates().values())
     # restarting at every call puts every step at index 0: one step, the same overall rate
@@ -234,9 +242,14 @@ def _record(net: nn.Sequential, batches: list[Tensor]) -> dict[str, object]:
     recorder.all_reduce()
     counter.all_reduce()
     report = counter.report()
-    return {"step": recorder.step_rates(), "dead": recorder.dead_fractions(),
-            "saturated": recorder.saturated_fractions(), "sops": report.sops, "macs": report.macs,
-            "samples": counter.samples}
+    return {
+        "step": recorder.step_rates(),
+        "dead": recorder.dead_fractions(),
+        "saturated": recorder.saturated_fractions(),
+        "sops": report.sops,
+        "macs": report.macs,
+        "samples": counter.samples,
+    }
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:

@@ -13,8 +13,9 @@ from spikenorm.neurons import CLIF, IF, LIF, available_neurons, build_neuron, st
 T, B, C, H, W = 5, 3, 4, 2, 2
 
 
-def reference(kind: str, x: np.ndarray, theta: np.ndarray, reset: str, reset_value: float,
-              decay: float, current_decay: float) -> np.ndarray:
+def reference(
+    kind: str, x: np.ndarray, theta: np.ndarray, reset: str, reset_value: float, decay: float, current_decay: float
+) -> np.ndarray:
     """Element-by-element float64 loop of the neuron equations, written independently of the library."""
     spikes = np.zeros_like(x)
     for idx in itertools.product(*(range(n) for n in x.shape[1:])):
@@ -60,8 +61,9 @@ def test_dynamics_match_reference_loop(kind, reset, shape):
     theta_np = theta.numpy()
     if shape == "per_channel":
         theta_np = theta_np.reshape(C, 1, 1)
-    expected = reference(kind, x.numpy(), theta_np, reset, reset_value,
-                         kwargs.get("decay", 1.0), kwargs.get("current_decay", 0.0))
+    expected = reference(
+        kind, x.numpy(), theta_np, reset, reset_value, kwargs.get("decay", 1.0), kwargs.get("current_decay", 0.0)
+    )
     np.testing.assert_array_equal(out, expected)
     assert 0 < expected.sum() < expected.size  # the case is non-trivial: some neurons fire, some do not
 

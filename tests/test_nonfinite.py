@@ -24,22 +24,33 @@ def _loader(bad_batch: int, value: float) -> DataLoader:
 
 
 def _fit(task: SpikingClassifier, loader: DataLoader) -> Trainer:
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(task, train_dataloaders=loader)
     return trainer
 
 
 def _all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+    return all(
+        bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()
+    )
 
 
 @pytest.mark.parametrize("training_mode", ["bptt", "online"])
 def test_nan_input_stops_at_its_batch_by_default(training_mode):
     task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2, training_mode=training_mode)
     assert task.hparams.check_finite is True
-    with pytest.raises(ValueError, match=r"train batch 2 \(epoch 0\): the input tensor received non-finite values: "
-                                         r"1 NaN and 0 Inf entries in a tensor of shape \(8, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train batch 2 \(epoch 0\): the input tensor received non-finite values: "
+        r"1 NaN and 0 Inf entries in a tensor of shape \(8, 64\)",
+    ):
         _fit(task, _loader(2, float("nan")))
     assert _all_finite(task)  # parameters and BN running statistics were never touched by the bad batch
 

@@ -45,10 +45,14 @@ def test_vanilla_bn_per_step_stats_and_mean_running_update(shape):
     mu_t = x.mean(axis=axes)  # [T, C]
     var_t = x.var(axis=axes)
     g, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
-    expected = channel(g, x.ndim) * (x - channel(mu_t, x.ndim)) / np.sqrt(channel(var_t, x.ndim) + EPS) + channel(b, x.ndim)
+    expected = channel(g, x.ndim) * (x - channel(mu_t, x.ndim)) / np.sqrt(channel(var_t, x.ndim) + EPS) + channel(
+        b, x.ndim
+    )
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(layer.running_mean.numpy(), (1 - MOM) * 0 + MOM * mu_t.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(layer.running_var.numpy(), (1 - MOM) * 1 + MOM * (var_t * n / (n - 1)).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(
+        layer.running_var.numpy(), (1 - MOM) * 1 + MOM * (var_t * n / (n - 1)).mean(0), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("shape", [(T, B, C, H, W), (T, B, C)])
@@ -61,7 +65,9 @@ def test_tdbn_pooled_stats_with_threshold_scaling(shape):
     n = np.prod([x.shape[a] for a in axes])
     mu, var = x.mean(axis=axes), x.var(axis=axes)
     g, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
-    expected = channel(g, x.ndim) * alpha * v_th * (x - channel(mu, x.ndim)) / np.sqrt(channel(var, x.ndim) + EPS) + channel(b, x.ndim)
+    expected = channel(g, x.ndim) * alpha * v_th * (x - channel(mu, x.ndim)) / np.sqrt(
+        channel(var, x.ndim) + EPS
+    ) + channel(b, x.ndim)
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(layer.running_mean.numpy(), MOM * mu, rtol=1e-12)
     np.testing.assert_allclose(layer.running_var.numpy(), (1 - MOM) + MOM * var * n / (n - 1), rtol=1e-12)
@@ -89,8 +95,11 @@ def test_bntt_refuses_one_value_per_channel_and_step_in_training():
     """A batch of 1 without spatial axes has zero variance per step: the output would be beta everywhere."""
     layer = BNTT(C, time_steps=T, bias=True)
     before = layer.running_mean.clone()
-    with pytest.raises(ValueError, match=r"needs more than 1 value per channel per step.*shape \(4, 1, 3\).*"
-                                         r"batch size >= 2 in training.*drop_last=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs more than 1 value per channel per step.*shape \(4, 1, 3\).*"
+        r"batch size >= 2 in training.*drop_last=True",
+    ):
         layer(torch.randn(T, 1, C))
     assert torch.equal(layer.running_mean, before) and int(layer.num_batches_tracked) == 0  # nothing updated
     elementwise = BNTT(C, time_steps=T, feature_shape=(C, H, W))  # statistics per element: over the batch only
@@ -169,7 +178,11 @@ def test_registry_and_errors():
 
 def test_fold_targets_declared():
     assert (VanillaBN.fold_target, TDBN.fold_target, BNTT.fold_target, NoNorm.fold_target) == (
-        "weights", "weights", "unfoldable", "identity")
+        "weights",
+        "weights",
+        "unfoldable",
+        "identity",
+    )
 
 
 @pytest.mark.parametrize("elementwise", [False, True])
@@ -229,8 +242,16 @@ def test_torch_batch_norm_path_equals_the_reference_ops(name, steps, monkeypatch
         x = (torch.randn(steps, 5, 4, 3, 3, dtype=torch.float64) * 2 + 1).requires_grad_(True)
         y = layer(x)
         (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)).sum().backward()
-        results.append((y.detach(), x.grad, layer.weight.grad, layer.running_mean.clone(), layer.running_var.clone(),
-                        int(layer.num_batches_tracked)))
+        results.append(
+            (
+                y.detach(),
+                x.grad,
+                layer.weight.grad,
+                layer.running_mean.clone(),
+                layer.running_var.clone(),
+                int(layer.num_batches_tracked),
+            )
+        )
         monkeypatch.undo()
     for a, b in zip(*results):
         if isinstance(a, int):

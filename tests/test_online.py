@@ -12,9 +12,9 @@ from spikenorm.fold import check_equivalence, fold_model
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingVGG
 from spikenorm.neurons import LIF, stateful
 from spikenorm.norm import OSR, build_norm
+from spikenorm.synapse import TraceSynapse
 from spikenorm.tasks import tet_loss
 from spikenorm.tasks.online import online_backward
-from spikenorm.synapse import TraceSynapse
 
 T, B, C, H, W = 4, 6, 3, 3, 3
 
@@ -127,10 +127,16 @@ def test_ots_keeps_the_standardised_threshold_quantile_constant():
 
 def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
     torch.manual_seed(0)
-    model = SpikingMLP(12, 3, hidden=(16,),
-                       layers=LayerSpec(norm="osr", norm_kwargs={"fallback_ratio": None},
-                                        neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True,
-                                                       "ots_eval": "running"})).double()
+    model = SpikingMLP(
+        12,
+        3,
+        hidden=(16,),
+        layers=LayerSpec(
+            norm="osr",
+            norm_kwargs={"fallback_ratio": None},
+            neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True, "ots_eval": "running"},
+        ),
+    ).double()
     for _ in range(5):
         model(data(shape=(T, 32, 12)).abs())
     model.eval()
@@ -146,9 +152,12 @@ def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
 
 def test_osr_folds_into_weights_exactly():
     torch.manual_seed(0)
-    model = SpikingVGG("small", in_channels=1, num_classes=4,
-                       layers=LayerSpec(norm="osr",
-                                        neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True})).double()
+    model = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=4,
+        layers=LayerSpec(norm="osr", neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True}),
+    ).double()
     model(data(shape=(T, 8, 1, 8, 8)))
     model.eval()
     report = check_equivalence(model, fold_model(model), data(seed=3, shape=(T, 8, 1, 8, 8)))
@@ -164,8 +173,12 @@ def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm
     torch.manual_seed(0)
     neuron = {"tau": 2.0, "reset": "soft", "detach_reset": True, "detach_membrane": True, "ots": ots}
     kwargs = {"fallback_ratio": None} if norm == "osr" else {}
-    bptt = SpikingVGG("small", in_channels=1, num_classes=5,
-                      layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron, trace=trace)).double()
+    bptt = SpikingVGG(
+        "small",
+        in_channels=1,
+        num_classes=5,
+        layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron, trace=trace),
+    ).double()
     online = copy.deepcopy(bptt)
     x, y = data(shape=(T, 8, 1, 8, 8)), torch.arange(8) % 5
     tet_loss(bptt(x), y).backward()  # tet is the mean over steps of per-step losses
@@ -208,10 +221,12 @@ def test_online_training_memory_does_not_keep_step_graphs():
 
     peaks = []
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
         def step_loss(out):
             peaks.append(sum(saved))
             saved.clear()
             return tet_loss(out, y) / 8
+
         online_backward(model, x, step_loss)
     # the first step starts from zero state; every later step saves exactly as much: nothing accumulates
     assert len(set(peaks[1:])) == 1 and abs(peaks[0] - peaks[1]) < 0.01 * peaks[1]

@@ -16,8 +16,14 @@ T, B, F = 5, 16, 6
 
 def actor_like(norm: str) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, F), build_norm(norm, F), LIF(decay=0.75, threshold=0.5),
-                         nn.Linear(F, F), build_norm(norm, F), LIF(decay=0.75, threshold=0.5)).double()
+    return nn.Sequential(
+        nn.Linear(4, F),
+        build_norm(norm, F),
+        LIF(decay=0.75, threshold=0.5),
+        nn.Linear(F, F),
+        build_norm(norm, F),
+        LIF(decay=0.75, threshold=0.5),
+    ).double()
 
 
 def batches(m=6):

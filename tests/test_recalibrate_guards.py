@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 from helpers import free_port
 from torch import Tensor, nn
 
-from spikenorm.synapse import TimeDistributed
 from spikenorm.norm import build_norm
 from spikenorm.recalibrate import recalibrate_bn
+from spikenorm.synapse import TimeDistributed
 
 T, B = 4, 8
 
@@ -38,8 +38,9 @@ def assert_unchanged(model: nn.Module, before: dict[str, Tensor]) -> None:
 def time_major_net() -> nn.Module:
     """spikenorm BN first (it sees the data itself), then a linear layer and a torch BN."""
     torch.manual_seed(0)
-    return nn.Sequential(build_norm("bn", 4), TimeDistributed(nn.Linear(4, 3)),
-                         TimeDistributed(nn.BatchNorm1d(3))).double()
+    return nn.Sequential(
+        build_norm("bn", 4), TimeDistributed(nn.Linear(4, 3)), TimeDistributed(nn.BatchNorm1d(3))
+    ).double()
 
 
 def batches(n: int = 4) -> list[Tensor]:
@@ -53,8 +54,11 @@ def test_nan_and_inf_in_the_data_name_the_layer_batch_and_counts(mode: str) -> N
     data[2][1, 3, 0] = data[2][0, 0, 2] = data[2][3, 7, 1] = float("nan")
     data[2][2, 2, 2], data[2][0, 1, 3] = float("inf"), -float("inf")
     before = running_stats(model)
-    with pytest.raises(ValueError, match=rf"layer '0' \(VanillaBN\) in batch 2 .* 3 NaN and 2 Inf values among "
-                                         rf"{T * B * 4} elements; no statistics were written"):
+    with pytest.raises(
+        ValueError,
+        match=rf"layer '0' \(VanillaBN\) in batch 2 .* 3 NaN and 2 Inf values among "
+        rf"{T * B * 4} elements; no statistics were written",
+    ):
         recalibrate_bn(model, data, mode=mode)
     assert_unchanged(model, before)
 
@@ -165,6 +169,7 @@ def reset_hand_neurons(model: nn.Module) -> None:
 def numpy_reference(model: nn.Module, data: list[Tensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Pooled float64 mean and unbiased variance of each BN's inputs over every step of fresh-state forwards."""
     captured: dict[str, list[np.ndarray]] = {"bn1": [], "bn2": []}
+
     def capture(name: str) -> Callable:
         return lambda module, inputs, output: captured[name].append(inputs[0].numpy())
 

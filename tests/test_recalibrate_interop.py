@@ -38,8 +38,10 @@ def channel_last(module: nn.Module, x: torch.Tensor) -> np.ndarray:
 def numpy_statistics(library, model, batches):
     """Pooled float64 mean and unbiased variance of every BN layer's inputs, fresh state per batch."""
     captured = {name: [] for name in bn_layers(model)}
-    handles = [m.register_forward_hook(lambda m, i, o, name=name: captured[name].append(channel_last(m, i[0])))
-               for name, m in bn_layers(model).items()]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: captured[name].append(channel_last(m, i[0])))
+        for name, m in bn_layers(model).items()
+    ]
     model.eval()
     with torch.no_grad():
         for x in batches:
@@ -133,7 +135,9 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="num_batches=9 but the data gave only 5"):
         recalibrate_bn(model, data(), num_batches=9)
     with pytest.raises(ValueError, match="no BN layer"):
-        recalibrate_bn(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)), [torch.zeros(3, 2)])
+        recalibrate_bn(
+            nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)), [torch.zeros(3, 2)]
+        )
     report = recalibrate_bn(model, iter(data()), num_batches=3)  # takes only the first 3 of an iterator
     assert report.batches == 3
 

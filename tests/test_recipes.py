@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from spikenorm.cli import main
 from spikenorm.datamodules.testing import write_cifar10, write_cifar10dvs, write_ibm_gesture
@@ -40,22 +39,33 @@ OVERRIDES = {
     "cifar10_resnet19_mpbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_vggsnn_osr.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
     "quickstart_bw.yaml": ["--model.init_args.teacher_epochs=1"],
-    "cifar10_resnet19_bw.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125",
-                                 "--model.init_args.teacher.init_args.width=0.125",
-                                 "--model.init_args.teacher_checkpoint=null"],
-    "cifar10_transformer_bw.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.embed_dim=16",
-                                    "--model.init_args.model.init_args.num_heads=2",
-                                    "--model.init_args.model.init_args.depth=1",
-                                    "--model.init_args.teacher.init_args.width=0.125",
-                                    "--model.init_args.teacher_checkpoint=null"],
-    **{f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
-       for env in ("hopper", "halfcheetah", "ant", "walker2d")},
+    "cifar10_resnet19_bw.yaml": [
+        *CIFAR_ON_CPU,
+        "--model.init_args.model.init_args.width=0.125",
+        "--model.init_args.teacher.init_args.width=0.125",
+        "--model.init_args.teacher_checkpoint=null",
+    ],
+    "cifar10_transformer_bw.yaml": [
+        *CIFAR_ON_CPU,
+        "--model.init_args.model.init_args.embed_dim=16",
+        "--model.init_args.model.init_args.num_heads=2",
+        "--model.init_args.model.init_args.depth=1",
+        "--model.init_args.teacher.init_args.width=0.125",
+        "--model.init_args.teacher_checkpoint=null",
+    ],
+    **{
+        f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
+        for env in ("hopper", "halfcheetah", "ant", "walker2d")
+    },
     "quickstart_rl.yaml": [],
     "quickstart_dvs.yaml": [],
     "dvsgesture_vggsnn_osr.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
     "cifar10dvs_vggsnn_osr.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
-    "cifar10dvs_resnet19_mpbn.yaml": [*DVS_ON_CPU, "--model.init_args.model.init_args.width=0.125",
-                                      "--model.init_args.model.init_args.input_size=16"],
+    "cifar10dvs_resnet19_mpbn.yaml": [
+        *DVS_ON_CPU,
+        "--model.init_args.model.init_args.width=0.125",
+        "--model.init_args.model.init_args.input_size=16",
+    ],
 }
 
 
@@ -91,11 +101,19 @@ def test_recipe_fast_dev_run(recipe, offline_env):
 
 
 def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
-    main([
-        "fit", "--config", str(RECIPES / "quickstart.yaml"),
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
-        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(RECIPES / "quickstart.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=2",
+            "--trainer.limit_test_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=1",
+        ]
+    )
     import wandb
 
     wandb.finish()
@@ -112,12 +130,27 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
 
 @pytest.mark.parametrize("recipe", ["quickstart", "quickstart_osr", "quickstart_dvs"])
 def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "SPIKENORM_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "SPIKENORM_CACHE": str(tmp_path / "cache"),
+    }
     cmd = [
-        sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / f"{recipe}.yaml"),
-        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
-        "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        sys.executable,
+        "-m",
+        "spikenorm.cli",
+        "fit",
+        "--config",
+        str(RECIPES / f"{recipe}.yaml"),
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
     ]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

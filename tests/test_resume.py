@@ -14,10 +14,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from spikenorm.datamodules import DigitsDataModule
-from spikenorm.datamodules.base import EpochShuffleSampler, ResumableDataLoader
 from torch.utils.data import Dataset, SequentialSampler
 
+from spikenorm.datamodules import DigitsDataModule
+from spikenorm.datamodules.base import EpochShuffleSampler, ResumableDataLoader
 from spikenorm.models import LayerSpec, SpikingMLP
 from spikenorm.tasks import SpikingClassifier
 
@@ -27,9 +27,12 @@ NOT_RESUMABLE = "ended before the epoch ended"
 
 def _task(training_mode: str) -> SpikingClassifier:
     if training_mode == "online":  # OSR running statistics and OTS running thresholds must resume too
-        model = SpikingMLP(64, 10, hidden=(32,),
-                           layers=LayerSpec(norm="osr",
-                                            neuron_kwargs={"reset": "soft", "ots": True, "ots_eval": "running"}))
+        model = SpikingMLP(
+            64,
+            10,
+            hidden=(32,),
+            layers=LayerSpec(norm="osr", neuron_kwargs={"reset": "soft", "ots": True, "ots_eval": "running"}),
+        )
     else:
         model = SpikingMLP(64, 10, hidden=(32,))
     return SpikingClassifier(model, time_steps=2, training_mode=training_mode)
@@ -53,9 +56,7 @@ def _fit(training_mode, ckpt_path=None, callbacks=(), **trainer_kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
-    assert not [w for w in caught if NOT_RESUMABLE in str(w.message)], (
-        "Lightning found the loader not resumable"
-    )
+    assert not [w for w in caught if NOT_RESUMABLE in str(w.message)], "Lightning found the loader not resumable"
     return trainer, {k: v.detach().clone() for k, v in task.state_dict().items()}
 
 
@@ -64,19 +65,11 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tmp_path, training_mod
     full_trainer, full = _fit(training_mode, max_epochs=2)
     assert full_trainer.global_step == 2 * STEPS_PER_EPOCH
 
-    every_7 = ModelCheckpoint(
-        dirpath=tmp_path / "every7", every_n_train_steps=7, save_top_k=-1
-    )
-    every_10 = ModelCheckpoint(
-        dirpath=tmp_path / "every10", every_n_train_steps=10, save_top_k=-1
-    )
+    every_7 = ModelCheckpoint(dirpath=tmp_path / "every7", every_n_train_steps=7, save_top_k=-1)
+    every_10 = ModelCheckpoint(dirpath=tmp_path / "every10", every_n_train_steps=10, save_top_k=-1)
     _fit(training_mode, callbacks=[every_7, every_10], max_epochs=2, max_steps=28)
-    checkpoints = {
-        int(p.stem.split("step=")[1]): p for p in (tmp_path / "every7").glob("*.ckpt")
-    }
-    checkpoints |= {
-        int(p.stem.split("step=")[1]): p for p in (tmp_path / "every10").glob("*.ckpt")
-    }
+    checkpoints = {int(p.stem.split("step=")[1]): p for p in (tmp_path / "every7").glob("*.ckpt")}
+    checkpoints |= {int(p.stem.split("step=")[1]): p for p in (tmp_path / "every10").glob("*.ckpt")}
     assert {7, 20, 28} <= set(checkpoints)
 
     saved = torch.load(checkpoints[7], weights_only=False)
@@ -87,15 +80,11 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tmp_path, training_mod
     assert (loader_state["epoch"], loader_state["batches"]) == (1, 8)
 
     for step in (7, 20, 28):  # mid epoch 0, last batch of epoch 0, mid epoch 1
-        trainer, resumed = _fit(
-            training_mode, ckpt_path=checkpoints[step], max_epochs=2
-        )
+        trainer, resumed = _fit(training_mode, ckpt_path=checkpoints[step], max_epochs=2)
         assert trainer.global_step == 2 * STEPS_PER_EPOCH, step
         assert resumed.keys() == full.keys()
         different = [k for k in full if not torch.equal(full[k], resumed[k])]
-        assert not different, (
-            f"resumed from step {step}: {different} differ from the uninterrupted run"
-        )
+        assert not different, f"resumed from step {step}: {different} differ from the uninterrupted run"
 
 
 # ------------------------------------------------------------------------------ the loader on its own
@@ -115,9 +104,7 @@ def _labels(batches) -> list[list[int]]:
 def test_loader_state_round_trip_skips_at_the_sampler(num_workers):
     dm = _setup_digits(batch_size=100, num_workers=num_workers)
     loader = dm.train_dataloader()
-    assert isinstance(loader, ResumableDataLoader) and isinstance(
-        loader.sampler, EpochShuffleSampler
-    )
+    assert isinstance(loader, ResumableDataLoader) and isinstance(loader.sampler, EpochShuffleSampler)
     epoch0 = _labels(loader)
     loader.sampler.set_epoch(1)
     iterator = iter(loader)
@@ -154,18 +141,12 @@ class _Counting(Dataset):
 
 
 def test_resume_skips_indices_without_loading_them():
-    whole = [
-        b.tolist() for b in ResumableDataLoader(_Counting(95), batch_size=10, seed=7)
-    ]
+    whole = [b.tolist() for b in ResumableDataLoader(_Counting(95), batch_size=10, seed=7)]
     data = _Counting(95)
     loader = ResumableDataLoader(data, batch_size=10, seed=7)
-    loader.load_state_dict(
-        {"epoch": 0, "batches": 6, "batch_size": 10, "num_replicas": 1, "seed": 7}
-    )
+    loader.load_state_dict({"epoch": 0, "batches": 6, "batch_size": 10, "num_replicas": 1, "seed": 7})
     assert [b.tolist() for b in loader] == whole[6:]
-    assert sorted(data.loaded) == sorted(
-        i for batch in whole[6:] for i in batch
-    )  # 35 loaded, not 95
+    assert sorted(data.loaded) == sorted(i for batch in whole[6:] for i in batch)  # 35 loaded, not 95
 
 
 def test_checkpoint_at_the_end_of_an_epoch_starts_the_next():
@@ -192,10 +173,7 @@ def test_order_depends_on_seed_and_epoch_only():
         return list(sampler)
 
     assert order(3, 0) == order(3, 0) and sorted(order(3, 0)) == list(range(50))
-    assert (
-        len({tuple(order(s, e)) for s, e in [(3, 0), (3, 1), (4, 0), (4, 1), (2, 1)]})
-        == 5
-    )
+    assert len({tuple(order(s, e)) for s, e in [(3, 0), (3, 1), (4, 0), (4, 1), (2, 1)]}) == 5
 
 
 def test_ranks_share_one_permutation():
@@ -208,9 +186,7 @@ def test_ranks_share_one_permutation():
     assert set().union(*shards) == set(range(10))
     whole = EpochShuffleSampler(range(10), seed=1)
     whole.set_epoch(5)
-    assert shards[0][:3] + shards[1][:3] + shards[2][:3] != list(
-        whole
-    )  # strided, not blocked
+    assert shards[0][:3] + shards[1][:3] + shards[2][:3] != list(whole)  # strided, not blocked
     assert [x for trio in zip(*shards, strict=True) for x in trio][:10] == list(whole)
 
 
@@ -221,23 +197,14 @@ def test_lightning_can_reinstantiate_the_loader_with_another_sampler():
 
     loader = _setup_digits(batch_size=32).train_dataloader()
     sequential = _update_dataloader(loader, SequentialSampler(loader.dataset))
-    assert type(sequential) is ResumableDataLoader and isinstance(
-        sequential.sampler, SequentialSampler
-    )
+    assert type(sequential) is ResumableDataLoader and isinstance(sequential.sampler, SequentialSampler)
     first = [y for _, y in sequential]
-    sequential.load_state_dict(
-        {**sequential.state_dict(), "batches": 3}
-    )  # falls back to fetch-and-drop
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip([y for _, y in sequential], first[3:], strict=True)
-    )
+    sequential.load_state_dict({**sequential.state_dict(), "batches": 3})  # falls back to fetch-and-drop
+    assert all(torch.equal(a, b) for a, b in zip([y for _, y in sequential], first[3:], strict=True))
 
 
 def test_val_test_and_predict_loaders_stay_plain():
     dm = _setup_digits()
     dm.setup("test")
     for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
-        assert type(loader) is torch.utils.data.DataLoader and isinstance(
-            loader.sampler, SequentialSampler
-        )
+        assert type(loader) is torch.utils.data.DataLoader and isinstance(loader.sampler, SequentialSampler)

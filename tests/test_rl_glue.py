@@ -45,9 +45,7 @@ def test_make_env_specs_and_rollout():
     env = make_env(ENV, seed=0)
     assert observation_dim(env) == 4 and action_dim(env) == 1
     low, high = action_bounds(env)
-    assert torch.equal(low, torch.tensor([-3.0])) and torch.equal(
-        high, torch.tensor([3.0])
-    )
+    assert torch.equal(low, torch.tensor([-3.0])) and torch.equal(high, torch.tensor([3.0]))
     td = env.rollout(5)
     assert td["observation"].dtype == torch.float32 and td["observation"].shape[-1] == 4
     for key in (
@@ -58,9 +56,7 @@ def test_make_env_specs_and_rollout():
         ("next", "done"),
     ):
         assert key in td.keys(True, True), key
-    assert {"InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5"} <= set(
-        available_mujoco_envs()
-    )
+    assert {"InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5"} <= set(available_mujoco_envs())
 
 
 def test_make_env_is_seeded():
@@ -100,9 +96,7 @@ def tdbn_model() -> nn.Module:
 
 
 def bn1d_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)
-    ).double()
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
 
 
 def carebn_model() -> nn.Module:
@@ -176,9 +170,7 @@ def test_hard_update_and_structure_errors():
     hard_update(target, source)
     for (k, t), (_, s) in zip(target.state_dict().items(), source.state_dict().items()):
         assert torch.equal(t, s), k
-    wider = nn.Sequential(
-        nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)
-    ).double()
+    wider = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).double()
     with pytest.raises(ValueError, match="shape"):
         soft_update(wider, source, 0.1)
     with pytest.raises(ValueError, match="structure"):
@@ -225,9 +217,7 @@ def test_torchrl_softupdate_ignores_bn_statistics():
         def forward(self, obs, act):
             return self.net(torch.cat([obs, act], -1))
 
-    actor = nn.Sequential(
-        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)
-    )
+    actor = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
     loss = DDPGLoss(
         TensorDictModule(actor, in_keys=["observation"], out_keys=["action"]),
         ValueOperator(Critic(), in_keys=["observation", "action"]),
@@ -245,9 +235,7 @@ def test_torchrl_softupdate_ignores_bn_statistics():
         target["module", "0", "weight"] - weight_before,
         torch.full_like(weight_before, 0.5),
     )
-    assert torch.equal(
-        target["module", "1", "running_mean"], torch.zeros(4)
-    )  # stale: never averaged
+    assert torch.equal(target["module", "1", "running_mean"], torch.zeros(4))  # stale: never averaged
     # ours averages both
     ours = make_target(actor)
     with torch.no_grad():
@@ -297,9 +285,7 @@ class RecordingActor(nn.Module):
 
     def __init__(self, const: float | None = None):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1)
-        )
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
         self.const = const
         self.calls: list[tuple[bool, bool, int]] = []
 
@@ -324,16 +310,10 @@ def test_collection_runs_in_eval_mode_with_single_sample_bn():
     collector.shutdown()
     assert len(batches) == 2
     assert len(actor.calls) >= 100
-    assert all(
-        not training and not bn_training for training, bn_training, _ in actor.calls
-    )
-    assert all(
-        batch == 1 for *_, batch in actor.calls
-    )  # one env: batches of one sample
+    assert all(not training and not bn_training for training, bn_training, _ in actor.calls)
+    assert all(batch == 1 for *_, batch in actor.calls)  # one env: batches of one sample
     assert actor.training and actor.net[1].training  # back in train mode
-    assert torch.equal(
-        actor.net[1].running_mean, stats
-    )  # rollouts did not touch the statistics
+    assert torch.equal(actor.net[1].running_mean, stats)  # rollouts did not touch the statistics
 
 
 def test_plain_torchrl_collector_fails_with_bn_actor_in_train_mode():
@@ -365,24 +345,18 @@ def test_random_warmup_frames_and_clipped_noise():
     calls_at_start = len(actor.calls)
     it = iter(collector)
     warmup = next(it)
-    assert (
-        len(actor.calls) == calls_at_start
-    )  # the policy was not called during warm-up
+    assert len(actor.calls) == calls_at_start  # the policy was not called during warm-up
     a = warmup["action"]
     assert a.shape == (100, 1)
     assert ((a >= -3) & (a <= 3)).all() and a.std() > 0.5  # uniform over the box
     policy_batch = next(it)
     collector.shutdown()
-    assert torch.equal(
-        policy_batch["action"], torch.full((100, 1), 3.0)
-    )  # noisy 10.0 clipped to high
+    assert torch.equal(policy_batch["action"], torch.full((100, 1), 3.0))  # noisy 10.0 clipped to high
 
 
 def test_exploration_noise_is_td3_gaussian():
     torch.manual_seed(0)
-    policy = make_exploration_policy(
-        make_policy(RecordingActor(const=0.0)), make_env(ENV), sigma=0.1
-    )
+    policy = make_exploration_policy(make_policy(RecordingActor(const=0.0)), make_env(ENV), sigma=0.1)
     td = TensorDict({"observation": torch.zeros(20000, 4)}, batch_size=[20000])
     with eval_mode(policy):
         noisy = policy(td.clone())["action"]
@@ -405,25 +379,20 @@ def test_short_collection_keys_and_shapes():
     (batch,) = list(collector)
     collector.shutdown()
     assert batch.batch_size == (200,)
-    assert (
-        batch["observation"].shape == (200, 4)
-        and batch["observation"].dtype == torch.float32
-    )
+    assert batch["observation"].shape == (200, 4) and batch["observation"].dtype == torch.float32
     assert batch["action"].shape == (200, 1)
     assert batch["next", "reward"].shape == (200, 1)
-    assert (
-        batch["next", "done"].shape == (200, 1)
-        and batch["next", "done"].dtype == torch.bool
-    )
-    assert batch[
-        "next", "done"
-    ].any()  # InvertedPendulum episodes end quickly under a random actor
+    assert batch["next", "done"].shape == (200, 1) and batch["next", "done"].dtype == torch.bool
+    assert batch["next", "done"].any()  # InvertedPendulum episodes end quickly under a random actor
     assert isinstance(collector.policy, EvalModePolicy)
 
 
 def test_make_collector_argument_errors():
     policy = make_policy(nn.Linear(4, 1))
-    env_fn = lambda: make_env(ENV)
+
+    def env_fn():
+        return make_env(ENV)
+
     with pytest.raises(ValueError, match="multiple of frames_per_batch"):
         make_collector(
             env_fn,
@@ -441,9 +410,7 @@ def test_make_collector_argument_errors():
     with pytest.raises(TypeError, match="make_policy"):
         make_exploration_policy(lambda obs: obs, make_env(ENV))
     with pytest.raises(ValueError, match="exploration_sigma"):
-        make_collector(
-            env_fn, EvalModePolicy(policy), frames_per_batch=10, exploration_sigma=0.1
-        )
+        make_collector(env_fn, EvalModePolicy(policy), frames_per_batch=10, exploration_sigma=0.1)
     with pytest.raises(ValueError, match="sigma"):
         TD3GaussianNoise(-0.1)
 
@@ -453,13 +420,9 @@ def test_plain_actor_with_exploration_sigma_gets_spec_from_collector_env():
     torch.manual_seed(0)
     actor = RecordingActor(const=0.0)
     env = make_env(ENV, seed=0)
-    collector = make_collector(
-        env, actor, frames_per_batch=200, total_frames=200, exploration_sigma=0.1
-    )
+    collector = make_collector(env, actor, frames_per_batch=200, total_frames=200, exploration_sigma=0.1)
     noise = [m for m in collector.policy.modules() if isinstance(m, TD3GaussianNoise)]
-    assert len(noise) == 1 and torch.equal(
-        noise[0].std, torch.tensor([3.0])
-    )  # max_action of the env
+    assert len(noise) == 1 and torch.equal(noise[0].std, torch.tensor([3.0]))  # max_action of the env
     (batch,) = list(collector)
     collector.shutdown()
     assert 0.25 < batch["action"].std().item() < 0.35  # sigma * max_action = 0.3

@@ -22,21 +22,40 @@ from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDic
 
 from spikenorm.callbacks import ReplayRecalibration
 from spikenorm.loggers import WandbLogger
-from spikenorm.wandb_runs import read_offline_run
 from spikenorm.models import LayerSpec
 from spikenorm.tasks import SpikingTD3
+from spikenorm.wandb_runs import read_offline_run
 
-SMALL = dict(env_name="InvertedPendulum-v5", total_env_steps=240, warmup_steps=80, batch_size=32,
-             buffer_size=1000, hidden=(16, 16), time_steps=2, eval_every=60, eval_episodes=1, frames_per_batch=2)
+SMALL = dict(
+    env_name="InvertedPendulum-v5",
+    total_env_steps=240,
+    warmup_steps=80,
+    batch_size=32,
+    buffer_size=1000,
+    hidden=(16, 16),
+    time_steps=2,
+    eval_every=60,
+    eval_episodes=1,
+    frames_per_batch=2,
+)
 EVAL_STEPS = [60, 120, 180, 240]
 RECALIBRATION_STEPS = [100, 200]
 LOG_EVERY = 25  # Lightning flushes every 25 iterations = every 50 env steps: never at an eval or recalibration
 
 
 def _trainer(tmp_path: Path, callbacks=(), logger=False, **kw) -> Trainer:
-    return Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                   callbacks=list(callbacks), log_every_n_steps=LOG_EVERY, **kw)
+    return Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        log_every_n_steps=LOG_EVERY,
+        **kw,
+    )
 
 
 @contextlib.contextmanager
@@ -47,9 +66,15 @@ def _offline_wandb(tmp_path: Path) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC"):
             patch.delenv(var, raising=False)
-        for var, value in {"HOME": tmp_path, "WANDB_MODE": "offline", "WANDB_DIR": tmp_path, "WANDB_SILENT": "true",
-                           "WANDB_CACHE_DIR": tmp_path / "cache", "WANDB_CONFIG_DIR": tmp_path / "config",
-                           "WANDB_DATA_DIR": tmp_path / "data"}.items():
+        for var, value in {
+            "HOME": tmp_path,
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": tmp_path,
+            "WANDB_SILENT": "true",
+            "WANDB_CACHE_DIR": tmp_path / "cache",
+            "WANDB_CONFIG_DIR": tmp_path / "config",
+            "WANDB_DATA_DIR": tmp_path / "data",
+        }.items():
             patch.setenv(var, str(value))
         wandb.teardown()  # a service left by an earlier test writes relative to its own start directory
         try:
@@ -84,8 +109,12 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         finally:
             wandb_logger.experiment.finish()
     (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")
-    return {"task": task, "trainer": trainer, "csv": _csv_rows(csv_logger),
-            "wandb": read_offline_run(run_dir)["history"]}
+    return {
+        "task": task,
+        "trainer": trainer,
+        "csv": _csv_rows(csv_logger),
+        "wandb": read_offline_run(run_dir)["history"],
+    }
 
 
 def test_each_evaluation_is_logged_once_at_its_env_step(logged_run):
@@ -134,6 +163,7 @@ def test_summary_metrics_stay_in_callback_metrics(logged_run):
 
 # -- ReplayRecalibration checks its configuration before the first step ---------------------------------------
 
+
 def _fails_at_setup(tmp_path: Path, task, callback, match: str) -> None:
     steps: list[int] = []
     task.on_train_batch_start = lambda batch, batch_idx: steps.append(batch_idx)
@@ -171,4 +201,3 @@ def test_recalibration_rejects_bad_arguments():
         ReplayRecalibration(mode="fast")
     with pytest.raises(ValueError, match="num_batches"):
         ReplayRecalibration(num_batches=0)
-

@@ -145,8 +145,9 @@ def test_actor_has_three_norm_layers_of_the_right_widths():
     assert all(torch.allclose(n.weight, torch.full_like(n.weight, 0.25)) for n in norms)  # gamma = v_th / 2
     assert all(torch.allclose(n.bias, torch.full_like(n.bias, 0.25)) for n in norms)
     linears = [m for m in actor.snn.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(OBS * 10, 256), (256, 256), (256, ACT * 10)]
-    assert all(l.bias is None for l in linears)  # cancelled by the norm
+    shapes = [(layer.in_features, layer.out_features) for layer in linears]
+    assert shapes == [(OBS * 10, 256), (256, 256), (256, ACT * 10)]
+    assert all(layer.bias is None for layer in linears)  # cancelled by the norm
 
 
 @pytest.mark.parametrize("norm", ["carebn", "bn", "tdbn", "none"])
@@ -166,13 +167,14 @@ def test_actor_norm_and_neuron_options():
     neurons = [n for _, n in spiking_neurons(lif)]
     assert all(isinstance(n, LIF) and n.decay == 0.75 and float(n.threshold) == 0.5 for n in neurons)
     assert all(isinstance(n, TDBN) and n.v_th == 0.5 for n in lif.norm_layers())
-    custom = small_actor(layers=replace(POPSAN_LAYERS, norm_kwargs={"innovation_momentum": 0.5},
-                                        neuron_kwargs={"threshold": 0.8}))
+    custom = small_actor(
+        layers=replace(POPSAN_LAYERS, norm_kwargs={"innovation_momentum": 0.5}, neuron_kwargs={"threshold": 0.8})
+    )
     assert all(n.innovation_momentum == 0.5 for n in custom.norm_layers())
     assert all(torch.allclose(n.weight, torch.full_like(n.weight, 0.4)) for n in custom.norm_layers())
     plain = small_actor(layers=replace(POPSAN_LAYERS, norm="none"))
     assert all(isinstance(n, NoNorm) for n in plain.norm_layers())
-    assert all(l.bias is not None for l in plain.snn.modules() if isinstance(l, torch.nn.Linear))
+    assert all(m.bias is not None for m in plain.snn.modules() if isinstance(m, torch.nn.Linear))
     bntt = small_actor(layers=replace(POPSAN_LAYERS, norm="bntt"), time_steps=4)
     assert bntt(torch.randn(3, OBS)).shape == (3, ACT)
 
@@ -244,7 +246,7 @@ def test_twin_q_critic():
     assert not torch.allclose(q1, q2)  # independent networks
     assert torch.equal(critic.q1(obs, action), q1)
     linears = [m for m in critic.q1_net if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(OBS + ACT, 256), (256, 256), (256, 1)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(OBS + ACT, 256), (256, 256), (256, 1)]
     assert not set(map(id, critic.q1_net.parameters())) & set(map(id, critic.q2_net.parameters()))
     with pytest.raises(ValueError, match="action"):
         critic(obs, torch.randn(9, ACT + 1))

@@ -40,9 +40,18 @@ def vgg(**kwargs) -> SpikingVGG:
 def fit_fails_before_training(tmp_path, network, callback, match) -> list[str]:
     """Fit ``network`` with ``callback``; assert a ValueError matching ``match`` before any step; the hooks seen."""
     recorder = HookRecorder()
-    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", default_root_dir=tmp_path, callbacks=[callback, recorder])
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[callback, recorder],
+    )
     with pytest.raises(ValueError, match=match):
         trainer.fit(SpikingClassifier(network, time_steps=2), datamodule=DigitsDataModule(32))
     assert trainer.global_step == 0 and "on_before_backward" not in recorder.hooks
@@ -50,22 +59,34 @@ def fit_fails_before_training(tmp_path, network, callback, match) -> list[str]:
 
 
 def test_bn_recalibration_without_bn_layers_fails_at_setup(tmp_path):
-    hooks = fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(norm="none")), BNRecalibration(num_batches=1),
-                                      r"BNRecalibration: SpikingVGG has no BN layer .* remove the callback")
+    hooks = fit_fails_before_training(
+        tmp_path,
+        vgg(layers=LayerSpec(norm="none")),
+        BNRecalibration(num_batches=1),
+        r"BNRecalibration: SpikingVGG has no BN layer .* remove the callback",
+    )
     assert hooks == []
 
 
 def test_bn_recalibration_asking_more_batches_than_the_loader_has_fails_when_training_starts(tmp_path):
-    hooks = fit_fails_before_training(tmp_path, vgg(), BNRecalibration(num_batches=10_000),
-                                      r"num_batches=10000\): the training data gives only \d+ batch\(es\)")
+    hooks = fit_fails_before_training(
+        tmp_path,
+        vgg(),
+        BNRecalibration(num_batches=10_000),
+        r"num_batches=10000\): the training data gives only \d+ batch\(es\)",
+    )
     assert hooks == []
 
 
 def test_fold_normalization_of_an_unfoldable_model_fails_at_setup(tmp_path):
     network = vgg(layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}))
-    hooks = fit_fails_before_training(tmp_path, network, FoldNormalization(),
-                                      r"FoldNormalization cannot fold and save SpikingVGG: cannot fold norm layer "
-                                      r"'features.0.1' \(BNTT\)")
+    hooks = fit_fails_before_training(
+        tmp_path,
+        network,
+        FoldNormalization(),
+        r"FoldNormalization cannot fold and save SpikingVGG: cannot fold norm layer "
+        r"'features.0.1' \(BNTT\)",
+    )
     assert hooks == []
 
 
@@ -76,32 +97,48 @@ class CustomLIF(LIF):
 def test_fold_normalization_of_a_model_the_safe_format_cannot_save_fails_at_setup(tmp_path):
     network = SpikingMLP(64, 10, hidden=(16,))
     network.features[0][2] = CustomLIF()
-    hooks = fit_fails_before_training(tmp_path, network, FoldNormalization(),
-                                      r"module 'features.0.2' is a test_setup_checks.CustomLIF; the safe format")
+    hooks = fit_fails_before_training(
+        tmp_path,
+        network,
+        FoldNormalization(),
+        r"module 'features.0.2' is a test_setup_checks.CustomLIF; the safe format",
+    )
     assert hooks == []
 
 
-@pytest.mark.parametrize("build", [
-    lambda: SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="mpbn")),
-    lambda: SpikingMLP(20, 4, layers=LayerSpec(norm="mpbn")),
-    lambda: SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, layers=LayerSpec(norm="mpbn")),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="mpbn")),
+        lambda: SpikingMLP(20, 4, layers=LayerSpec(norm="mpbn")),
+        lambda: SpikingResNet19(num_classes=5, in_channels=2, width=0.0625, layers=LayerSpec(norm="mpbn")),
+    ],
+)
 def test_mpbn_as_the_post_conv_norm_is_refused_when_the_model_is_built(build):
-    with pytest.raises(ValueError, match=r"norm='mpbn' normalizes the membrane potential .* use membrane_norm='mpbn' "
-                                         r"together with a post-conv norm such as norm='tdbn'"):
+    with pytest.raises(
+        ValueError,
+        match=r"norm='mpbn' normalizes the membrane potential .* use membrane_norm='mpbn' "
+        r"together with a post-conv norm such as norm='tdbn'",
+    ):
         build()
 
 
 def test_nir_export_of_an_unfoldable_model_fails_at_setup(tmp_path):
-    hooks = fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2})), NIRExport(),
-                                      r"NIRExport could not export SpikingVGG to NIR: cannot fold norm layer")
+    hooks = fit_fails_before_training(
+        tmp_path,
+        vgg(layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2})),
+        NIRExport(),
+        r"NIRExport could not export SpikingVGG to NIR: cannot fold norm layer",
+    )
     assert hooks == []
 
 
 def test_nir_export_of_what_nir_cannot_express_fails_before_the_first_step(tmp_path):
     """Soft reset folds, but NIR cannot express it: found on the first batch (its shapes are needed), before
     the training step of that batch."""
-    fit_fails_before_training(tmp_path, vgg(layers=LayerSpec(neuron_kwargs={"reset": "soft"})), NIRExport(), r"soft reset")
+    fit_fails_before_training(
+        tmp_path, vgg(layers=LayerSpec(neuron_kwargs={"reset": "soft"})), NIRExport(), r"soft reset"
+    )
 
 
 def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp_path):
@@ -111,8 +148,17 @@ def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp
     callback = PackedBinaryExport()
     data = DigitsDataModule(32)
     data.setup("fit")
-    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path, callbacks=[callback])
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
     network = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10, layers=LayerSpec(binary_weights=True))
     trainer.fit(SpikingClassifier(network, time_steps=2), data.train_dataloader(), data.val_dataloader())
     assert callback.path.exists() and callback.max_abs_diff == 0.0
@@ -121,6 +167,7 @@ def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp
 def test_bn_recalibration_of_a_model_whose_neurons_it_cannot_reset_fails_when_training_starts(tmp_path):
     """Row 9 at fit time: a hand-written neuron keeping ``self.v`` is named before the first step; with
     ``reset_fn`` the same fit trains and recalibrates."""
+
     class DigitsHandNet(nn.Module):
         num_classes = 10
 
@@ -131,12 +178,22 @@ def test_bn_recalibration_of_a_model_whose_neurons_it_cannot_reset_fails_when_tr
         def forward(self, x):
             return torch.stack([self.out(self.lif(self.bn(self.fc(x_t.flatten(1))))) for x_t in x])
 
-    hooks = fit_fails_before_training(tmp_path, DigitsHandNet(), BNRecalibration(num_batches=1),
-                                      r"'lif' \(HandLIF\.v\).*pass reset_fn=")
+    hooks = fit_fails_before_training(
+        tmp_path, DigitsHandNet(), BNRecalibration(num_batches=1), r"'lif' \(HandLIF\.v\).*pass reset_fn="
+    )
     assert hooks == []
     callback = BNRecalibration(num_batches=1, reset_fn=reset_hand_neurons)
-    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", default_root_dir=tmp_path, callbacks=[callback])
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
     trainer.fit(SpikingClassifier(DigitsHandNet(), time_steps=2), datamodule=DigitsDataModule(32))
     assert callback.recalibrations >= 1

@@ -30,8 +30,13 @@ def closed_form(name: str, x: np.ndarray, p: float) -> np.ndarray:
     raise AssertionError(name)
 
 
-PARAMS = {"rectangle": ("width", 0.8), "sigmoid": ("alpha", 4.0), "atan": ("alpha", 2.0),
-          "triangle": ("width", 0.7), "dspike": ("b", 3.0)}
+PARAMS = {
+    "rectangle": ("width", 0.8),
+    "sigmoid": ("alpha", 4.0),
+    "atan": ("alpha", 2.0),
+    "triangle": ("width", 0.7),
+    "dspike": ("b", 3.0),
+}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -78,10 +78,21 @@ def test_trains_and_logs_on_a_separable_problem(tmp_path):
     x = torch.randn(256, 8)
     y = (x[:, 0] > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    task = SpikingClassifier(SpikingMLP(8, 2, hidden=(32,)), time_steps=2, loss="tet",
-                             optimizer=lambda params: torch.optim.Adam(params, lr=0.01))
-    trainer = Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    task = SpikingClassifier(
+        SpikingMLP(8, 2, hidden=(32,)),
+        time_steps=2,
+        loss="tet",
+        optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
+    )
+    trainer = Trainer(
+        max_epochs=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, loader, loader)
     metrics = trainer.callback_metrics
     assert float(metrics["val/acc"]) > 0.9
@@ -97,9 +108,18 @@ def test_same_seed_gives_identical_training(tmp_path):
     def run():
         seed_everything(3)
         task = SpikingClassifier(SpikingVGG("small", in_channels=1, num_classes=10), time_steps=2)
-        trainer = Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=2, accelerator="cpu",
-                          deterministic=True, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer = Trainer(
+            max_epochs=1,
+            limit_train_batches=5,
+            limit_val_batches=2,
+            accelerator="cpu",
+            deterministic=True,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(task, DigitsDataModule(batch_size=32))
         return task.state_dict(), float(trainer.callback_metrics["val/loss"])
 
@@ -115,8 +135,15 @@ def test_firing_rates_are_an_option_checked_at_setup(tmp_path):
 
     def fit(model, record):
         task = SpikingClassifier(model, num_classes=2, time_steps=2, record_firing_rates=record)
-        trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer = Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(task, loader, loader)
         return trainer
 

@@ -12,19 +12,36 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.wandb_runs import read_offline_run
 from spikenorm.models import LayerSpec
 from spikenorm.tasks import SpikingTD3
+from spikenorm.wandb_runs import read_offline_run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SMALL = dict(env_name="InvertedPendulum-v5", total_env_steps=240, warmup_steps=80, batch_size=32,
-             buffer_size=1000, hidden=(32, 32), eval_every=120, eval_episodes=1)
+SMALL = dict(
+    env_name="InvertedPendulum-v5",
+    total_env_steps=240,
+    warmup_steps=80,
+    batch_size=32,
+    buffer_size=1000,
+    hidden=(32, 32),
+    eval_every=120,
+    eval_episodes=1,
+)
 
 
 def _trainer(tmp_path, callbacks=(), logger=False, **kw):
-    return Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                   callbacks=list(callbacks), log_every_n_steps=1, **kw)
+    return Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        log_every_n_steps=1,
+        **kw,
+    )
 
 
 def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
@@ -47,16 +64,31 @@ def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     overrides = [f"--model.init_args.{k}={v}" for k, v in SMALL.items() if k != "hidden"]
-    cmd = [sys.executable, "-m", "spikenorm.cli", "fit", "--config", str(RECIPES / "quickstart_rl.yaml"),
-           *overrides, "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-           "--trainer.callbacks.init_args.every_n_env_steps=100", "--trainer.callbacks.init_args.num_batches=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spikenorm.cli",
+        "fit",
+        "--config",
+        str(RECIPES / "quickstart_rl.yaml"),
+        *overrides,
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks.init_args.every_n_env_steps=100",
+        "--trainer.callbacks.init_args.num_batches=4",
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval return" in done.stdout
     run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
     keys = set().union(*run["history"])
-    assert {"rl/eval_return", "rl/best_eval_return", "rl/env_steps_per_s", "train/critic_loss",
-            "train/actor_loss"} <= keys
+    assert {
+        "rl/eval_return",
+        "rl/best_eval_return",
+        "rl/env_steps_per_s",
+        "train/critic_loss",
+        "train/actor_loss",
+    } <= keys
     assert any(k.startswith("recalibration/stat_error/") for k in keys)
 
 
@@ -87,8 +119,15 @@ def test_checkpoint_resume_restores_networks_optimizers_carebn_and_callback(tmp_
 
 def test_ddpg_and_hard_target_updates_run(tmp_path):
     seed_everything(2)
-    task = SpikingTD3(**{**SMALL, "algorithm": "ddpg", "target_update": "hard", "hard_update_every": 20,
-                         "actor_layers": LayerSpec(norm="bn", neuron="clif", surrogate="rectangle")})
+    task = SpikingTD3(
+        **{
+            **SMALL,
+            "algorithm": "ddpg",
+            "target_update": "hard",
+            "hard_update_every": 20,
+            "actor_layers": LayerSpec(norm="bn", neuron="clif", surrogate="rectangle"),
+        }
+    )
     _trainer(tmp_path).fit(task)
     assert task.updates == 240 - 80 + 1
     for a, b in zip(task.actor.parameters(), task.actor_target.parameters()):
@@ -107,8 +146,11 @@ def test_bad_arguments():
 def test_actor_norm_kwargs_reach_the_carebn_layers():
     from spikenorm.norm import CaReBN
 
-    task = SpikingTD3(**SMALL,
-                      actor_layers=LayerSpec(norm="carebn", norm_kwargs={"prior": "debiased", "noise": "prior"},
-                                             neuron="clif", surrogate="rectangle"))
+    task = SpikingTD3(
+        **SMALL,
+        actor_layers=LayerSpec(
+            norm="carebn", norm_kwargs={"prior": "debiased", "noise": "prior"}, neuron="clif", surrogate="rectangle"
+        ),
+    )
     layers = [m for m in task.actor.modules() if isinstance(m, CaReBN)]
     assert layers and all((m.prior, m.noise) == ("debiased", "prior") for m in layers)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tonic
 import torch
+
 from spikenorm.datamodules import FrameAugmentation, TonicDataModule
 from spikenorm.datamodules.ibm_gesture import read_aedat31_polarity
 from spikenorm.datamodules.neuromorphic import DVS_DATASETS, TonicDatasetName
@@ -202,8 +203,10 @@ def test_cifar10dvs_fixed_nine_to_one_split(cifar10dvs_root, tmp_path):
     per_class.setup()
     source = per_class.test_dataset.dataset.dataset
     names = [os.path.basename(source.data[i]) for i in per_class.test_indices]
-    assert names == [f"cifar10_{c}_9.aedat4" for c in
-                     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
+    assert names == [
+        f"cifar10_{c}_9.aedat4"
+        for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    ]
     frames, _ = per_class.test_dataset[0]
     expected = written[os.path.join("CIFAR10DVS", "airplane", "cifar10_airplane_9.aedat4")]
     np.testing.assert_array_equal(frames.sum(0).numpy(), _histogram(expected, 128, 128))

@@ -97,7 +97,9 @@ def binarize_weight(weight: Tensor, clip: float = 1.0, alpha_grad: bool = True) 
         alpha_grad: let the gradient flow through ``alpha`` too.
     """
     if weight.ndim < 2:
-        raise ValueError(f"binarize_weight expects a weight of rank >= 2 ([out, in, ...]), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"binarize_weight expects a weight of rank >= 2 ([out, in, ...]), got shape {tuple(weight.shape)}"
+        )
     alpha = _channel_alpha(weight)
     if not alpha_grad:
         alpha = alpha.detach()
@@ -123,8 +125,9 @@ class BinaryLayer(nn.Module):
     weight (``alpha`` recomputed as ``mean |W|`` every call). Deployed state (``alpha`` set, e.g. by
     :func:`spikenorm.binary_packing.load_packed`): the forward weight is ``alpha_i * sign(W_ij)`` with the
     stored ``alpha``, so a model unpacked from 1-bit weights (``W = ±1``) reproduces the original outputs bit
-    for bit. Set ``layer.alpha = None`` to return to the training state. The ``alpha`` buffer is checkpointed when set; loading a state
-    dict with (without) ``<prefix>alpha`` puts the layer in the deployed (training) state.
+    for bit. Set ``layer.alpha = None`` to return to the training state. The ``alpha`` buffer is checkpointed
+    when set; loading a state dict with (without) ``<prefix>alpha`` puts the layer in the deployed (training)
+    state.
     """
 
     weight: Tensor

@@ -96,7 +96,9 @@ def load_packed(model: nn.Module, path_or_dict: str | Path | io.BytesIO | Mappin
             raise TypeError(f"a packed binary model file holds a dict, got {type(packed).__name__}")
     version = packed.pop(PACKED_FORMAT_KEY, PACKED_FORMAT_VERSION)
     if version != PACKED_FORMAT_VERSION:
-        raise ValueError(f"packed binary format version {version!r} is not supported (expected {PACKED_FORMAT_VERSION})")
+        raise ValueError(
+            f"packed binary format version {version!r} is not supported (expected {PACKED_FORMAT_VERSION})"
+        )
 
     layers = binary_layers(model)
     packed_names = {k[: -len(".weight_bits")] for k in packed if k.endswith(".weight_bits")}

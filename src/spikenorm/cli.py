@@ -64,8 +64,10 @@ LINKED_KEYS = (
 
 
 def _disagree(name: str, given: Any, expected: Any, source: str) -> ValueError:
-    return ValueError(f"{name}={given!r} disagrees with {source}={expected!r}: give the number of time steps once, "
-                      f"as the task's time_steps / eval_time_steps (the spikenorm CLI sets {name} from it)")
+    return ValueError(
+        f"{name}={given!r} disagrees with {source}={expected!r}: give the number of time steps once, "
+        f"as the task's time_steps / eval_time_steps (the spikenorm CLI sets {name} from it)"
+    )
 
 
 def layer_time_steps(time_steps: int, norm: str, membrane_norm: str | None, given: int | None) -> int | None:
@@ -218,9 +220,14 @@ class SpikenormCLI(LightningCLI):
             layers = f"{task}.{net}.init_args.layers"
             parser.link_arguments(
                 (f"{task}.time_steps", f"{layers}.norm", f"{layers}.membrane_norm", f"{layers}.time_steps"),
-                f"{layers}.time_steps", compute_fn=layer_time_steps)
-        parser.link_arguments((f"{task}.time_steps", f"{task}.eval_time_steps", "data.init_args.time_bins",
-                               "data.class_path"), "data.init_args.time_bins", compute_fn=frame_count)
+                f"{layers}.time_steps",
+                compute_fn=layer_time_steps,
+            )
+        parser.link_arguments(
+            (f"{task}.time_steps", f"{task}.eval_time_steps", "data.init_args.time_bins", "data.class_path"),
+            "data.init_args.time_bins",
+            compute_fn=frame_count,
+        )
 
     def before_instantiate_classes(self) -> None:
         check_kept_steps(self.config[self.subcommand] if self.subcommand else self.config)
@@ -247,8 +254,11 @@ class SpikenormCLI(LightningCLI):
         """Point ``ckpt_path`` at the newest ``last.ckpt`` of this configuration and its loggers at that run."""
         loggers = _logger_entries(config.trainer.logger)
         root = config.trainer.default_root_dir or os.getcwd()
-        explicit = [entry.init_args.dirpath for entry in (config.trainer.callbacks or [])
-                    if entry.class_path.endswith("LastCheckpoint") and entry.init_args.get("dirpath")]
+        explicit = [
+            entry.init_args.dirpath
+            for entry in (config.trainer.callbacks or [])
+            if entry.class_path.endswith("LastCheckpoint") and entry.init_args.get("dirpath")
+        ]
         if explicit:
             folder, pattern = Path(explicit[0]), "last.ckpt"
         else:
@@ -288,8 +298,9 @@ class SpikenormCLI(LightningCLI):
         else:
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if trainer.is_global_zero:
-            print(summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint,
-                          _callback_lines(trainer)))
+            print(
+                summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint, _callback_lines(trainer))
+            )
 
     def after_predict(self) -> None:
         if self.trainer.is_global_zero:
@@ -301,14 +312,23 @@ def _callback_lines(trainer: Trainer) -> list[str]:
     return [line for cb in trainer.callbacks if (line := getattr(cb, "summary_line", lambda: None)())]
 
 
-def summary(metrics: dict[str, float], loggers: list[Any], ckpt_path: str | None, checkpoint: Any,
-            callback_lines: list[str] = ()) -> str:
+def summary(
+    metrics: dict[str, float],
+    loggers: list[Any],
+    ckpt_path: str | None,
+    checkpoint: Any,
+    callback_lines: list[str] = (),
+) -> str:
     """Human-readable end-of-fit report (``callback_lines``: what callbacks report through ``summary_line()``)."""
     lines = ["", "spikenorm summary"]
-    for key, label in (("test/acc", "test accuracy"), ("test/firing_rate", "firing rate"),
-                       ("rl/eval_return", "eval return"), ("rl/best_eval_return", "best eval"),
-                       ("rl/env_steps", "env steps"),
-                       ("rl/env_steps_per_s", "env steps/s")):
+    for key, label in (
+        ("test/acc", "test accuracy"),
+        ("test/firing_rate", "firing rate"),
+        ("rl/eval_return", "eval return"),
+        ("rl/best_eval_return", "best eval"),
+        ("rl/env_steps", "env steps"),
+        ("rl/env_steps_per_s", "env steps/s"),
+    ):
         if key in metrics:
             lines.append(f"  {label:<14} {float(metrics[key]):.4f}")
     if "test/acc_folded" in metrics:

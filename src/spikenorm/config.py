@@ -145,8 +145,10 @@ def describe(obj: Any, where: str | None = None) -> dict[str, Any]:
     if isinstance(record, str):
         raise UnrecordableError(record)
     if isinstance(obj, functools.partial) and inspect.isclass(obj.func) and not obj.args:
-        return {"class_path": class_path_of(obj.func),
-                "init_args": {k: _plain(v, f"{where} argument {k!r}") for k, v in obj.keywords.items()}}
+        return {
+            "class_path": class_path_of(obj.func),
+            "init_args": {k: _plain(v, f"{where} argument {k!r}") for k, v in obj.keywords.items()},
+        }
     raise UnrecordableError(
         f"{where} ({class_path_of(type(obj))}) does not record how it was built: spikenorm models do; for your own "
         "module add the spikenorm.config.RecordsInit mixin, for an optimizer pass functools.partial(Class, ...)"
@@ -259,8 +261,9 @@ def without_defaults(value: Any) -> Any:
     if is_config(value):
         defaults = _defaults(value["class_path"])
         missing = object()
-        init_args = {k: without_defaults(v) for k, v in (value.get("init_args") or {}).items()
-                     if defaults.get(k, missing) != v}
+        init_args = {
+            k: without_defaults(v) for k, v in (value.get("init_args") or {}).items() if defaults.get(k, missing) != v
+        }
         return {**value, "init_args": init_args}
     return value
 
@@ -303,5 +306,7 @@ def differences(old: Any, new: Any, prefix: str) -> list[str]:
         if one_side_none and any(k.startswith(f"{key}.") for k in (old_flat | new_flat)):
             continue  # None on one side, a dict on the other: its entries are listed instead
         if a != b:
-            lines.append(f"{key}: {'(absent)' if a is missing else repr(a)} -> {'(absent)' if b is missing else repr(b)}")
+            lines.append(
+                f"{key}: {'(absent)' if a is missing else repr(a)} -> {'(absent)' if b is missing else repr(b)}"
+            )
     return lines

@@ -185,8 +185,14 @@ def _conv_sops(conv: nn.Module, x: Tensor, y: Tensor) -> int:
     per_position = nonzero.sum((0, 1), dtype=torch.float64)
     cover = torch.ones((), dtype=torch.float64, device=x.device)
     for i in range(dims):
-        axis = _cover_1d(per_position.shape[i], y.shape[y.ndim - dims + i], conv.kernel_size[i], conv.stride[i],
-                         conv.dilation[i], pads[i])
+        axis = _cover_1d(
+            per_position.shape[i],
+            y.shape[y.ndim - dims + i],
+            conv.kernel_size[i],
+            conv.stride[i],
+            conv.dilation[i],
+            pads[i],
+        )
         cover = cover.unsqueeze(-1) * torch.tensor(axis, dtype=torch.float64, device=x.device)
     return int((per_position * cover).sum()) * (conv.out_channels // conv.groups)
 

@@ -183,15 +183,21 @@ class _GraphBuilder:
         """Add ``nir_node`` fed by the NIR nodes that make up fx node ``source``."""
         inputs = self.sources[source]
         if len(set(inputs)) != len(inputs):
-            raise ValueError(f"cannot export '{name}': its input sums one node with itself ({inputs}); "
-                             "NIR has no duplicate edges")
+            raise ValueError(
+                f"cannot export '{name}': its input sums one node with itself ({inputs}); NIR has no duplicate edges"
+            )
         self.nodes[name] = nir_node
         self.edges += [(src, name) for src in inputs]
 
     def _convert(self, node: fx.Node) -> None:
         source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        if node.op == "call_function" and node.target in _ADD and not node.kwargs and len(node.args) == 2 \
-                and all(isinstance(a, fx.Node) for a in node.args):
+        if (
+            node.op == "call_function"
+            and node.target in _ADD
+            and not node.kwargs
+            and len(node.args) == 2
+            and all(isinstance(a, fx.Node) for a in node.args)
+        ):
             self.sources[node] = self.sources[node.args[0]] + self.sources[node.args[1]]
             return
         if source is None:
@@ -214,8 +220,11 @@ class _GraphBuilder:
             module = module.module
         in_shape = self.shapes[source]
         if isinstance(module, BinaryLayer):
-            raise _unsupported(node, f"binary-weight layer {type(module).__name__}: its forward weights are not "
-                                     "the latent .weight; export is not supported")
+            raise _unsupported(
+                node,
+                f"binary-weight layer {type(module).__name__}: its forward weights are not "
+                "the latent .weight; export is not supported",
+            )
         if isinstance(module, _PASS_THROUGH):
             self.sources[node] = self.sources[source]
         elif isinstance(module, nn.Linear):
@@ -242,7 +251,7 @@ class _GraphBuilder:
             return
         start = next(i for i, (a, b) in enumerate(zip(in_shape, out_shape)) if a != b)
         end = len(in_shape) - len(out_shape) + start
-        if in_shape[end + 1:] != out_shape[start + 1:] or math.prod(in_shape[start:end + 1]) != out_shape[start]:
+        if in_shape[end + 1 :] != out_shape[start + 1 :] or math.prod(in_shape[start : end + 1]) != out_shape[start]:
             raise _unsupported(node, f"the reshape {in_shape} -> {out_shape} is not a flatten")
         end_dim = -1 if end == len(in_shape) - 1 else end
         self._add(name, nir.Flatten(np.array(in_shape), start_dim=start, end_dim=end_dim), source)
@@ -252,11 +261,18 @@ class _GraphBuilder:
         rank = len(self.shapes[source]) + 2
         dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
         if len(self.shapes[source]) != 3 or sorted(d % rank for d in dims) != [rank - 2, rank - 1]:
-            raise _unsupported(node, f"mean over dims {dims} of a [T, B, *{self.shapes[source]}] tensor; only the "
-                                     "global average pool over H, W of [T, B, C, H, W] maps to NIR")
+            raise _unsupported(
+                node,
+                f"mean over dims {dims} of a [T, B, *{self.shapes[source]}] tensor; only the "
+                "global average pool over H, W of [T, B, C, H, W] maps to NIR",
+            )
         channels, height, width = self.shapes[source]
-        pool = nir.AvgPool2d(kernel_size=np.array([height, width]), stride=np.array([height, width]),
-                             padding=np.array([0, 0]), metadata={"spikenorm_op": "mean"})
+        pool = nir.AvgPool2d(
+            kernel_size=np.array([height, width]),
+            stride=np.array([height, width]),
+            padding=np.array([0, 0]),
+            metadata={"spikenorm_op": "mean"},
+        )
         self._add(node.name, pool, source)
         self.sources[node] = [node.name]
         if not node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False):
@@ -267,8 +283,11 @@ class _GraphBuilder:
     def _neuron(self, node: fx.Node, source: fx.Node, neuron: SpikingNeuron) -> None:
         shape = self.shapes[node]
         if neuron.ots:
-            raise _unsupported(node, "an OTS threshold follows the inference batch; train with ots_eval='running' "
-                                     "and fold the model (spikenorm.fold.fold_model)")
+            raise _unsupported(
+                node,
+                "an OTS threshold follows the inference batch; train with ots_eval='running' "
+                "and fold the model (spikenorm.fold.fold_model)",
+            )
         if neuron.reset != "hard":
             raise _unsupported(node, "soft reset (v -= theta s) cannot be expressed; NIR neurons reset to v_reset")
         sign = torch.ones(shape, dtype=neuron.threshold.dtype)
@@ -301,24 +320,43 @@ def _conv(node: fx.Node, conv: nn.Conv1d | nn.Conv2d, in_shape: tuple[int, ...])
     if conv.padding_mode != "zeros":
         raise _unsupported(node, f"padding_mode={conv.padding_mode!r} has no NIR equivalent (zeros only)")
     if conv.groups != 1:  # nir 1.0.8 types a conv's input as weight.shape[1] = in_channels / groups channels
-        raise _unsupported(node, f"a grouped convolution (groups={conv.groups}) would be typed by NIR with "
-                                 f"{conv.in_channels // conv.groups} instead of {conv.in_channels} input channels")
+        raise _unsupported(
+            node,
+            f"a grouped convolution (groups={conv.groups}) would be typed by NIR with "
+            f"{conv.in_channels // conv.groups} instead of {conv.in_channels} input channels",
+        )
     bias = _array(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels, dtype=_array(conv.weight).dtype)
     padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
     if isinstance(conv, nn.Conv1d):
-        return nir.Conv1d(input_shape=in_shape[1], weight=_array(conv.weight), stride=conv.stride[0],
-                          padding=padding if isinstance(padding, str) else padding[0], dilation=conv.dilation[0],
-                          groups=1, bias=bias)
-    return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=_array(conv.weight), stride=tuple(conv.stride),
-                      padding=padding, dilation=tuple(conv.dilation), groups=1, bias=bias)
+        return nir.Conv1d(
+            input_shape=in_shape[1],
+            weight=_array(conv.weight),
+            stride=conv.stride[0],
+            padding=padding if isinstance(padding, str) else padding[0],
+            dilation=conv.dilation[0],
+            groups=1,
+            bias=bias,
+        )
+    return nir.Conv2d(
+        input_shape=tuple(in_shape[1:]),
+        weight=_array(conv.weight),
+        stride=tuple(conv.stride),
+        padding=padding,
+        dilation=tuple(conv.dilation),
+        groups=1,
+        bias=bias,
+    )
 
 
 def _avg_pool(node: fx.Node, pool: nn.AvgPool2d) -> nir.AvgPool2d:
     kernel = np.broadcast_to(np.asarray(pool.kernel_size), (2,))
     stride = np.broadcast_to(np.asarray(pool.stride if pool.stride is not None else pool.kernel_size), (2,))
     if np.any(np.asarray(pool.padding) != 0) or pool.ceil_mode or pool.divisor_override is not None:
-        raise _unsupported(node, "average pooling with padding (NIR does not say whether padding counts in the "
-                                 "average), ceil_mode or divisor_override has no NIR equivalent")
+        raise _unsupported(
+            node,
+            "average pooling with padding (NIR does not say whether padding counts in the "
+            "average), ceil_mode or divisor_override has no NIR equivalent",
+        )
     return nir.AvgPool2d(kernel_size=kernel.copy(), stride=stride.copy(), padding=np.array([0, 0]))
 
 
@@ -332,8 +370,14 @@ class NIRNetwork(nn.Module):
     in edge order. Like every spikenorm network it starts each forward from zero state.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], inputs: dict[str, list[str]], order: list[str],
-                 input_name: str, output_name: str) -> None:
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        inputs: dict[str, list[str]],
+        order: list[str],
+        input_name: str,
+        output_name: str,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleDict(layers)
         self.inputs, self.order = inputs, order
@@ -365,8 +409,9 @@ class _AvgPool2d(nn.Module):
     """NIR ``AvgPool2d`` on ``[T, B, C, H, W]``; ``as_mean`` computes it as ``mean`` over H, W, bit for bit as a
     model's global average pool (set from the metadata ``spikenorm_op = "mean"`` that :func:`to_nir` writes)."""
 
-    def __init__(self, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
-                 as_mean: bool) -> None:
+    def __init__(
+        self, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], as_mean: bool
+    ) -> None:
         super().__init__()
         self.kernel, self.stride, self.padding, self.as_mean = kernel, stride, padding, as_mean
 
@@ -399,8 +444,10 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None) -> NIRNe
         graph = nir.read(graph)
     if dt is None:
         if "dt" not in graph.metadata:
-            raise ValueError("the NIR graph has no 'dt' metadata (it was not written by spikenorm): pass dt, the "
-                             "length of one time step in the graph's time unit (snnTorch uses 1e-4)")
+            raise ValueError(
+                "the NIR graph has no 'dt' metadata (it was not written by spikenorm): pass dt, the "
+                "length of one time step in the graph's time unit (snnTorch uses 1e-4)"
+            )
         dt = float(graph.metadata["dt"])
     inputs = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
     outputs = [name for name, node in graph.nodes.items() if isinstance(node, nir.Output)]
@@ -430,8 +477,9 @@ def _topological_order(incoming: dict[str, list[str]], input_name: str) -> list[
     while pending:
         ready = [name for name in pending if incoming[name] and all(src in done for src in incoming[name])]
         if not ready:
-            raise ValueError(f"the NIR graph is recurrent or has nodes without input ({pending}); from_nir runs "
-                             "feed-forward graphs")
+            raise ValueError(
+                f"the NIR graph is recurrent or has nodes without input ({pending}); from_nir runs feed-forward graphs"
+            )
         done.update(ready)
         order += ready
         pending = [name for name in pending if name not in done]
@@ -457,14 +505,23 @@ def _module_from_nir(node: nir.NIRNode, dt: float) -> nn.Module:
         weight = _tensor(node.weight)
         cls = nn.Conv1d if isinstance(node, nir.Conv1d) else nn.Conv2d
         padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-        conv = cls(weight.shape[1] * node.groups, weight.shape[0], tuple(weight.shape[2:]), stride=_ints(node.stride),
-                   padding=padding, dilation=_ints(node.dilation), groups=node.groups, dtype=weight.dtype)
+        conv = cls(
+            weight.shape[1] * node.groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=_ints(node.stride),
+            padding=padding,
+            dilation=_ints(node.dilation),
+            groups=node.groups,
+            dtype=weight.dtype,
+        )
         conv.weight = nn.Parameter(weight, requires_grad=False)
         conv.bias = nn.Parameter(_tensor(node.bias), requires_grad=False)
         return TimeDistributed(conv)
     if isinstance(node, nir.AvgPool2d):
-        kernel, stride, padding = (tuple(np.broadcast_to(np.asarray(v), (2,)).tolist())
-                                   for v in (node.kernel_size, node.stride, node.padding))
+        kernel, stride, padding = (
+            tuple(np.broadcast_to(np.asarray(v), (2,)).tolist()) for v in (node.kernel_size, node.stride, node.padding)
+        )
         return _AvgPool2d(kernel, stride, padding, as_mean=node.metadata.get("spikenorm_op") == "mean")
     if isinstance(node, nir.Flatten):
         start = node.start_dim + 2 if node.start_dim >= 0 else node.start_dim
@@ -474,8 +531,10 @@ def _module_from_nir(node: nir.NIRNode, dt: float) -> nn.Module:
         return _Scale(_tensor(node.scale))
     if isinstance(node, (nir.IF, nir.LIF, nir.CubaLIF)):
         return _neuron_from_nir(node, dt)
-    raise ValueError("unsupported node type; from_nir supports Input, Output, Affine, Linear, Conv1d, Conv2d, "
-                     "AvgPool2d, Flatten, Scale, IF, LIF and CubaLIF")
+    raise ValueError(
+        "unsupported node type; from_nir supports Input, Output, Affine, Linear, Conv1d, Conv2d, "
+        "AvgPool2d, Flatten, Scale, IF, LIF and CubaLIF"
+    )
 
 
 def _ints(value: Any) -> int | tuple[int, ...]:

@@ -47,10 +47,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from spikenorm.binary import BINARY_WEIGHT_FUNCTIONS, BinaryLayer
-from spikenorm.synapse import TimeDistributed
 from spikenorm.neurons import SpikingNeuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
-from spikenorm.synapse import TraceSynapse
+from spikenorm.synapse import TimeDistributed, TraceSynapse
 
 _LINEAR_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -135,7 +134,8 @@ def _linear_layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     if isinstance(m, BinaryLayer) or (node.op == "call_function" and binarizer is not None):
         where = node.target if m is not None else str(binarizer.all_input_nodes[-1].target).rpartition(".")[0]
         raise ValueError(
-            f"cannot fold into '{where}': it is a binary-weight layer ({type(m).__name__ if m is not None else 'traced'});"
+            f"cannot fold into '{where}': it is a binary-weight layer "
+            f"({type(m).__name__ if m is not None else 'traced'});"
             " folding into binary weights is not supported (a fold would rescale the latent weights, not the "
             "±alpha weights the layer uses); keep this layer full precision or do not fold"
         )
@@ -383,11 +383,50 @@ FOLDED_FORMAT_VERSION = 1
 # input checks and spike encoders the spikenorm models register with ``torch.fx.wrap``
 _GRAPH_FUNCTIONS = (
     *(f"operator.{name}" for name in ("add", "sub", "mul", "truediv", "floordiv", "neg", "pow", "matmul", "getitem")),
-    *(f"torch.{name}" for name in ("add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "sigmoid", "relu",
-                                   "abs", "clamp", "flatten", "reshape", "cat", "stack", "mean", "sum", "amax",
-                                   "matmul", "softmax", "transpose", "permute", "unsqueeze", "squeeze")),
-    *(f"torch.nn.functional.{name}" for name in ("relu", "sigmoid", "softmax", "avg_pool2d", "max_pool2d",
-                                                 "adaptive_avg_pool2d", "linear", "conv2d", "pad")),
+    *(
+        f"torch.{name}"
+        for name in (
+            "add",
+            "sub",
+            "mul",
+            "div",
+            "neg",
+            "exp",
+            "log",
+            "tanh",
+            "sigmoid",
+            "relu",
+            "abs",
+            "clamp",
+            "flatten",
+            "reshape",
+            "cat",
+            "stack",
+            "mean",
+            "sum",
+            "amax",
+            "matmul",
+            "softmax",
+            "transpose",
+            "permute",
+            "unsqueeze",
+            "squeeze",
+        )
+    ),
+    *(
+        f"torch.nn.functional.{name}"
+        for name in (
+            "relu",
+            "sigmoid",
+            "softmax",
+            "avg_pool2d",
+            "max_pool2d",
+            "adaptive_avg_pool2d",
+            "linear",
+            "conv2d",
+            "pad",
+        )
+    ),
     "spikenorm.models.layers.check_model_input",
     "spikenorm.models.rl.check_batch_input",
     "spikenorm.models.rl.check_spike_input",
@@ -397,11 +436,37 @@ _GRAPH_FUNCTIONS = (
     "spikenorm.binary._deployed_weight",
 )
 # tensor methods a folded graph may call: pure shape and arithmetic operations
-_TENSOR_METHODS = frozenset({
-    "abs", "add", "amax", "chunk", "clamp", "contiguous", "div", "exp", "expand", "flatten", "mean", "mul", "neg",
-    "permute", "pow", "reshape", "sigmoid", "size", "split", "squeeze", "sub", "sum", "tanh", "transpose",
-    "unflatten", "unsqueeze", "view",
-})
+_TENSOR_METHODS = frozenset(
+    {
+        "abs",
+        "add",
+        "amax",
+        "chunk",
+        "clamp",
+        "contiguous",
+        "div",
+        "exp",
+        "expand",
+        "flatten",
+        "mean",
+        "mul",
+        "neg",
+        "permute",
+        "pow",
+        "reshape",
+        "sigmoid",
+        "size",
+        "split",
+        "squeeze",
+        "sub",
+        "sum",
+        "tanh",
+        "transpose",
+        "unflatten",
+        "unsqueeze",
+        "view",
+    }
+)
 _MODULE_NAMESPACES = ("torch.nn.modules.", "spikenorm.")  # where the classes of a folded model's modules live
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping, rebuilt by nn.Module.__init__
 _PICKLE_HINT = (
@@ -433,10 +498,17 @@ def save_folded(folded: FoldedModel, path: str | Path | BinaryIO, *, pickle: boo
         payload: object = folded
     else:
         tensors: dict[str, Tensor] = {}
-        spec = {"class_name": type(folded).__name__, "graph": [_node_spec(node) for node in folded.graph.nodes],
-                "modules": _module_spec(folded, "", tensors)}
-        payload = {"format": FOLDED_FORMAT, "version": FOLDED_FORMAT_VERSION, "spec": json.dumps(spec),
-                   "tensors": tensors}
+        spec = {
+            "class_name": type(folded).__name__,
+            "graph": [_node_spec(node) for node in folded.graph.nodes],
+            "modules": _module_spec(folded, "", tensors),
+        }
+        payload = {
+            "format": FOLDED_FORMAT,
+            "version": FOLDED_FORMAT_VERSION,
+            "spec": json.dumps(spec),
+            "tensors": tensors,
+        }
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -474,8 +546,10 @@ def load_folded(
     if not isinstance(payload, dict) or payload.get("format") != FOLDED_FORMAT:
         raise ValueError(f"{path} is not a folded model written by spikenorm.fold.save_folded")
     if payload.get("version") != FOLDED_FORMAT_VERSION:
-        raise ValueError(f"{path}: folded-model format version {payload.get('version')!r} is not supported "
-                         f"(expected {FOLDED_FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: folded-model format version {payload.get('version')!r} is not supported "
+            f"(expected {FOLDED_FORMAT_VERSION})"
+        )
     try:
         spec = json.loads(payload["spec"])
         root = _build_module(spec["modules"], payload["tensors"])
@@ -495,8 +569,10 @@ def _check_targets(graph: fx.Graph, root: nn.Module) -> None:
         if (node.op == "call_module" and node.target not in modules) or (
             node.op == "get_attr" and node.target not in attributes
         ):
-            raise ValueError(f"a folded-model file's graph names {node.target!r:.80}, which is not a module, "
-                             "parameter or buffer of the model it holds")
+            raise ValueError(
+                f"a folded-model file's graph names {node.target!r:.80}, which is not a module, "
+                "parameter or buffer of the model it holds"
+            )
 
 
 class _Unsupported(ValueError):
@@ -529,7 +605,7 @@ def _decode(value: object, nodes: dict[str, fx.Node] | None = None) -> object:
     if isinstance(value, list):
         return [_decode(v, nodes) for v in value]
     if isinstance(value, dict) and len(value) == 1:
-        (tag, content), = value.items()
+        ((tag, content),) = value.items()
         if tag == "node" and nodes is not None and content in nodes:
             return nodes[content]
         if tag == "tuple" and isinstance(content, list):
@@ -567,13 +643,17 @@ def _node_spec(node: fx.Node) -> dict[str, object]:
         target = next((name for name, fn in _graph_functions().items() if fn is node.target), None)
         if target is None:
             name = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}"
-            raise ValueError(f"cannot save the folded model safely: node '{node.name}' calls {name!r}, which is not "
-                             "among the functions the safe format allows (pure tensor operations and the spikenorm "
-                             f"models' input checks); {_PICKLE_HINT}")
+            raise ValueError(
+                f"cannot save the folded model safely: node '{node.name}' calls {name!r}, which is not "
+                "among the functions the safe format allows (pure tensor operations and the spikenorm "
+                f"models' input checks); {_PICKLE_HINT}"
+            )
     elif node.op == "call_method" and target not in _TENSOR_METHODS:
         allowed = ", ".join(sorted(_TENSOR_METHODS))
-        raise ValueError(f"cannot save the folded model safely: node '{node.name}' calls the method {target!r}, "
-                         f"which is not among the methods the safe format allows ({allowed}); {_PICKLE_HINT}")
+        raise ValueError(
+            f"cannot save the folded model safely: node '{node.name}' calls the method {target!r}, "
+            f"which is not among the methods the safe format allows ({allowed}); {_PICKLE_HINT}"
+        )
     try:
         args, kwargs = _encode(node.args), _encode(node.kwargs)
     except _Unsupported as err:
@@ -601,8 +681,9 @@ def _build_graph(specs: list[dict]) -> fx.Graph:
             target = _graph_functions()[target]
         elif op == "call_method":
             if target not in _TENSOR_METHODS:
-                raise ValueError(f"a folded-model file calls the method {target!r:.80}, which the safe format does "
-                                 "not allow")
+                raise ValueError(
+                    f"a folded-model file calls the method {target!r:.80}, which the safe format does not allow"
+                )
         elif op not in ("placeholder", "output"):
             raise ValueError(f"invalid graph operation {op!r:.80} in a folded-model file")
         kwargs = _decode(spec["kwargs"], nodes)
@@ -628,8 +709,10 @@ def _module_spec(module: nn.Module, path: str, tensors: dict[str, Tensor]) -> di
     _module_class(cls.__module__, cls.__qualname__, where)
     hooks = [k for k in _MODULE_INTERNALS if "hook" in k and isinstance(vars(module)[k], dict) and vars(module)[k]]
     if hooks:
-        raise ValueError(f"cannot save the folded model safely: {where} has hooks ({hooks}), which are code; "
-                         f"remove them or: {_PICKLE_HINT}")
+        raise ValueError(
+            f"cannot save the folded model safely: {where} has hooks ({hooks}), which are code; "
+            f"remove them or: {_PICKLE_HINT}"
+        )
     try:
         attributes = {k: _encode(v) for k, v in vars(module).items() if k not in _MODULE_INTERNALS} if path else {}
     except _Unsupported as err:
@@ -641,11 +724,16 @@ def _module_spec(module: nn.Module, path: str, tensors: dict[str, Tensor]) -> di
         return {name: None if t is None else f"{prefix}{name}" for name, t in named.items()}
 
     return {
-        "module": cls.__module__, "class": cls.__qualname__, "attributes": attributes,
-        "parameters": store(module._parameters), "buffers": store(module._buffers),
+        "module": cls.__module__,
+        "class": cls.__qualname__,
+        "attributes": attributes,
+        "parameters": store(module._parameters),
+        "buffers": store(module._buffers),
         "non_persistent": sorted(module._non_persistent_buffers_set),
-        "children": [[name, None if child is None else _module_spec(child, f"{prefix}{name}", tensors)]
-                     for name, child in module._modules.items()],
+        "children": [
+            [name, None if child is None else _module_spec(child, f"{prefix}{name}", tensors)]
+            for name, child in module._modules.items()
+        ],
     }
 
 
@@ -661,8 +749,10 @@ def _module_class(module_name: object, qualname: object, where: str) -> type[nn.
             cls = getattr(cls, part, None)
     defined_there = isinstance(cls, type) and (cls.__module__, cls.__qualname__) == (module_name, qualname)
     if not (defined_there and issubclass(cls, nn.Module) and not issubclass(cls, fx.GraphModule)):
-        raise ValueError(f"cannot save or load the folded model safely: {where} is a {module_name}.{qualname}; "
-                         f"the safe format rebuilds only torch.nn and spikenorm modules; {_PICKLE_HINT}")
+        raise ValueError(
+            f"cannot save or load the folded model safely: {where} is a {module_name}.{qualname}; "
+            f"the safe format rebuilds only torch.nn and spikenorm modules; {_PICKLE_HINT}"
+        )
     return cls
 
 

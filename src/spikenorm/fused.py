@@ -143,9 +143,11 @@ def _neuron_config(neuron: Any, x: Tensor) -> tuple[_Config, _NormParams | None]
     name = type(neuron).__name__
     charge = neuron.linear_charge()
     if charge is None:
-        return (f"{name} declares no linear charge, so the kernels cannot know its recurrence: define "
-                f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class that overrides "
-                "charge() must declare it itself)")
+        return (
+            f"{name} declares no linear charge, so the kernels cannot know its recurrence: define "
+            f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class that overrides "
+            "charge() must declare it itself)"
+        )
     if neuron.ots:
         return "OTS thresholds depend on batch statistics of each step"
     if neuron.detach_membrane:
@@ -154,15 +156,19 @@ def _neuron_config(neuron: Any, x: Tensor) -> tuple[_Config, _NormParams | None]
         return "carried state (stateful scope)"
     surrogate = neuron.surrogate.kernel_key()
     if surrogate is None:
-        return (f"surrogate {type(neuron.surrogate).__name__} supplies no kernel derivative (kernel_key() is None: "
-                "the kernels need a Surrogate with the Heaviside forward, a closed-form derivative() and only "
-                "float/int/bool/str parameters)")
+        return (
+            f"surrogate {type(neuron.surrogate).__name__} supplies no kernel derivative (kernel_key() is None: "
+            "the kernels need a Surrogate with the Heaviside forward, a closed-form derivative() and only "
+            "float/int/bool/str parameters)"
+        )
     params, norm = None, "none"
     if neuron.membrane_norm is not None:
         declared = getattr(neuron.membrane_norm, "fused_membrane_parameters", None)
         if declared is None:
-            return (f"membrane norm {type(neuron.membrane_norm).__name__} declares no fused_membrane_parameters "
-                    "(see spikenorm.norm.TimeMajorNorm)")
+            return (
+                f"membrane norm {type(neuron.membrane_norm).__name__} declares no fused_membrane_parameters "
+                "(see spikenorm.norm.TimeMajorNorm)"
+            )
         params = declared(x)
         if isinstance(params, str):
             return params
@@ -322,8 +328,12 @@ def _run(key: tuple, kernels: _Kernels, *args: Tensor) -> Any:
             return compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compile error surfaces at the first call
             _BROKEN.add(key)
-            warnings.warn(f"spikenorm.fused: torch.compile failed ({type(err).__name__}: {err}); "
-                          "falling back to eager for this configuration", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"spikenorm.fused: torch.compile failed ({type(err).__name__}: {err}); "
+                "falling back to eager for this configuration",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return plain(*args)
 
 

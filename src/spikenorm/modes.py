@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+
 @contextlib.contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Put ``modules`` (and all their submodules) in eval mode; restore each submodule's flag on exit.
@@ -16,9 +17,7 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """
     for m in modules:
         if not isinstance(m, nn.Module):
-            raise TypeError(
-                f"eval_mode expects torch.nn.Module arguments, got {type(m).__name__}"
-            )
+            raise TypeError(f"eval_mode expects torch.nn.Module arguments, got {type(m).__name__}")
     saved = [(sub, sub.training) for m in modules for sub in m.modules()]
     try:
         for m in modules:

@@ -55,8 +55,11 @@ def recognised_neurons(
         TypeError: ``neuron_types`` lists something that is not an ``nn.Module`` class.
     """
     types = check_neuron_types(neuron_types)
-    neurons = {name or type(module).__name__: module for name, module in any_spiking_neurons(model, types)
-               if not excluded(name, exclude)}
+    neurons = {
+        name or type(module).__name__: module
+        for name, module in any_spiking_neurons(model, types)
+        if not excluded(name, exclude)
+    }
     if not neurons:
         looked_for = "spikenorm, snnTorch and SpikingJelly neurons" + "".join(f", {t.__name__}" for t in types)
         raise ValueError(
@@ -96,7 +99,10 @@ class FiringRateRecorder(HookSession):
     """
 
     def __init__(
-        self, model: nn.Module, sequence_on_forward: bool = True, exclude: Sequence[str] = (),
+        self,
+        model: nn.Module,
+        sequence_on_forward: bool = True,
+        exclude: Sequence[str] = (),
         neuron_types: Sequence[type[nn.Module]] | None = None,
     ) -> None:
         super().__init__()

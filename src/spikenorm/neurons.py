@@ -186,8 +186,9 @@ class SpikingNeuron(nn.Module):
         h, currents = law.charge(x, state["v"], [state[name] for name in names])
         return h, {**state, **dict(zip(names, currents))}
 
-    def nir_node(self, threshold: np.ndarray, reset_value: np.ndarray, dt: float,
-                 metadata: dict[str, Any]) -> nir.NIRNode:
+    def nir_node(
+        self, threshold: np.ndarray, reset_value: np.ndarray, dt: float, metadata: dict[str, Any]
+    ) -> nir.NIRNode:
         """The NIR node of this neuron (:func:`spikenorm.export.to_nir`), for a forward-Euler step ``dt``.
 
         ``threshold`` and ``reset_value`` are arrays of the per-sample feature shape (the reset already
@@ -200,8 +201,10 @@ class SpikingNeuron(nn.Module):
         """
         law = self.linear_charge()
         if law is None:
-            raise ValueError(f"{type(self).__name__} declares no NIR mapping: it has no linear_charge(); override "
-                             f"{type(self).__name__}.nir_node(threshold, reset_value, dt, metadata)")
+            raise ValueError(
+                f"{type(self).__name__} declares no NIR mapping: it has no linear_charge(); override "
+                f"{type(self).__name__}.nir_node(threshold, reset_value, dt, metadata)"
+            )
         return law.nir_node(threshold, reset_value, dt, metadata, owner=type(self).__name__)
 
     def init_state(self, x: Tensor) -> State:
@@ -275,7 +278,8 @@ class SpikingNeuron(nn.Module):
         shown = f"{theta.item():g}" if theta.ndim == 0 else f"tensor{tuple(theta.shape)}"
         return (
             f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
-            f"detach_membrane={self.detach_membrane}" + (f", ots={self.ots_eval!r}" if self.ots else "")
+            f"detach_membrane={self.detach_membrane}"
+            + (f", ots={self.ots_eval!r}" if self.ots else "")
             + (f", backend={self.backend!r}" if getattr(self, "backend", "eager") != "auto" else "")
         )
 

@@ -76,11 +76,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from spikenorm.distributed import distributed_world_size
 from spikenorm.interop import reset_neuron_states
+from spikenorm.modes import eval_mode
 from spikenorm.neurons import spiking_neurons
 from spikenorm.norm import TimeMajorNorm
-from spikenorm.distributed import distributed_world_size
-from spikenorm.modes import eval_mode
 
 ResetFn = Callable[[nn.Module], None]
 """``reset_fn(model)``: clears neuron state that the built-in resets do not know (see :func:`recalibrate_bn`)."""
@@ -347,8 +347,12 @@ def recalibrate_bn(
     return report
 
 
-def check_resettable(model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any], Any] | None = None,
-                     reset_fn: ResetFn | None = None) -> None:
+def check_resettable(
+    model: nn.Module,
+    batch: Any,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    reset_fn: ResetFn | None = None,
+) -> None:
     """Raise now if :func:`recalibrate_bn` would refuse ``model`` for state that survives its resets.
 
     Runs the check :func:`recalibrate_bn` starts with (two eval-mode forwards of ``batch`` from reset state; no
@@ -432,8 +436,10 @@ def _raise_on_every_process(error: ValueError | None) -> None:
         dist.all_gather_object(failed, error is not None)
         if error is None and any(failed):
             ranks = [rank for rank, flag in enumerate(failed) if flag]
-            raise ValueError(f"recalibrate_bn: process(es) {ranks} found NaN/Inf values in the inputs of a measured "
-                             "layer (their error names the layer and batch); the running statistics are unchanged")
+            raise ValueError(
+                f"recalibrate_bn: process(es) {ranks} found NaN/Inf values in the inputs of a measured "
+                "layer (their error names the layer and batch); the running statistics are unchanged"
+            )
     if error is not None:
         raise error
 
@@ -512,8 +518,14 @@ def _check_resets(ctx: _Context) -> None:
         ctx.reset()
         snapshots.append(_tensor_state(ctx.model))
     first, second = snapshots
-    survived = sorted(k for k in first.keys() | second.keys() if k not in first or k not in second
-                      or first[k].shape != second[k].shape or not torch.equal(first[k], second[k]))
+    survived = sorted(
+        k
+        for k in first.keys() | second.keys()
+        if k not in first
+        or k not in second
+        or first[k].shape != second[k].shape
+        or not torch.equal(first[k], second[k])
+    )
     if not survived:
         return
     modules = dict(ctx.model.named_modules())

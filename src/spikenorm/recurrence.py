@@ -58,8 +58,10 @@ class LinearCharge:
     def __post_init__(self) -> None:
         decay, scale, stages = float(self.decay), float(self.input_scale), tuple(map(float, self.current_decays))
         if not (math.isfinite(decay) and math.isfinite(scale) and all(map(math.isfinite, stages))):
-            raise ValueError(f"LinearCharge needs finite numbers, got decay={self.decay}, input_scale="
-                             f"{self.input_scale}, current_decays={self.current_decays}")
+            raise ValueError(
+                f"LinearCharge needs finite numbers, got decay={self.decay}, input_scale="
+                f"{self.input_scale}, current_decays={self.current_decays}"
+            )
         object.__setattr__(self, "decay", decay)
         object.__setattr__(self, "input_scale", scale)
         object.__setattr__(self, "current_decays", stages)
@@ -68,8 +70,9 @@ class LinearCharge:
         """One step: the membrane ``h_t`` and the new currents ``(c1_t, ..., cK_t)`` from ``x_t``, ``v_{t-1}`` and
         ``(c1_{t-1}, ..., cK_{t-1})``."""
         if len(currents) != len(self.current_decays):
-            raise ValueError(f"LinearCharge with {len(self.current_decays)} current stages got {len(currents)} "
-                             "current states")
+            raise ValueError(
+                f"LinearCharge with {len(self.current_decays)} current stages got {len(currents)} current states"
+            )
         current = x if self.input_scale == 1.0 else self.input_scale * x
         updated = []
         for a, previous in zip(self.current_decays, currents):
@@ -78,8 +81,9 @@ class LinearCharge:
         h = (v if self.decay == 1.0 else self.decay * v) + current
         return h, tuple(updated)
 
-    def nir_node(self, threshold: np.ndarray, reset_value: np.ndarray, dt: float, metadata: dict[str, Any],
-                 owner: str) -> nir.NIRNode:
+    def nir_node(
+        self, threshold: np.ndarray, reset_value: np.ndarray, dt: float, metadata: dict[str, Any], owner: str
+    ) -> nir.NIRNode:
         """The NIR node whose forward-Euler step of length ``dt`` is this charge (``v_leak = 0``):
 
         * ``K = 0``, ``b = 1``: ``IF`` (``dv/dt = R I``), ``r = s/dt``;
@@ -104,20 +108,30 @@ class LinearCharge:
         b, s = self.decay, self.input_scale
         common = {"v_threshold": threshold, "v_reset": reset_value, "metadata": metadata}
         if len(self.current_decays) > 1:
-            raise ValueError(f"{owner} declares no NIR mapping for {len(self.current_decays)} current stages (NIR's "
-                             f"IF/LIF/CubaLIF hold at most one); override {owner}.nir_node")
+            raise ValueError(
+                f"{owner} declares no NIR mapping for {len(self.current_decays)} current stages (NIR's "
+                f"IF/LIF/CubaLIF hold at most one); override {owner}.nir_node"
+            )
         if self.current_decays:
             a = self.current_decays[0]
             if b >= 1 or a >= 1:
-                raise ValueError(f"a {owner} without leak (decay={b}, current_decay={a}) needs an infinite NIR "
-                                 "time constant")
+                raise ValueError(
+                    f"a {owner} without leak (decay={b}, current_decay={a}) needs an infinite NIR time constant"
+                )
             tau_mem, tau_syn = dt / (1 - b), dt / (1 - a)
-            return nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt), v_leak=full(0.0),
-                               w_in=full(s * tau_syn / dt), **common)
+            return nir.CubaLIF(
+                tau_syn=full(tau_syn),
+                tau_mem=full(tau_mem),
+                r=full(tau_mem / dt),
+                v_leak=full(0.0),
+                w_in=full(s * tau_syn / dt),
+                **common,
+            )
         if b < 1:
             tau = dt / (1 - b)
             return nir.LIF(tau=full(tau), r=full(s * tau / dt), v_leak=full(0.0), **common)
         if b == 1:
             return nir.IF(r=full(s / dt), **common)
-        raise ValueError(f"{owner} has decay {b} > 1 (a growing membrane), which no NIR neuron expresses; "
-                         f"override {owner}.nir_node")
+        raise ValueError(
+            f"{owner} has decay {b} > 1 (a growing membrane), which no NIR neuron expresses; override {owner}.nir_node"
+        )

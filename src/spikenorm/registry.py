@@ -37,9 +37,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name.lower()]
         except KeyError:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
-            ) from None
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

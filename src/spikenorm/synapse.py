@@ -14,6 +14,7 @@ from torch.func import functional_call
 from spikenorm.sequence import SequenceAware
 from spikenorm.validation import check_time_major
 
+
 class TimeDistributed(nn.Module):
     """Apply a stateless module to every step of ``[T, B, ...]`` at once by folding ``T`` into the batch.
 
@@ -44,7 +45,6 @@ class TimeDistributed(nn.Module):
         if self.channels_last is not None:
             return self.channels_last
         return isinstance(self.module, nn.Conv2d) and x.device.type == "cpu" and not torch.compiler.is_compiling()
-
 
 
 class TraceSynapse(nn.Module, SequenceAware):

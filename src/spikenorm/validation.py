@@ -26,8 +26,7 @@ def check_time_major(x: Tensor, where: str, *, min_ndim: int = 2, channels: int 
     if x.ndim < min_ndim:
         layout = "[T, B, C, ...]" if min_ndim >= 3 else "[T, B, ...]"
         raise ValueError(
-            f"{where} expects input laid out {layout} (time first, rank >= {min_ndim}), "
-            f"got shape {tuple(x.shape)}"
+            f"{where} expects input laid out {layout} (time first, rank >= {min_ndim}), got shape {tuple(x.shape)}"
         )
     if channels is not None and x.shape[2] != channels:
         raise ValueError(

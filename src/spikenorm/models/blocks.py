@@ -60,8 +60,9 @@ class ResidualConvBlock(nn.Module):
         if shortcut:
             if stride != 1 or in_channels != out_channels:
                 projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
-                self.shortcut = nn.Sequential(factory.synapse(TimeDistributed(projection)),
-                                              factory.make_norm(out_channels))
+                self.shortcut = nn.Sequential(
+                    factory.synapse(TimeDistributed(projection)), factory.make_norm(out_channels)
+                )
             else:
                 self.shortcut = nn.Identity()
         self.neuron = factory.make_neuron((out_channels, self.out_size, self.out_size))

@@ -144,10 +144,15 @@ class SpikingLayerFactory:
                 kwargs.setdefault(key, value)
         for key, parameter in parameters.items():
             required = parameter.default is inspect.Parameter.empty and parameter.kind in (
-                parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+                parameter.POSITIONAL_OR_KEYWORD,
+                parameter.KEYWORD_ONLY,
+            )
             if required and key not in ("self", "num_features", "feature_shape") and key not in kwargs:
-                hint = " (layers.time_steps; the spikenorm CLI sets it from the task's time_steps)" \
-                    if key == "time_steps" else ""
+                hint = (
+                    " (layers.time_steps; the spikenorm CLI sets it from the task's time_steps)"
+                    if key == "time_steps"
+                    else ""
+                )
                 raise ValueError(f"norm {name!r} needs {key}: give it in the layer spec{hint} or in its kwargs")
         return kwargs
 
@@ -181,8 +186,9 @@ class SpikingLayerFactory:
                         "its input_size"
                     )
                 shape = tuple(feature_shape)
-            membrane = build_norm(spec.membrane_norm, int(feature_shape[0]), feature_shape=shape,
-                                  **self.membrane_norm_kwargs)
+            membrane = build_norm(
+                spec.membrane_norm, int(feature_shape[0]), feature_shape=shape, **self.membrane_norm_kwargs
+            )
         return build_neuron(
             spec.neuron,
             surrogate=spec.surrogate,

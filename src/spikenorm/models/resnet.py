@@ -53,8 +53,9 @@ class SpikingResNet19(SpikingModel):
                 units = [[out_channels], [out_channels]] if shortcuts == "per_layer" else [[out_channels] * 2]
                 for j, unit in enumerate(units):
                     first_stride = stride if i == 0 and j == 0 else 1
-                    blocks.append(ResidualConvBlock(factory, [channels, *unit], first_stride, size,
-                                                    shortcut=shortcuts != "none"))
+                    blocks.append(
+                        ResidualConvBlock(factory, [channels, *unit], first_stride, size, shortcut=shortcuts != "none")
+                    )
                     channels, size = out_channels, blocks[-1].out_size
         self.blocks = nn.Sequential(*blocks)
         hidden = max(1, round(256 * width))

@@ -182,8 +182,7 @@ class PopulationEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"obs_dim={self.obs_dim}, pop_dim={self.pop_dim}, time_steps={self.time_steps}, "
-            f"threshold={self.threshold}"
+            f"obs_dim={self.obs_dim}, pop_dim={self.pop_dim}, time_steps={self.time_steps}, threshold={self.threshold}"
         )
 
 
@@ -278,13 +277,21 @@ class PopSANActor(nn.Module):
         self.time_steps = time_steps
         self.register_buffer("max_action", _action_bound(max_action, act_dim))
 
-        layers.refuse(type(self).__name__, "binary_weights", "shortcuts", reason="the actor is a plain stack of "
-                      "full-precision linear layers")
+        layers.refuse(
+            type(self).__name__,
+            "binary_weights",
+            "shortcuts",
+            reason="the actor is a plain stack of full-precision linear layers",
+        )
         if layers.time_steps not in (None, time_steps):
             raise ValueError(
-                f"PopSANActor: layers.time_steps={layers.time_steps} disagrees with time_steps={time_steps}")
-        neuron_kwargs = {"threshold": 0.5, **({"decay": 0.75} if layers.neuron.lower() == "lif" else {}),
-                         **layers.neuron_kwargs}
+                f"PopSANActor: layers.time_steps={layers.time_steps} disagrees with time_steps={time_steps}"
+            )
+        neuron_kwargs = {
+            "threshold": 0.5,
+            **({"decay": 0.75} if layers.neuron.lower() == "lif" else {}),
+            **layers.neuron_kwargs,
+        }
         layers = replace(layers, neuron_kwargs=neuron_kwargs, time_steps=time_steps)
         threshold = neuron_kwargs["threshold"]
         context = {"v_th": float(threshold)} if isinstance(threshold, (int, float)) else {}

@@ -48,9 +48,7 @@ def token_norm_neuron(factory: SpikingLayerFactory, features: int, neuron: bool 
 def check_spatial_size(x: Tensor, where: str, size: int) -> None:
     """Raise a ValueError unless ``x`` = ``[T, B, C, H, W]`` has ``H == W == size``."""
     if tuple(x.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"{where} was built for {size}x{size} input (input_size={size}), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{where} was built for {size}x{size} input (input_size={size}), got shape {tuple(x.shape)}")
 
 
 torch.fx.wrap("check_spatial_size")
@@ -199,8 +197,12 @@ class SpikingTransformer(SpikingModel):
         layers: LayerSpec = LayerSpec(),
     ) -> None:
         super().__init__()
-        layers.refuse(type(self).__name__, "trace", "shortcuts", reason="the attention's spike products and the "
-                      "residual token stream are not synapse-then-neuron layers")
+        layers.refuse(
+            type(self).__name__,
+            "trace",
+            "shortcuts",
+            reason="the attention's spike products and the residual token stream are not synapse-then-neuron layers",
+        )
         positive = {
             "in_channels": in_channels,
             "num_classes": num_classes,

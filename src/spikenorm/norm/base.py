@@ -140,8 +140,16 @@ class TimeMajorNorm(nn.Module):
         self.check_input(x)
         if self.training and self.uses_torch_batch_norm(x):
             # the same statistics, normalisation, gain and EMA update (unbiased variance) as the reference path
-            y = F.batch_norm(x.flatten(0, 1), self.running_mean, self.running_var, self.effective_weight,
-                             self.bias, training=True, momentum=self.momentum, eps=self.eps)
+            y = F.batch_norm(
+                x.flatten(0, 1),
+                self.running_mean,
+                self.running_var,
+                self.effective_weight,
+                self.bias,
+                training=True,
+                momentum=self.momentum,
+                eps=self.eps,
+            )
             self.num_batches_tracked += 1
             return y.unflatten(0, x.shape[:2])
         if self.training:

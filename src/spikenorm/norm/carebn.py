@@ -158,8 +158,9 @@ class CaReBN(TimeMajorNorm):
         """One Ca-BN update of the running statistics with a batch's pooled mean and biased variance."""
         state = CaBNState(self.running_mean, self.running_var, self.p_mean, self.p_var)
         n = float(count) if self.sample_count is None else self.sample_count
-        new, gain_mean, gain_var = ca_bn_update(state, batch_mean, batch_var, self.innovation_momentum, n, self.prior,
-                                                  self.noise)
+        new, gain_mean, gain_var = ca_bn_update(
+            state, batch_mean, batch_var, self.innovation_momentum, n, self.prior, self.noise
+        )
         self.running_mean.copy_(new.mean)
         self.running_var.copy_(new.var)
         self.p_mean.copy_(new.p_mean)

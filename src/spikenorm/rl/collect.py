@@ -49,9 +49,7 @@ class BatchedActor(nn.Module):
     def __init__(self, actor: nn.Module) -> None:
         super().__init__()
         if not isinstance(actor, nn.Module):
-            raise TypeError(
-                f"actor must be a torch.nn.Module, got {type(actor).__name__}"
-            )
+            raise TypeError(f"actor must be a torch.nn.Module, got {type(actor).__name__}")
         self.actor = actor
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
@@ -60,25 +58,15 @@ class BatchedActor(nn.Module):
         lead = observation.shape[:-1]
         flat = observation.reshape(-1, observation.shape[-1])
         action = self.actor(flat)
-        if (
-            not isinstance(action, torch.Tensor)
-            or action.ndim != 2
-            or action.shape[0] != flat.shape[0]
-        ):
-            got = (
-                tuple(action.shape)
-                if isinstance(action, torch.Tensor)
-                else type(action).__name__
-            )
+        if not isinstance(action, torch.Tensor) or action.ndim != 2 or action.shape[0] != flat.shape[0]:
+            got = tuple(action.shape) if isinstance(action, torch.Tensor) else type(action).__name__
             raise ValueError(
                 f"actor must map [B, obs_dim] -> [B, act_dim]; for input {tuple(flat.shape)} it returned {got}"
             )
         return action.reshape(*lead, action.shape[-1])
 
 
-def make_policy(
-    actor: nn.Module, in_key: str = "observation", out_key: str = "action"
-) -> TensorDictModule:
+def make_policy(actor: nn.Module, in_key: str = "observation", out_key: str = "action") -> TensorDictModule:
     """Wrap a plain actor ``[B, obs_dim] -> [B, act_dim]`` as a TensorDictModule ``in_key -> out_key``.
 
     The actor is wrapped in :class:`BatchedActor`, so it also serves an unbatched single env.
@@ -109,11 +97,7 @@ class TD3GaussianNoise(AdditiveGaussianModule):
         spec: TensorSpec | None = None,
         action_key: str = "action",
     ) -> None:
-        if (
-            isinstance(sigma, bool)
-            or not isinstance(sigma, (int, float))
-            or not sigma >= 0.0
-        ):
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0.0:
             raise ValueError(f"sigma must be a non-negative float, got {sigma!r}")
         super().__init__(
             spec=None,
@@ -133,9 +117,7 @@ class TD3GaussianNoise(AdditiveGaussianModule):
 
     @spec.setter
     def spec(self, value: TensorSpec) -> None:
-        AdditiveGaussianModule.spec.fset(
-            self, value
-        )  # wraps a leaf spec into Composite
+        AdditiveGaussianModule.spec.fset(self, value)  # wraps a leaf spec into Composite
         low, high = bounds_from_spec(self._spec[self.action_key])
         # the parent draws N(mean, std) * sigma: a per-dimension std of max_action gives TD3's noise
         self.std = ((high - low) / 2).to(self.std.device)
@@ -159,17 +141,11 @@ def make_exploration_policy(
     """
     policy = _as_policy(policy, out_key=action_key)
     if isinstance(action_spec, EnvBase):
-        action_spec = getattr(
-            action_spec, "action_spec_unbatched", action_spec.action_spec
-        )
-    return TensorDictSequential(
-        policy, TD3GaussianNoise(sigma, spec=action_spec, action_key=action_key)
-    )
+        action_spec = getattr(action_spec, "action_spec_unbatched", action_spec.action_spec)
+    return TensorDictSequential(policy, TD3GaussianNoise(sigma, spec=action_spec, action_key=action_key))
 
 
-def _as_policy(
-    policy: TensorDictModuleBase | nn.Module, out_key: str = "action"
-) -> TensorDictModuleBase:
+def _as_policy(policy: TensorDictModuleBase | nn.Module, out_key: str = "action") -> TensorDictModuleBase:
     """A TensorDict policy as is; a plain actor module wrapped with :func:`make_policy`."""
     if isinstance(policy, TensorDictModuleBase):
         return policy
@@ -252,31 +228,23 @@ def make_collector(
         or not isinstance(total_frames, int)
         or not (total_frames == -1 or total_frames > 0)
     ):
-        raise ValueError(
-            f"total_frames must be -1 (endless) or a positive int, got {total_frames!r}"
-        )
+        raise ValueError(f"total_frames must be -1 (endless) or a positive int, got {total_frames!r}")
     if total_frames > 0 and total_frames % frames_per_batch:
-        raise ValueError(
-            f"total_frames ({total_frames}) must be a multiple of frames_per_batch ({frames_per_batch})"
-        )
+        raise ValueError(f"total_frames ({total_frames}) must be a multiple of frames_per_batch ({frames_per_batch})")
     if init_random_frames % frames_per_batch:
         raise ValueError(
             f"init_random_frames ({init_random_frames}) must be a multiple of frames_per_batch "
             f"({frames_per_batch}): the collector switches from random actions to the policy between batches"
         )
     if not isinstance(env_fn, EnvBase) and not callable(env_fn):
-        raise TypeError(
-            f"env_fn must be an EnvBase or a callable returning one, got {type(env_fn).__name__}"
-        )
+        raise TypeError(f"env_fn must be an EnvBase or a callable returning one, got {type(env_fn).__name__}")
     if not isinstance(policy, EvalModePolicy):
         policy = _as_policy(policy)
         if exploration_sigma is not None:
             policy = make_exploration_policy(policy, None, sigma=exploration_sigma)
         policy = EvalModePolicy(policy)
     elif exploration_sigma is not None:
-        raise ValueError(
-            "exploration_sigma cannot be added to a policy that is already an EvalModePolicy"
-        )
+        raise ValueError("exploration_sigma cannot be added to a policy that is already an EvalModePolicy")
     # TorchRL 0.14 warns (and from 0.15 mutates the env) about recurrent-policy transforms; our
     # policies carry no state across calls, so never let the collector edit the env.
     collector_kwargs.setdefault("auto_register_policy_transforms", False)

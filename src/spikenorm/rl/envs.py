@@ -48,9 +48,7 @@ def available_mujoco_envs() -> list[str]:
 def _check_env_name(env_name: str) -> None:
     """Raise a ValueError for a name gymnasium does not know, or a MuJoCo task without mujoco."""
     if not isinstance(env_name, str) or not env_name:
-        raise ValueError(
-            f"env_name must be a non-empty string such as 'InvertedPendulum-v5', got {env_name!r}"
-        )
+        raise ValueError(f"env_name must be a non-empty string such as 'InvertedPendulum-v5', got {env_name!r}")
     import gymnasium
 
     try:
@@ -61,10 +59,7 @@ def _check_env_name(env_name: str) -> None:
             f"MuJoCo v5 tasks available here: {', '.join(available_mujoco_envs())}"
         ) from err
     entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
-    if (
-        entry.startswith(_MUJOCO_ENTRY_PREFIX)
-        and importlib.util.find_spec("mujoco") is None
-    ):
+    if entry.startswith(_MUJOCO_ENTRY_PREFIX) and importlib.util.find_spec("mujoco") is None:
         raise ValueError(
             f"environment {env_name!r} needs the 'mujoco' package, which is not installed; "
             "install it with `pip install mujoco` (gymnasium>=1.0 MuJoCo v5 tasks need mujoco>=2.3.3)"
@@ -99,9 +94,7 @@ def make_env(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     _check_env_name(env_name)
     base = GymEnv(env_name, device=device, **gym_kwargs)
-    env = TransformedEnv(
-        base, Compose(DoubleToFloat(), StepCounter(), RewardSum(), InitTracker())
-    )
+    env = TransformedEnv(base, Compose(DoubleToFloat(), StepCounter(), RewardSum(), InitTracker()))
     env.set_seed(seed)
     return env
 
@@ -119,14 +112,10 @@ def observation_dim(env: EnvBase, key: str = "observation") -> int:
     """
     spec = _unbatched(env, "observation_spec")
     if key not in spec.keys(True, True):
-        raise ValueError(
-            f"env has no observation entry {key!r}; it has {list(spec.keys(True, True))}"
-        )
+        raise ValueError(f"env has no observation entry {key!r}; it has {list(spec.keys(True, True))}")
     shape = spec[key].shape
     if len(shape) != 1:
-        raise ValueError(
-            f"observation {key!r} must be a flat vector [obs_dim], got shape {tuple(shape)}"
-        )
+        raise ValueError(f"observation {key!r} must be a flat vector [obs_dim], got shape {tuple(shape)}")
     return int(shape[0])
 
 
@@ -134,9 +123,7 @@ def action_dim(env: EnvBase) -> int:
     """Size of the env's flat continuous action vector."""
     shape = _unbatched(env, "action_spec").shape
     if len(shape) != 1:
-        raise ValueError(
-            f"action must be a flat vector [act_dim], got spec shape {tuple(shape)}"
-        )
+        raise ValueError(f"action must be a flat vector [act_dim], got spec shape {tuple(shape)}")
     return int(shape[0])
 
 
@@ -146,24 +133,15 @@ def bounds_from_spec(spec: TensorSpec) -> tuple[torch.Tensor, torch.Tensor]:
     Batched specs (``[N, act_dim]``) must have the same bounds in every row; the first row is returned.
     """
     if not isinstance(spec, Bounded) or not spec.dtype.is_floating_point:
-        raise ValueError(
-            f"expected a bounded continuous action spec (torchrl.data.Bounded, float dtype), got {spec!r}"
-        )
+        raise ValueError(f"expected a bounded continuous action spec (torchrl.data.Bounded, float dtype), got {spec!r}")
     low, high = spec.space.low, spec.space.high
     if low.ndim > 1:
         low_f, high_f = low.reshape(-1, low.shape[-1]), high.reshape(-1, high.shape[-1])
-        if not (
-            torch.equal(low_f, low_f[:1].expand_as(low_f))
-            and torch.equal(high_f, high_f[:1].expand_as(high_f))
-        ):
-            raise ValueError(
-                "batched action spec has different bounds per env; pass one env's spec"
-            )
+        if not (torch.equal(low_f, low_f[:1].expand_as(low_f)) and torch.equal(high_f, high_f[:1].expand_as(high_f))):
+            raise ValueError("batched action spec has different bounds per env; pass one env's spec")
         low, high = low_f[0], high_f[0]
     if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-        raise ValueError(
-            f"action bounds must be finite, got low={low.tolist()}, high={high.tolist()}"
-        )
+        raise ValueError(f"action bounds must be finite, got low={low.tolist()}, high={high.tolist()}")
     return low.clone(), high.clone()
 
 

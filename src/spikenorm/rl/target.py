@@ -24,9 +24,7 @@ from torch import nn
 __all__ = ["hard_update", "make_target", "soft_update"]
 
 
-def _named_tensors(
-    module: nn.Module, include_buffers: bool
-) -> Iterator[tuple[str, torch.Tensor]]:
+def _named_tensors(module: nn.Module, include_buffers: bool) -> Iterator[tuple[str, torch.Tensor]]:
     yield from module.named_parameters()
     if include_buffers:
         yield from module.named_buffers()
@@ -38,21 +36,16 @@ def _paired_tensors(
     """Match the tensors of ``target`` and ``source`` by name; raise if names or shapes differ."""
     for name, mod in (("target", target), ("source", source)):
         if not isinstance(mod, nn.Module):
-            raise TypeError(
-                f"{name} must be a torch.nn.Module, got {type(mod).__name__}"
-            )
+            raise TypeError(f"{name} must be a torch.nn.Module, got {type(mod).__name__}")
     if target is source:
-        raise ValueError(
-            "target and source are the same module; build the target with make_target(source)"
-        )
+        raise ValueError("target and source are the same module; build the target with make_target(source)")
     t_items = dict(_named_tensors(target, include_buffers))
     s_items = dict(_named_tensors(source, include_buffers))
     if t_items.keys() != s_items.keys():
         only_t = sorted(t_items.keys() - s_items.keys())
         only_s = sorted(s_items.keys() - t_items.keys())
         raise ValueError(
-            "target and source have different structure: "
-            f"only in target {only_t[:8]}, only in source {only_s[:8]}"
+            f"target and source have different structure: only in target {only_t[:8]}, only in source {only_s[:8]}"
         )
     pairs = []
     for name, t in t_items.items():
@@ -75,9 +68,7 @@ def _check_tau(tau: float) -> float:
 
 
 @torch.no_grad()
-def soft_update(
-    target: nn.Module, source: nn.Module, tau: float, include_buffers: bool = True
-) -> None:
+def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffers: bool = True) -> None:
     """Polyak-average ``source`` into ``target`` in place: ``t <- (1 - tau) * t + tau * s``.
 
     Args:
@@ -128,9 +119,7 @@ def make_target(module: nn.Module, pin_eval: bool = True) -> nn.Module:
         running statistics, which :func:`soft_update` keeps tracking the online network's.
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(
-            f"module must be a torch.nn.Module, got {type(module).__name__}"
-        )
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     target = copy.deepcopy(module)
     target.eval()
     target.requires_grad_(False)

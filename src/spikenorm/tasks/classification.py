@@ -22,7 +22,6 @@ from spikenorm.tasks.online import online_backward
 from spikenorm.tasks.run_config import build_object, is_unrecorded, network_differences, object_config, run_config
 from spikenorm.validation import check_finite
 
-
 #: checkpoint entry with the configs of the networks (see ``on_save_checkpoint``)
 NETWORK_KEY = "spikenorm_network"
 NETWORK_ARGUMENTS = ("model", "teacher")
@@ -133,11 +132,15 @@ class SpikingClassifier(LightningModule):
         given = {name: value for name, value in (("model", model), ("teacher", teacher)) if is_config(value)}
         model, teacher = build_object(model, "model"), build_object(teacher, "teacher")
         # factories a checkpoint could not record are needed only to train: refused in configure_optimizers
-        self._unrecorded = {name: value for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
-                            if is_unrecorded(value)}
+        self._unrecorded = {
+            name: value
+            for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
+            if is_unrecorded(value)
+        }
         optimizer = None if "optimizer" in self._unrecorded else build_object(optimizer, "optimizer", partial=True)
-        lr_scheduler = (None if "lr_scheduler" in self._unrecorded
-                        else build_object(lr_scheduler, "lr_scheduler", partial=True))
+        lr_scheduler = (
+            None if "lr_scheduler" in self._unrecorded else build_object(lr_scheduler, "lr_scheduler", partial=True)
+        )
         self._store_object_configs(given, model=model, teacher=teacher, optimizer=optimizer, lr_scheduler=lr_scheduler)
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
@@ -187,8 +190,14 @@ class SpikingClassifier(LightningModule):
             self._hparams_initial[name] = config
 
     @staticmethod
-    def _check_distillation(teacher: nn.Module | None, checkpoint: str | None, teacher_input: str, epochs: int,
-                            kd_weight: float, training_mode: str) -> None:
+    def _check_distillation(
+        teacher: nn.Module | None,
+        checkpoint: str | None,
+        teacher_input: str,
+        epochs: int,
+        kd_weight: float,
+        training_mode: str,
+    ) -> None:
         if teacher is None:
             if checkpoint is not None or epochs:
                 raise ValueError("teacher_checkpoint / teacher_epochs need a teacher module")
@@ -226,8 +235,10 @@ class SpikingClassifier(LightningModule):
             self._record_firing = True
         except ValueError as error:
             if self.hparams.record_firing_rates:
-                raise ValueError(f"{type(self).__name__}(record_firing_rates=True): {error}; pass "
-                                 "record_firing_rates=None to skip the rate for such a model, or False") from error
+                raise ValueError(
+                    f"{type(self).__name__}(record_firing_rates=True): {error}; pass "
+                    "record_firing_rates=None to skip the rate for such a model, or False"
+                ) from error
             rank_zero_warn(f"{error}. {type(self).__name__} logs no firing rate for it.")
             self._record_firing = False
 
@@ -244,7 +255,8 @@ class SpikingClassifier(LightningModule):
         if lines:
             raise ValueError(
                 "the checkpoint was trained with a different network than the one it is loaded into "
-                "(checkpoint -> current):\n  " + "\n  ".join(lines)
+                "(checkpoint -> current):\n  "
+                + "\n  ".join(lines)
                 + "\nLoad it without a model (or without the CLI's model settings) to rebuild the network it "
                 "was trained with."
             )
@@ -262,8 +274,11 @@ class SpikingClassifier(LightningModule):
     def check_loss(self, loss: Tensor, batch_idx: int) -> None:
         """With ``check_finite``: raise if the training loss is NaN/Inf (before the optimizer step)."""
         if self.hparams.check_finite:
-            check_finite(loss.detach(), f"train batch {batch_idx} (epoch {self.current_epoch}): the loss, "
-                                        "from a finite input, (exploding activations or learning rate?)")
+            check_finite(
+                loss.detach(),
+                f"train batch {batch_idx} (epoch {self.current_epoch}): the loss, "
+                "from a finite input, (exploding activations or learning rate?)",
+            )
 
     @property
     def time_steps(self) -> int:
@@ -306,8 +321,9 @@ class SpikingClassifier(LightningModule):
             logits = self(x)
             loss = self.loss(logits, y)
             if self.teacher is not None:
-                kd = distillation_loss(logits, self.teacher_logits(x), self.hparams.kd_temperature,
-                                       self.hparams.kd_per_step)
+                kd = distillation_loss(
+                    logits, self.teacher_logits(x), self.hparams.kd_temperature, self.hparams.kd_per_step
+                )
                 loss = (1 - self.hparams.kd_weight) * loss + self.hparams.kd_weight * kd
                 self.log("train/kd_loss", kd)
             self.check_loss(loss, batch_idx)
@@ -343,8 +359,9 @@ class SpikingClassifier(LightningModule):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            raise ValueError("teacher_epochs trains the teacher on the datamodule's training data: fit with a "
-                             "datamodule")
+            raise ValueError(
+                "teacher_epochs trains the teacher on the datamodule's training data: fit with a datamodule"
+            )
 
         def batches() -> Any:
             for x, y in datamodule.train_dataloader():
@@ -395,9 +412,7 @@ class SpikingClassifier(LightningModule):
         for name, marker in self._unrecorded.items():
             build_object(marker, name)  # raises: the checkpoint could not record this factory
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (
-            self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)
-        )
+        optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

@@ -33,8 +33,10 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float = 4.0
     if student.ndim != 3:
         raise ValueError(f"student logits must be [T, B, C], got shape {tuple(student.shape)}")
     if teacher.ndim not in (2, 3) or teacher.shape[-2:] != student.shape[-2:]:
-        raise ValueError(f"teacher logits must be [B, C] or [T, B, C] matching the student's "
-                         f"{tuple(student.shape)}, got {tuple(teacher.shape)}")
+        raise ValueError(
+            f"teacher logits must be [B, C] or [T, B, C] matching the student's "
+            f"{tuple(student.shape)}, got {tuple(teacher.shape)}"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if per_step:
@@ -42,8 +44,9 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float = 4.0
         s, t = student.flatten(0, 1), target.flatten(0, 1)
     else:
         s, t = student.mean(0), teacher.mean(0) if teacher.ndim == 3 else teacher
-    kl = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
-                  reduction="batchmean")
+    kl = F.kl_div(
+        F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True, reduction="batchmean"
+    )
     return temperature**2 * kl
 
 
@@ -53,15 +56,20 @@ def load_teacher_weights(teacher: nn.Module, path: str | Path) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         teacher.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"teacher checkpoint {path} does not fit the teacher module: {error}") from error
 
 
-def fit_teacher(teacher: nn.Module, batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
-                forward: Callable[[Tensor], Tensor], epochs: int, lr: float) -> float:
+def fit_teacher(
+    teacher: nn.Module,
+    batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
+    forward: Callable[[Tensor], Tensor],
+    epochs: int,
+    lr: float,
+) -> float:
     """Train ``teacher`` with Adam on the cross-entropy of its (time-averaged) logits for ``epochs`` passes over
     ``batches()``; returns the training accuracy of the last epoch. ``forward`` maps an input batch to logits
     ``[B, C]`` or ``[T, B, C]``."""

@@ -32,8 +32,18 @@ from spikenorm.config import (
 )
 
 #: Trainer settings that change a run's results, logged as ``trainer.<name>``.
-TRAINER_KEYS = ("max_epochs", "max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val",
-                "gradient_clip_algorithm", "num_devices", "num_nodes", "strategy", "accelerator")
+TRAINER_KEYS = (
+    "max_epochs",
+    "max_steps",
+    "precision",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "num_devices",
+    "num_nodes",
+    "strategy",
+    "accelerator",
+)
 
 
 def object_config(obj: Any, given: Any = None) -> dict[str, Any] | None:
@@ -82,8 +92,10 @@ def network_differences(saved: Mapping[str, Any], current: Mapping[str, Any], na
             continue
         old, new = saved[name], current[name]
         if (old is None) != (new is None):
-            lines.append(f"{name}: {'absent' if old is None else old.get('class_path')} -> "
-                         f"{'absent' if new is None else new.get('class_path')}")
+            lines.append(
+                f"{name}: {'absent' if old is None else old.get('class_path')} -> "
+                f"{'absent' if new is None else new.get('class_path')}"
+            )
         elif is_config(old) and is_config(new):
             lines += differences(old, new, name)
     return lines
@@ -96,8 +108,11 @@ def _versions() -> dict[str, str]:
 
     import spikenorm
 
-    return {"versions.spikenorm": spikenorm.__version__, "versions.torch": str(torch.__version__),
-            "versions.lightning": lightning.__version__}
+    return {
+        "versions.spikenorm": spikenorm.__version__,
+        "versions.torch": str(torch.__version__),
+        "versions.lightning": lightning.__version__,
+    }
 
 
 def _trainer_settings(trainer: Any) -> dict[str, Any]:
@@ -115,8 +130,9 @@ def _trainer_settings(trainer: Any) -> dict[str, Any]:
     return settings
 
 
-def run_config(task_type: type, hparams: Mapping[str, Any], object_names: tuple[str, ...],
-               trainer: Any = None) -> dict[str, Any]:
+def run_config(
+    task_type: type, hparams: Mapping[str, Any], object_names: tuple[str, ...], trainer: Any = None
+) -> dict[str, Any]:
     """The flat configuration a run logs.
 
     Args:

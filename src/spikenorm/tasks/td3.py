@@ -132,8 +132,12 @@ class SpikingTD3(LightningModule):
         if warmup_steps >= total_env_steps:
             raise ValueError(f"warmup_steps ({warmup_steps}) must be below total_env_steps ({total_env_steps})")
         ddpg = algorithm == "ddpg"
-        defaults = {"tau": 0.001 if ddpg else 0.005, "actor_lr": 1e-4 if ddpg else 3e-4,
-                    "critic_lr": 1e-3 if ddpg else 3e-4, "critic_weight_decay": 0.01 if ddpg else 0.0}
+        defaults = {
+            "tau": 0.001 if ddpg else 0.005,
+            "actor_lr": 1e-4 if ddpg else 3e-4,
+            "critic_lr": 1e-3 if ddpg else 3e-4,
+            "critic_weight_decay": 0.01 if ddpg else 0.0,
+        }
         if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters: the dict of the spec's fields
             actor_layers = LayerSpec(**actor_layers)
         self.save_hyperparameters()
@@ -149,8 +153,14 @@ class SpikingTD3(LightningModule):
         low, high = action_bounds(self.env)
         self.register_buffer("action_low", low.float())
         self.register_buffer("action_high", high.float())
-        self.actor = PopSANActor(obs_dim, act_dim, max_action=high.float().tolist(), hidden=hidden,
-                                 time_steps=time_steps, layers=actor_layers)
+        self.actor = PopSANActor(
+            obs_dim,
+            act_dim,
+            max_action=high.float().tolist(),
+            hidden=hidden,
+            time_steps=time_steps,
+            layers=actor_layers,
+        )
         self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
         self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
         self.critic_target = make_target(self.critic)
@@ -177,15 +187,19 @@ class SpikingTD3(LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.hparams.actor_lr)
-        critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.hparams.critic_lr,
-                                      weight_decay=self.hparams.critic_weight_decay)
+        critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=self.hparams.critic_lr, weight_decay=self.hparams.critic_weight_decay
+        )
         return [actor_opt, critic_opt]
 
     def on_fit_start(self) -> None:
         remaining_warmup = max(0, self.hparams.warmup_steps - self.env_steps)
         self._collector = make_collector(
-            self.env, self.actor, frames_per_batch=self.hparams.frames_per_batch,
-            total_frames=-1, init_random_frames=remaining_warmup,
+            self.env,
+            self.actor,
+            frames_per_batch=self.hparams.frames_per_batch,
+            total_frames=-1,
+            init_random_frames=remaining_warmup,
             exploration_sigma=self.hparams.exploration_noise,
         )
         self._collector_iter = iter(self._collector)
@@ -208,14 +222,22 @@ class SpikingTD3(LightningModule):
                 self._losses.update(self.update(self.replay_buffer.sample()))
         if self._logging_step(batch_idx):
             elapsed = time.perf_counter() - self._clock
-            self._log_at_env_step({**{f"train/{key}": value for key, value in self._losses.items()},
-                                   "rl/env_steps": self.env_steps,
-                                   "rl/env_steps_per_s": self.env_steps / max(elapsed, 1e-9)})
+            self._log_at_env_step(
+                {
+                    **{f"train/{key}": value for key, value in self._losses.items()},
+                    "rl/env_steps": self.env_steps,
+                    "rl/env_steps_per_s": self.env_steps / max(elapsed, 1e-9),
+                }
+            )
         if self.env_steps - self._last_eval >= self.hparams.eval_every:
             self._last_eval = self.env_steps
             self.eval_history.append((self.env_steps, self.evaluate()))
-            self._log_at_env_step({"rl/eval_return": self.eval_history[-1][1],
-                                   "rl/best_eval_return": max(r for _, r in self.eval_history)})
+            self._log_at_env_step(
+                {
+                    "rl/eval_return": self.eval_history[-1][1],
+                    "rl/best_eval_return": max(r for _, r in self.eval_history),
+                }
+            )
 
     def _logging_step(self, batch_idx: int) -> bool:
         """Whether this iteration logs the periodic scalars: every ``log_every_n_steps`` iterations, and the
@@ -251,8 +273,9 @@ class SpikingTD3(LightningModule):
             next_action = self.actor_target(next_obs)  # eval mode: running statistics
             if hp.algorithm == "td3":
                 scale = self.action_high
-                noise = (torch.randn_like(next_action) * hp.policy_noise * scale).clamp(-hp.noise_clip * scale,
-                                                                                       hp.noise_clip * scale)
+                noise = (torch.randn_like(next_action) * hp.policy_noise * scale).clamp(
+                    -hp.noise_clip * scale, hp.noise_clip * scale
+                )
                 next_action = torch.maximum(torch.minimum(next_action + noise, self.action_high), self.action_low)
                 q1_next, q2_next = self.critic_target(next_obs, next_action)
                 q_next = torch.minimum(q1_next, q2_next)
@@ -303,8 +326,12 @@ class SpikingTD3(LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["spikenorm_rl"] = {"env_steps": self.env_steps, "updates": self.updates,
-                                      "last_eval": self._last_eval, "eval_history": self.eval_history}
+        checkpoint["spikenorm_rl"] = {
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "last_eval": self._last_eval,
+            "eval_history": self.eval_history,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("spikenorm_rl", {})
