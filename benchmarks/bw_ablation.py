@@ -29,7 +29,7 @@ import statistics
 import time
 
 import torch
-from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
+from common import fit_and_test, publish, seed_cells, seeds_parser, table_report
 from lightning.pytorch import seed_everything
 
 from spikenorm.binary_packing import model_size
@@ -83,9 +83,7 @@ def run(
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser = seeds_parser(__doc__)
     parser.add_argument("--narrow", action="store_true", help=f"the narrow network {NARROW_CFG}")
     args = parser.parse_args()
     cfg = NARROW_CFG if args.narrow else CFG
@@ -110,27 +108,21 @@ def main() -> None:
         rows.append(f"| {name} | {cells} | {statistics.mean(gain):+.2f} |")
     size = model_size(network(cfg, True, True))
     size_plain = model_size(network(cfg, True, False))
-    report = "\n".join(
-        [
-            stamp(torch.device("cpu")),
-            "",
-            f"Digits test set (360 images), SpikingVGG {cfg} (tdBN, LIF), {args.seeds} seeds (0..{args.seeds - 1}),"
-            f" {args.epochs} epochs, Adam 5e-3 cosine, best-val checkpoint. KD teacher: the full-precision "
-            f"T={TEACHER_T}"
-            f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), kd_weight 0.5, tau 4."
-            f" Wall {time.perf_counter() - start:.0f} s.",
-            "",
-            "| variant | T=1 test acc % | T=1 per seed | T=2 test acc % | T=2 per seed | T=2 - T=1 (mean over seeds) |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-            f"Model size, packed binary vs float32: without shortcuts {size_plain.packed_bytes} B vs"
-            f" {size_plain.full_precision_bytes} B (ratio {size_plain.ratio:.3f}); with per-layer shortcuts"
-            f" {size.packed_bytes} B vs {size.full_precision_bytes} B (ratio {size.ratio:.3f}). The first conv, the"
-            f" classifier and the norms stay full precision.",
-            "",
-        ]
+    description = (
+        f"Digits test set (360 images), SpikingVGG {cfg} (tdBN, LIF), {args.seeds} seeds (0..{args.seeds - 1}),"
+        f" {args.epochs} epochs, Adam 5e-3 cosine, best-val checkpoint. KD teacher: the full-precision "
+        f"T={TEACHER_T}"
+        f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), kd_weight 0.5, tau 4."
+        f" Wall {time.perf_counter() - start:.0f} s."
     )
+    header = "variant | T=1 test acc % | T=1 per seed | T=2 test acc % | T=2 per seed | T=2 - T=1 (mean over seeds)"
+    sizes = (
+        f"Model size, packed binary vs float32: without shortcuts {size_plain.packed_bytes} B vs"
+        f" {size_plain.full_precision_bytes} B (ratio {size_plain.ratio:.3f}); with per-layer shortcuts"
+        f" {size.packed_bytes} B vs {size.full_precision_bytes} B (ratio {size.ratio:.3f}). The first conv, the"
+        f" classifier and the norms stay full precision."
+    )
+    report = table_report(torch.device("cpu"), description, header, rows, notes=[sizes, ""])
     title = "SEI-BWSNN ablation on digits (binary weights, shortcuts, KD, T)"
     if args.narrow:
         publish("bw_ablation_narrow", f"{title}, narrow network", report, save=not args.no_save)

@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -27,6 +27,15 @@ def benchmark_parser(doc: str | None, device: bool = False) -> argparse.Argument
     parser.add_argument("--no-save", action="store_true", help="print the report, leave benchmarks/results alone")
     if device:
         parser.add_argument("--device", type=torch.device, default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def seeds_parser(doc: str | None) -> argparse.ArgumentParser:
+    """:func:`benchmark_parser` with ``--seeds`` (default 5: seeds 0..4) and ``--epochs`` (default 20), the
+    options of the benchmarks that train every variant once per seed."""
+    parser = benchmark_parser(doc)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
     return parser
 
 
@@ -100,6 +109,29 @@ def stamp(device: torch.device) -> str:
     return f"## {now} — {machine(device)} ({device.type}), torch {torch.__version__}\n\nCPU flags: {cpu_flags()}."
 
 
+def markdown_table(header: str, rows: Iterable[str]) -> list[str]:
+    """The lines of a markdown table: ``| header |``, the separator row (one ``---`` per ``" | "``-separated
+    column of ``header``), then ``rows`` (each a finished ``| a | b |`` line)."""
+    return [f"| {header} |", "|" + "---|" * (header.count(" | ") + 1), *rows]
+
+
+def print_as_made(rows: Iterable[str]) -> list[str]:
+    """``rows`` as a list, each row printed as soon as it is made (the progress of a long benchmark)."""
+    made = []
+    for row in rows:
+        print(row, flush=True)
+        made.append(row)
+    return made
+
+
+def table_report(
+    device: torch.device, description: str, header: str, rows: Iterable[str], notes: Sequence[str] = ()
+) -> str:
+    """A benchmark's report: :func:`stamp`, the ``description`` paragraph, the :func:`markdown_table` of ``rows``
+    under ``header``, then the ``notes`` lines."""
+    return "\n".join([stamp(device), "", description, "", *markdown_table(header, rows), "", *notes])
+
+
 def seed_cells(values: list[float], digits: int = 2) -> str:
     """Table cells ``mean ± std | v1, v2, ...`` for per-seed results (no std for a single seed)."""
     spread = f"{statistics.mean(values):.{digits}f}"
@@ -126,18 +158,28 @@ def write_result(name: str, title: str, report: str) -> Path:
     return path
 
 
+def quiet_trainer(**options: Any) -> Trainer:
+    """A Lightning ``Trainer`` on the CPU that logs, checkpoints, shows progress and summarises nothing;
+    ``options`` add to these settings or replace them."""
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+    }
+    return Trainer(**{**quiet, **options})
+
+
 def fit_and_test(
     task: LightningModule, data: LightningDataModule, epochs: int, callbacks: Sequence[Callback] = ()
 ) -> dict[str, float]:
     """Train on CPU deterministically, then test the best-validation checkpoint; returns the test metrics."""
     with tempfile.TemporaryDirectory() as root:
         checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
-        trainer = Trainer(
+        trainer = quiet_trainer(
             max_epochs=epochs,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
+            enable_checkpointing=True,
             deterministic=True,
             default_root_dir=root,
             callbacks=[checkpoint, *callbacks],

@@ -70,7 +70,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,23 +124,56 @@ def build_spikenorm(
     return net
 
 
+def spikingjelly_lif() -> nn.Module:
+    """spikenorm's LIF (decay, threshold, hard reset to 0, sigmoid surrogate, detached reset) as a SpikingJelly
+    multi-step ``LIFNode``: ``tau = 1 / (1 - decay)`` without input decay gives the same charge equation."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    return neuron.LIFNode(
+        tau=1.0 / (1.0 - DECAY),
+        decay_input=False,
+        v_threshold=THRESHOLD,
+        v_reset=0.0,
+        surrogate_function=surrogate.Sigmoid(alpha=ALPHA),
+        detach_reset=True,
+        step_mode="m",
+    )
+
+
+def snntorch_leaky() -> nn.Module:
+    """spikenorm's LIF as an snnTorch ``Leaky`` neuron (``beta`` = decay, reset to zero) holding its own state."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    return snn.Leaky(
+        beta=DECAY,
+        threshold=THRESHOLD,
+        spike_grad=surrogate.sigmoid(slope=ALPHA),
+        reset_mechanism="zero",
+        init_hidden=True,
+    )
+
+
 def vgg_features(
-    cfg: Sequence[int | str],
-    in_channels: int,
-    pool: Callable[[], nn.Module],
-    block: Callable[[int, int], list[nn.Module]],
+    cfg: Sequence[int | str], in_channels: int, layers: Any, neuron: Callable[[], nn.Module], **layer_kwargs: Any
 ) -> tuple[nn.Sequential, int]:
-    """The feature stack of a layer list (an int is ``block(c_in, c_out)``, ``"A"`` a ``pool()``) and its
-    output channels: how the peer networks mirror spikenorm's SpikingVGG."""
-    layers: list[nn.Module] = []
+    """The feature stack of a layer list and its output channels: how the peer networks mirror spikenorm's
+    SpikingVGG. An int ``c`` is ``layers.Conv2d(c_in, c, 3, padding=1, bias=False)``, ``layers.BatchNorm2d(c)``
+    and ``neuron()``; ``"A"`` is ``layers.AvgPool2d(2)``. ``layers`` is ``torch.nn`` or a library's namespace of
+    the same layers (SpikingJelly's ``layer``), built with ``layer_kwargs`` (e.g. ``step_mode="m"``)."""
+    stack: list[nn.Module] = []
     channels = in_channels
     for item in cfg:
         if item == "A":
-            layers.append(pool())
+            stack.append(layers.AvgPool2d(2, **layer_kwargs))
         else:
-            layers += block(channels, int(item))
+            stack += [
+                layers.Conv2d(channels, int(item), 3, padding=1, bias=False, **layer_kwargs),
+                layers.BatchNorm2d(int(item), **layer_kwargs),
+                neuron(),
+            ]
             channels = int(item)
-    return nn.Sequential(*layers), channels
+    return nn.Sequential(*stack), channels
 
 
 class SpikingJellyVGG(nn.Module):
@@ -148,26 +181,9 @@ class SpikingJellyVGG(nn.Module):
 
     def __init__(self, cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
-        from spikingjelly.activation_based import layer, neuron, surrogate
+        from spikingjelly.activation_based import layer
 
-        self.features, channels = vgg_features(
-            cfg,
-            in_channels,
-            pool=lambda: layer.AvgPool2d(2, step_mode="m"),
-            block=lambda c_in, c_out: [
-                layer.Conv2d(c_in, c_out, 3, padding=1, bias=False, step_mode="m"),
-                layer.BatchNorm2d(c_out, step_mode="m"),
-                neuron.LIFNode(
-                    tau=1.0 / (1.0 - DECAY),
-                    decay_input=False,
-                    v_threshold=THRESHOLD,
-                    v_reset=0.0,
-                    surrogate_function=surrogate.Sigmoid(alpha=ALPHA),
-                    detach_reset=True,
-                    step_mode="m",
-                ),
-            ],
-        )
+        self.features, channels = vgg_features(cfg, in_channels, layer, spikingjelly_lif, step_mode="m")
         self.classifier = layer.Linear(channels, num_classes, step_mode="m")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -182,25 +198,7 @@ class SnnTorchVGG(nn.Module):
 
     def __init__(self, cfg: Sequence[int | str] = CFG, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
-        import snntorch as snn
-        from snntorch import surrogate
-
-        self.features, channels = vgg_features(
-            cfg,
-            in_channels,
-            pool=lambda: nn.AvgPool2d(2),
-            block=lambda c_in, c_out: [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                snn.Leaky(
-                    beta=DECAY,
-                    threshold=THRESHOLD,
-                    spike_grad=surrogate.sigmoid(slope=ALPHA),
-                    reset_mechanism="zero",
-                    init_hidden=True,
-                ),
-            ],
-        )
+        self.features, channels = vgg_features(cfg, in_channels, nn, snntorch_leaky)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -450,11 +448,8 @@ def neuron_fns(
     shape: Sequence[int], device: torch.device, variants: Sequence[str] = ()
 ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor."""
-    import snntorch as snn
     from common import forward_and_backward
-    from snntorch import surrogate as st_surrogate
-    from spikingjelly.activation_based import functional, neuron
-    from spikingjelly.activation_based import surrogate as sj_surrogate
+    from spikingjelly.activation_based import functional
 
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device) + 0.5
@@ -471,22 +466,8 @@ def neuron_fns(
         ).to(device)
 
     sn = spikenorm_lif("spikenorm")
-    sj = neuron.LIFNode(
-        tau=1.0 / (1.0 - DECAY),
-        decay_input=False,
-        v_threshold=THRESHOLD,
-        v_reset=0.0,
-        surrogate_function=sj_surrogate.Sigmoid(alpha=ALPHA),
-        detach_reset=True,
-        step_mode="m",
-    ).to(device)
-    st = snn.Leaky(
-        beta=DECAY,
-        threshold=THRESHOLD,
-        spike_grad=st_surrogate.sigmoid(slope=ALPHA),
-        reset_mechanism="zero",
-        init_hidden=True,
-    ).to(device)
+    sj = spikingjelly_lif().to(device)
+    st = snntorch_leaky().to(device)
 
     def run_sj(inp: Tensor) -> Tensor:
         functional.reset_net(sj)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import publish, stamp
+from common import print_as_made, publish, table_report
 
 from spikenorm.datamodules import EventDigitsDataModule, TonicDataModule
 from spikenorm.datamodules.base import SplitDataModule
@@ -53,6 +53,17 @@ def measure(make: Callable[[str | None, bool], SplitDataModule], repeats: int) -
     return times
 
 
+def rate_row(name: str, make: Callable[[str | None, bool], SplitDataModule], repeats: int) -> str:
+    """The table row of one data setup: train samples/s without cache, with a cold and a warm cache."""
+    times = measure(make, repeats)
+    samples = len(_ready(make(None, False)).train_dataset)
+    rate = {mode: samples / statistics.median(values) for mode, values in times.items()}
+    return (
+        f"| {name} | {samples} | {rate['no cache']:.0f} | {rate['cold']:.0f} | {rate['warm']:.0f} | "
+        f"{rate['warm'] / rate['no cache']:.2f} | {rate['cold'] / rate['no cache']:.2f} |"
+    )
+
+
 def _ready(dm: SplitDataModule) -> SplitDataModule:
     dm.prepare_data()
     dm.setup("fit")
@@ -69,7 +80,6 @@ def main() -> None:
     parser.add_argument("--save", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
     with tempfile.TemporaryDirectory() as root:
         rng = np.random.default_rng(0)
         write_nmnist(root, {"Train": args.nmnist_per_class, "Test": 1}, rng, num_events=args.nmnist_events)
@@ -89,30 +99,13 @@ def main() -> None:
             setups["event-digits (embedded), 16x16, T=6, ~1200 events/sample"] = lambda cache, on: (
                 EventDigitsDataModule(cache=on, cache_dir=cache or streams, augment=False)
             )
-            for name, make in setups.items():
-                times = measure(make, args.repeats)
-                samples = len(_ready(make(None, False)).train_dataset)
-                rate = {mode: samples / statistics.median(values) for mode, values in times.items()}
-                rows.append(
-                    f"| {name} | {samples} | {rate['no cache']:.0f} | {rate['cold']:.0f} | {rate['warm']:.0f} | "
-                    f"{rate['warm'] / rate['no cache']:.2f} | {rate['cold'] / rate['no cache']:.2f} |"
-                )
-                print(rows[-1], flush=True)
-    report = "\n".join(
-        [
-            stamp(torch.device("cpu")),
-            "",
-            (
-                f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
-                f"{args.repeats} interleaved repeats."
-            ),
-            "",
-            "| data | train samples | no cache | cache cold | cache warm | warm / no cache | cold / no cache |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+            rows = print_as_made(rate_row(name, make, args.repeats) for name, make in setups.items())
+    description = (
+        f"One train epoch, batch 32, num_workers 0, no augmentation, 1 torch thread; samples/s, median of "
+        f"{args.repeats} interleaved repeats."
     )
+    header = "data | train samples | no cache | cache cold | cache warm | warm / no cache | cold / no cache"
+    report = table_report(torch.device("cpu"), description, header, rows)
     publish("dvs_loading", "DVS loading: TonicDataModule / EventDigitsDataModule samples/s", report, args.save)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 import yaml
-from common import benchmark_parser, publish, stamp, timed
+from common import benchmark_parser, publish, quiet_trainer, stamp, timed
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 
 from spikenorm.config import instantiate
@@ -97,16 +97,11 @@ def time_steps(
     epochs of ``steps`` batches (no validation, no logger, nothing written); ``check_finite`` is left on."""
     timer = AlternatingCheck(warmup_epochs)
     with tempfile.TemporaryDirectory() as root:
-        trainer = Trainer(
+        trainer = quiet_trainer(
             max_epochs=warmup_epochs + rounds,
             limit_train_batches=steps,
             limit_val_batches=0,
             num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
             devices=1,
             deterministic=True,
             default_root_dir=root,

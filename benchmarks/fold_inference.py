@@ -22,8 +22,8 @@ import copy
 import statistics
 
 import torch
-from common import benchmark_parser, publish, stamp, timed
-from lightning.pytorch import Trainer, seed_everything
+from common import benchmark_parser, markdown_table, publish, quiet_trainer, table_report, timed
+from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.fold import SignFlip, check_equivalence, fold_model
@@ -79,14 +79,7 @@ def trained_mpbn(epochs: int) -> tuple[torch.nn.Module, torch.Tensor]:
     )
     task = SpikingClassifier(net, time_steps=4, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
     data = DigitsDataModule(batch_size=64)
-    Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    ).fit(task, data)
+    quiet_trainer(max_epochs=epochs).fit(task, data)
     x, _ = next(iter(data.test_dataloader()))
     return net.eval(), task.encode(x)
 
@@ -110,11 +103,10 @@ def spikingjelly_rows(model: torch.nn.Module, inputs: torch.Tensor) -> list[str]
         return [f"SpikingJelly comparison skipped: {err}"]
     ours = check_equivalence(model, fold_model(model), inputs, dtype=torch.float64)
     ours_steps = sum(layer.neuron_steps for layer in ours.layers.values())
-    rows = [
-        "| fold | flipped spikes | neuron-steps | flipped rate |",
-        "|---|---|---|---|",
-        f"| spikenorm `fold_model` | {ours.flipped_spikes} | {ours_steps} | {ours.flipped_spikes / ours_steps:.2%} |",
-    ]
+    rows = markdown_table(
+        "fold | flipped spikes | neuron-steps | flipped rate",
+        [f"| spikenorm `fold_model` | {ours.flipped_spikes} | {ours_steps} | {ours.flipped_spikes / ours_steps:.2%} |"],
+    )
     for key, label in (
         ("default", "SpikingJelly `re_parameterize_v_threshold()` (defaults)"),
         ("normalize_residual", "SpikingJelly `re_parameterize_v_threshold(normalize_residual=True)`"),
@@ -146,24 +138,20 @@ def main() -> None:
     seconds = time_inference(networks, x, args.repeats, device)
     folded, plain, unfolded = seconds["MPBN folded"], seconds["no norm"], seconds["MPBN unfolded"]
     sign_flips = sum(isinstance(m, SignFlip) for m in networks["MPBN folded"].modules())
-    lines = [
-        stamp(device),
-        "",
+    description = (
         f"Inference, SpikingVGG `{args.cfg}`, "
         f"input [T={args.time_steps}, B={args.batch}, 3, {args.size}, {args.size}], "
-        f"median of {args.repeats} interleaved repeats; SignFlip modules left by the fold: {sign_flips}.",
-        "",
-        "| network | median ms | vs no norm |",
-        "|---|---|---|",
-        *(f"| {name} | {sec * 1e3:.2f} | {sec / plain:.3f}x |" for name, sec in seconds.items()),
-        "",
+        f"median of {args.repeats} interleaved repeats; SignFlip modules left by the fold: {sign_flips}."
+    )
+    saving = (
         f"Folded / no norm = **{folded / plain:.3f}** (bar: <= 1.05). Folding saves "
         f"**{1 - folded / unfolded:.1%}** of the unfolded MPBN network's inference time "
-        f"({unfolded / folded:.2f}x faster).",
-        "",
-    ]
+        f"({unfolded / folded:.2f}x faster)."
+    )
+    rows = (f"| {name} | {sec * 1e3:.2f} | {sec / plain:.3f}x |" for name, sec in seconds.items())
+    timing = table_report(device, description, "network | median ms | vs no norm", rows, notes=[saving, ""])
     model, inputs = trained_mpbn(args.train_epochs)
-    lines += [
+    exactness = [
         f"Fold exactness on a channel-wise MPBN SpikingVGG `small` trained {args.train_epochs} epochs on digits "
         "(one test batch of 64, T=4, float64):",
         "",
@@ -174,7 +162,7 @@ def main() -> None:
         *spikingjelly_rows(with_negative_gamma(model), inputs),
         "",
     ]
-    report = "\n".join(lines)
+    report = "\n".join([timing, *exactness])
     publish("fold_inference", "MPBN folding: inference cost and exactness", report, save=not args.no_save)
 
 

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
+from common import fit_and_test, print_as_made, publish, seed_cells, seeds_parser, table_report
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import FoldNormalization
@@ -55,36 +55,31 @@ def run(variant: dict, seed: int, epochs: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = benchmark_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
-    args = parser.parse_args()
-    start = time.perf_counter()
-    rows = []
-    for name, variant in VARIANTS.items():
-        runs = [run(variant, seed, args.epochs) for seed in range(args.seeds)]
-        acc = [100 * r["acc"] for r in runs]
-        rows.append(
-            f"| {name} | {seed_cells(acc)} | "
-            f"{statistics.mean(100 * r['acc_folded'] for r in runs):.2f} | "
-            f"{int(sum(r['flipped'] for r in runs))} | {statistics.mean(r['firing_rate'] for r in runs):.3f} |"
-        )
-        print(rows[-1], flush=True)
-    report = "\n".join(
-        [
-            stamp(torch.device("cpu")),
-            "",
-            f"Digits test set (360 images), {args.seeds} seeds (0..{args.seeds - 1}), {args.epochs} epochs, best-val "
-            f"checkpoint; wall {time.perf_counter() - start:.0f} s.",
-            "",
-            "| variant | test acc % (mean ± std) | per seed | folded acc % (mean) | flipped spikes (all seeds) "
-            "| firing rate |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+def variant_row(name: str, runs: list[dict[str, float]]) -> str:
+    """The table row of one variant from its runs (one per seed)."""
+    acc = [100 * r["acc"] for r in runs]
+    return (
+        f"| {name} | {seed_cells(acc)} | "
+        f"{statistics.mean(100 * r['acc_folded'] for r in runs):.2f} | "
+        f"{int(sum(r['flipped'] for r in runs))} | {statistics.mean(r['firing_rate'] for r in runs):.3f} |"
     )
+
+
+def main() -> None:
+    args = seeds_parser(__doc__).parse_args()
+    start = time.perf_counter()
+    rows = print_as_made(
+        variant_row(name, [run(variant, seed, args.epochs) for seed in range(args.seeds)])
+        for name, variant in VARIANTS.items()
+    )
+    description = (
+        f"Digits test set (360 images), {args.seeds} seeds (0..{args.seeds - 1}), {args.epochs} epochs, best-val "
+        f"checkpoint; wall {time.perf_counter() - start:.0f} s."
+    )
+    header = (
+        "variant | test acc % (mean ± std) | per seed | folded acc % (mean) | flipped spikes (all seeds) | firing rate"
+    )
+    report = table_report(torch.device("cpu"), description, header, rows)
     publish("mpbn_digits", "MPBN reproduction on digits", report, save=not args.no_save)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from common import benchmark_parser, forward_and_backward, publish, stamp, timed
+from common import benchmark_parser, forward_and_backward, publish, table_report, timed
 
 from spikenorm.neurons import LIF
 
@@ -44,18 +44,12 @@ def main() -> None:
         )
     }
     base = rows["elementwise floor"]
-    lines = [
-        stamp(device),
-        "",
+    description = (
         f"Input {list(args.shape)} float32, LIF (decay 0.5, hard reset, sigmoid surrogate), eager multi-step loop;"
-        f" median of {args.repeats} repeats after {args.warmup} warm-up calls.",
-        "",
-        "| measurement | median ms | ratio to floor |",
-        "|---|---|---|",
-        *(f"| {name} | {sec * 1e3:.3f} | {sec / base:.1f}x |" for name, sec in rows.items()),
-        "",
-    ]
-    report = "\n".join(lines)
+        f" median of {args.repeats} repeats after {args.warmup} warm-up calls."
+    )
+    lines = (f"| {name} | {sec * 1e3:.3f} | {sec / base:.1f}x |" for name, sec in rows.items())
+    report = table_report(device, description, "measurement | median ms | ratio to floor", lines)
     publish("neurons", "Multi-step neuron vs the elementwise memory-bandwidth floor", report, save=not args.no_save)
 
 

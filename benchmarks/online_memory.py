@@ -77,19 +77,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32, help="input height = width")
     parser.add_argument("--cfg", default="small", help="SpikingVGG config name")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        default=[2, 4, 8, 16],
-        help="time steps T to measure",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=3,
-        help="timed steps per (mode, T); the median is shown",
-    )
+    parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16], help="time steps T to measure")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per (mode, T); the median is shown")
     args = parser.parse_args()
     device = args.device
     steps = sorted(set(args.steps))

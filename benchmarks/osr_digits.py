@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from common import benchmark_parser, fit_and_test, publish, seed_cells, stamp
+from common import fit_and_test, print_as_made, publish, seed_cells, seeds_parser, table_report
 from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
@@ -67,39 +67,36 @@ def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
     return {"acc": accuracy, "steps": per_step.tolist(), "gross": recorder.mean_rate()}
 
 
+def variant_row(name: str, runs: list[dict]) -> str:
+    """The table row of one variant from its runs (one per seed); the per-step rates are means over seeds."""
+    acc = [100 * r["acc"] for r in runs]
+    steps = [statistics.mean(step_rates) for step_rates in zip(*(r["steps"] for r in runs))]
+    return (
+        f"| {name} | {seed_cells(acc)} | {statistics.mean(r['gross'] for r in runs):.3f} | "
+        f"{' / '.join(f'{s:.3f}' for s in steps)} | {steps[0] / statistics.mean(steps[1:]):.2f} |"
+    )
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser = seeds_parser(__doc__)
     parser.add_argument("--time-steps", type=int, default=4)
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = []
-    for name, variant in VARIANTS.items():
-        runs = [run(variant, seed, args.epochs, args.time_steps) for seed in range(args.seeds)]
-        acc = [100 * r["acc"] for r in runs]
-        steps = [statistics.mean(r["steps"][t] for r in runs) for t in range(args.time_steps)]
-        rows.append(
-            f"| {name} | {seed_cells(acc)} | {statistics.mean(r['gross'] for r in runs):.3f} | "
-            f"{' / '.join(f'{s:.3f}' for s in steps)} | {steps[0] / statistics.mean(steps[1:]):.2f} |"
-        )
-        print(rows[-1], flush=True)
-    report = "\n".join(
-        [
-            stamp(torch.device("cpu")),
-            "",
-            f"Digits test set (360 images), online training, T={args.time_steps}, {args.seeds} seeds "
-            f"(0..{args.seeds - 1}), {args.epochs} epochs, best-val checkpoint; "
-            f"wall {time.perf_counter() - start:.0f} s. "
-            "Firing rates on the test set (eval mode), mean over the three spiking layers.",
-            "",
-            "| variant | test acc % (mean ± std) | per seed | gross firing rate | firing rate per step t=1..T | "
-            "step 1 / later steps |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    rows = print_as_made(
+        variant_row(name, [run(variant, seed, args.epochs, args.time_steps) for seed in range(args.seeds)])
+        for name, variant in VARIANTS.items()
     )
+    description = (
+        f"Digits test set (360 images), online training, T={args.time_steps}, {args.seeds} seeds "
+        f"(0..{args.seeds - 1}), {args.epochs} epochs, best-val checkpoint; "
+        f"wall {time.perf_counter() - start:.0f} s. "
+        "Firing rates on the test set (eval mode), mean over the three spiking layers."
+    )
+    header = (
+        "variant | test acc % (mean ± std) | per seed | gross firing rate | firing rate per step t=1..T | "
+        "step 1 / later steps"
+    )
+    report = table_report(torch.device("cpu"), description, header, rows)
     publish("osr_digits", "OSR / OTS reproduction on digits (online training)", report, save=not args.no_save)
 
 

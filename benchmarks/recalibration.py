@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from common import benchmark_parser, publish, stamp, timed
+from common import benchmark_parser, publish, table_report, timed
 from torch import Tensor, nn
 
 from spikenorm.interop import reset_neuron_states
@@ -137,20 +137,15 @@ def main() -> None:
             f"**{median['single_pass'] / plain:.2f}** | {passes} | {passes * plain:.3f} | {median['exact']:.3f} | "
             f"**{median['exact'] / (passes * plain):.2f}** | {median['exact'] / plain:.2f} |"
         )
-    report = "\n".join(
-        [
-            stamp(device),
-            "",
-            f"M = {args.batches} batches of [T={args.time_steps}, B={args.batch}, 3, 32, 32], median of {args.repeats} "
-            "interleaved repeats (seconds). Target: ratio <= 1.3 at the same number of forward passes.",
-            "",
-            "| network | BN layers | plain: M forwards | single_pass | ratio | exact: forwards started per batch P "
-            "| P x plain | exact | ratio | exact / plain |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    description = (
+        f"M = {args.batches} batches of [T={args.time_steps}, B={args.batch}, 3, 32, 32], median of {args.repeats} "
+        "interleaved repeats (seconds). Target: ratio <= 1.3 at the same number of forward passes."
     )
+    header = (
+        "network | BN layers | plain: M forwards | single_pass | ratio | exact: forwards started per batch P "
+        "| P x plain | exact | ratio | exact / plain"
+    )
+    report = table_report(device, description, header, rows)
     publish("recalibration", "BN re-calibration: cost against plain eval forwards", report, save=not args.no_save)
 
 

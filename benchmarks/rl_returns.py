@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
-from common import RESULTS_DIR, benchmark_parser, machine, publish, stamp
+from common import RESULTS_DIR, benchmark_parser, machine, publish, quiet_trainer, table_report
 
 VARIANTS = {"no BN": "none", "BN (EMA 0.1)": "bn", "CaRe-BN": "carebn"}
 RUNS_FILE = RESULTS_DIR / "rl_returns_runs.jsonl"
@@ -43,7 +43,7 @@ class RunSpec:
 
 def run(spec: RunSpec, threads: int) -> dict[str, object]:
     """Train one SpikingTD3 run; its evaluation history ``[(env steps, mean return), ...]`` and wall time."""
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import seed_everything
 
     from spikenorm.callbacks import ReplayRecalibration
     from spikenorm.models import LayerSpec
@@ -65,15 +65,7 @@ def run(spec: RunSpec, threads: int) -> dict[str, object]:
     callbacks = (
         [ReplayRecalibration(every_n_env_steps=5000, num_batches=100, batch_size=256)] if spec.norm == "carebn" else []
     )
-    Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=callbacks,
-    ).fit(task)
+    quiet_trainer(max_epochs=1, callbacks=callbacks).fit(task)
     return {
         **asdict(spec),
         "eval_history": [list(e) for e in task.eval_history],
@@ -172,23 +164,14 @@ def main() -> None:
         png = RESULTS_DIR / "rl_returns.png"
         plot(curves, png)
         plot_note = [f"Learning curves (mean over seeds, band min-max): `{png.name}`.", ""]
-    report = "\n".join(
-        [
-            stamp(torch.device("cpu")),
-            "",
-            f"TD3, PopSAN actor with CLIF neurons (T=5), **{args.steps} env steps** after {args.warmup} random warm-up"
-            f" steps (the paper trains 1M after 25k), {args.seeds} seeds, 10 evaluation episodes every"
-            f" {args.eval_every} steps; {args.jobs} run(s) at a time, {args.threads or 'default'} torch thread(s) each;"
-            f" this invocation's wall {time.perf_counter() - started:.0f} s (runs are in `{RUNS_FILE.name}`).",
-            "",
-            "| env | actor norm | max eval return (mean ± std) | last eval return | max per seed "
-            "| min / run (median) |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-            *plot_note,
-        ]
+    description = (
+        f"TD3, PopSAN actor with CLIF neurons (T=5), **{args.steps} env steps** after {args.warmup} random warm-up"
+        f" steps (the paper trains 1M after 25k), {args.seeds} seeds, 10 evaluation episodes every"
+        f" {args.eval_every} steps; {args.jobs} run(s) at a time, {args.threads or 'default'} torch thread(s) each;"
+        f" this invocation's wall {time.perf_counter() - started:.0f} s (runs are in `{RUNS_FILE.name}`)."
     )
+    header = "env | actor norm | max eval return (mean ± std) | last eval return | max per seed | min / run (median)"
+    report = table_report(torch.device("cpu"), description, header, rows, notes=plot_note)
     publish("rl_returns", "TD3 returns with spiking actors: no BN vs BN vs CaRe-BN", report, save=not args.no_save)
 
 

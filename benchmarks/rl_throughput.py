@@ -63,14 +63,14 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import benchmark_parser, publish, stamp
+from common import benchmark_parser, publish, quiet_trainer, stamp
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
@@ -101,6 +101,12 @@ class HParams:
     lr: float = 3e-4
     hidden: tuple[int, ...] = (256, 256)
     time_steps: int = 5
+
+    def td3_options(self) -> dict[str, Any]:
+        """These settings as :class:`~spikenorm.tasks.SpikingTD3` keyword arguments (``lr`` for actor and critic)."""
+        options = asdict(self)
+        lr = options.pop("lr")
+        return {**options, "actor_lr": lr, "critic_lr": lr}
 
 
 @dataclass
@@ -340,22 +346,11 @@ def run_spikenorm(
         total_env_steps=total,
         warmup_steps=warmup,
         algorithm="td3",
-        time_steps=hp.time_steps,
-        hidden=hp.hidden,
-        batch_size=hp.batch_size,
-        buffer_size=hp.buffer_size,
         frames_per_batch=frames_per_batch,
-        gamma=hp.gamma,
-        tau=hp.tau,
-        policy_delay=hp.policy_delay,
-        exploration_noise=hp.exploration_noise,
-        policy_noise=hp.policy_noise,
-        noise_clip=hp.noise_clip,
-        actor_lr=hp.lr,
-        critic_lr=hp.lr,
         eval_every=total + 1,
         seed=seed,
         actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
+        **hp.td3_options(),
     )
     if timers is not NULL_TIMERS:
         instrument(task, timers)
@@ -365,17 +360,7 @@ def run_spikenorm(
     clock = StepClock(warmup, timers)
     # ReplayRecalibration refuses a schedule that never runs: attach it only to runs long enough to trigger it
     callbacks = [rebn, clock] if total >= PAPER_REBN_EVERY else [clock]
-    trainer = Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        callbacks=callbacks,
-    )
-    trainer.fit(task)
+    quiet_trainer(max_epochs=1, devices=1, callbacks=callbacks).fit(task)
     end = time.perf_counter()
     timers.enabled = False
     run = Run(label, end - start, clock.end - clock.post_start, task.env_steps - warmup, task.updates, rebn.durations)

@@ -70,21 +70,17 @@ def _import_spikingjelly() -> tuple[Any, Any, Any, Any]:
 # --- conversion --------------------------------------------------------------------------------------
 
 
+def _sj_layer(sj_class: Any, module: nn.Module, settings: tuple[str, ...], **extra: Any) -> nn.Module:
+    """The SpikingJelly multi-step ``sj_class`` built with the attributes ``settings`` of the torch ``module``."""
+    return sj_class(**{name: getattr(module, name) for name in settings}, **extra, step_mode="m")
+
+
 def _sj_conv(layer: Any, conv: nn.Conv2d, norm: TimeMajorNorm | None) -> nn.Module:
     """SpikingJelly multi-step Conv2d computing ``norm(conv(x))`` (eval-mode norm folded in, float64)."""
     if conv.padding_mode != "zeros":
         raise ValueError(f"only zero-padded convolutions are supported, got padding_mode={conv.padding_mode!r}")
-    sj = layer.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        step_mode="m",
-    ).to(torch.float64)
+    settings = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    sj = _sj_layer(layer.Conv2d, conv, settings, bias=True).to(torch.float64)
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
     if norm is not None:
@@ -183,28 +179,12 @@ def _convert(model: nn.Module, sj: tuple[Any, Any, Any, Any]) -> tuple[nn.Sequen
             names.append(name)
         elif isinstance(inner, nn.AvgPool2d):
             flush()
-            modules.append(
-                layer.AvgPool2d(
-                    inner.kernel_size,
-                    inner.stride,
-                    inner.padding,
-                    ceil_mode=inner.ceil_mode,
-                    count_include_pad=inner.count_include_pad,
-                    divisor_override=inner.divisor_override,
-                    step_mode="m",
-                )
-            )
+            settings = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+            modules.append(_sj_layer(layer.AvgPool2d, inner, settings))
         elif isinstance(inner, nn.MaxPool2d):
             flush()
             modules.append(
-                layer.MaxPool2d(
-                    inner.kernel_size,
-                    inner.stride,
-                    inner.padding,
-                    inner.dilation,
-                    ceil_mode=inner.ceil_mode,
-                    step_mode="m",
-                )
+                _sj_layer(layer.MaxPool2d, inner, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"))
             )
         elif isinstance(inner, (nn.Identity, nn.Dropout)):
             continue

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from spikenorm.callbacks.plumbing import (
+    EvaluationBatchCallback,
+    EvaluationStage,
     batch_inputs,
     batch_samples,
     check_every_n_epochs,
@@ -28,7 +30,7 @@ from spikenorm.neurons import SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
 
 
-class EnergyMonitor(Callback):
+class EnergyMonitor(EvaluationBatchCallback):
     """Count SOPs and MACs (:class:`spikenorm.energy.OpCounter`) during validation and log energy per sample.
 
     ``E = E_MAC * MACs + E_AC * SOPs`` per sample (see :mod:`spikenorm.energy` for what counts as which, and
@@ -131,16 +133,10 @@ class EnergyMonitor(Callback):
         network, exclude = monitored_network(pl_module)
         self._live = OpCounter(network, exclude).start()
 
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def on_evaluation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, stage: EvaluationStage
     ) -> None:
-        if self._live is None:
+        if stage != "val" or self._live is None:
             return
         samples = batch_samples(batch)
         self._live.add_samples(samples)

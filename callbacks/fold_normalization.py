@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from spikenorm.callbacks.plumbing import (
+    EvaluationBatchCallback,
+    EvaluationStage,
     NetworkTask,
     check_every_n_epochs,
     model_inputs,
@@ -25,7 +27,7 @@ from spikenorm.fold import FoldedModel, check_equivalence, fold_model, save_fold
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class FoldNormalization(Callback):
+class FoldNormalization(EvaluationBatchCallback):
     """Fold every norm layer (:func:`spikenorm.fold.fold_model`) and check the folded model as you train.
 
     At every ``every_n_epochs``-th validation of a fit, every ``trainer.validate`` and every test, the current
@@ -106,7 +108,9 @@ class FoldNormalization(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(pl_module)
 
-    def _check_batch(self, pl_module: LightningModule, batch: Any, stage: str) -> None:
+    def on_evaluation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, stage: EvaluationStage
+    ) -> None:
         if self._pair is None:
             return
         x, y = batch[0], batch[1]
@@ -128,28 +132,6 @@ class FoldNormalization(Callback):
         pl_module.log(
             f"{stage}/max_abs_diff_folded", report.max_abs_diff, reduce_fx="max", batch_size=size, sync_dist=True
         )
-
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._check_batch(pl_module, batch, "val")
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._check_batch(pl_module, batch, "test")
 
     # -- export -------------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -13,16 +13,17 @@ A callback is thin: the work it schedules lives in a core function (``recalibrat
 * the model inputs of a batch: :func:`batch_inputs` (``x`` of ``(x, y, ...)``), :func:`model_inputs`
   (``encode(x)`` when the task offers it), :func:`batch_samples`;
 * where files go: :func:`output_folder`;
-* when work is due: :func:`check_every_n_epochs`, :func:`epoch_due`, :func:`validation_due`.
+* when work is due: :func:`check_every_n_epochs`, :func:`epoch_due`, :func:`validation_due`;
+* one hook for every evaluation batch: :class:`EvaluationBatchCallback`.
 """
 
 from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
@@ -221,3 +222,38 @@ def validation_due(trainer: Trainer, every_n_epochs: int) -> bool:
     if trainer.state.fn != TrainerFn.FITTING:
         return True
     return epoch_due(trainer, every_n_epochs)
+
+
+# -- one hook for every evaluation batch --------------------------------------------------------------------
+
+EvaluationStage = Literal["val", "test"]
+
+
+def _evaluation_batch_end(stage: EvaluationStage) -> Callable[..., None]:
+    """Lightning's ``on_<stage>_batch_end`` hook, handing the batch to ``on_evaluation_batch_end``."""
+
+    def hook(
+        self: EvaluationBatchCallback,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.on_evaluation_batch_end(trainer, pl_module, batch, stage)
+
+    return hook
+
+
+class EvaluationBatchCallback(Callback):
+    """A callback that handles validation and test batches alike: Lightning's ``on_validation_batch_end`` and
+    ``on_test_batch_end`` both call :meth:`on_evaluation_batch_end` with the stage (``"val"`` or ``"test"``)."""
+
+    def on_evaluation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, stage: EvaluationStage
+    ) -> None:
+        """Called after every validation and test batch; does nothing unless overridden."""
+
+    on_validation_batch_end = _evaluation_batch_end("val")
+    on_test_batch_end = _evaluation_batch_end("test")

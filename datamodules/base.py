@@ -193,6 +193,20 @@ class TransformedSubset(Dataset):
         return self.transform(image), target
 
 
+def check_fraction(owner: str, name: str, value: float) -> None:
+    """Raise a ValueError naming ``owner`` unless the split fraction ``name`` lies in the open interval (0, 1)."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{owner} expects {name} in the open interval (0, 1), got {value}")
+
+
+def check_loader_options(owner: str, batch_size: int, num_workers: int) -> None:
+    """Raise a ValueError naming ``owner`` unless ``batch_size >= 1`` and ``num_workers >= 0``."""
+    if batch_size < 1:
+        raise ValueError(f"{owner} expects batch_size >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"{owner} expects num_workers >= 0, got {num_workers}")
+
+
 class SplitDataModule(LightningDataModule):
     """A DataModule whose ``setup`` fills ``train_dataset``, ``val_dataset`` and ``test_dataset``.
 

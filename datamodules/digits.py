@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from spikenorm.datamodules.base import SplitDataModule, stratified_holdout
+from spikenorm.datamodules.base import SplitDataModule, check_fraction, check_loader_options, stratified_holdout
 
 
 class DigitsDataModule(SplitDataModule):
@@ -44,9 +44,8 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"DigitsDataModule expects {name} in the open interval (0, 1), got {value}")
+        check_fraction("DigitsDataModule", "val_fraction", val_fraction)
+        check_fraction("DigitsDataModule", "test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
                 "DigitsDataModule expects val_fraction + test_fraction < 1 so that a train split remains, "
@@ -54,10 +53,7 @@ class DigitsDataModule(SplitDataModule):
             )
         if upsample < 1:
             raise ValueError(f"DigitsDataModule expects an integer upsample factor >= 1, got {upsample}")
-        if batch_size < 1:
-            raise ValueError(f"DigitsDataModule expects batch_size >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"DigitsDataModule expects num_workers >= 0, got {num_workers}")
+        check_loader_options("DigitsDataModule", batch_size, num_workers)
         self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self.mean: float | None = None
         self.std: float | None = None

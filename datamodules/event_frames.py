@@ -26,6 +26,8 @@ from torch.utils.data import Dataset
 from spikenorm.datamodules.base import (
     SplitDataModule,
     TransformedSubset,
+    check_fraction,
+    check_loader_options,
     stratified_holdout,
 )
 from spikenorm.datamodules.errors import (
@@ -330,12 +332,8 @@ class EventFrameDataModule(SplitDataModule):
             raise ValueError(
                 f"{name} expects sensor_size (the downsampled side) in [1, {side}] or None, got {hp.sensor_size}"
             )
-        if not 0.0 < hp.val_fraction < 1.0:
-            raise ValueError(f"{name} expects val_fraction in the open interval (0, 1), got {hp.val_fraction}")
-        if hp.batch_size < 1:
-            raise ValueError(f"{name} expects batch_size >= 1, got {hp.batch_size}")
-        if hp.num_workers < 0:
-            raise ValueError(f"{name} expects num_workers >= 0, got {hp.num_workers}")
+        check_fraction(name, "val_fraction", hp.val_fraction)
+        check_loader_options(name, hp.batch_size, hp.num_workers)
         keep = getattr(as_augmentation(hp.augmentation), "keep_steps", None)
         if keep is not None and keep > hp.time_bins:
             raise ValueError(f"{name}: augmentation keeps {keep} steps of only time_bins={hp.time_bins}")

@@ -95,10 +95,10 @@ class TonicDataModule(EventFrameDataModule):
     with the cache on, a :class:`~spikenorm.datamodules.event_frames.FrameCache` (tonic's
     ``DiskCachedDataset`` layout) under ``cache_dir`` (default ``<root>/spikenorm_cache``), keyed by every
     setting that changes the frames, so that epochs after the first read one HDF5 file of frames per
-    sample instead of the raw events. Reading an HDF5 file costs
-    about 0.7 ms, so the cache pays off for large recordings only (benchmarks/dvs_loading.py: 6.6x faster
-    at 100k events per AEDAT4 file, 6x slower at 4k events per N-MNIST file); ``cache=None`` therefore
-    means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST (``cache_by_default``).
+    sample instead of the raw events. Reading an HDF5 file has a fixed cost, so the cache pays off for large
+    recordings (a CIFAR10-DVS AEDAT4 file) and not for small ones (an N-MNIST file); ``benchmarks/dvs_loading.py``
+    measures both. ``cache=None`` therefore means on for DVS128 Gesture and CIFAR10-DVS and off for N-MNIST
+    (``cache_by_default``).
 
     Files (what tonic expects after download and extraction; ``download=True`` fetches them where tonic
     can, otherwise a ``FileNotFoundError`` says which files go where):

@@ -13,7 +13,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
 
-from spikenorm.datamodules.base import SplitDataModule, TransformedSubset
+from spikenorm.datamodules.base import SplitDataModule, TransformedSubset, check_loader_options
 from spikenorm.datamodules.errors import reading
 
 VisionDatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
@@ -142,10 +142,7 @@ class TorchvisionDataModule(SplitDataModule):
                 "TorchvisionDataModule expects val_fraction in the open interval (0, 1) (validation is a "
                 f"held-out part of the official train set, never the test set), got {val_fraction}"
             )
-        if batch_size < 1:
-            raise ValueError(f"TorchvisionDataModule expects batch_size >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"TorchvisionDataModule expects num_workers >= 0, got {num_workers}")
+        check_loader_options("TorchvisionDataModule", batch_size, num_workers)
         self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self.train_indices: list[int] | None = None
         self.val_indices: list[int] | None = None

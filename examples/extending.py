@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 from typing import ClassVar
 
 import lightning as L
@@ -76,16 +77,17 @@ class DecayInputLIF(SpikingNeuron):
 
 
 # --8<-- [start:surrogate]
-@SURROGATES.register("fast_sigmoid")
-class FastSigmoid(Surrogate):
-    """SuperSpike's fast sigmoid (Zenke & Ganguli, Neural Computation 2018): ``g(x) = 1 / (1 + k|x|)^2``."""
+@SURROGATES.register("gaussian")
+class Gaussian(Surrogate):
+    """The density of a normal distribution of width ``sigma`` as the spike's derivative:
+    ``g(x) = exp(-x^2 / (2 sigma^2)) / (sigma sqrt(2 pi))`` (it integrates to 1, like every surrogate here)."""
 
-    def __init__(self, slope: float = 5.0) -> None:
+    def __init__(self, sigma: float = 0.5) -> None:
         super().__init__()
-        self.slope = slope
+        self.sigma = sigma
 
     def derivative(self, x: Tensor) -> Tensor:
-        return 1 / (1 + self.slope * x.abs()) ** 2
+        return torch.exp(-0.5 * (x / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
 
 
 # --8<-- [end:surrogate]
@@ -123,9 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     layers = LayerSpec(
         norm="pooled_bn",
         neuron="decay_input_lif",
-        surrogate="fast_sigmoid",
+        surrogate="gaussian",
         neuron_kwargs={"decay": 0.5, "threshold": 0.5},
-        surrogate_kwargs={"slope": 4.0},
+        surrogate_kwargs={"sigma": 0.4},
     )
     network = SpikingVGG("small", in_channels=1, num_classes=10, layers=layers)
     task = SpikingClassifier(network, time_steps=4, optimizer=functools.partial(torch.optim.Adam, lr=5e-3))

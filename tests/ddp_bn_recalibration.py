@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch import Callback, Trainer
 from peer_models import PeerClassifier
 from test_bn_recalibration_callback import RecordingRecalibration, loaders
@@ -31,15 +32,10 @@ class SaveRankResults(Callback):
 
 def main(out_dir: str) -> None:
     recorder = RecordingRecalibration(num_batches=2)
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
-        accelerator="cpu",
         devices=2,
         strategy="ddp",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[recorder, SaveRankResults(out_dir, recorder)],
     )

@@ -2,7 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from lightning.pytorch import Callback, Trainer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# what a test trainer does unless the test asks otherwise: run on the CPU, log, save and print nothing
+QUIET_CPU = {
+    "accelerator": "cpu",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+# a TD3 run on InvertedPendulum short enough for a test: 240 env steps, the first 80 random (warm-up)
+SHORT_TD3_RUN = {
+    "env_name": "InvertedPendulum-v5",
+    "total_env_steps": 240,
+    "warmup_steps": 80,
+    "batch_size": 32,
+    "buffer_size": 1000,
+    "eval_episodes": 1,
+}
 
 
 def free_port() -> int:
@@ -10,3 +42,78 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_example(name: str, patch: pytest.MonkeyPatch) -> ModuleType:
+    """Import ``examples/<name>.py``; the norms, neurons and surrogates it registers are unregistered when
+    ``patch`` is undone."""
+    from spikenorm.neurons import NEURONS
+    from spikenorm.norm.base import NORMS
+    from spikenorm.surrogate import SURROGATES
+
+    for registry in (NORMS, NEURONS, SURROGATES):
+        patch.setattr(registry, "_entries", dict(registry._entries))
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def quiet_trainer(**options) -> Trainer:
+    """A Lightning ``Trainer`` with ``QUIET_CPU`` settings; ``options`` (any ``Trainer`` argument) add to or
+    override them."""
+    return Trainer(**{**QUIET_CPU, **options})
+
+
+def short_trainer(train_batches: int, val_batches: int, callbacks: Sequence[Callback] = (), **options) -> Trainer:
+    """A ``quiet_trainer`` whose epochs (one unless ``max_epochs`` says) stop after ``train_batches`` training and
+    ``val_batches`` validation batches."""
+    options = {"max_epochs": 1, "limit_train_batches": train_batches, "limit_val_batches": val_batches, **options}
+    return quiet_trainer(callbacks=list(callbacks), **options)
+
+
+def spikenorm_cli(folder: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """``python -m spikenorm.cli *args`` as a user runs it: a fresh process in ``folder`` with W&B offline under
+    ``folder`` and ``env`` added to the environment; with ``check``, assert that it succeeded.
+
+    No ``WANDB_*`` variable is inherited: ``WANDB_SERVICE`` would attach the child to this process's W&B service,
+    which writes run records relative to the directory it started in.
+    """
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "spikenorm.cli", *args],
+        cwd=folder,
+        env={**inherited, "WANDB_MODE": "offline", "WANDB_DIR": str(folder), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@contextlib.contextmanager
+def offline_wandb(folder: Path) -> Iterator[None]:
+    """An offline W&B environment confined to ``folder`` (no key, no netrc, HOME and every W&B folder inside);
+    on exit the W&B service has written every record of the runs started inside, and the environment is back."""
+    import wandb
+
+    with pytest.MonkeyPatch.context() as patch:
+        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC"):
+            patch.delenv(var, raising=False)
+        for var, value in {
+            "HOME": folder,
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": folder,
+            "WANDB_SILENT": "true",
+            "WANDB_CACHE_DIR": folder / "cache",
+            "WANDB_CONFIG_DIR": folder / "config",
+            "WANDB_DATA_DIR": folder / "data",
+        }.items():
+            patch.setenv(var, str(value))
+        wandb.teardown()  # a service left by an earlier test writes relative to its own start directory
+        try:
+            yield
+        finally:
+            wandb.teardown()

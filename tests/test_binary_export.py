@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import short_trainer
+from lightning.pytorch import seed_everything
 
 from spikenorm.binary_packing import load_packed
 from spikenorm.callbacks import PackedBinaryExport
@@ -14,17 +15,7 @@ from spikenorm.tasks import SpikingClassifier
 
 
 def trainer(tmp_path, callback):
-    return Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    return short_trainer(3, 1, [callback], enable_checkpointing=True, default_root_dir=tmp_path)
 
 
 def test_packed_model_written_and_exact(tmp_path):

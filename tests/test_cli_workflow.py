@@ -9,7 +9,6 @@ must not touch. The crash test SIGKILLs a fit mid-epoch and resumes it with ``--
 from __future__ import annotations
 
 import csv
-import os
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import spikenorm_cli
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
@@ -51,23 +51,15 @@ def _recipe(folder: Path, every_n_train_steps: int = 0, **trainer: object) -> Pa
     return path
 
 
-def _env(folder: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return {**env, "WANDB_MODE": "offline", "WANDB_DIR": str(folder), "PYTHONHASHSEED": "0"}
-
-
 def _spikenorm(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "spikenorm.cli", *args],
-        cwd=folder,
-        env=_env(folder),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return spikenorm_cli(folder, *args, check=check, PYTHONHASHSEED="0")
+
+
+def _from_checkpoint(run: dict, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``spikenorm <command> --ckpt_path <the run's last.ckpt>`` with no logger and ``args``, in the run's folder."""
+    return _spikenorm(
+        run["folder"], command, "--ckpt_path", str(run["ckpt"]), "--trainer.logger=false", *args, check=check
     )
-    if check:
-        assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 def _printed_metric(output: str, key: str) -> float:
@@ -162,12 +154,9 @@ def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
     line is used (the loss equals the same checkpoint evaluated in Python at that T, and differs from T=4)."""
     losses, root = {}, run["folder"] / "eval_t"
     for steps in (1, 4):
-        done = _spikenorm(
-            run["folder"],
+        done = _from_checkpoint(
+            run,
             "test",
-            "--ckpt_path",
-            str(run["ckpt"]),
-            "--trainer.logger=false",
             "--trainer.limit_test_batches=2",
             "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={root}",
@@ -186,12 +175,9 @@ def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
 
 def test_a_different_network_is_refused_with_the_differing_keys(run):
     """Row 4: CLI and Python refuse a checkpoint under another neuron or other norm options."""
-    done = _spikenorm(
-        run["folder"],
+    done = _from_checkpoint(
+        run,
         "test",
-        "--ckpt_path",
-        str(run["ckpt"]),
-        "--trainer.logger=false",
         f"--trainer.default_root_dir={run['folder'] / 'refused'}",
         "--model.init_args.model.init_args.layers.neuron=if",
         check=False,
@@ -210,12 +196,9 @@ def test_a_different_network_is_refused_with_the_differing_keys(run):
 def test_predict_writes_per_step_logits_and_classes(run):
     """Row 11: `spikenorm predict` writes predictions (per-step logits, class) under the run's folder."""
     out = run["folder"] / "predict_root"
-    done = _spikenorm(
-        run["folder"],
+    done = _from_checkpoint(
+        run,
         "predict",
-        "--ckpt_path",
-        str(run["ckpt"]),
-        "--trainer.logger=false",
         f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false",
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import quiet_trainer
+from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import SpikingMLP, SpikingVGG
@@ -57,16 +58,7 @@ def mlp(seed):
 
 
 def fit(task, data, tmp_path, steps=4):
-    trainer = Trainer(
-        max_steps=steps,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=1, default_root_dir=tmp_path)
     trainer.fit(task, data)
     return trainer
 

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import wandb
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import EXAMPLES, load_example
 
 
 @pytest.mark.parametrize("name", ["snntorch_digits", "spikingjelly_digits"])
@@ -26,7 +17,7 @@ def test_example_trains_and_logs_the_attached_callbacks(name, tmp_path, monkeypa
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    metrics = load(name).main(["--max-epochs", "2"])
+    metrics = load_example(name, monkeypatch).main(["--max-epochs", "2"])
     wandb.finish()
     wandb.teardown()  # stops the W&B service, so every record of the offline run is on disk before it is read
     assert metrics["val/acc"] > 0.7  # 10 classes: chance is 0.1
@@ -46,14 +37,8 @@ def _offline_run(root: Path) -> dict:
 
 
 def test_extending_example_plugs_new_pieces_into_a_stock_model(tmp_path, monkeypatch):
-    from spikenorm.neurons import NEURONS
-    from spikenorm.norm.base import NORMS
-    from spikenorm.surrogate import SURROGATES
-
-    for registry in (NORMS, NEURONS, SURROGATES):  # the example's registrations end with this test
-        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.chdir(tmp_path)
-    metrics = load("extending").main(["--max-epochs", "2"])
+    metrics = load_example("extending", monkeypatch).main(["--max-epochs", "2"])  # its registrations end here
     assert metrics["val/acc"] > 0.7
     assert metrics["flipped_spikes_folded"] == 0
     assert metrics["nir_nodes"] > 5  # input, convs, neurons, pools, readout, output

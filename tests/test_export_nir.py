@@ -8,7 +8,8 @@ import nir
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import short_trainer
+from lightning.pytorch import seed_everything
 from snntorch.import_nir import import_from_nir
 from torch import Tensor, nn
 
@@ -275,18 +276,7 @@ def test_nir_export_callback_writes_a_graph_that_runs_like_the_folded_model(tmp_
         layers=LayerSpec(norm="bn", membrane_norm="mpbn", neuron_kwargs={"decay": 0.25, "threshold": 0.5}),
     )
     default, chosen = NIRExport(), NIRExport(filename="digits", dirpath=str(tmp_path / "nir"))
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[default, chosen],
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = short_trainer(3, 1, [default, chosen], default_root_dir=tmp_path)
     task = _task(net)
     trainer.fit(task, DigitsDataModule(batch_size=32))
     assert default.saved_paths == [tmp_path / "model.nir"] and chosen.saved_paths == [tmp_path / "nir" / "digits.nir"]

@@ -26,11 +26,11 @@ from spikenorm.norm import MPBN, TimeMajorNorm, build_norm
 MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
 
 
-def vgg(elementwise=False, norm="tdbn", cfg="small", shortcuts="none"):
+def vgg(elementwise=False, norm="tdbn", cfg="small", shortcuts="none", num_classes=5):
     return SpikingVGG(
         cfg,
         in_channels=1,
-        num_classes=5,
+        num_classes=num_classes,
         input_size=8,
         layers=LayerSpec(
             norm=norm,

@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import short_trainer
 from lightning.pytorch import LightningModule, Trainer, seed_everything
+from test_fold import vgg
 
 from spikenorm.callbacks import FoldNormalization
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.fold import fold_model, load_folded
-from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.tasks import SpikingClassifier
 
 
 def _fit(tmp_path, callback, epochs=2):
     seed_everything(0)
-    net = SpikingVGG(
-        "small",
-        in_channels=1,
-        num_classes=10,
-        input_size=8,
-        layers=LayerSpec(
-            membrane_norm="mpbn",
-            membrane_norm_kwargs={"elementwise": True},
-            neuron_kwargs={"decay": 0.25, "threshold": 0.5},
-            surrogate="dspike",
-        ),
-    )
+    net = vgg(elementwise=True, num_classes=10)  # channel-wise BN and element-wise MPBN
     task = SpikingClassifier(net, time_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
-    trainer = Trainer(
-        max_epochs=epochs,
-        limit_train_batches=6,
-        limit_val_batches=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = short_trainer(6, 3, [callback], max_epochs=epochs, enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(task, DigitsDataModule(batch_size=32))
     return trainer, task
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import short_trainer
+from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import LastCheckpoint
 from spikenorm.datamodules import DigitsDataModule
@@ -14,15 +15,14 @@ from spikenorm.tasks import SpikingClassifier
 def _fit(folder, max_epochs: int, every: int, ckpt_path=None) -> dict:
     seed_everything(0)
     task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2)
-    trainer = Trainer(
+    checkpoint = LastCheckpoint(every_n_train_steps=every, dirpath=folder)
+    trainer = short_trainer(
+        10,
+        2,
+        [checkpoint],
         max_epochs=max_epochs,
-        limit_train_batches=10,
-        limit_val_batches=2,
-        logger=False,
         deterministic=True,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[LastCheckpoint(every_n_train_steps=every, dirpath=folder)],
+        enable_checkpointing=True,
         num_sanity_val_steps=0,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)

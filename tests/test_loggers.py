@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import offline_wandb, quiet_trainer
 from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -191,40 +192,20 @@ class _TinyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def test_offline_run_holds_logged_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in _WANDB_ENV:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, and wandb's settings stay in tmp_path
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    import wandb
-
-    wandb.teardown()  # a service left by an earlier test writes relative to its own start directory
+def test_offline_run_holds_logged_metrics(tmp_path: Path) -> None:
     pl.seed_everything(0)
     data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
     module = _TinyClassifier()
     # a config larger than one 32 KiB block makes wandb split its record across blocks
     long_note = "spikes " * 10_000
-    logger = WandbLogger(save_dir=tmp_path / "logs", config={"note": long_note})
-    assert logger.offline
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        log_every_n_steps=1,
-    )
-    try:
-        trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
-    finally:
-        logger.experiment.finish()
-        wandb.teardown()  # waits for the service to write the run's last records (the exit record)
+    with offline_wandb(tmp_path):  # on leaving it, the service has written the run's last records (the exit record)
+        logger = WandbLogger(save_dir=tmp_path / "logs", config={"note": long_note})
+        assert logger.offline
+        trainer = quiet_trainer(max_epochs=2, logger=logger, log_every_n_steps=1)
+        try:
+            trainer.fit(module, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+        finally:
+            logger.experiment.finish()
 
     run_dirs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import offline_wandb, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -20,7 +21,6 @@ from spikenorm.neurons import IF
 from spikenorm.tasks import SpikingClassifier
 from spikenorm.wandb_runs import read_offline_run
 
-_WANDB_ENV = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC", "WANDB_DIR")
 T = 3
 
 
@@ -31,14 +31,10 @@ def _data(n: int = 24, features: int = 8) -> DataLoader:
 
 
 def _trainer(tmp_path: Path, callbacks: list[pl.Callback], logger: object = False, epochs: int = 1) -> pl.Trainer:
-    return pl.Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
         logger=logger,
         callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         default_root_dir=tmp_path,
@@ -53,34 +49,19 @@ def _tensorboard_tags(log_dir: str) -> dict[str, list[str]]:
     return events.Tags()
 
 
-def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in _WANDB_ENV:
-        monkeypatch.delenv(var, raising=False)
-    for var, value in {
-        "HOME": tmp_path,
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": tmp_path,
-        "WANDB_SILENT": "true",
-        "WANDB_CACHE_DIR": tmp_path / "cache",
-        "WANDB_CONFIG_DIR": tmp_path / "config",
-        "WANDB_DATA_DIR": tmp_path / "data",
-    }.items():
-        monkeypatch.setenv(var, str(value))
-    import wandb
-
-    wandb.teardown()
+def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path) -> None:
     pl.seed_everything(0)
     model = SpikingMLP(8, 2, hidden=(16,), layers=LayerSpec(membrane_norm="mpbn"))
     task = SpikingClassifier(model, time_steps=T)
-    wandb_logger = WandbLogger(save_dir=tmp_path / "logs")
     tb_logger = TensorBoardLogger(tmp_path / "tb", name="run")
     callbacks = [SpikeMonitor(every_n_epochs=2), EnergyMonitor(per_layer=True)]
-    trainer = _trainer(tmp_path, callbacks, [wandb_logger, tb_logger], epochs=2)
-    try:
-        trainer.fit(task, _data(), _data())
-    finally:
-        wandb_logger.experiment.finish()
-        wandb.teardown()
+    with offline_wandb(tmp_path):
+        wandb_logger = WandbLogger(save_dir=tmp_path / "logs")
+        trainer = _trainer(tmp_path, callbacks, [wandb_logger, tb_logger], epochs=2)
+        try:
+            trainer.fit(task, _data(), _data())
+        finally:
+            wandb_logger.experiment.finish()
 
     (run_dir,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
     history = read_offline_run(run_dir)["history"]

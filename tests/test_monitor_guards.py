@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import quiet_trainer
 from peer_models import PeerClassifier, classification_data
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -97,17 +98,7 @@ def _data(n: int = 16) -> DataLoader:
 
 
 def _trainer(tmp_path: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    return quiet_trainer(max_epochs=1, callbacks=callbacks, num_sanity_val_steps=0, default_root_dir=tmp_path)
 
 
 def test_spike_monitor_records_a_neuron_class_of_the_users_own(tmp_path: Path) -> None:

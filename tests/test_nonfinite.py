@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,14 +25,7 @@ def _loader(bad_batch: int, value: float) -> DataLoader:
 
 
 def _fit(task: SpikingClassifier, loader: DataLoader) -> Trainer:
-    trainer = Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(task, train_dataloaders=loader)
     return trainer
 
@@ -90,6 +84,6 @@ def test_opting_out_trains_on_silently():
 
 def test_evaluation_batches_are_checked_too():
     task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2)
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     with pytest.raises(ValueError, match=r"test batch 3 \(epoch 0\): the input tensor .* 1 NaN"):
         trainer.test(task, dataloaders=_loader(3, float("nan")), verbose=False)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import spikenorm_cli
 
 from spikenorm.cli import main
 from spikenorm.datamodules.testing import write_cifar10, write_cifar10dvs, write_ibm_gesture
@@ -130,16 +129,8 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
 
 @pytest.mark.parametrize("recipe", ["quickstart", "quickstart_osr", "quickstart_dvs"])
 def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(tmp_path),
-        "SPIKENORM_CACHE": str(tmp_path / "cache"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "spikenorm.cli",
+    done = spikenorm_cli(
+        tmp_path,
         "fit",
         "--config",
         str(RECIPES / f"{recipe}.yaml"),
@@ -151,9 +142,8 @@ def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
         "--trainer.limit_test_batches=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.log_every_n_steps=1",
-    ]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+        SPIKENORM_CACHE=str(tmp_path / "cache"),
+    )
     assert "world_size: 2" in done.stderr + done.stdout or "GLOBAL_RANK: 1" in done.stderr + done.stdout
     assert "test accuracy" in done.stdout
     metrics = next((tmp_path / "logs" / recipe).glob("version_*/metrics.csv")).read_text()

@@ -295,17 +295,18 @@ class RecordingActor(nn.Module):
         return out if self.const is None else torch.full_like(out, self.const)
 
 
+def exploring_collector(actor: nn.Module, seed: int, **frames: int):
+    """``make_collector`` over ENV seeded ``seed``, with ``actor`` behind TD3 exploration noise of sigma 0.1."""
+    policy = make_exploration_policy(make_policy(actor), make_env(ENV), sigma=0.1)
+    return make_collector(lambda: make_env(ENV, seed=seed), policy, **frames)
+
+
 def test_collection_runs_in_eval_mode_with_single_sample_bn():
     torch.manual_seed(0)
     actor = RecordingActor()
     actor.train()
     stats = actor.net[1].running_mean.clone()
-    collector = make_collector(
-        lambda: make_env(ENV, seed=0),
-        make_exploration_policy(make_policy(actor), make_env(ENV), sigma=0.1),
-        frames_per_batch=50,
-        total_frames=100,
-    )
+    collector = exploring_collector(actor, seed=0, frames_per_batch=50, total_frames=100)
     batches = list(collector)
     collector.shutdown()
     assert len(batches) == 2
@@ -335,13 +336,7 @@ def test_plain_torchrl_collector_fails_with_bn_actor_in_train_mode():
 def test_random_warmup_frames_and_clipped_noise():
     torch.manual_seed(0)
     actor = RecordingActor(const=10.0)  # far outside [-3, 3]
-    collector = make_collector(
-        lambda: make_env(ENV, seed=0),
-        make_exploration_policy(make_policy(actor), make_env(ENV), sigma=0.1),
-        frames_per_batch=100,
-        total_frames=200,
-        init_random_frames=100,
-    )
+    collector = exploring_collector(actor, seed=0, frames_per_batch=100, total_frames=200, init_random_frames=100)
     calls_at_start = len(actor.calls)
     it = iter(collector)
     warmup = next(it)
@@ -370,12 +365,7 @@ def test_exploration_noise_is_td3_gaussian():
 def test_short_collection_keys_and_shapes():
     torch.manual_seed(0)
     actor = RecordingActor()
-    collector = make_collector(
-        lambda: make_env(ENV, seed=0),
-        make_exploration_policy(make_policy(actor), make_env(ENV)),
-        frames_per_batch=200,
-        total_frames=200,
-    )
+    collector = exploring_collector(actor, seed=0, frames_per_batch=200, total_frames=200)
     (batch,) = list(collector)
     collector.shutdown()
     assert batch.batch_size == (200,)
@@ -441,13 +431,7 @@ def test_collection_is_deterministic_under_seeds():
     def collect() -> TensorDict:
         torch.manual_seed(0)
         actor = RecordingActor()
-        collector = make_collector(
-            lambda: make_env(ENV, seed=3),
-            make_exploration_policy(make_policy(actor), make_env(ENV)),
-            frames_per_batch=50,
-            total_frames=100,
-            init_random_frames=50,
-        )
+        collector = exploring_collector(actor, seed=3, frames_per_batch=50, total_frames=100, init_random_frames=50)
         data = torch.cat(list(collector))
         collector.shutdown()
         return data

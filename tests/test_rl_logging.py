@@ -8,14 +8,13 @@ falls between the events is logged to CSV and to an offline W&B run, and both ar
 
 from __future__ import annotations
 
-import contextlib
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import SHORT_TD3_RUN, offline_wandb, quiet_trainer
+from lightning.pytorch import seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
@@ -26,61 +25,10 @@ from spikenorm.models import LayerSpec
 from spikenorm.tasks import SpikingTD3
 from spikenorm.wandb_runs import read_offline_run
 
-SMALL = dict(
-    env_name="InvertedPendulum-v5",
-    total_env_steps=240,
-    warmup_steps=80,
-    batch_size=32,
-    buffer_size=1000,
-    hidden=(16, 16),
-    time_steps=2,
-    eval_every=60,
-    eval_episodes=1,
-    frames_per_batch=2,
-)
+SMALL = {**SHORT_TD3_RUN, "hidden": (16, 16), "time_steps": 2, "eval_every": 60, "frames_per_batch": 2}
 EVAL_STEPS = [60, 120, 180, 240]
 RECALIBRATION_STEPS = [100, 200]
 LOG_EVERY = 25  # Lightning flushes every 25 iterations = every 50 env steps: never at an eval or recalibration
-
-
-def _trainer(tmp_path: Path, callbacks=(), logger=False, **kw) -> Trainer:
-    return Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-        log_every_n_steps=LOG_EVERY,
-        **kw,
-    )
-
-
-@contextlib.contextmanager
-def _offline_wandb(tmp_path: Path) -> Iterator[None]:
-    """An offline W&B environment confined to ``tmp_path``; on exit the W&B service has written every record."""
-    import wandb
-
-    with pytest.MonkeyPatch.context() as patch:
-        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "NETRC"):
-            patch.delenv(var, raising=False)
-        for var, value in {
-            "HOME": tmp_path,
-            "WANDB_MODE": "offline",
-            "WANDB_DIR": tmp_path,
-            "WANDB_SILENT": "true",
-            "WANDB_CACHE_DIR": tmp_path / "cache",
-            "WANDB_CONFIG_DIR": tmp_path / "config",
-            "WANDB_DATA_DIR": tmp_path / "data",
-        }.items():
-            patch.setenv(var, str(value))
-        wandb.teardown()  # a service left by an earlier test writes relative to its own start directory
-        try:
-            yield
-        finally:
-            wandb.teardown()
 
 
 def _csv_rows(logger: CSVLogger) -> list[dict[str, str]]:
@@ -101,9 +49,15 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     task = SpikingTD3(**SMALL)
     recalibration = ReplayRecalibration(every_n_env_steps=100, num_batches=2, batch_size=16)
     csv_logger = CSVLogger(tmp_path / "csv", name="run")
-    with _offline_wandb(tmp_path):
+    with offline_wandb(tmp_path):
         wandb_logger = WandbLogger(save_dir=tmp_path / "wandb")
-        trainer = _trainer(tmp_path, [recalibration], [csv_logger, wandb_logger])
+        trainer = quiet_trainer(
+            max_epochs=1,
+            default_root_dir=tmp_path,
+            callbacks=[recalibration],
+            logger=[csv_logger, wandb_logger],
+            log_every_n_steps=LOG_EVERY,
+        )
         try:
             trainer.fit(task)
         finally:
@@ -168,7 +122,7 @@ def _fails_at_setup(tmp_path: Path, task, callback, match: str) -> None:
     steps: list[int] = []
     task.on_train_batch_start = lambda batch, batch_idx: steps.append(batch_idx)
     with pytest.raises(ValueError, match=match):
-        _trainer(tmp_path, [callback]).fit(task)
+        quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[callback]).fit(task)
     assert steps == []  # raised before the first training step
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from helpers import short_trainer
+from lightning.pytorch import Callback
 from test_recalibrate_guards import HandLIF, reset_hand_neurons
 from torch import nn
 
@@ -40,18 +41,7 @@ def vgg(**kwargs) -> SpikingVGG:
 def fit_fails_before_training(tmp_path, network, callback, match) -> list[str]:
     """Fit ``network`` with ``callback``; assert a ValueError matching ``match`` before any step; the hooks seen."""
     recorder = HookRecorder()
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[callback, recorder],
-    )
+    trainer = short_trainer(2, 1, [callback, recorder], default_root_dir=tmp_path)
     with pytest.raises(ValueError, match=match):
         trainer.fit(SpikingClassifier(network, time_steps=2), datamodule=DigitsDataModule(32))
     assert trainer.global_step == 0 and "on_before_backward" not in recorder.hooks
@@ -148,17 +138,7 @@ def test_packed_binary_export_needs_binary_layers_at_setup_and_no_datamodule(tmp
     callback = PackedBinaryExport()
     data = DigitsDataModule(32)
     data.setup("fit")
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = short_trainer(2, 1, [callback], enable_checkpointing=True, default_root_dir=tmp_path)
     network = SpikingVGG([8, 8, "A", 16], in_channels=1, num_classes=10, layers=LayerSpec(binary_weights=True))
     trainer.fit(SpikingClassifier(network, time_steps=2), data.train_dataloader(), data.val_dataloader())
     assert callback.path.exists() and callback.max_abs_diff == 0.0
@@ -183,17 +163,6 @@ def test_bn_recalibration_of_a_model_whose_neurons_it_cannot_reset_fails_when_tr
     )
     assert hooks == []
     callback = BNRecalibration(num_batches=1, reset_fn=reset_hand_neurons)
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = short_trainer(2, 1, [callback], default_root_dir=tmp_path)
     trainer.fit(SpikingClassifier(DigitsHandNet(), time_steps=2), datamodule=DigitsDataModule(32))
     assert callback.recalibrations >= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from helpers import quiet_trainer, short_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from spikenorm.models import SpikingMLP, SpikingVGG
@@ -84,15 +84,7 @@ def test_trains_and_logs_on_a_separable_problem(tmp_path):
         loss="tet",
         optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
     )
-    trainer = Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=8, default_root_dir=tmp_path)
     trainer.fit(task, loader, loader)
     metrics = trainer.callback_metrics
     assert float(metrics["val/acc"]) > 0.9
@@ -108,18 +100,7 @@ def test_same_seed_gives_identical_training(tmp_path):
     def run():
         seed_everything(3)
         task = SpikingClassifier(SpikingVGG("small", in_channels=1, num_classes=10), time_steps=2)
-        trainer = Trainer(
-            max_epochs=1,
-            limit_train_batches=5,
-            limit_val_batches=2,
-            accelerator="cpu",
-            deterministic=True,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = short_trainer(5, 2, deterministic=True, default_root_dir=tmp_path)
         trainer.fit(task, DigitsDataModule(batch_size=32))
         return task.state_dict(), float(trainer.callback_metrics["val/loss"])
 
@@ -135,15 +116,7 @@ def test_firing_rates_are_an_option_checked_at_setup(tmp_path):
 
     def fit(model, record):
         task = SpikingClassifier(model, num_classes=2, time_steps=2, record_firing_rates=record)
-        trainer = Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
         trainer.fit(task, loader, loader)
         return trainer
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from helpers import SHORT_TD3_RUN, quiet_trainer, spikenorm_cli
+from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
 from spikenorm.models import LayerSpec
@@ -17,31 +15,12 @@ from spikenorm.tasks import SpikingTD3
 from spikenorm.wandb_runs import read_offline_run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SMALL = dict(
-    env_name="InvertedPendulum-v5",
-    total_env_steps=240,
-    warmup_steps=80,
-    batch_size=32,
-    buffer_size=1000,
-    hidden=(32, 32),
-    eval_every=120,
-    eval_episodes=1,
-)
+SMALL = {**SHORT_TD3_RUN, "hidden": (32, 32), "eval_every": 120}
 
 
-def _trainer(tmp_path, callbacks=(), logger=False, **kw):
-    return Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-        log_every_n_steps=1,
-        **kw,
-    )
+def _trainer(tmp_path, callbacks=()):
+    """The whole run is one epoch; every step is logged."""
+    return quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=list(callbacks), log_every_n_steps=1)
 
 
 def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
@@ -59,15 +38,9 @@ def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
 
 def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     """The real command in a fresh process (a fresh wandb service writing under tmp_path)."""
-    # no inherited WANDB_* variables: WANDB_SERVICE would attach the child to this process's wandb service,
-    # which writes run records relative to the directory it started in
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     overrides = [f"--model.init_args.{k}={v}" for k, v in SMALL.items() if k != "hidden"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "spikenorm.cli",
+    done = spikenorm_cli(
+        tmp_path,
         "fit",
         "--config",
         str(RECIPES / "quickstart_rl.yaml"),
@@ -76,9 +49,7 @@ def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
         "--trainer.enable_progress_bar=false",
         "--trainer.callbacks.init_args.every_n_env_steps=100",
         "--trainer.callbacks.init_args.num_batches=4",
-    ]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     assert "eval return" in done.stdout
     run = read_offline_run(next((tmp_path / "logs" / "wandb").glob("offline-run-*")))
     keys = set().union(*run["history"])

@@ -8,10 +8,9 @@ both off (``M_MMAP_MAX = 0``: every block comes from the heap; ``M_TRIM_THRESHOL
 trimmed above 2 GiB free), so later steps reuse pages that are already mapped. The price is that the
 process's resident memory stays at its peak, as GPU caching allocators do.
 
-Measured on the 2-core build machine (2026-11-22): ``recipes/quickstart_dvs.yaml`` 71.8 s → 57.6 s wall,
-and the CIFAR-sized VGG of ``benchmarks/compare.py`` 1.2-1.4x more training samples/s (23.2 against 16.9
-and 18.9 in two runs with the defaults), every library gaining (``benchmarks/results/compare.md``).
-jemalloc or tcmalloc through ``LD_PRELOAD`` do the same job.
+``benchmarks/compare.py --retain-freed-memory`` measures the effect on training throughput (every library
+gains; ``benchmarks/results/compare.md`` holds the current numbers, with their machine). jemalloc or tcmalloc
+through ``LD_PRELOAD`` do the same job.
 
 The ``spikenorm`` console script calls it at start-up unless ``SPIKENORM_MALLOC=default`` is set in the
 environment; a library import never does (it would change the whole process).

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "BINARY_WEIGHT_FUNCTIONS",
@@ -134,6 +137,22 @@ class BinaryLayer(nn.Module):
     alpha: Tensor | None
     clip: float
     alpha_grad: bool
+    #: the float layer this layer replaces, and the settings of it that the constructor takes (besides ``bias``)
+    float_class: ClassVar[type[nn.Module]]
+    float_settings: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def from_float(cls, layer: nn.Module, **kw: Any) -> Self:
+        """A binary layer with ``layer``'s settings and a copy of its weight (the latent weight) and bias;
+        ``kw``: clip, alpha_grad."""
+        if not isinstance(layer, cls.float_class):
+            raise TypeError(
+                f"{cls.__name__}.from_float expects an nn.{cls.float_class.__name__}, got {type(layer).__name__}"
+            )
+        settings = {name: getattr(layer, name) for name in cls.float_settings}
+        new = cls(**settings, bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype, **kw)
+        _copy_params(layer, new)
+        return new
 
     def _init_binary(self, clip: float, alpha_grad: bool) -> None:
         if not (isinstance(clip, (int, float)) and clip > 0):
@@ -186,8 +205,10 @@ class BinaryLayer(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _binary_repr(self) -> str:
-        return f"clip={self.clip}, alpha_grad={self.alpha_grad}" + (", deployed" if self.alpha is not None else "")
+    def extra_repr(self) -> str:
+        """The float layer's description, then ``clip``, ``alpha_grad`` and whether ``alpha`` is stored."""
+        deployed = ", deployed" if self.alpha is not None else ""
+        return f"{super().extra_repr()}, clip={self.clip}, alpha_grad={self.alpha_grad}{deployed}"
 
 
 class BinaryLinear(BinaryLayer, nn.Linear):
@@ -195,6 +216,9 @@ class BinaryLinear(BinaryLayer, nn.Linear):
 
     ``y = x W_b^T + b``; the bias stays full precision.
     """
+
+    float_class = nn.Linear
+    float_settings = ("in_features", "out_features")
 
     def __init__(
         self,
@@ -212,31 +236,24 @@ class BinaryLinear(BinaryLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
 
-    @classmethod
-    def from_float(cls, layer: nn.Linear, **kw: Any) -> BinaryLinear:
-        """A BinaryLinear with a copy of ``layer``'s weight (the latent weight) and bias; ``kw``: clip, alpha_grad."""
-        if not isinstance(layer, nn.Linear):
-            raise TypeError(f"BinaryLinear.from_float expects an nn.Linear, got {type(layer).__name__}")
-        new = cls(
-            layer.in_features,
-            layer.out_features,
-            bias=layer.bias is not None,
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-            **kw,
-        )
-        _copy_params(layer, new)
-        return new
-
-    def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self._binary_repr()}"
-
 
 class BinaryConv2d(BinaryLayer, nn.Conv2d):
     """``nn.Conv2d`` whose forward uses the 1-bit kernel ``W_b[o, :, :, :] = alpha_o sign(W[o, :, :, :])``.
 
     ``alpha_o = mean |W[o]|`` over ``in_channels/groups x kH x kW``; the bias stays full precision.
     """
+
+    float_class = nn.Conv2d
+    float_settings = (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+    )
 
     def __init__(
         self,
@@ -272,31 +289,6 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)
-
-    @classmethod
-    def from_float(cls, layer: nn.Conv2d, **kw: Any) -> BinaryConv2d:
-        """A BinaryConv2d with a copy of ``layer``'s weight (the latent weight) and bias; ``kw``: clip, alpha_grad."""
-        if not isinstance(layer, nn.Conv2d):
-            raise TypeError(f"BinaryConv2d.from_float expects an nn.Conv2d, got {type(layer).__name__}")
-        new = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,  # type: ignore[arg-type]
-            stride=layer.stride,  # type: ignore[arg-type]
-            padding=layer.padding,  # type: ignore[arg-type]
-            dilation=layer.dilation,  # type: ignore[arg-type]
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-            **kw,
-        )
-        _copy_params(layer, new)
-        return new
-
-    def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, {self._binary_repr()}"
 
 
 @torch.no_grad()

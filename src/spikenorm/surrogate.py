@@ -84,10 +84,18 @@ class Surrogate(RecordsInit, nn.Module):
             return None
         if self._parameters or self._buffers or self._modules:
             return None
-        own = {k: v for k, v in vars(self).items() if k not in _MODULE_INTERNALS}
+        own = self._settings()
         if not all(isinstance(v, (bool, int, float, str)) for v in own.values()):
             return None
         return (cls, tuple(sorted(own.items())))
+
+    def _settings(self) -> dict[str, Any]:
+        """The attributes this surrogate sets itself (the parameters of ``g``), in the order it set them."""
+        return {k: v for k, v in vars(self).items() if k not in _MODULE_INTERNALS}
+
+    def extra_repr(self) -> str:
+        """The parameters of ``g`` as ``name=value``."""
+        return ", ".join(f"{name}={value}" for name, value in self._settings().items())
 
     def kernel_derivative(self) -> Callable[[Tensor], Tensor] | None:
         """``g`` as a pure function for the fused kernels to trace (``torch.compile`` inlines it): the
@@ -115,9 +123,6 @@ class Rectangle(Surrogate):
     def derivative(self, x: Tensor) -> Tensor:
         return (x.abs() < self.width / 2).to(x.dtype) / self.width
 
-    def extra_repr(self) -> str:
-        return f"width={self.width}"
-
 
 @SURROGATES.register("sigmoid")
 class Sigmoid(Surrogate):
@@ -131,9 +136,6 @@ class Sigmoid(Surrogate):
         sig = torch.sigmoid(self.alpha * x)
         return self.alpha * sig * (1 - sig)
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
-
 
 @SURROGATES.register("atan")
 class ATan(Surrogate):
@@ -146,9 +148,6 @@ class ATan(Surrogate):
     def derivative(self, x: Tensor) -> Tensor:
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
-
 
 @SURROGATES.register("triangle")
 class Triangle(Surrogate):
@@ -160,9 +159,6 @@ class Triangle(Surrogate):
 
     def derivative(self, x: Tensor) -> Tensor:
         return torch.clamp(1 - x.abs() / self.width, min=0) / self.width
-
-    def extra_repr(self) -> str:
-        return f"width={self.width}"
 
 
 @SURROGATES.register("dspike")
@@ -184,9 +180,6 @@ class Dspike(Surrogate):
         inside = (z.abs() < 0.5).to(x.dtype)
         sech2 = 1 - torch.tanh(self.b * z) ** 2
         return inside * self.b * sech2 / (2 * self.width * math.tanh(self.b / 2))
-
-    def extra_repr(self) -> str:
-        return f"b={self.b}, width={self.width}"
 
 
 class CallableSurrogate(Surrogate):

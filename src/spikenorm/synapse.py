@@ -20,8 +20,8 @@ class TimeDistributed(nn.Module):
 
     Layout: a 2-d convolution on CPU gets its input in channels-last (NHWC) layout unless
     ``channels_last=False``. oneDNN's convolutions on NCHW input reorder to a blocked layout and back on
-    every call; on NHWC they do not, which made training of the spiking VGG of ``benchmarks/compare.py``
-    about 10% faster on a 2-core CPU. The output stays channels-last, and so do the norms, neurons
+    every call; on NHWC they do not (``benchmarks/compare.py`` measures both layouts: its ``[eager, NCHW]``
+    row). The output stays channels-last, and so do the norms, neurons
     (:mod:`spikenorm.fused` included) and pools after it, so only a network's input is converted once.
     ``channels_last=True`` forces the layout on any device for 4-d inputs; the default leaves CUDA inputs
     as they are (not measured there), and so does it while ``torch.compile`` or ``torch.export`` traces the
