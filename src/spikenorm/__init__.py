@@ -1,15 +1,29 @@
 """spikenorm: normalization for spiking neural networks, as PyTorch Lightning plugins.
 
-Core modules (importing ``spikenorm`` itself imports nothing heavy):
+Core modules (importing ``spikenorm`` itself imports nothing heavy; the core never imports tasks, callbacks,
+datamodules or the CLI):
 
-* :mod:`spikenorm.neurons`: multi-step IF/LIF/CLIF neurons over ``[T, B, ...]``, single-step scope
+* :mod:`spikenorm.neurons`: multi-step IF/LIF/CLIF neurons over ``[T, B, ...]``, single-step scope; each neuron
+  declares its charge (:mod:`spikenorm.recurrence`), which gives it the fused kernels (:mod:`spikenorm.fused`)
+  and its NIR mapping
 * :mod:`spikenorm.surrogate`: surrogate spike functions (and an adapter for snnTorch's)
 * :mod:`spikenorm.norm`: pluggable norm layers, ``build_norm`` / ``available_norms``
-* :mod:`spikenorm.models`: spiking MLP, VGG, ResNet-19 (shortcut layouts), a tiny spiking transformer, RL actors
+* :mod:`spikenorm.synapse`: time-distributed layers and OTTT's trace synapses
+* :mod:`spikenorm.models`: one ``LayerSpec`` for every model; spiking MLP, VGG, ResNet-19 (shortcut layouts), a
+  tiny spiking transformer, RL actors
+* :mod:`spikenorm.fold`, :mod:`spikenorm.export`: norms folded into weights and thresholds; NIR export and import
+* :mod:`spikenorm.recalibrate`: exact BN statistics pooled over batch and time
+* :mod:`spikenorm.monitoring`, :mod:`spikenorm.energy`: firing rates, operation counts, energy estimates
 * :mod:`spikenorm.binary`: binary-weight layers and ``binarize_model`` (SEI-BWSNN);
   :mod:`spikenorm.binary_packing`: packed 1-bit export
+* :mod:`spikenorm.rl`: TorchRL glue (environments, collection in eval mode, BN-aware target updates)
+* :mod:`spikenorm.config`, :mod:`spikenorm.loggers`, :mod:`spikenorm.wandb_runs`: run configs, loggers, reading
+  offline W&B runs back
+
+Built on the core:
+
 * :mod:`spikenorm.tasks`: LightningModules (``SpikingClassifier`` with knowledge distillation, ``SpikingTD3``)
-* :mod:`spikenorm.datamodules`, :mod:`spikenorm.callbacks`: Lightning plugins built on the core
+* :mod:`spikenorm.datamodules`, :mod:`spikenorm.callbacks`: Lightning plugins
 * :mod:`spikenorm.cli`: the ``spikenorm`` console script (LightningCLI)
 """
 
