@@ -13,6 +13,7 @@ from torch import nn
 from spikenorm.callbacks.plumbing import (
     EvaluationBatchCallback,
     EvaluationStage,
+    TimeStepsTask,
     batch_inputs,
     batch_samples,
     check_every_n_epochs,
@@ -37,18 +38,19 @@ class EnergyMonitor(EvaluationBatchCallback):
     what is not counted). The live model is ``pl_module.model`` (or the LightningModule itself without its
     ``teacher``). The folded model is ``pl_module.model`` (a :class:`~spikenorm.callbacks.plumbing.NetworkTask`)
     folded once per monitored epoch (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the
-    same validation batches (encoded with ``pl_module.encode(x)`` when the module has ``encode``, batches
-    ``(x, ...)``). Whether it can be folded is checked at setup: ``folded=None`` (default) counts it when it
-    folds and otherwise warns once, at setup, with the reason (no ``model``, no spikenorm layer to fold, or what
-    :func:`~spikenorm.fold.fold_model` raised); ``folded=True`` requires it and raises that reason at setup;
-    ``folded=False`` never folds. Counts are summed over processes (DDP).
+    same validation batches (encoded with ``pl_module.encode(x)`` when the module is an
+    :class:`~spikenorm.callbacks.plumbing.EncodingTask`, batches ``(x, ...)``). Whether it can be folded is
+    checked at setup: ``folded=None`` (default) counts it when it folds and otherwise warns once, at setup, with
+    the reason (no ``model``, no spikenorm layer to fold, or what :func:`~spikenorm.fold.fold_model` raised);
+    ``folded=True`` requires it and raises that reason at setup; ``folded=False`` never folds. Counts are summed
+    over processes (DDP).
 
     Logged per sample (the folded model's with the suffix ``_folded``: ``energy/uj_folded``, ...):
 
     * ``energy/sops``, ``energy/macs``, ``energy/uj`` (µJ);
     * ``energy/ann_uj``: the same synaptic layers as an ANN (one dense step), when ``T`` is known
       (``time_steps``, else an integer ``pl_module.time_steps``, as a
-      :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike` offers);
+      :class:`~spikenorm.callbacks.plumbing.TimeStepsTask` offers);
     * ``energy/uj/<layer>``, ``energy/sops/<layer>``, ``energy/macs/<layer>`` with ``per_layer``.
 
     Args:
@@ -152,7 +154,7 @@ class EnergyMonitor(EvaluationBatchCallback):
         if live is None:
             return
         steps = self.time_steps
-        if steps is None and isinstance(getattr(pl_module, "time_steps", None), int):
+        if steps is None and isinstance(pl_module, TimeStepsTask) and isinstance(pl_module.time_steps, int):
             steps = pl_module.time_steps
         for suffix, counter in (("", live), ("_folded", folded)):
             if counter is None:

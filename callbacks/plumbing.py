@@ -4,8 +4,8 @@ A callback is thin: the work it schedules lives in a core function (``recalibrat
 ``write_nir``, ...). What is left is plumbing, and it is here:
 
 * what a task offers callbacks, as typed Protocols: :class:`NetworkTask` (the network as ``model``),
-  :class:`EncodingTask` (``encode(x)``), :class:`ClassificationTaskLike` (both, plus ``time_steps``; what
-  :class:`~spikenorm.tasks.SpikingClassifier` offers) and :class:`ReplayTaskLike` (``actor``,
+  :class:`EncodingTask` (``encode(x)``), :class:`TimeStepsTask` (``time_steps``), :class:`ClassificationTaskLike`
+  (all three; what :class:`~spikenorm.tasks.SpikingClassifier` offers) and :class:`ReplayTaskLike` (``actor``,
   ``replay_buffer``, ``env_steps``; what :class:`~spikenorm.tasks.SpikingTD3` offers);
   :func:`require_task` checks one at setup and names what is missing;
 * the network of a task: :func:`task_network` (``model``, required), :func:`task_module` (any attribute),
@@ -54,13 +54,18 @@ class EncodingTask(Protocol):
 
 
 @runtime_checkable
-class ClassificationTaskLike(NetworkTask, EncodingTask, Protocol):
-    """What :class:`~spikenorm.tasks.SpikingClassifier` offers callbacks: ``model``, ``encode(x)`` and
-    ``time_steps`` (``T`` of the current mode, read by :class:`~spikenorm.callbacks.EnergyMonitor` for its
-    ANN reference). Batches are ``(x, y)``."""
+class TimeStepsTask(Protocol):
+    """A LightningModule that offers ``time_steps``, the number of steps ``T`` of the current mode;
+    :class:`~spikenorm.callbacks.EnergyMonitor` reads it for its ANN reference when it is an integer."""
 
     @property
     def time_steps(self) -> int: ...
+
+
+@runtime_checkable
+class ClassificationTaskLike(NetworkTask, EncodingTask, TimeStepsTask, Protocol):
+    """What :class:`~spikenorm.tasks.SpikingClassifier` offers callbacks: ``model``, ``encode(x)`` and
+    ``time_steps``. Batches are ``(x, y)``."""
 
 
 @runtime_checkable
@@ -170,8 +175,7 @@ def batch_inputs(batch: Any) -> Any:
 def model_inputs(pl_module: LightningModule, x: Any) -> Any:
     """What the network takes for the batch inputs ``x``: ``pl_module.encode(x)`` when the task offers it
     (an :class:`EncodingTask`), else ``x``."""
-    encode = getattr(pl_module, "encode", None)
-    return encode(x) if callable(encode) else x
+    return pl_module.encode(x) if isinstance(pl_module, EncodingTask) else x
 
 
 def batch_samples(batch: Any) -> int:

@@ -1,6 +1,6 @@
 """A DVS (dynamic vision sensor) emulator: intensity frames -> a tonic-style event stream.
 
-Events are numpy structured arrays of :data:`~spikenorm.datamodules.events.EVENT_DTYPE` (``x``, ``y``,
+Events are numpy structured arrays of :data:`~spikenorm.datamodules.event_dtype.EVENT_DTYPE` (``x``, ``y``,
 ``t`` in microseconds, ``p`` with 1 = ON, 0 = OFF), so tonic transforms such as
 ``tonic.transforms.ToFrame(sensor_size=(W, H, 2), ...)`` accept them directly.
 
@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spikenorm.datamodules.events import EVENT_DTYPE
+from spikenorm.datamodules.event_dtype import EVENT_DTYPE
 
 __all__ = [
     "emulate_events",

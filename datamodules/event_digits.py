@@ -22,13 +22,13 @@ from spikenorm.datamodules.errors import (
     reading,
     temporary_path,
 )
+from spikenorm.datamodules.event_dtype import EVENT_DTYPE
 from spikenorm.datamodules.event_frames import (
     EventFrameDataModule,
     EventsToFrames,
     FrameEngine,
     SplitBy,
 )
-from spikenorm.datamodules.events import EVENT_DTYPE
 from spikenorm.datamodules.frame_augment import FrameAugmentation
 
 GENERATOR_VERSION = 1  # bump when the emulator or the rendering changes the events of the same settings

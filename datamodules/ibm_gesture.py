@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from spikenorm.datamodules.errors import CorruptDataError, reading
-from spikenorm.datamodules.events import EVENT_DTYPE
+from spikenorm.datamodules.event_dtype import EVENT_DTYPE
 
 _PACKET_HEADER = np.dtype(
     [
@@ -43,7 +43,7 @@ _REPLACE_RECORDING = (
 
 
 def read_aedat31_polarity(path: str) -> np.ndarray:
-    """The valid polarity events of a jAER AEDAT 3.1 file, as :data:`~spikenorm.datamodules.events.EVENT_DTYPE`
+    """The valid polarity events of a jAER AEDAT 3.1 file, as :data:`~spikenorm.datamodules.event_dtype.EVENT_DTYPE`
     (``t`` in microseconds).
 
     Format (iniVation's AEDAT 3.1 specification): ASCII header lines starting with ``#`` up to
@@ -111,7 +111,7 @@ class IBMGestureSegments:
 
     A tonic-style dataset: ``data`` (``(recording, start, end)`` per sample), ``targets`` (class 0..10),
     ``sensor_size = (128, 128, 2)``, and ``__getitem__`` returning ``(events, target)`` with ``events`` the
-    :data:`~spikenorm.datamodules.events.EVENT_DTYPE` records of the segment ``start <= t < end``, ``t``
+    :data:`~spikenorm.datamodules.event_dtype.EVENT_DTYPE` records of the segment ``start <= t < end``, ``t``
     counted from ``start`` (microseconds), passed through ``transform``. Samples follow the order of the
     split's trial list and of each CSV.
 

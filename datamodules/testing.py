@@ -2,7 +2,7 @@
 
 The real loaders (torchvision's, tonic's, :mod:`spikenorm.datamodules.ibm_gesture`) read these files
 exactly as they read the downloaded datasets, so tests and benchmarks run without network. Event writers
-take and return :data:`~spikenorm.datamodules.events.EVENT_DTYPE` records.
+take and return :data:`~spikenorm.datamodules.event_dtype.EVENT_DTYPE` records.
 
 CIFAR-10/100: Python 2 pickles of dicts, as in the official archives. MNIST/Fashion-MNIST: big-endian
 idx files under ``<root>/<Name>/raw/``, as torchvision expects after download and extraction.
@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from spikenorm.datamodules.events import EVENT_DTYPE
+from spikenorm.datamodules.event_dtype import EVENT_DTYPE
 
 
 class _Py2Str(bytes):

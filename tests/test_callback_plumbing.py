@@ -17,8 +17,10 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from spikenorm.callbacks.plumbing import (
     ClassificationTaskLike,
+    EncodingTask,
     NetworkTask,
     ReplayTaskLike,
+    TimeStepsTask,
     batch_inputs,
     check_every_n_epochs,
     model_inputs,
@@ -101,6 +103,16 @@ def test_networks_and_inputs():
     assert batch_inputs((x, y)) is x and batch_inputs([x, y]) is x and batch_inputs(x) is x
     assert model_inputs(task, x).shape == (2, 4, 2)
     assert model_inputs(bare, x) is x
+
+
+def test_a_task_with_time_steps_but_no_encode_is_a_time_steps_task_only():
+    stepped = LightningModule()
+    stepped.model, stepped.time_steps = nn.Identity(), 4  # like the examples' DigitsTask
+    assert isinstance(stepped, TimeStepsTask) and isinstance(stepped, NetworkTask)
+    assert not isinstance(stepped, EncodingTask) and not isinstance(stepped, ClassificationTaskLike)
+    assert not isinstance(LightningModule(), TimeStepsTask)
+    x = torch.randn(4, 2)
+    assert model_inputs(stepped, x) is x
 
 
 def test_output_folder_rules(tmp_path: Path):

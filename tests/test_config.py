@@ -125,3 +125,25 @@ def test_a_dataclass_argument_round_trips_through_its_fields():
         "model.layers.shortcuts: None -> 'per_layer'",
         "model.layers.time_steps: None -> 3",
     ]
+
+
+def test_a_partial_spec_keeps_the_parameters_default_and_flat_fields_of_old_configs_are_grouped():
+    from spikenorm.neurons import CLIF, spiking_neurons
+    from spikenorm.norm import VanillaBN
+    from spikenorm.surrogate import Rectangle
+
+    actor = {
+        "class_path": "spikenorm.models.PopSANActor",
+        "init_args": {"obs_dim": 3, "act_dim": 1, "max_action": 1.0, "layers": {"norm": "bn"}},
+    }
+    built = instantiate(actor)  # the other fields stay POPSAN_LAYERS' (CLIF, rectangle), not LayerSpec()'s
+    assert all(isinstance(n, CLIF) and isinstance(n.surrogate, Rectangle) for _, n in spiking_neurons(built))
+    assert all(isinstance(n, VanillaBN) for n in built.norm_layers())
+    # a checkpoint written before LayerSpec stored the layer options as flat model arguments
+    old = {
+        "class_path": "spikenorm.models.SpikingMLP",
+        "init_args": {"in_features": 6, "num_classes": 2, "hidden": [5], "norm": "bn", "neuron": "if"},
+    }
+    assert describe(instantiate(old)) == describe(
+        SpikingMLP(6, 2, hidden=[5], layers=LayerSpec(norm="bn", neuron="if"))
+    )

@@ -19,7 +19,7 @@ from spikenorm import fused
 from spikenorm.export import from_nir, to_nir
 from spikenorm.fold import fold_model
 from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
-from spikenorm.neurons import SpikingNeuron, State, spiking_neurons
+from spikenorm.neurons import LIF, SpikingNeuron, State, spiking_neurons
 from spikenorm.norm import build_norm
 from spikenorm.recalibrate import recalibrate_bn
 from spikenorm.recurrence import LinearCharge
@@ -147,6 +147,51 @@ def test_what_declares_nothing_runs_eager_with_a_reason():
     learnable = FastSigmoid(2.0)
     learnable.slope = nn.Parameter(torch.tensor(2.0))  # state a key of plain values cannot capture
     assert learnable.kernel_key() is None
+
+
+class HalvedInput:
+    """A mixin with a charge of its own: halves the input before the neuron's declared charge."""
+
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        return super().charge(0.5 * x, state)
+
+
+class MixedLIF(HalvedInput, LIF):
+    """LIF's declaration no longer describes the charge that runs."""
+
+
+class HalvedLIF(LIF):
+    """Writes its charge and declares it: ``h_t = b v_{t-1} + x_t / 2``."""
+
+    def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.decay * state["v"] + 0.5 * x, state
+
+    def linear_charge(self) -> LinearCharge:
+        return LinearCharge(decay=self.decay, input_scale=0.5)
+
+
+def test_a_charge_of_its_own_drops_an_inherited_declaration_also_from_a_mixin():
+    x = torch.randn(SHAPE)
+    mixed, declared = MixedLIF(threshold=0.4), HalvedLIF(threshold=0.4)
+    assert mixed.linear_charge() == LIF().linear_charge()  # the class itself is left as written
+    assert mixed.declared_charge() is None
+    if fused.compile_available():
+        assert "MixedLIF declares no linear charge" in fused.unsupported_reason(mixed, x)
+    with pytest.raises(ValueError, match="MixedLIF declares no NIR mapping"):
+        mixed.nir_node(np.ones(3), np.zeros(3), 1.0, {})
+    assert torch.equal(mixed(x), LIF(threshold=0.4)(0.5 * x))  # the eager loop runs the mixin's charge
+    assert declared.declared_charge() == LinearCharge(decay=0.5, input_scale=0.5)
+    assert torch.equal(declared(x), mixed(x))
+
+
+def test_stage_names_are_checked_for_every_path():
+    class Unnamed(TwoStageLIF):
+        state_names = ("v", "c1")
+
+    with pytest.raises(ValueError, match="declares 2 current stages"):
+        Unnamed().declared_charge()
+    with pytest.raises(ValueError, match="declares 2 current stages"):
+        Unnamed()(torch.randn(SHAPE))
 
 
 def test_nir_export_and_round_trip():

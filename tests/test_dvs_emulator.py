@@ -13,7 +13,7 @@ from spikenorm.datamodules.dvs_emulator import (
     saccade_offsets,
     shift_image,
 )
-from spikenorm.datamodules.events import EVENT_DTYPE
+from spikenorm.datamodules.event_dtype import EVENT_DTYPE
 
 EPS = 1e-3
 

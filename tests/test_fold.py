@@ -241,6 +241,19 @@ def test_save_and_load_round_trip(tmp_path, name):
     assert torch.equal(load_folded(buffer)(x), folded(x))
 
 
+def test_files_naming_the_synapses_old_modules_still_load(tmp_path):
+    """Files written before TimeDistributed and TraceSynapse moved to spikenorm.synapse name their old modules."""
+    model, x = prepared("vgg_elementwise", "mixed")
+    folded = fold_model(model)
+    payload = torch.load(save_folded(folded, tmp_path / "folded.pt"), weights_only=True)
+    old = payload["spec"].replace(
+        '"spikenorm.synapse", "class": "TimeDistributed"', '"spikenorm.models.layers", "class": "TimeDistributed"'
+    )
+    assert old != payload["spec"]
+    torch.save({**payload, "spec": old}, tmp_path / "old.pt")
+    assert torch.equal(load_folded(tmp_path / "old.pt")(x), folded(x))
+
+
 def test_every_kind_of_foldable_model_round_trips(tmp_path):
     """Trace synapses, IF and CLIF neurons, binary layers, folded OTS thresholds, the RL actor's encoders."""
     torch.manual_seed(0)

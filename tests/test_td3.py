@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from helpers import SHORT_TD3_RUN, quiet_trainer, spikenorm_cli
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.models import LayerSpec
+from spikenorm.models import POPSAN_LAYERS, LayerSpec
 from spikenorm.tasks import SpikingTD3
 from spikenorm.wandb_runs import read_offline_run
 
@@ -125,3 +126,6 @@ def test_actor_norm_kwargs_reach_the_carebn_layers():
     )
     layers = [m for m in task.actor.modules() if isinstance(m, CaReBN)]
     assert layers and all((m.prior, m.noise) == ("debiased", "prior") for m in layers)
+    # a mapping of some fields keeps the others of the default actor (CLIF, rectangle), as the CLI does
+    partial = SpikingTD3(**SMALL, actor_layers={"norm_kwargs": {"prior": "debiased"}})
+    assert partial.hparams.actor_layers == {**asdict(POPSAN_LAYERS), "norm_kwargs": {"prior": "debiased"}}

@@ -139,3 +139,12 @@ def test_membrane_norm_reaches_every_neuron_and_trace_and_shortcuts_are_refused(
         SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(trace=True))
     with pytest.raises(ValueError, match=r"layers\.shortcuts='per_layer'"):
         SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=LayerSpec(shortcuts="per_layer"))
+
+
+def test_element_wise_membrane_norm_is_refused_instead_of_given_per_feature_statistics():
+    elementwise = LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": True})
+    with pytest.raises(ValueError, match="SpikingTransformer does not support element-wise membrane norms"):
+        SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=elementwise)
+    per_feature = LayerSpec(membrane_norm="mpbn", membrane_norm_kwargs={"elementwise": False})
+    model = SpikingTransformer(input_size=8, patch_size=2, **TINY, layers=per_feature)
+    assert model(torch.rand(1, 2, 2, 8, 8)).shape == (1, 2, 5)

@@ -209,10 +209,26 @@ def instantiate(config: Mapping[str, Any], partial: bool = False) -> Any:
         raise ValueError(f"expected a config with a 'class_path', got {config!r}")
     cls = import_object(config["class_path"])
     init_args = {k: _build(v) for k, v in (config.get("init_args") or {}).items()}
-    for name, dataclass in _dataclass_parameters(cls).items():  # the dict of a dataclass's fields -> the dataclass
-        if isinstance(init_args.get(name), Mapping):
-            init_args[name] = dataclass(**init_args[name])
+    for name, dataclass in _dataclass_parameters(cls).items():
+        _gather_flat_fields(cls, name, dataclass, init_args)
+        if isinstance(init_args.get(name), Mapping):  # the dict of a dataclass's fields -> the dataclass
+            default = inspect.signature(cls).parameters[name].default
+            base = default if isinstance(default, dataclass) else None
+            given = init_args[name]
+            init_args[name] = dataclass(**given) if base is None else dataclasses.replace(base, **given)
     return functools.partial(cls, **init_args) if partial else cls(**init_args)
+
+
+def _gather_flat_fields(cls: type, name: str, dataclass: type, init_args: dict[str, Any]) -> None:
+    """Move arguments that ``cls`` does not take but that are fields of its dataclass parameter ``name`` into
+    that parameter's mapping: configs written before the fields were grouped (e.g. a model's flat ``norm=...``
+    from before :class:`~spikenorm.models.LayerSpec`) build the same object."""
+    taken = inspect.signature(cls).parameters
+    flat = {key for key in init_args if key not in taken and key in {f.name for f in dataclasses.fields(dataclass)}}
+    if flat:
+        grouped = dict(init_args.get(name) or {})
+        grouped.update({key: init_args.pop(key) for key in sorted(flat)})
+        init_args[name] = grouped
 
 
 def _defaults(class_path: str) -> dict[str, Any]:

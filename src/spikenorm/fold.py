@@ -737,8 +737,17 @@ def _module_spec(module: nn.Module, path: str, tensors: dict[str, Tensor]) -> di
     }
 
 
+#: classes that moved since files of this format were first written: ``(old module, name) -> new module``
+_MOVED_CLASSES = {
+    ("spikenorm.models.layers", "TimeDistributed"): "spikenorm.synapse",
+    ("spikenorm.trace", "TraceSynapse"): "spikenorm.synapse",
+}
+
+
 def _module_class(module_name: object, qualname: object, where: str) -> type[nn.Module]:
-    """The nn.Module class named by a spec, if it is a torch.nn or spikenorm class (not an fx module)."""
+    """The nn.Module class named by a spec, if it is a torch.nn or spikenorm class (not an fx module); a class
+    that moved (:data:`_MOVED_CLASSES`) is found in its new module."""
+    module_name = _MOVED_CLASSES.get((module_name, qualname), module_name)
     allowed = isinstance(module_name, str) and module_name.startswith(_MODULE_NAMESPACES)
     allowed = allowed and isinstance(qualname, str) and all(p.isidentifier() for p in qualname.split("."))
     cls: object = None

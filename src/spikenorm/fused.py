@@ -141,11 +141,11 @@ def _neuron_config(neuron: Any, x: Tensor) -> tuple[_Config, _NormParams | None]
     bias)`` (None without a norm), or the reason it is not covered. Reads only what the neuron, its surrogate
     and its norm declare (module docstring: the contract)."""
     name = type(neuron).__name__
-    charge = neuron.linear_charge()
+    charge = neuron.declared_charge()
     if charge is None:
         return (
             f"{name} declares no linear charge, so the kernels cannot know its recurrence: define "
-            f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class that overrides "
+            f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class or mixin that overrides "
             "charge() must declare it itself)"
         )
     if neuron.ots:

@@ -97,18 +97,6 @@ class SpikingNeuron(nn.Module):
     #: current stage, input side first
     state_names: tuple[str, ...] = ("v",)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A class that writes its own :meth:`charge` does not inherit a parent's :meth:`linear_charge`: the
-        declaration would no longer describe the charge that runs (the fused kernels and the NIR export would
-        compute another neuron). Such a class declares ``linear_charge`` itself, or none; its
-        ``super().charge()`` still computes the parent's declared charge (``_eager_linear_charge``, the
-        nearest declaration, resolved here once per class)."""
-        super().__init_subclass__(**kwargs)
-        if "linear_charge" in cls.__dict__:
-            cls._eager_linear_charge = cls.__dict__["linear_charge"]
-        elif "charge" in cls.__dict__:
-            cls.linear_charge = SpikingNeuron.linear_charge
-
     def __init__(
         self,
         threshold: ThresholdLike = 1.0,
@@ -164,7 +152,34 @@ class SpikingNeuron(nn.Module):
         """
         return None
 
-    _eager_linear_charge = linear_charge  # what charge() computes (see __init_subclass__)
+    def declared_charge(self) -> LinearCharge | None:
+        """The :meth:`linear_charge` if it describes the charge that runs, else None; what the fused kernels and
+        :meth:`nir_node` compute from.
+
+        It does when the :meth:`charge` that runs is the base class's (which computes the declaration), or is
+        defined by the same class that declares ``linear_charge`` (it states both). A class or mixin that writes
+        its own ``charge`` under an inherited declaration gets None: its neuron runs the eager loop only.
+
+        Raises:
+            ValueError: the declared current stages do not match :attr:`state_names`.
+        """
+        law = self.linear_charge()
+        if law is None:
+            return None
+        charge_owner = next(cls for cls in type(self).__mro__ if "charge" in cls.__dict__)
+        if charge_owner is not SpikingNeuron and "linear_charge" not in charge_owner.__dict__:
+            return None
+        return self._checked(law)
+
+    def _checked(self, law: LinearCharge) -> LinearCharge:
+        """``law`` after checking that :attr:`state_names` names one state per current stage after ``"v"``."""
+        if len(self.state_names) - 1 != len(law.current_decays):
+            raise ValueError(
+                f"{type(self).__name__}.linear_charge() declares {len(law.current_decays)} current stages but "
+                f"state_names {self.state_names} names {len(self.state_names) - 1} after 'v'; give one state name "
+                "per stage"
+            )
+        return law
 
     def charge(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Return the membrane before firing ``h_t`` and the updated non-membrane states.
@@ -172,15 +187,11 @@ class SpikingNeuron(nn.Module):
         The base class computes the declared :meth:`linear_charge`; a neuron with another charge overrides
         this method instead (it then runs eager only, see the module docstring).
         """
-        law = self._eager_linear_charge()
+        law = self.linear_charge()
         if law is None:
             raise NotImplementedError(f"{type(self).__name__} must define linear_charge() or charge()")
+        law = self._checked(law)
         names = self.state_names[1:]
-        if len(names) != len(law.current_decays):
-            raise ValueError(
-                f"{type(self).__name__}.linear_charge() declares {len(law.current_decays)} current stages but "
-                f"state_names {self.state_names} names {len(names)} after 'v'; give one state name per stage"
-            )
         if not names:
             return law.charge(x, state["v"], ())[0], state
         h, currents = law.charge(x, state["v"], [state[name] for name in names])
@@ -199,10 +210,10 @@ class SpikingNeuron(nn.Module):
         Raises:
             ValueError: the neuron declares no NIR mapping (no linear charge, or one NIR cannot express).
         """
-        law = self.linear_charge()
+        law = self.declared_charge()
         if law is None:
             raise ValueError(
-                f"{type(self).__name__} declares no NIR mapping: it has no linear_charge(); override "
+                f"{type(self).__name__} declares no NIR mapping: no linear_charge() describes its charge; override "
                 f"{type(self).__name__}.nir_node(threshold, reset_value, dt, metadata)"
             )
         return law.nir_node(threshold, reset_value, dt, metadata, owner=type(self).__name__)

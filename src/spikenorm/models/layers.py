@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, get_args
 
 import torch.fx
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from spikenorm.validation import check_time_major
 
 SurrogateSpec = str | Surrogate | Callable[[Tensor], Tensor]
 Shortcuts = Literal["per_layer", "per_block", "none"]
-SHORTCUTS: tuple[str, ...] = ("per_layer", "per_block", "none")
+SHORTCUTS: tuple[str, ...] = get_args(Shortcuts)
 
 
 def check_shortcuts(shortcuts: str) -> None:
@@ -83,11 +83,6 @@ class LayerSpec:
         if unsupported:
             settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in unsupported)
             raise ValueError(f"{model} does not support layers.{settings}: {reason}")
-
-    @property
-    def uses_time_steps(self) -> bool:
-        """Whether the norm or the membrane norm takes ``time_steps`` (then :attr:`time_steps` is needed)."""
-        return any(name is not None and norm_accepts(name, "time_steps") for name in (self.norm, self.membrane_norm))
 
 
 def norm_accepts(name: str, parameter: str) -> bool:
@@ -155,10 +150,6 @@ class SpikingLayerFactory:
                 )
                 raise ValueError(f"norm {name!r} needs {key}: give it in the layer spec{hint} or in its kwargs")
         return kwargs
-
-    @property
-    def trace(self) -> bool:
-        return self.spec.trace
 
     @property
     def uses_norm(self) -> bool:

@@ -174,7 +174,9 @@ class SpikingTransformer(SpikingModel):
         mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
         attention_scale: the constant factor of ``Q K^T V`` (Spikformer uses 0.125).
         layers: norm, neuron, surrogate and their options (:class:`~spikenorm.models.layers.LayerSpec`);
-            ``membrane_norm`` normalises the membrane of every neuron, the attention's included.
+            ``membrane_norm`` normalises the membrane of every neuron, the attention's included, with
+            per-feature statistics: an element-wise membrane norm (``membrane_norm_kwargs={"elementwise": True}``)
+            is refused, since the token neurons are built per feature and shared by every token.
             ``binary_weights`` binarises the MLP weights of every block (``blocks.<i>.mlp.fc1``/``fc2``) with
             :func:`spikenorm.binary.binarize_model` (SEI-BWSNN); everything else stays full precision. ``trace``
             and ``shortcuts`` are refused: the attention's spike products and the residual token stream are not
@@ -231,6 +233,13 @@ class SpikingTransformer(SpikingModel):
         if hidden < 1:
             raise ValueError(f"SpikingTransformer: mlp_ratio must give an MLP width >= 1, got mlp_ratio={mlp_ratio}")
         factory = SpikingLayerFactory(layers)
+        if layers.membrane_norm is not None and factory.elementwise_membrane:
+            raise ValueError(
+                "SpikingTransformer does not support element-wise membrane norms: layers.membrane_norm="
+                f"{layers.membrane_norm!r} with membrane_norm_kwargs={layers.membrane_norm_kwargs!r} asks for one "
+                "statistic per neuron, but the token neurons are built per feature (D,), shared by every token; "
+                "drop elementwise for per-feature statistics"
+            )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.input_size = input_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Iterator, Literal
 
 import torch
@@ -138,8 +138,8 @@ class SpikingTD3(LightningModule):
             "critic_lr": 1e-3 if ddpg else 3e-4,
             "critic_weight_decay": 0.01 if ddpg else 0.0,
         }
-        if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters: the dict of the spec's fields
-            actor_layers = LayerSpec(**actor_layers)
+        if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters, or some fields given in Python
+            actor_layers = replace(POPSAN_LAYERS, **actor_layers)
         self.save_hyperparameters()
         # plain data, so that checkpoints load without unpickling code and loggers get actor_layers/<field> keys
         self._hparams["actor_layers"] = self._hparams_initial["actor_layers"] = asdict(actor_layers)
