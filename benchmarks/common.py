@@ -84,16 +84,21 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def cpu_flag_set() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_bf16``, ...); empty where it is absent."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), "flags:")
+    return set(line.split(":", 1)[1].split())
+
+
 def cpu_flags() -> str:
     """AVX-512 and AMX presence from /proc/cpuinfo, and the ISA torch's CPU kernels dispatch to.
 
     Results depend on them: oneDNN picks other kernels (and rounds differently) on CPUs with AVX-512 BF16/AMX.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set()
-    if cpuinfo.exists():
-        line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), "flags:")
-        flags = set(line.split(":", 1)[1].split())
+    flags = cpu_flag_set()
     avx512 = sorted(f for f in flags if f.startswith("avx512"))
     amx = sorted(f for f in flags if f.startswith("amx"))
     return (
@@ -152,7 +157,11 @@ def write_result(name: str, title: str, report: str) -> Path:
 
     A results file holds the current result of its benchmark only; earlier results live in git's history.
     """
-    path = RESULTS_DIR / f"{name}.md"
+    return write_report(RESULTS_DIR / f"{name}.md", title, report)
+
+
+def write_report(path: Path, title: str, report: str) -> Path:
+    """Replace the file at ``path`` with ``# title`` and ``report``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\n{report.rstrip()}\n")
     return path

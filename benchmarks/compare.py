@@ -1,4 +1,5 @@
-"""spikenorm vs SpikingJelly vs snnTorch: one spiking VGG, same dynamics, speed and memory in one process.
+"""spikenorm vs SpikingJelly vs snnTorch: one spiking VGG, same dynamics, speed and memory in one process,
+in float32, under bf16 autocast and under ``torch.compile``.
 
 The network (CIFAR-sized input ``[T=4, B=32, 3, 32, 32]``, 10 classes) is built three times:
 
@@ -16,7 +17,8 @@ The network (CIFAR-sized input ``[T=4, B=32, 3, 32, 32]``, 10 classes) is built 
   ``functional.lif_multi_step``). ``functional.reset_net`` clears the state before every batch.
 - **snnTorch 1.0**: plain ``torch.nn`` conv/BN/pool/linear and ``snn.Leaky(beta=0.5, threshold=1,
   reset_mechanism='zero', init_hidden=True)``, the whole network run step by step in a python loop over
-  T (the idiomatic snnTorch way); ``snntorch.utils.reset`` before every batch. Its BN therefore sees one
+  T (the idiomatic snnTorch way); each Leaky's ``reset_mem()`` before every batch (``snntorch.utils.reset``
+  would reset every Leaky of the process, those of this benchmark's other networks too). Its BN sees one
   step at a time: in training its statistics are per step (spikenorm's ``"bn"`` norm, not tdBN) and its
   running statistics are updated T times per batch. In eval mode all three are the same function.
 
@@ -34,11 +36,42 @@ snnTorch's Leaky applies a zero reset with one step delay (``mem_t = beta (1 - s
 which is the same recurrence as the others' ``v_t = h_t (1 - s_t)``, ``h_{t+1} = decay v_t + x_{t+1}``.
 
 Equivalence check: weights and BN buffers are copied from the spikenorm net into the other two and the
-outputs on one input are compared (train-mode forward: spikenorm vs SpikingJelly; eval-mode forward: all
-three; train-mode snnTorch vs spikenorm with per-step ``"bn"``), plus the input gradient.
+outputs on one input are compared in float64 (train-mode forward: spikenorm vs SpikingJelly; eval-mode
+forward: all three; train-mode snnTorch vs spikenorm with per-step ``"bn"``), plus the input gradient.
 
-Measurements (one process; libraries interleaved round by round, the order rotated each round, so drift of
-the machine is shared; warm-up first; medians):
+Modes (:data:`MODES`, ``--modes``), every library in every mode, all measured side by side in one run:
+
+- ``fp32``: float32 eager, what each library does by default;
+- ``bf16``: ``torch.autocast(device_type, dtype=torch.bfloat16)`` around the forward and the loss, the
+  backward and the optimizer step outside it (what Lightning's ``precision="bf16-mixed"`` does); inference
+  under the same autocast. Autocast runs the convolutions and the linear layer in bfloat16 in all three
+  libraries; everything else runs in the dtype it is handed. spikenorm's neurons compute their membrane
+  state in float32 and emit bfloat16 spikes (0/1, exact), its norms keep their statistics in float32;
+  SpikingJelly's and snnTorch's neurons run in whatever dtype autocast leaves them (SpikingJelly's state
+  takes the bfloat16 of its input, snnTorch's float32 state is promoted against bfloat16 inputs). Each
+  library runs as a user of it gets it under the same autocast, so the comparison is like for like;
+- ``compiled``: each library's whole network wrapped in ``torch.compile`` (default options) in float32:
+  what a user who reaches for a compiler would run instead, so the peers are compiled too;
+- ``compiled-bf16``: both.
+
+Per mode and library, before any timing, a warm-up (:data:`WARM_UP`): inference, training step, training step,
+inference, inference, i.e. every transition the measurements make, since a compiled network may recompile at
+each (SpikingJelly's state left by an inference call fails dynamo's guards in the next training call). Its
+wall time minus the same calls at steady state is the warm-up overhead (compilation, spikenorm's kernel
+generation, oneDNN's first-call set-up), reported as its own column with the dynamo graphs compiled and the
+graph breaks met. Inductor's and AOTAutograd's on-disk caches are switched off, so that overhead is the cold
+one every run; work already done by an earlier mode in the same process (e.g. spikenorm's fused kernels for
+a dtype) is not paid again. dynamo's recompile limit is raised to 64 because this process compiles several
+networks of the same classes (a user's single network would not share guards with them). A network that
+fails in a mode (for instance a compile error) is reported with its error and left out of the timing, never
+dropped silently. The outputs of the warm-up's first inference call and first training step (same weights,
+same batch in every mode) are compared with the same library's float32 eager ones: the largest absolute
+difference relative to the largest float32 logit, within :data:`AGREEMENT_TOLERANCE` of the mode (bf16
+carries 8 significant bits, and a spike whose membrane lies within bf16 rounding of the threshold flips and
+propagates; a compiler reorders float sums).
+
+Measurements (one process; every (mode, library) pair interleaved round by round, the order rotated each
+round, so drift of the machine is shared; medians):
 
 - training throughput: forward + cross-entropy on the time-averaged logits + backward + SGD step, samples/s;
 - inference throughput: eval mode under ``torch.inference_mode``, samples/s;
@@ -49,31 +82,50 @@ the machine is shared; warm-up first; medians):
   the exported trace), and the peak is the maximum of that total during the step. It counts tensor
   memory, op workspaces allocated through torch included; memory that a kernel library (oneDNN) takes
   from the system allocator by itself is not seen;
-- the neuron alone: forward (no grad) and forward+backward time of each library's LIF on a
-  ``[4, 32, 128, 16, 16]`` tensor, against the elementwise floor ``torch.mul(x, 0.5)`` over the same tensor
-  (as in benchmarks/neurons.py).
+- the neuron alone, in float32 and (when a bf16 mode runs) on a bfloat16 input: forward (no grad) and
+  forward+backward time of each library's LIF on a ``[4, 32, 128, 16, 16]`` tensor, against the
+  elementwise floor ``torch.mul(x, 0.5)`` over the same tensor (as in benchmarks/neurons.py).
 
-Everything is reported also as ratios to spikenorm. A torch.profiler table of one spikenorm training step
-(top ops by self CPU time) is printed and saved.
+Everything is reported also as ratios to spikenorm in the same mode and as ratios across modes (bf16 /
+fp32, compiled / eager), with the targets of the issue marked PASS or FAIL: spikenorm's bf16 training at
+least 2x its float32 training on a CPU with AMX (on AVX-512 BF16 without AMX the ratio is reported with what
+bounds it), and spikenorm at least 1.25x SpikingJelly and 1.5x snnTorch in training throughput in every
+mode. A torch.profiler table of one spikenorm training step per mode (top ops by self time) says where the
+time goes, with the convolutions' share and the throughput bound it implies.
 
     python benchmarks/compare.py                      # cuda if available, else cpu; writes results
+    python benchmarks/compare.py --modes fp32,bf16 --repeats 3 --no-save
+    python benchmarks/compare.py --device cuda --modes fp32,bf16,compiled --output /tmp/gpu-compare.md
     python benchmarks/compare.py --retain-freed-memory   # malloc reuses freed pages (spikenorm.allocator)
-    python benchmarks/compare.py --repeats 3 --no-save
 
-The result replaces benchmarks/results/compare.md.
+The default run (all four modes) takes about 20 minutes on 2 CPU cores. The result replaces
+benchmarks/results/compare.md (``--output`` writes elsewhere).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
+from common import (
+    RESULTS_DIR,
+    benchmark_parser,
+    cpu_flag_set,
+    forward_and_backward,
+    markdown_table,
+    stamp,
+    write_report,
+)
 from torch import Tensor, nn
 
 from spikenorm.allocator import retain_freed_memory
@@ -86,6 +138,8 @@ from spikenorm.synapse import TimeDistributed
 CFG: list[int | str] = [64, 128, "A", 256, 256, "A", 512, "A"]
 DECAY, THRESHOLD, ALPHA = 0.5, 1.0, 4.0
 LIBRARIES = ("spikenorm", "spikingjelly", "snntorch")
+Key = tuple[str, str]  # (mode, library)
+Name = TypeVar("Name", bound=Hashable)
 
 
 # --------------------------------------------------------------------------------------------- builders
@@ -202,9 +256,11 @@ class SnnTorchVGG(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        from snntorch import utils
+        from snntorch import Leaky
 
-        utils.reset(self.features)  # it only looks at the direct children of the module it is given
+        for module in self.features:  # its own neurons: snntorch.utils.reset resets every Leaky of the process
+            if isinstance(module, Leaky):
+                module.reset_mem()
         out = []
         for x_t in x.unbind(0):
             for module in self.features:
@@ -334,22 +390,63 @@ def equivalence(
     return out
 
 
+# ------------------------------------------------------------------------------------------------ modes
+@dataclass(frozen=True)
+class Mode:
+    """How a network runs: forward and loss under bfloat16 autocast or not, the network wrapped in
+    ``torch.compile`` or not."""
+
+    bf16: bool
+    compiled: bool
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The autocast region of a forward pass and its loss (disabled in the float32 modes)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, net: nn.Module, compile_backend: str = "inductor") -> nn.Module:
+        """``net`` as this mode runs it: wrapped in ``torch.compile`` with ``compile_backend`` or not."""
+        return torch.compile(net, backend=compile_backend) if self.compiled else net
+
+
+MODES: dict[str, Mode] = {
+    "fp32": Mode(bf16=False, compiled=False),
+    "bf16": Mode(bf16=True, compiled=False),
+    "compiled": Mode(bf16=False, compiled=True),
+    "compiled-bf16": Mode(bf16=True, compiled=True),
+}
+
+#: largest |output - float32 eager output| / largest |float32 eager output| accepted per mode. bf16 keeps 8
+#: significant bits: spikes whose membrane lies within its rounding of the threshold flip and the flips spread
+#: through five layers (the first training step of the default VGG: 0.36-0.44 in all three libraries alike);
+#: a compiler only reorders float32 sums
+AGREEMENT_TOLERANCE = {"bf16": 0.5, "compiled": 1e-3, "compiled-bf16": 0.5}
+
+#: the issue's targets: spikenorm bf16 / fp32 training on a CPU with AMX; spikenorm / peer training per mode
+BF16_SPEEDUP_TARGET = 2.0
+PEER_TARGETS = {"spikingjelly": 1.25, "snntorch": 1.5}
+
+
+def parse_modes(text: str) -> list[str]:
+    """``--modes``: comma-separated names of :data:`MODES`; ``fp32`` (the reference of the agreement checks and
+    cross-mode ratios) is always run first."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown modes {unknown or text!r}: choose from {', '.join(MODES)}")
+    return list(dict.fromkeys(["fp32", *names]))
+
+
 # ------------------------------------------------------------------------------------------- measuring
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each fn: ``warmup`` untimed calls each, then ``repeats`` rounds in which every
-    fn is timed once, the order rotated by one each round."""
+def interleaved(fns: dict[Name, Callable[[], object]], device: torch.device, repeats: int) -> dict[Name, list[float]]:
+    """Seconds per call of each fn: ``repeats`` rounds in which every fn is timed once, the order rotated by one
+    each round (warm-up calls are the caller's)."""
     names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[Name, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
@@ -360,27 +457,126 @@ def interleaved(
     return times
 
 
-def train_step_fn(net: nn.Module, x: Tensor, y: Tensor) -> Callable[[], float]:
+def train_step_fn(net: nn.Module, x: Tensor, y: Tensor, mode: Mode = MODES["fp32"]) -> Callable[[], Tensor]:
+    """One SGD training step of ``net`` on ``(x, y)``: forward and loss in the mode's autocast region, backward
+    and optimizer step outside it; returns the detached train-mode output."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
-    def step() -> float:
+    def step() -> Tensor:
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x).mean(0), y)
+        with mode.autocast(x.device):
+            out = net(x)
+            loss = F.cross_entropy(out.mean(0), y)
         loss.backward()
         opt.step()
-        return loss.detach()
+        return out.detach()
 
     return step
 
 
-def infer_fn(net: nn.Module, x: Tensor) -> Callable[[], Tensor]:
+def infer_fn(net: nn.Module, x: Tensor, mode: Mode = MODES["fp32"]) -> Callable[[], Tensor]:
     def infer() -> Tensor:
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), mode.autocast(x.device):
             return net(x)
 
     return infer
+
+
+def dynamo_counts() -> tuple[int, int]:
+    """How many graphs dynamo has compiled in this process so far, and how many graph breaks it has met."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+#: the warm-up of every network: its first calls cover each transition the measurements make (eval -> train,
+#: train -> train, train -> eval, eval -> eval), since a compiled network may recompile at each of them (e.g.
+#: SpikingJelly's state tensors left by an inference call fail dynamo's guards in a training call)
+WARM_UP = ("infer", "step", "step", "infer", "infer")
+
+
+@dataclass
+class Run:
+    """One network in one mode: its training step and inference callables and what its warm-up gave (seconds,
+    dynamo graphs compiled and graph breaks met, the first eval and train-mode outputs), or the error that
+    stopped it."""
+
+    step: Callable[[], Tensor]
+    infer: Callable[[], Tensor]
+    warm_up_seconds: float = math.nan
+    graphs: int = 0
+    graph_breaks: int = 0
+    eval_out: Tensor | None = None
+    train_out: Tensor | None = None
+    error: str | None = None
+
+    def warm_up(self, device: torch.device) -> None:
+        """The calls of :data:`WARM_UP` (compilation happens here), timed together; the first inference and
+        training outputs are kept. An exception is kept as :attr:`error`."""
+        counts = dynamo_counts()
+        outputs: dict[str, Tensor] = {}
+        try:
+            sync(device)
+            start = time.perf_counter()
+            for call in WARM_UP:
+                out = getattr(self, call)()
+                outputs.setdefault(call, out.float())
+            sync(device)
+            self.warm_up_seconds = time.perf_counter() - start
+            self.eval_out, self.train_out = outputs["infer"], outputs["step"]
+        except Exception as error:  # reported in the table: a mode a library cannot run is a result
+            message = str(error).strip().splitlines()
+            self.error = f"{type(error).__name__}: {message[0][:160] if message else ''}"
+        self.graphs, self.graph_breaks = (after - before for after, before in zip(dynamo_counts(), counts))
+
+    def overhead(self, step_seconds: float, infer_seconds: float) -> float:
+        """Seconds the warm-up took beyond the same calls at steady state (compilation, first-call set-up)."""
+        return self.warm_up_seconds - WARM_UP.count("step") * step_seconds - WARM_UP.count("infer") * infer_seconds
+
+
+def build_runs(
+    modes: Sequence[str],
+    cfg: Sequence[int | str],
+    x: Tensor,
+    y: Tensor,
+    variants: Sequence[str] = ("spikenorm",),
+    compile_backend: str = "inductor",
+) -> dict[Key, Run]:
+    """The ``(mode, library)`` runs, each on its own copy of the networks (weights copied from spikenorm's, the
+    same in every mode), warmed up. The spikenorm ``variants`` run in the eager modes only; compiled modes use
+    ``torch.compile(backend=compile_backend)``."""
+    runs: dict[Key, Run] = {}
+    for mode_name in modes:
+        mode = MODES[mode_name]
+        nets = build_all(cfg, device=x.device, variants=() if mode.compiled else variants)
+        for library, net in nets.items():
+            net = mode.prepare(net, compile_backend)
+            run = Run(train_step_fn(net, x, y, mode), infer_fn(net, x, mode))
+            run.warm_up(x.device)
+            print(
+                f"{mode_name:>13} {library:<22} warm-up {run.warm_up_seconds:6.1f} s, dynamo graphs {run.graphs}, "
+                f"graph breaks {run.graph_breaks}" + (f", FAILED {run.error}" if run.error else ""),
+                flush=True,
+            )
+            runs[(mode_name, library)] = run
+    return runs
+
+
+def agreement(runs: dict[Key, Run]) -> dict[Key, tuple[float, float]]:
+    """Per ``(mode, library)`` outside fp32: the largest |difference| of the first calls' eval and train-mode
+    outputs to the same library's float32 eager ones, relative to the largest |float32 output|."""
+    out = {}
+    for (mode, library), run in runs.items():
+        ref = runs.get(("fp32", library))
+        if mode == "fp32" or run.error or ref is None or ref.error:
+            continue
+        out[(mode, library)] = tuple(
+            ((a - b).abs().max() / b.abs().max()).item()
+            for a, b in ((run.eval_out, ref.eval_out), (run.train_out, ref.train_out))
+        )
+    return out
 
 
 def peak_step_memory(step: Callable[[], object], device: torch.device) -> int:
@@ -413,9 +609,19 @@ def peak_step_memory(step: Callable[[], object], device: torch.device) -> int:
     return max(a["Total Allocated"] for a in cpu) - base
 
 
-def profile_step(step: Callable[[], object], device: torch.device) -> tuple[str, float]:
-    """A profiler table of one call of ``step`` (top ops by self time) and the seconds its convolution
-    kernels took (forward and backward ops: self CPU time on CPU, self device time on CUDA)."""
+@dataclass
+class StepProfile:
+    """A profiler table of one training step (top ops by self time) and the step's split in seconds:
+    convolution kernels (forward and backward), dtype casts, and everything (self time of all ops)."""
+
+    table: str
+    conv_seconds: float
+    cast_seconds: float
+    total_seconds: float
+
+
+def profile_step(step: Callable[[], object], device: torch.device) -> StepProfile:
+    """:class:`StepProfile` of one call of ``step`` (self CPU time on CPU, self device time on CUDA)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -425,8 +631,16 @@ def profile_step(step: Callable[[], object], device: torch.device) -> tuple[str,
             sync(device)
     averages = prof.key_averages()
     sort_key = "self_cpu_time_total" if device.type == "cpu" else "self_device_time_total"
-    conv_us = sum(getattr(e, sort_key) for e in averages if e.key.startswith("aten::") and "convolution" in e.key)
-    return averages.table(sort_by=sort_key, row_limit=15), conv_us / 1e6
+
+    def seconds(keep: Callable[[str], bool]) -> float:
+        return sum(getattr(e, sort_key) for e in averages if keep(e.key)) / 1e6
+
+    return StepProfile(
+        table=averages.table(sort_by=sort_key, row_limit=15),
+        conv_seconds=seconds(lambda k: k.startswith("aten::") and "convolution" in k),
+        cast_seconds=seconds(lambda k: k in ("aten::copy_", "aten::_to_copy")),
+        total_seconds=seconds(lambda k: True),
+    )
 
 
 def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_steps: int, batch: int, size: int) -> int:
@@ -445,14 +659,14 @@ def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_st
 
 
 def neuron_fns(
-    shape: Sequence[int], device: torch.device, variants: Sequence[str] = ()
+    shape: Sequence[int], device: torch.device, variants: Sequence[str] = (), dtype: torch.dtype = torch.float32
 ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
-    """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor."""
-    from common import forward_and_backward
+    """(forward, forward+backward) callables of each library's LIF on one ``[T, B, C, H, W]`` tensor of
+    ``dtype``, and of the elementwise floor on it."""
     from spikingjelly.activation_based import functional
 
     torch.manual_seed(0)
-    x = torch.randn(*shape, device=device) + 0.5
+    x = (torch.randn(*shape, device=device) + 0.5).to(dtype)
 
     def spikenorm_lif(variant: str) -> LIF:
         backend = str(VARIANTS[variant].get("backend", "auto"))
@@ -484,35 +698,291 @@ def neuron_fns(
             runs[variant] = spikenorm_lif(variant)
 
     fns = {name: forward_and_backward(fn, x) for name, fn in runs.items()}
-    with torch.no_grad():  # the three neurons are the same function
-        ref = sn(x)
+    with torch.no_grad():  # the same function; in bfloat16 the peers' state is rounded to bfloat16, spikenorm's not
+        ref = sn(x).float()
         for name in [n for n in runs if n != "spikenorm"]:
-            diff = (runs[name](x).float() - ref).abs().max().item()
-            if diff:
-                print(f"warning: {name} LIF differs from spikenorm's by {diff}")
+            differ = (runs[name](x).float() != ref).float().mean().item()
+            if differ:
+                print(f"{'warning: ' * (dtype == torch.float32)}{name} LIF on {dtype}: {differ:.2%} of spikes differ")
     fns["elementwise floor"] = (lambda: torch.mul(x, 0.5), lambda: torch.mul(x, 0.5))
     return fns
 
 
-# ----------------------------------------------------------------------------------------------- main
-def main() -> None:
-    from common import benchmark_parser, publish, stamp
+def neuron_times(
+    shape: Sequence[int], device: torch.device, variants: Sequence[str], dtype: torch.dtype, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median forward and forward+backward seconds of :func:`neuron_fns` (one warm-up call each)."""
+    fns = neuron_fns(shape, device, variants, dtype)
+    med = statistics.median
+    out = []
+    for part in (0, 1):
+        calls = {name: pair[part] for name, pair in fns.items()}
+        for call in calls.values():
+            call()
+        out.append({name: med(t) for name, t in interleaved(calls, device, repeats).items()})
+    return out[0], out[1]
 
+
+# ----------------------------------------------------------------------------------------------- report
+@dataclass
+class Measured:
+    """Everything one run of the benchmark measured, by ``(mode, library)`` where it is per network."""
+
+    modes: list[str]
+    batch: int
+    libraries: dict[str, list[str]]  # per mode, in table order
+    runs: dict[Key, Run]
+    train_sps: dict[Key, float]
+    infer_sps: dict[Key, float]
+    memory: dict[Key, int]
+    agree: dict[Key, tuple[float, float]]
+    profiles: dict[str, StepProfile]  # spikenorm's training step per mode
+    neuron: dict[str, tuple[dict[str, float], dict[str, float]]]  # per dtype name: (forward, forward+backward)
+
+
+def ratio_text(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def mode_rows(m: Measured) -> list[str]:
+    """One row per ``(mode, library)``: throughputs and memory with their ratio to spikenorm of the same mode,
+    first-call overhead, graph breaks, agreement with float32 eager; or the error that stopped the network."""
+    rows = []
+    for mode in m.modes:
+        for library in m.libraries[mode]:
+            run = m.runs[(mode, library)]
+            if run.error:
+                rows.append(f"| {mode} | {library} | failed: `{run.error}` | – | – | – | – | – |")
+                continue
+            key, ref = (mode, library), (mode, "spikenorm")
+
+            def rel(d: dict[Key, float], k: Key = key) -> str:
+                return ratio_text(d[k] / d[ref] if ref in d else None)
+
+            overhead = run.overhead(m.batch / m.train_sps[key], m.batch / m.infer_sps[key])
+            agree = m.agree.get(key)
+            agree_text = "reference" if mode == "fp32" else "–"
+            if agree:
+                ok = all(a <= AGREEMENT_TOLERANCE[mode] for a in agree)
+                agree_text = f"{agree[0]:.2g} / {agree[1]:.2g} ({'ok' if ok else 'ABOVE TOLERANCE'})"
+            rows.append(
+                f"| {mode} | {library} | {m.train_sps[key]:.1f} ({rel(m.train_sps)}) "
+                f"| {m.infer_sps[key]:.1f} ({rel(m.infer_sps)}) | {m.memory[key] / 2**20:.0f} ({rel(m.memory)}) "
+                f"| {overhead:.1f} | {run.graphs} ({run.graph_breaks}) | {agree_text} |"
+            )
+    return rows
+
+
+def cross_mode_rows(m: Measured) -> list[str]:
+    """Per library: training and inference throughput of each mode divided by fp32 eager (and compiled by
+    eager in the same precision)."""
+    pairs = [(mode, "fp32") for mode in m.modes if mode != "fp32"]
+    if "compiled-bf16" in m.modes and "bf16" in m.modes:
+        pairs.append(("compiled-bf16", "bf16"))
+    rows = []
+    for library in m.libraries["fp32"]:
+        if library not in LIBRARIES:
+            continue
+        cells = []
+        for a, b in pairs:
+            for sps in (m.train_sps, m.infer_sps):
+                ka, kb = (a, library), (b, library)
+                cells.append(ratio_text(sps[ka] / sps[kb] if ka in sps and kb in sps else None))
+        rows.append(f"| {library} | " + " | ".join(cells) + " |")
+    header = "library | " + " | ".join(f"{a} / {b} train | {a} / {b} inference" for a, b in pairs)
+    return markdown_table(header, rows) if pairs else []
+
+
+def amx_kind(device: torch.device) -> str:
+    """``"amx"`` on a CPU with AMX BF16 tiles, ``"avx512_bf16"`` on one with AVX-512 BF16 only, else ``"none"``;
+    ``"cuda"`` on a GPU (the CPU target does not apply)."""
+    if device.type != "cpu":
+        return device.type
+    flags = cpu_flag_set()
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "none"
+
+
+def target_rows(m: Measured, device: torch.device) -> list[str]:
+    """The issue's targets with the measured ratios and PASS / FAIL (or why a target does not apply)."""
+    rows = []
+    sps = m.train_sps
+    if "bf16" in m.modes:
+        kind = amx_kind(device)
+        value = sps.get(("bf16", "spikenorm"), math.nan) / sps.get(("fp32", "spikenorm"), math.nan)
+        verdict = {
+            "amx": "PASS" if value >= BF16_SPEEDUP_TARGET else "FAIL",
+            "avx512_bf16": "not applicable: AVX-512 BF16 without AMX (see where the time goes)",
+            "none": "not applicable: no bf16 instructions on this CPU",
+        }.get(kind, f"not applicable on {kind}")
+        rows.append(
+            f"| spikenorm bf16 training >= {BF16_SPEEDUP_TARGET:g}x spikenorm fp32 (CPU with AMX; this machine: "
+            f"{kind}) | {ratio_text(value)}x | {verdict} |"
+        )
+    for mode in m.modes:
+        for peer, target in PEER_TARGETS.items():
+            ours, theirs = sps.get((mode, "spikenorm")), sps.get((mode, peer))
+            if ours is None:
+                verdict, value = f"FAIL (spikenorm failed: {m.runs[(mode, 'spikenorm')].error})", None
+            elif theirs is None:
+                verdict, value = f"not measured ({peer} failed: {m.runs[(mode, peer)].error})", None
+            else:
+                value = ours / theirs
+                verdict = "PASS" if value >= target else "FAIL"
+            rows.append(f"| spikenorm >= {target:g}x {peer}, training, {mode} | {ratio_text(value)}x | {verdict} |")
+    return markdown_table("target | measured | verdict", rows)
+
+
+def time_split_lines(m: Measured, conv_flops: int, batch: int) -> list[str]:
+    """Per profiled mode: the convolutions' and casts' share of spikenorm's training step, and the bound the
+    rest puts on throughput; for bf16, the bf16 / fp32 speed-up the non-convolution time allows."""
+    lines = []
+    for mode, prof in m.profiles.items():
+        other = prof.total_seconds - prof.conv_seconds
+        peers = [(mode, p) for p in PEER_TARGETS if (mode, p) in m.train_sps]
+        line = (
+            f"- **{mode}**: profiled step {prof.total_seconds * 1e3:.0f} ms of op self time: convolutions "
+            f"{prof.conv_seconds * 1e3:.0f} ms ({conv_flops / 1e9 / prof.conv_seconds:.0f} GFLOP/s), dtype casts "
+            f"(`copy_`, `_to_copy`) {prof.cast_seconds * 1e3:.0f} ms, everything else {other * 1e3:.0f} ms. With "
+            f"the rest at zero cost these convolutions would train at most {batch / prof.conv_seconds:.1f} samples/s"
+        )
+        line += "".join(f", {batch / prof.conv_seconds / m.train_sps[k]:.2f}x {k[1]}" for k in peers)
+        fp32 = m.profiles.get("fp32")
+        if mode == "bf16" and fp32:
+            bound = fp32.total_seconds / other
+            line += (
+                f". bf16 / fp32 of the profiled steps {fp32.total_seconds / prof.total_seconds:.2f}x; with bf16 "
+                f"convolutions free the non-convolution time bounds it at {bound:.2f}x"
+            )
+        lines.append(line + ".")
+    return lines
+
+
+def neuron_rows(m: Measured) -> list[str]:
+    """The LIF alone per dtype: forward and forward+backward ms, ratio to spikenorm and to the floor."""
+    rows = []
+    for dtype_name, (fwd, fb) in m.neuron.items():
+        floor = fwd["elementwise floor"] + fb["elementwise floor"]
+        for name in (n for n in fwd if n != "elementwise floor"):
+            cells = [
+                f"{d[name] * 1e3:.2f} ({d[name] / d['spikenorm']:.2f}; {d[name] / (floor / 2):.1f}x floor)"
+                for d in (fwd, fb)
+            ]
+            rows.append(f"| {dtype_name} | {name} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+def report(m: Measured, args: argparse.Namespace, eq: dict[str, float], allocator: str) -> str:
+    cfg, t, b, size = args.cfg, args.time_steps, args.batch, args.size
+    conv_flops = training_step_conv_flops(cfg, 3, t, b, size)
+    eq_text = ", ".join(f"{k} {v:.2g}" for k, v in eq.items() if k != "spike rate")
+    neuron_header = f"dtype | library | LIF {list(args.neuron_shape)} fwd ms | LIF fwd+bwd ms"
+    tolerances = ", ".join(f"{k} {v:g}" for k, v in AGREEMENT_TOLERANCE.items() if k in m.modes)
+    lines = [
+        stamp(args.device),
+        "",
+        f"Spiking VGG {cfg} + GAP + FC, input [{t}, {b}, 3, {size}, {size}], 10 classes; LIF decay 0.5, threshold "
+        f"1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm tdBN (alpha = v_th = 1), "
+        f"SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. Modes: {', '.join(m.modes)} "
+        f"(`bf16`: forward and loss under `torch.autocast(bfloat16)`, backward outside, as Lightning's "
+        f"`bf16-mixed`; `compiled`: each library's whole network under `torch.compile` (backend "
+        f"{args.compile_backend}), peers too). "
+        f"Allocator: {allocator}. Medians of {args.repeats} rounds in which every (mode, library) pair runs once, "
+        f"interleaved, after a warm-up of each ({', '.join(WARM_UP)}; neuron alone: {args.neuron_repeats} rounds). In "
+        f"brackets: ratio to spikenorm in the same mode (throughput: higher is faster; memory and time: lower is "
+        f'better). `spikenorm` = the library\'s defaults (neuron `backend="auto"`, which picks the compiled kernel '
+        f"for these layer sizes; convolutions channels-last on CPU); `[eager]` = the python loop over time; "
+        f"`[eager, NCHW]` = also convolutions in NCHW (eager modes only; the neuron alone has no layout: no row).",
+        "",
+        f"Equivalence after weight copy (max |diff| to spikenorm, float64, [T={t}, B=4] input): {eq_text}; first-layer "
+        f"spike rate {eq['spike rate']:.2f}.",
+        "",
+        "### Targets",
+        "",
+        *target_rows(m, args.device),
+        "",
+        "### Per mode",
+        "",
+        "Warm-up overhead: the warm-up's calls (compilation under `torch.compile`, with the on-disk caches off, "
+        "recompilations included) minus the same calls at steady state. Dynamo graphs: graphs compiled in the "
+        "warm-up (one per recompilation and per piece between graph breaks). Agreement: max |output - the same "
+        "library's fp32 eager "
+        "output| / max |fp32 output| on the first eval / train-mode forward (same weights, same batch); "
+        f"tolerance {tolerances}.",
+        "",
+        *markdown_table(
+            "mode | library | train samples/s | inference samples/s | peak train-step memory MiB "
+            "| warm-up overhead s | dynamo graphs (breaks) | agreement eval / train",
+            mode_rows(m),
+        ),
+        "",
+        "### Across modes",
+        "",
+        *cross_mode_rows(m),
+        "",
+        "### Where the time goes (spikenorm training step, torch.profiler)",
+        "",
+        f"The convolutions of a training step are {conv_flops / 1e9:.0f} GFLOP (forward, weight and input gradients).",
+        "",
+        *time_split_lines(m, conv_flops, b),
+        "",
+        "### The neuron alone",
+        "",
+        *markdown_table(neuron_header, neuron_rows(m)),
+        "",
+        "In brackets: ratio to spikenorm's LIF on the same dtype, and to the elementwise floor (`torch.mul(x, 0.5)` "
+        "on the neuron tensor of that dtype). Peak memory: "
+        + (
+            "`torch.cuda.max_memory_allocated` above the pre-step allocation."
+            if args.device.type == "cuda"
+            else "torch profiler `profile_memory=True`, max of the CPU allocator's running total during the step "
+            "above its value before the step (tensor memory allocated through torch)."
+        ),
+        "",
+    ]
+    for mode, prof in m.profiles.items():
+        lines += [
+            f"<details><summary>One spikenorm training step, {mode}, top ops by self time (torch.profiler)</summary>",
+            "",
+            "```",
+            prof.table.rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args() -> argparse.Namespace:
     parser = benchmark_parser(__doc__, device=True)
+    parser.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=list(MODES),
+        help=f"comma-separated, of {', '.join(MODES)} (fp32 always runs: the reference); default all",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled modes (inductor: what users get; eager / aot_eager: debugging)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "compare.md", help="where the report goes")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=32, help="input height = width")
     parser.add_argument("--cfg", nargs="+", default=[str(c) for c in CFG], help="VGG layer list, e.g. 64 128 A 256 A")
     parser.add_argument("--neuron-shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--neuron-repeats", type=int, default=20)
     parser.add_argument(
         "--variants",
         nargs="*",
         choices=[v for v in VARIANTS if v != "spikenorm"],
         default=[v for v in VARIANTS if v != "spikenorm"],
-        help="spikenorm configurations besides the default, one row each (the default is the reference)",
+        help="spikenorm configurations besides the default, one row each in the eager modes",
     )
     parser.add_argument(
         "--retain-freed-memory",
@@ -520,121 +990,79 @@ def main() -> None:
         help="let malloc reuse freed memory instead of unmapping it (spikenorm.allocator; all libraries gain)",
     )
     args = parser.parse_args()
-    allocator = "glibc malloc defaults"
-    if args.retain_freed_memory:
-        if not retain_freed_memory():
-            parser.error("--retain-freed-memory needs glibc's mallopt")
-        allocator = "malloc keeps freed memory (`--retain-freed-memory`: M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2 GiB)"
+    args.cfg = [c if c in ("A", "M") else int(c) for c in args.cfg]
+    if args.retain_freed_memory and not retain_freed_memory():
+        parser.error("--retain-freed-memory needs glibc's mallopt")
+    return args
+
+
+def cold_compiler() -> None:
+    """Every compilation in this process starts cold (no on-disk inductor / AOTAutograd cache hits), and
+    several networks of the same classes compile without hitting dynamo's recompile limit."""
+    import torch._dynamo.config
+    import torch._functorch.config
+    import torch._inductor.config
+
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+
+def measure(args: argparse.Namespace) -> Measured:
+    device, t, b = args.device, args.time_steps, args.batch
     variants = ["spikenorm", *dict.fromkeys(args.variants)]
-    libraries = variants + ["spikingjelly", "snntorch"]
-    device = args.device
-    cfg = [c if c in ("A", "M") else int(c) for c in args.cfg]
-    t, b = args.time_steps, args.batch
-
-    eq = equivalence(cfg, shape=(t, 4, args.size), device=device, variants=variants)
-    print("equivalence (max |diff| to spikenorm, float64):", {k: f"{v:.3g}" for k, v in eq.items()})
-
-    nets = build_all(cfg, device=device, variants=variants)
     torch.manual_seed(0)
     x = torch.rand(t, b, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (b,), device=device)
-    with torch.no_grad():
-        for net in nets.values():
-            net.eval()
-        ref = nets["spikenorm"](x)
-        eq32 = {k: (nets[k](x) - ref).abs().max().item() for k in libraries[1:]}
-    print("benchmark nets, float32 eval outputs, max |diff| to spikenorm:", eq32)
-
-    steps = {name: train_step_fn(net, x, y) for name, net in nets.items()}
-    infers = {name: infer_fn(net, x) for name, net in nets.items()}
-    train_t = interleaved(steps, device, args.repeats, args.warmup)
-    infer_t = interleaved(infers, device, args.repeats, args.warmup)
-
-    memory = {name: peak_step_memory(steps[name], device) for name in libraries}
-    profile_table, conv_seconds = profile_step(steps["spikenorm"], device)
-    print("one spikenorm training step, top ops by self CPU time:\n" + profile_table)
-
-    nfns = neuron_fns(args.neuron_shape, device, variants)
-    fwd_t = interleaved({k: v[0] for k, v in nfns.items()}, device, args.neuron_repeats, args.warmup)
-    bwd_t = interleaved({k: v[1] for k, v in nfns.items()}, device, args.neuron_repeats, args.warmup)
-
-    med = statistics.median
-    train_sps = {k: b / med(v) for k, v in train_t.items()}
-    infer_sps = {k: b / med(v) for k, v in infer_t.items()}
-    floor = med(fwd_t["elementwise floor"] + bwd_t["elementwise floor"])
-    conv_flops = training_step_conv_flops(cfg, 3, t, b, args.size)
-    conv_bound = b / conv_seconds  # samples/s if everything but the convolutions took no time
-    rows = []
-    for name in libraries:
-        rel = "1.00" if name == "spikenorm" else None
-
-        def ratio(d: dict[str, float], k: str = name) -> str:
-            return rel or f"{d[k] / d['spikenorm']:.2f}"
-
-        neuron = "| – | – |"
-        if name in fwd_t:
-            fwd, fb = med(fwd_t[name]), med(bwd_t[name])
-            fwd_rel = rel or f"{fwd / med(fwd_t['spikenorm']):.2f}"
-            fb_rel = rel or f"{fb / med(bwd_t['spikenorm']):.2f}"
-            neuron = (
-                f"| {fwd * 1e3:.2f} ({fwd_rel}; {fwd / floor:.1f}x floor) "
-                f"| {fb * 1e3:.2f} ({fb_rel}; {fb / floor:.1f}x floor) |"
-            )
-        rows.append(
-            f"| {name} | {train_sps[name]:.1f} ({ratio(train_sps)}) | {infer_sps[name]:.1f} ({ratio(infer_sps)}) "
-            f"| {memory[name] / 2**20:.0f} ({ratio(memory)}) " + neuron
-        )
-    eq_text = ", ".join(f"{k} {v:.2g}" for k, v in eq.items() if k != "spike rate")
-    lines = [
-        stamp(device),
-        "",
-        f"Spiking VGG {cfg} + GAP + FC, input [{t}, {b}, 3, {args.size}, {args.size}] float32, 10 classes; "
-        f"LIF decay 0.5, threshold 1, hard reset to 0 (detached), sigmoid surrogate slope 4 in all three. spikenorm "
-        f"tdBN (alpha = v_th = 1), SpikingJelly multi-step BN, snnTorch per-step BN in a python time loop. "
-        f"Allocator: {allocator}. Medians of {args.repeats} interleaved rounds after {args.warmup} warm-up calls "
-        f"(neuron: {args.neuron_repeats} rounds). In brackets: ratio to spikenorm "
-        f"(throughput: higher is faster; memory and time: lower is better). `spikenorm` = the library's defaults "
-        f'(neuron `backend="auto"`, which picks the compiled kernel for these layer sizes; convolutions channels-last '
-        f"on CPU); `[eager]` = the python loop over time; `[eager, NCHW]` = also convolutions in NCHW (the neuron "
-        f"alone has no layout: no row). Compilation happens in the warm-up.",
-        "",
-        f"Equivalence after weight copy (max |diff| to spikenorm, float64, [T={t}, B=4] input): {eq_text}; first-layer "
-        f"spike rate {eq['spike rate']:.2f}. float32 benchmark nets, eval: "
-        + ", ".join(f"{k} {v:.2g}" for k, v in eq32.items())
-        + ".",
-        "",
-        f"| library | train samples/s | inference samples/s | peak train-step memory MiB "
-        f"| LIF {args.neuron_shape} fwd ms | LIF fwd+bwd ms |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Where the time goes: the convolutions of a training step are {conv_flops / 1e9:.0f} GFLOP (forward, weight "
-        f"and input gradients; {conv_flops / 1e9 / conv_seconds:.0f} GFLOP/s) and took {conv_seconds * 1e3:.0f} ms of "
-        f"the profiled spikenorm step below. With everything else (norms, neurons, pooling, loss, optimizer) at zero "
-        f"cost, a step with these convolution kernels would still train at most {conv_bound:.1f} samples/s: "
-        f"{conv_bound / train_sps['spikingjelly']:.2f}x SpikingJelly, "
-        f"{conv_bound / train_sps['snntorch']:.2f}x snnTorch.",
-        "",
-        f"Elementwise floor (`torch.mul(x, 0.5)` on the neuron tensor): {floor * 1e3:.3f} ms. Peak memory: "
-        + (
-            "`torch.cuda.max_memory_allocated` above the pre-step allocation."
-            if device.type == "cuda"
-            else "torch profiler `profile_memory=True`, max of the CPU allocator's running total during the step "
-            "above its value before the step (tensor memory allocated through torch)."
-        ),
-        "",
-        "<details><summary>One spikenorm training step, top ops by self time (torch.profiler)</summary>",
-        "",
-        "```",
-        profile_table.rstrip(),
-        "```",
-        "",
-        "</details>",
-        "",
-    ]
-    publish(
-        "compare", "spikenorm vs SpikingJelly vs snnTorch: same spiking VGG", "\n".join(lines), save=not args.no_save
+    runs = build_runs(args.modes, args.cfg, x, y, variants, args.compile_backend)
+    ok = {key: run for key, run in runs.items() if not run.error}
+    train_t = interleaved({k: r.step for k, r in ok.items()}, device, args.repeats)
+    infer_t = interleaved({k: r.infer for k, r in ok.items()}, device, args.repeats)
+    memory = {k: peak_step_memory(r.step, device) for k, r in ok.items()}
+    profiles = {
+        mode: profile_step(ok[(mode, "spikenorm")].step, device) for mode in args.modes if (mode, "spikenorm") in ok
+    }
+    dtypes = {"float32": torch.float32} | (
+        {"bfloat16": torch.bfloat16} if any(MODES[m].bf16 for m in args.modes) else {}
     )
+    neuron = {
+        name: neuron_times(args.neuron_shape, device, variants, dtype, args.neuron_repeats)
+        for name, dtype in dtypes.items()
+    }
+    med = statistics.median
+    libraries: dict[str, list[str]] = {}
+    for mode, library in runs:
+        libraries.setdefault(mode, []).append(library)
+    return Measured(
+        modes=list(args.modes),
+        batch=b,
+        libraries=libraries,
+        runs=runs,
+        train_sps={k: b / med(v) for k, v in train_t.items()},
+        infer_sps={k: b / med(v) for k, v in infer_t.items()},
+        memory=memory,
+        agree=agreement(runs),
+        profiles=profiles,
+        neuron=neuron,
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    allocator = "glibc malloc defaults"
+    if args.retain_freed_memory:
+        allocator = "malloc keeps freed memory (`--retain-freed-memory`: M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2 GiB)"
+    cold_compiler()
+    variants = ["spikenorm", *dict.fromkeys(args.variants)]
+    eq = equivalence(args.cfg, shape=(args.time_steps, 4, args.size), device=args.device, variants=variants)
+    print("equivalence (max |diff| to spikenorm, float64):", {k: f"{v:.3g}" for k, v in eq.items()})
+    measured = measure(args)
+    for mode, prof in measured.profiles.items():
+        print(f"one spikenorm training step, {mode}, top ops by self time:\n{prof.table}")
+    text = report(measured, args, eq, allocator)
+    print(text)
+    if not args.no_save:
+        write_report(args.output, "spikenorm vs SpikingJelly vs snnTorch: same spiking VGG", text)
 
 
 if __name__ == "__main__":

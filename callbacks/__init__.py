@@ -1,16 +1,33 @@
 """Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring, export) and
 keep a run's files (last checkpoint, predictions). What they need from a task and a trainer is written once, in
-:mod:`spikenorm.callbacks.plumbing`."""
+:mod:`spikenorm.callbacks.plumbing`.
+
+``NIRExport`` needs the ``export`` extra and ``ReplayRecalibration`` the ``rl`` extra; both are imported on first
+access (:func:`spikenorm.extras.lazy_members`).
+"""
+
+from typing import TYPE_CHECKING
 
 from spikenorm.callbacks.binary_export import PackedBinaryExport
 from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.energy_monitor import EnergyMonitor
 from spikenorm.callbacks.fold_normalization import FoldNormalization
 from spikenorm.callbacks.last_checkpoint import LastCheckpoint
-from spikenorm.callbacks.nir_export import NIRExport
 from spikenorm.callbacks.prediction_writer import PredictionWriter
-from spikenorm.callbacks.replay_recalibration import ReplayRecalibration
 from spikenorm.callbacks.spike_monitor import SpikeMonitor
+from spikenorm.extras import lazy_members
+
+if TYPE_CHECKING:
+    from spikenorm.callbacks.nir_export import NIRExport
+    from spikenorm.callbacks.replay_recalibration import ReplayRecalibration
+
+__getattr__ = lazy_members(
+    __name__,
+    {
+        "NIRExport": "spikenorm.callbacks.nir_export",
+        "ReplayRecalibration": "spikenorm.callbacks.replay_recalibration",
+    },
+)
 
 __all__ = [
     "BNRecalibration",

@@ -16,10 +16,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import h5py
 import numpy as np
 import torch
-from tonic.transforms import Downsample, ToFrame
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -38,6 +36,11 @@ from spikenorm.datamodules.errors import (
     temporary_path,
 )
 from spikenorm.datamodules.frame_augment import FrameAugmentation
+from spikenorm.extras import needs_extra
+
+with needs_extra("dvs", __name__):
+    import h5py
+    from tonic.transforms import Downsample, ToFrame
 
 SplitBy = Literal["number", "time"]
 FrameEngine = Literal["exact", "tonic"]

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tonic
 from numpy.lib import recfunctions
 
 from spikenorm.datamodules.errors import CorruptDataError, reading
+from spikenorm.extras import needs_extra
+
+with needs_extra("dvs", __name__):
+    import tonic
 
 
 class _LocalFirst:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
 
 
 def load_compare():
+    """The script as a module: benchmarks/ on sys.path (it imports benchmarks/common.py) and the module registered
+    under its name (its dataclasses look themselves up there)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("benchmark_compare", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -55,3 +61,113 @@ def test_convolution_flop_count_matches_torch_flop_counter():
     conv = sum(v for op, v in counts.items() if "convolution" in str(op))
     assert conv > 0
     assert compare.training_step_conv_flops(cfg, 3, t, b, size) == conv
+
+
+def test_modes_parse_with_fp32_first_and_refuse_unknown_names():
+    import argparse
+
+    compare = load_compare()
+    assert compare.parse_modes("bf16,compiled") == ["fp32", "bf16", "compiled"]
+    assert compare.parse_modes("compiled-bf16, fp32") == ["fp32", "compiled-bf16"]
+    with pytest.raises(argparse.ArgumentTypeError, match="fp16"):
+        compare.parse_modes("fp32,fp16")
+
+
+def test_every_mode_runs_and_agrees_with_float32_eager():
+    """Tiny nets in fp32, bf16 and compiled mode (dynamo with the eager backend: tracing, not inductor's codegen)."""
+    import torch
+
+    compare = load_compare()
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 4, 3, 8, 8), torch.randint(0, 10, (4,))
+    runs = compare.build_runs(["fp32", "bf16", "compiled"], [8, "A", 16, "A"], x, y, compile_backend="eager")
+    assert sorted(runs) == sorted((m, lib) for m in ("fp32", "bf16", "compiled") for lib in compare.LIBRARIES)
+    assert all(run.error is None for run in runs.values()), {k: r.error for k, r in runs.items()}
+    assert all(run.graphs > 0 for (mode, _), run in runs.items() if mode == "compiled")  # dynamo really traced
+    agree = compare.agreement(runs)
+    for (mode, library), (eval_diff, train_diff) in agree.items():
+        assert max(eval_diff, train_diff) <= compare.AGREEMENT_TOLERANCE[mode], (mode, library, agree)
+    for library in compare.LIBRARIES:
+        assert agree[("compiled", library)] == (0.0, 0.0)  # the eager backend runs the same ops
+        assert agree[("bf16", library)][0] > 0  # autocast really ran the convolutions in bfloat16
+
+
+def test_a_network_that_fails_is_reported_not_dropped():
+    import torch
+
+    compare = load_compare()
+
+    def broken() -> torch.Tensor:
+        raise RuntimeError("cannot compile this\nsecond line")
+
+    run = compare.Run(step=broken, infer=lambda: torch.zeros(2, 4, 10))
+    run.warm_up(torch.device("cpu"))
+    assert run.error == "RuntimeError: cannot compile this"
+    measured = compare.Measured(
+        modes=["fp32"],
+        batch=4,
+        libraries={"fp32": ["spikenorm", "spikingjelly", "snntorch"]},
+        runs={("fp32", "spikenorm"): run, ("fp32", "spikingjelly"): run, ("fp32", "snntorch"): run},
+        train_sps={},
+        infer_sps={},
+        memory={},
+        agree={},
+        profiles={},
+        neuron={},
+    )
+    assert all("failed: `RuntimeError: cannot compile this`" in row for row in compare.mode_rows(measured))
+    targets = "\n".join(compare.target_rows(measured, torch.device("cpu")))
+    assert targets.count("FAIL (spikenorm failed: RuntimeError: cannot compile this)") == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "verdict"),
+    [({"amx_bf16", "amx_tile", "avx512_bf16"}, "PASS"), ({"avx512_bf16"}, "not applicable: AVX-512 BF16 without")],
+)
+def test_targets_say_pass_fail_and_where_the_bf16_target_applies(monkeypatch, flags, verdict):
+    import torch
+
+    compare = load_compare()
+    monkeypatch.setattr(compare, "cpu_flag_set", lambda: flags)
+    sps = {
+        ("fp32", "spikenorm"): 10.0,
+        ("fp32", "spikingjelly"): 7.0,  # 1.43x: PASS
+        ("fp32", "snntorch"): 8.0,  # 1.25x: FAIL
+        ("bf16", "spikenorm"): 25.0,  # 2.5x fp32
+        ("bf16", "spikingjelly"): 25.0,
+        ("bf16", "snntorch"): 10.0,
+    }
+    measured = compare.Measured(
+        modes=["fp32", "bf16"],
+        batch=4,
+        libraries={},
+        runs={},
+        train_sps=sps,
+        infer_sps={},
+        memory={},
+        agree={},
+        profiles={},
+        neuron={},
+    )
+    rows = compare.target_rows(measured, torch.device("cpu"))[2:]
+    assert f"| 2.50x | {verdict}" in rows[0]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows[1:]] == ["PASS", "FAIL", "FAIL", "PASS"]
+
+
+def test_main_reports_every_mode_and_writes_the_output_file(tmp_path, monkeypatch, capsys):
+    compare = load_compare()
+    output = tmp_path / "out" / "compare.md"
+    argv = ["compare.py", "--device", "cpu", "--modes", "fp32,bf16,compiled", "--output", str(output)]
+    tiny = ["--compile-backend", "eager", "--cfg", "8", "A", "16", "A", "--batch", "4", "--size", "8"]
+    tiny += ["--time-steps", "2", "--repeats", "1", "--neuron-repeats", "1", "--neuron-shape", "2", "4", "8", "4", "4"]
+    monkeypatch.setattr(sys, "argv", argv + tiny + ["--variants"])
+    compare.main()
+    text = output.read_text()
+    assert text.startswith("# spikenorm vs SpikingJelly vs snnTorch")
+    for mode in ("fp32", "bf16", "compiled"):
+        for library in compare.LIBRARIES:
+            assert f"| {mode} | {library} | " in text
+        assert f"training, {mode} |" in text
+    assert "spikenorm bf16 training >= 2x spikenorm fp32" in text
+    assert "| bf16 / fp32 train |" in text and "| bfloat16 | spikingjelly |" in text
+    assert "failed" not in text

@@ -75,12 +75,13 @@ MODELS = {
 }
 
 
-def prepared(name: str, gamma: str, seed: int = 0, train_steps: int = 0):
-    """A float64 model whose running statistics have seen data, with norm gammas set by ``gamma``."""
+def prepared(name: str, gamma: str, seed: int = 0, train_steps: int = 0, device: torch.device | str = "cpu"):
+    """A float64 model on ``device`` whose running statistics have seen data, with norm gammas set by ``gamma``,
+    and an input for it."""
     build, shape = MODELS[name]
     torch.manual_seed(seed)
-    model = build().double()
-    x = torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3
+    model = build().double().to(device)
+    x = (torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(max(train_steps, 2)):  # training-mode forwards move the running statistics
         loss = model(x).mean(0).logsumexp(-1).mean()
@@ -104,7 +105,7 @@ def prepared(name: str, gamma: str, seed: int = 0, train_steps: int = 0):
                     sign = torch.ones_like(magnitude)
                 m.weight.copy_(sign * magnitude)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=torch.float64) * 0.3)
-    return model.eval(), torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3
+    return model.eval(), (torch.randn(*shape, dtype=torch.float64) * 1.5 + 0.3).to(device)
 
 
 def assert_exact(model, x):
@@ -121,27 +122,27 @@ def assert_exact(model, x):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("gamma", ["positive", "negative", "mixed_channels", "mixed"])
-def test_fold_is_exact(name, gamma):
-    assert_exact(*prepared(name, gamma))
+def test_fold_is_exact(name, gamma, device):
+    assert_exact(*prepared(name, gamma, device=device))
 
 
 @pytest.mark.parametrize("name", ["vgg", "resnet_elementwise", "mlp"])
-def test_fold_is_exact_after_training(name):
-    assert_exact(*prepared(name, "mixed", seed=3, train_steps=5))
+def test_fold_is_exact_after_training(name, device):
+    assert_exact(*prepared(name, "mixed", seed=3, train_steps=5, device=device))
 
 
-def test_negative_channels_fold_into_weights_where_every_path_can_take_the_sign():
-    folded, _ = assert_exact(*prepared("vgg", "mixed_channels"))
+def test_negative_channels_fold_into_weights_where_every_path_can_take_the_sign(device):
+    folded, _ = assert_exact(*prepared("vgg", "mixed_channels", device=device))
     assert not any(isinstance(m, SignFlip) for m in folded.modules())  # zero extra ops
-    folded, _ = assert_exact(*prepared("resnet", "negative"))
+    folded, _ = assert_exact(*prepared("resnet", "negative", device=device))
     flips = {name for name, m in folded.named_modules() if isinstance(m, SignFlip)}
     # identity-shortcut blocks cannot negate the shortcut, projection blocks and plain layers can
     assert "blocks.0.neuron.membrane_norm" in flips and "blocks.3.neuron.membrane_norm" not in flips
     assert "stem.2.membrane_norm" not in flips
 
 
-def test_nonzero_hard_reset_value_keeps_the_sign_in_the_neuron():
-    model, x = prepared("vgg", "negative")
+def test_nonzero_hard_reset_value_keeps_the_sign_in_the_neuron(device):
+    model, x = prepared("vgg", "negative", device=device)
     for m in model.modules():
         if hasattr(m, "reset_value"):
             m.reset_value = -0.2
@@ -149,8 +150,8 @@ def test_nonzero_hard_reset_value_keeps_the_sign_in_the_neuron():
     assert any(isinstance(m, SignFlip) for m in folded.modules())
 
 
-def test_zero_gamma_gives_a_constant_decision():
-    model, x = prepared("mlp", "positive")
+def test_zero_gamma_gives_a_constant_decision(device):
+    model, x = prepared("mlp", "positive", device=device)
     norm = model.features[0][2].membrane_norm
     with torch.no_grad():
         norm.weight[:4] = 0.0
@@ -161,7 +162,7 @@ def test_zero_gamma_gives_a_constant_decision():
     assert torch.isneginf(theta[:2]).all() and torch.isposinf(theta[2:4]).all()
 
 
-def test_membrane_threshold_matches_closed_form():
+def test_membrane_threshold_matches_closed_form(device):
     torch.manual_seed(0)
     norm = build_norm("mpbn", 6).double()
     with torch.no_grad():
@@ -170,17 +171,19 @@ def test_membrane_threshold_matches_closed_form():
         norm.weight.copy_(torch.tensor([0.5, -1.2, 2.0, -0.3, 1.0, 0.7], dtype=torch.float64))
         norm.bias.normal_()
     theta = 0.5
-    threshold, sign = membrane_threshold(norm, torch.tensor(theta))
+    threshold, sign = membrane_threshold(norm.to(device), torch.tensor(theta, device=device))
+    threshold, sign = threshold.cpu(), sign.cpu()
+    norm.cpu()
     mu, var = norm.running_mean.numpy(), norm.running_var.numpy()
     gamma, beta = norm.weight.detach().numpy(), norm.bias.detach().numpy()
     np.testing.assert_allclose(threshold.numpy(), mu + (theta - beta) * np.sqrt(var + 1e-5) / gamma, rtol=1e-12)
     np.testing.assert_array_equal(sign.numpy(), np.sign(gamma))
 
 
-def test_post_conv_bn_alone_folds_into_weights():
+def test_post_conv_bn_alone_folds_into_weights(device):
     torch.manual_seed(0)
-    model = SpikingVGG("small", in_channels=1, num_classes=5, layers=LayerSpec(norm="tdbn")).double()
-    x = torch.randn(2, 8, 1, 8, 8, dtype=torch.float64)
+    model = SpikingVGG("small", in_channels=1, num_classes=5, layers=LayerSpec(norm="tdbn")).double().to(device)
+    x = torch.randn(2, 8, 1, 8, 8, dtype=torch.float64).to(device)
     model(x)
     model.eval()
     folded = fold_model(model)

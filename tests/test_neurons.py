@@ -46,7 +46,7 @@ THRESHOLDS = {
 @pytest.mark.parametrize("kind", ["if", "lif", "clif"])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("shape", list(THRESHOLDS))
-def test_dynamics_match_reference_loop(kind, reset, shape):
+def test_dynamics_match_reference_loop(kind, reset, shape, device):
     torch.manual_seed(0)
     x = torch.rand(T, B, C, H, W, dtype=torch.float64) * 1.2
     theta = THRESHOLDS[shape]().double()
@@ -56,8 +56,8 @@ def test_dynamics_match_reference_loop(kind, reset, shape):
         kwargs["decay"] = 0.6
     if kind == "clif":
         kwargs.update(decay=0.75, current_decay=0.5)
-    neuron = build_neuron(kind, **kwargs).double()
-    out = neuron(x).numpy()
+    neuron = build_neuron(kind, **kwargs).double().to(device)
+    out = neuron(x.to(device)).cpu().numpy()
     theta_np = theta.numpy()
     if shape == "per_channel":
         theta_np = theta_np.reshape(C, 1, 1)
@@ -82,39 +82,39 @@ def test_clif_defaults_are_carebn_reference():
     assert (n.decay, n.current_decay, float(n.threshold), n.reset) == (0.75, 0.5, 0.5, "hard")
 
 
-def test_state_does_not_leak_across_calls():
+def test_state_does_not_leak_across_calls(device):
     torch.manual_seed(1)
-    neuron = LIF(decay=0.9, threshold=0.5)
-    x = torch.rand(T, B, C)
+    neuron = LIF(decay=0.9, threshold=0.5).to(device)
+    x = torch.rand(T, B, C).to(device)
     first = neuron(x)
-    neuron(torch.rand(T, B, C) * 5)  # a different batch in between
-    np.testing.assert_array_equal(neuron(x).numpy(), first.numpy())
+    neuron(torch.rand(T, B, C).to(device) * 5)  # a different batch in between
+    assert torch.equal(neuron(x), first)
 
 
-def test_stateful_single_steps_equal_multi_step_and_scope_resets():
+def test_stateful_single_steps_equal_multi_step_and_scope_resets(device):
     torch.manual_seed(2)
-    neuron = CLIF(threshold=0.4)
-    x = torch.rand(T, B, C)
+    neuron = CLIF(threshold=0.4).to(device)
+    x = torch.rand(T, B, C).to(device)
     multi = neuron(x)
     with stateful(neuron):
         steps = torch.cat([neuron(x[t : t + 1]) for t in range(T)])
-    np.testing.assert_array_equal(steps.numpy(), multi.numpy())
+    assert torch.equal(steps, multi)
     with stateful(neuron):  # re-entering starts from zero state again
         again = torch.cat([neuron(x[t : t + 1]) for t in range(T)])
-    np.testing.assert_array_equal(again.numpy(), multi.numpy())
+    assert torch.equal(again, multi)
     assert neuron._carried_state is None
 
 
-def test_explicit_step_api_equals_forward():
+def test_explicit_step_api_equals_forward(device):
     torch.manual_seed(3)
-    neuron = IF(threshold=0.8, reset="soft")
-    x = torch.rand(T, B, C)
+    neuron = IF(threshold=0.8, reset="soft").to(device)
+    x = torch.rand(T, B, C).to(device)
     state = neuron.init_state(x[0])
     outs = []
     for t in range(T):
         s, state = neuron.step(x[t], state)
         outs.append(s)
-    np.testing.assert_array_equal(torch.stack(outs).numpy(), neuron(x).numpy())
+    assert torch.equal(torch.stack(outs), neuron(x))
 
 
 def _input_grad_at_first_step(neuron, x):
@@ -123,31 +123,31 @@ def _input_grad_at_first_step(neuron, x):
     return x.grad[0]
 
 
-def test_detach_membrane_cuts_temporal_gradient():
+def test_detach_membrane_cuts_temporal_gradient(device):
     torch.manual_seed(4)
-    x = torch.rand(T, B, C) * 0.6
-    connected = _input_grad_at_first_step(LIF(decay=0.9, threshold=1.0, surrogate="atan"), x)
-    cut = _input_grad_at_first_step(LIF(decay=0.9, threshold=1.0, surrogate="atan", detach_membrane=True), x)
+    x = (torch.rand(T, B, C) * 0.6).to(device)
+    connected = _input_grad_at_first_step(LIF(decay=0.9, threshold=1.0, surrogate="atan").to(device), x)
+    cut = _input_grad_at_first_step(LIF(decay=0.9, threshold=1.0, surrogate="atan", detach_membrane=True).to(device), x)
     assert connected.abs().sum() > 0
     assert torch.count_nonzero(cut) == 0
 
 
-def test_detach_reset_changes_only_the_gradient():
+def test_detach_reset_changes_only_the_gradient(device):
     torch.manual_seed(5)
-    x = torch.rand(T, B, C)
-    a = LIF(decay=0.9, threshold=0.5, surrogate="atan")
-    b = LIF(decay=0.9, threshold=0.5, surrogate="atan", detach_reset=True)
-    np.testing.assert_array_equal(a(x).numpy(), b(x).numpy())
+    x = torch.rand(T, B, C).to(device)
+    a = LIF(decay=0.9, threshold=0.5, surrogate="atan").to(device)
+    b = LIF(decay=0.9, threshold=0.5, surrogate="atan", detach_reset=True).to(device)
+    assert torch.equal(a(x), b(x))
     assert not torch.allclose(_input_grad_at_first_step(a, x), _input_grad_at_first_step(b, x))
 
 
-def test_membrane_norm_hook_sees_membrane_and_reset_uses_raw_membrane():
+def test_membrane_norm_hook_sees_membrane_and_reset_uses_raw_membrane(device):
     class Double(torch.nn.Module):
         def forward(self, h):
             return 2 * h
 
-    x = torch.full((3, 1, 1), 0.3)
-    neuron = IF(threshold=1.0, membrane_norm=Double())
+    x = torch.full((3, 1, 1), 0.3, device=device)
+    neuron = IF(threshold=1.0, membrane_norm=Double()).to(device)
     # raw membrane 0.3, 0.6, 0.9 -> normalised 0.6, 1.2 (fires, hard reset of raw membrane to 0), 0.6
     assert neuron(x).flatten().tolist() == [0.0, 1.0, 0.0]
 

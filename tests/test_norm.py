@@ -36,10 +36,11 @@ def channel(a: np.ndarray, ndim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape", [(T, B, C, H, W), (T, B, C)])
-def test_vanilla_bn_per_step_stats_and_mean_running_update(shape):
+def test_vanilla_bn_per_step_stats_and_mean_running_update(shape, device):
     x = sample(0, shape)
-    layer = randomise_affine(VanillaBN(C, eps=EPS, momentum=MOM).double(), 1)
-    y = layer(torch.from_numpy(x)).detach().numpy()
+    layer = randomise_affine(VanillaBN(C, eps=EPS, momentum=MOM).double(), 1).to(device)
+    y = layer(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    layer.cpu()
     axes = (1,) + tuple(range(3, x.ndim))
     n = np.prod([x.shape[a] for a in axes])
     mu_t = x.mean(axis=axes)  # [T, C]
@@ -56,11 +57,12 @@ def test_vanilla_bn_per_step_stats_and_mean_running_update(shape):
 
 
 @pytest.mark.parametrize("shape", [(T, B, C, H, W), (T, B, C)])
-def test_tdbn_pooled_stats_with_threshold_scaling(shape):
+def test_tdbn_pooled_stats_with_threshold_scaling(shape, device):
     x = sample(2, shape)
     alpha, v_th = 0.7, 0.5
-    layer = randomise_affine(TDBN(C, alpha=alpha, v_th=v_th, eps=EPS, momentum=MOM).double(), 3)
-    y = layer(torch.from_numpy(x)).detach().numpy()
+    layer = randomise_affine(TDBN(C, alpha=alpha, v_th=v_th, eps=EPS, momentum=MOM).double(), 3).to(device)
+    y = layer(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    layer.cpu()
     axes = (0, 1) + tuple(range(3, x.ndim))
     n = np.prod([x.shape[a] for a in axes])
     mu, var = x.mean(axis=axes), x.var(axis=axes)
@@ -75,10 +77,11 @@ def test_tdbn_pooled_stats_with_threshold_scaling(shape):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_bntt_per_step_stats_and_per_step_affine(bias):
+def test_bntt_per_step_stats_and_per_step_affine(bias, device):
     x = sample(4)
-    layer = randomise_affine(BNTT(C, time_steps=T, bias=bias, eps=EPS, momentum=MOM).double(), 5)
-    y = layer(torch.from_numpy(x)).detach().numpy()
+    layer = randomise_affine(BNTT(C, time_steps=T, bias=bias, eps=EPS, momentum=MOM).double(), 5).to(device)
+    y = layer(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    layer.cpu()
     axes = (1, 3, 4)
     n = B * H * W
     mu_t, var_t = x.mean(axis=axes), x.var(axis=axes)
@@ -118,25 +121,26 @@ def test_per_step_bn_refuses_one_value_per_channel_and_step_in_training():
     assert layer(torch.randn(T, 1, C, H, W)).shape == (T, 1, C, H, W)  # H x W values per channel and step
 
 
-def test_bntt_batch_of_one_with_spatial_axes_trains():
+def test_bntt_batch_of_one_with_spatial_axes_trains(device):
     """As torch's batch norm: with H x W positions per channel, one sample gives H * W > 1 values."""
     x = sample(7, (T, 1, C, H, W))
-    layer = BNTT(C, time_steps=T).double()
-    y = layer(torch.from_numpy(x)).detach().numpy()
+    layer = BNTT(C, time_steps=T).double().to(device)
+    y = layer(torch.from_numpy(x).to(device)).detach().cpu().numpy()
     mu_t, var_t = x.mean(axis=(1, 3, 4)), x.var(axis=(1, 3, 4))
     np.testing.assert_allclose(y, (x - channel(mu_t, 5)) / np.sqrt(channel(var_t, 5) + EPS), rtol=1e-10, atol=1e-10)
     assert np.abs(y).max() > 0.5
 
 
 @pytest.mark.parametrize("name", ["bn", "tdbn", "bntt"])
-def test_eval_uses_running_statistics(name):
+def test_eval_uses_running_statistics(name, device):
     kwargs = {"time_steps": T} if name == "bntt" else {}
-    layer = randomise_affine(build_norm(name, C, **kwargs).double(), 6)
+    layer = randomise_affine(build_norm(name, C, **kwargs).double(), 6).to(device)
     for seed in range(3):  # a few training batches move the running estimate
-        layer(torch.from_numpy(sample(seed)))
+        layer(torch.from_numpy(sample(seed)).to(device))
     layer.eval()
     x = sample(10)
-    y = layer(torch.from_numpy(x)).detach().numpy()
+    y = layer(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    layer.cpu()
     mean, var = layer.running_mean.numpy(), layer.running_var.numpy()
     gain = (layer.effective_weight if name == "tdbn" else layer.weight).detach().numpy()
     b = layer.bias.detach().numpy() if layer.bias is not None else 0.0
@@ -146,16 +150,16 @@ def test_eval_uses_running_statistics(name):
     assert int(layer.num_batches_tracked) == 3
 
 
-def test_gradient_flows_through_batch_statistics():
+def test_gradient_flows_through_batch_statistics(device):
     torch.manual_seed(0)
-    x = torch.randn(T, B, C, dtype=torch.float64, requires_grad=True)
-    layer = TDBN(C).double()
+    x = torch.randn(T, B, C, dtype=torch.float64).to(device).requires_grad_(True)
+    layer = TDBN(C).double().to(device)
     # the sum of a normalised (affine-free) channel is constant, so its gradient must vanish exactly
     with torch.no_grad():
         layer.weight.fill_(1.0)
     layer(x).sum().backward()
     assert x.grad.abs().max() < 1e-10
-    assert torch.autograd.gradcheck(lambda z: TDBN(C).double()(z), (x.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda z: TDBN(C).double().to(device)(z), (x.detach().requires_grad_(),))
 
 
 def test_registry_and_errors():
@@ -186,7 +190,7 @@ def test_fold_targets_declared():
 
 
 @pytest.mark.parametrize("elementwise", [False, True])
-def test_mpbn_inside_a_neuron_matches_per_step_reference(elementwise):
+def test_mpbn_inside_a_neuron_matches_per_step_reference(elementwise, device):
     """MPBN normalises each step's membrane with that step's batch statistics (per channel, or per neuron)
     and receives one EMA update per step, as the reference code's per-step BatchNorm2d calls do."""
     from spikenorm.neurons import LIF
@@ -194,8 +198,9 @@ def test_mpbn_inside_a_neuron_matches_per_step_reference(elementwise):
     x = sample(7)
     shape = (C, H, W) if elementwise else None
     norm = randomise_affine(build_norm("mpbn", C, feature_shape=shape).double(), 8)
-    neuron = LIF(decay=0.25, threshold=0.5, membrane_norm=norm).double()
-    spikes = neuron(torch.from_numpy(x)).detach().numpy()
+    neuron = LIF(decay=0.25, threshold=0.5, membrane_norm=norm).double().to(device)
+    spikes = neuron(torch.from_numpy(x).to(device)).detach().cpu().numpy()
+    norm.cpu()
 
     axes = (0,) if elementwise else (0, 2, 3)  # of one step [B, C, H, W]
     g = norm.weight.detach().numpy().reshape((C, H, W) if elementwise else (C, 1, 1))
@@ -225,21 +230,21 @@ def test_soft_reset_with_membrane_norm_is_refused():
 
 
 @pytest.mark.parametrize("name, steps", [("tdbn", 3), ("bn", 1), ("mpbn", 1)])
-def test_torch_batch_norm_path_equals_the_reference_ops(name, steps, monkeypatch):
+def test_torch_batch_norm_path_equals_the_reference_ops(name, steps, monkeypatch, device):
     """The fused F.batch_norm training path gives the reference path's outputs, gradients and running stats."""
     from spikenorm.norm.base import TimeMajorNorm
 
     results = []
     for fused in (True, False):
         torch.manual_seed(0)
-        layer = build_norm(name, 4).double().train()
+        layer = build_norm(name, 4).double().train().to(device)
         with torch.no_grad():
             layer.weight.uniform_(0.5, 1.5)
             layer.bias.uniform_(-0.5, 0.5)
-        assert layer.uses_torch_batch_norm(torch.zeros(steps, 2, 4, 3, 3, dtype=torch.float64))
+        assert layer.uses_torch_batch_norm(torch.zeros(steps, 2, 4, 3, 3, dtype=torch.float64, device=device))
         if not fused:
             monkeypatch.setattr(type(layer), "uses_torch_batch_norm", TimeMajorNorm.uses_torch_batch_norm)
-        x = (torch.randn(steps, 5, 4, 3, 3, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+        x = (torch.randn(steps, 5, 4, 3, 3, dtype=torch.float64) * 2 + 1).to(device).requires_grad_(True)
         y = layer(x)
         (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)).sum().backward()
         results.append(

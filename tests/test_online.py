@@ -19,7 +19,8 @@ from spikenorm.tasks.online import online_backward
 T, B, C, H, W = 4, 6, 3, 3, 3
 
 
-def osr_layer(seed=0, **kw) -> OSR:
+def osr_layer(seed=0, device: torch.device | str = "cpu", **kw) -> OSR:
+    """An OSR layer (float64, on ``device``) with random running statistics and a negative gamma channel."""
     torch.manual_seed(seed)
     layer = build_norm("osr", C, fallback_ratio=None, **kw).double()
     with torch.no_grad():
@@ -27,26 +28,26 @@ def osr_layer(seed=0, **kw) -> OSR:
         layer.running_var.uniform_(0.5, 2.0)
         layer.weight.uniform_(0.5, 1.5).mul_(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
         layer.bias.normal_()
-    return layer
+    return layer.to(device)
 
 
-def data(seed=1, shape=(T, B, C, H, W)):
+def data(seed=1, shape=(T, B, C, H, W), device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64) * 1.7 + 0.4
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * 1.7 + 0.4).to(device)
 
 
 @pytest.mark.parametrize("gamma_grad", ["paper", "code"])
-def test_osr_training_forward_is_the_eval_transform_bit_for_bit(gamma_grad):
-    layer = osr_layer(gamma_grad=gamma_grad)
+def test_osr_training_forward_is_the_eval_transform_bit_for_bit(gamma_grad, device):
+    layer = osr_layer(gamma_grad=gamma_grad, device=device)
     before = copy.deepcopy(layer).eval()
-    x = data()
+    x = data(device=device)
     assert torch.equal(layer(x), before(x))
 
 
-def test_osr_fallback_normalises_extreme_steps_with_batch_statistics():
-    layer = osr_layer()
+def test_osr_fallback_normalises_extreme_steps_with_batch_statistics(device):
+    layer = osr_layer(device=device)
     layer.fallback_ratio = 20.0
-    x = data()
+    x = data(device=device)
     x[2] *= 100.0  # step 2's std is far from the running one
     y = layer(x).detach()
     mean = x[2].mean(dim=(0, 2, 3), keepdim=True)
@@ -56,15 +57,15 @@ def test_osr_fallback_normalises_extreme_steps_with_batch_statistics():
 
 
 @pytest.mark.parametrize("gamma_grad", ["paper", "code"])
-def test_osr_gradients_match_equations_10_to_12(gamma_grad):
-    layer = osr_layer(gamma_grad=gamma_grad)
-    mu_hat, var_hat = layer.running_mean.numpy().copy(), layer.running_var.numpy().copy()
-    gamma = layer.weight.detach().numpy().copy()
-    x = data().requires_grad_(True)
-    dy = data(seed=9)
+def test_osr_gradients_match_equations_10_to_12(gamma_grad, device):
+    layer = osr_layer(gamma_grad=gamma_grad, device=device)
+    mu_hat, var_hat = layer.running_mean.cpu().numpy().copy(), layer.running_var.cpu().numpy().copy()
+    gamma = layer.weight.detach().cpu().numpy().copy()
+    x = data(device=device).requires_grad_(True)
+    dy = data(seed=9, device=device)
     (layer(x) * dy).sum().backward()
 
-    xn, dyn, eps = x.detach().numpy(), dy.numpy(), layer.eps
+    xn, dyn, eps = x.detach().cpu().numpy(), dy.cpu().numpy(), layer.eps
     dx = np.zeros_like(xn)
     dgamma = np.zeros(C)
     dbeta = np.zeros(C)
@@ -79,17 +80,17 @@ def test_osr_gradients_match_equations_10_to_12(gamma_grad):
             dx[t, :, c] = (upstream - upstream.mean() - x_hat * (upstream * x_hat).mean()) / sigma
             dgamma[c] += (g * (x_hat * (r if gamma_grad == "paper" else 1.0) + d)).sum()  # Eq. 11 (or code)
             dbeta[c] += g.sum()  # Eq. 12
-    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(layer.weight.grad.numpy(), dgamma, rtol=1e-9)
-    np.testing.assert_allclose(layer.bias.grad.numpy(), dbeta, rtol=1e-9)
+    np.testing.assert_allclose(x.grad.cpu().numpy(), dx, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(layer.weight.grad.cpu().numpy(), dgamma, rtol=1e-9)
+    np.testing.assert_allclose(layer.bias.grad.cpu().numpy(), dbeta, rtol=1e-9)
 
 
-def test_osr_all_time_statistics_pool_all_samples_and_update_once():
-    x = data()
+def test_osr_all_time_statistics_pool_all_samples_and_update_once(device):
+    x = data(device=device)
     pooled_mean = x.mean(dim=(0, 1, 3, 4))
     pooled_var = x.var(dim=(0, 1, 3, 4), unbiased=False)
     for online in (False, True):
-        layer = osr_layer()
+        layer = osr_layer(device=device)
         start_mean, start_var = layer.running_mean.clone(), layer.running_var.clone()
         if online:
             with stateful(layer):
@@ -106,8 +107,8 @@ def test_osr_all_time_statistics_pool_all_samples_and_update_once():
         torch.testing.assert_close(layer.running_var, 0.9 * start_var + 0.1 * pooled_var, rtol=1e-12, atol=1e-12)
 
 
-def test_ots_keeps_the_standardised_threshold_quantile_constant():
-    neuron = LIF(tau=2.0, threshold=1.0, reset="soft", detach_reset=True, ots=True).double()
+def test_ots_keeps_the_standardised_threshold_quantile_constant(device):
+    neuron = LIF(tau=2.0, threshold=1.0, reset="soft", detach_reset=True, ots=True).double().to(device)
     thresholds, membranes = [], []
     original = neuron.ots_threshold
 
@@ -118,14 +119,14 @@ def test_ots_keeps_the_standardised_threshold_quantile_constant():
         return theta, state
 
     neuron.ots_threshold = spy
-    neuron(data(shape=(T, 32, 8)).abs())
+    neuron(data(shape=(T, 32, 8), device=device).abs())
     assert thresholds[0] == pytest.approx(1.0)  # theta_1 = theta_0
     quantiles = [(th - float(u.mean())) / float(u.std()) for th, u in zip(thresholds, membranes)]
     assert np.allclose(quantiles, quantiles[0], rtol=1e-10)
     assert len(set(np.round(thresholds, 8))) == T  # the thresholds themselves do move
 
 
-def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
+def test_ots_running_threshold_is_batch_independent_and_folds_exactly(device):
     torch.manual_seed(0)
     model = SpikingMLP(
         12,
@@ -136,11 +137,11 @@ def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
             norm_kwargs={"fallback_ratio": None},
             neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True, "ots": True, "ots_eval": "running"},
         ),
-    ).double()
+    ).to(device, torch.float64)
     for _ in range(5):
-        model(data(shape=(T, 32, 12)).abs())
+        model(data(shape=(T, 32, 12), device=device).abs())
     model.eval()
-    x = data(seed=5, shape=(T, 8, 12))
+    x = data(seed=5, shape=(T, 8, 12), device=device)
     single = torch.cat([model(x[:, i : i + 1]) for i in range(8)], dim=1)
     torch.testing.assert_close(single, model(x))  # batch size 1 gives the same answers
     report = check_equivalence(model, fold_model(model), x)
@@ -150,17 +151,17 @@ def test_ots_running_threshold_is_batch_independent_and_folds_exactly():
         fold_model(model)
 
 
-def test_osr_folds_into_weights_exactly():
+def test_osr_folds_into_weights_exactly(device):
     torch.manual_seed(0)
     model = SpikingVGG(
         "small",
         in_channels=1,
         num_classes=4,
         layers=LayerSpec(norm="osr", neuron_kwargs={"tau": 2.0, "reset": "soft", "detach_reset": True}),
-    ).double()
-    model(data(shape=(T, 8, 1, 8, 8)))
+    ).to(device, torch.float64)
+    model(data(shape=(T, 8, 1, 8, 8), device=device))
     model.eval()
-    report = check_equivalence(model, fold_model(model), data(seed=3, shape=(T, 8, 1, 8, 8)))
+    report = check_equivalence(model, fold_model(model), data(seed=3, shape=(T, 8, 1, 8, 8), device=device))
     assert report.flipped_spikes == 0 and report.total_spikes > 0
 
 
@@ -169,7 +170,7 @@ def _grads(model):
 
 
 @pytest.mark.parametrize("norm,ots,trace", [("osr", True, False), ("bn", False, False), ("none", False, True)])
-def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm, ots, trace):
+def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm, ots, trace, device):
     torch.manual_seed(0)
     neuron = {"tau": 2.0, "reset": "soft", "detach_reset": True, "detach_membrane": True, "ots": ots}
     kwargs = {"fallback_ratio": None} if norm == "osr" else {}
@@ -178,9 +179,9 @@ def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm
         in_channels=1,
         num_classes=5,
         layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron_kwargs=neuron, trace=trace),
-    ).double()
+    ).to(device, torch.float64)
     online = copy.deepcopy(bptt)
-    x, y = data(shape=(T, 8, 1, 8, 8)), torch.arange(8) % 5
+    x, y = data(shape=(T, 8, 1, 8, 8), device=device), torch.arange(8, device=device) % 5
     tet_loss(bptt(x), y).backward()  # tet is the mean over steps of per-step losses
     loss, logits = online_backward(online, x, lambda out: tet_loss(out, y) / T)
     reference, got = _grads(bptt), _grads(online)
@@ -192,16 +193,17 @@ def test_online_and_bptt_gradients_agree_when_the_temporal_path_is_detached(norm
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_trace_synapse_value_and_weight_gradient():
+def test_trace_synapse_value_and_weight_gradient(device):
     torch.manual_seed(0)
-    layer = torch.nn.Linear(5, 3).double()
+    layer = torch.nn.Linear(5, 3).to(device, torch.float64)
     synapse = TraceSynapse(layer, decay=0.5)
-    spikes = (torch.rand(T, 4, 5, dtype=torch.float64) > 0.5).double().requires_grad_(True)
+    spikes = (torch.rand(T, 4, 5, dtype=torch.float64) > 0.5).to(device, torch.float64).requires_grad_(True)
     out = synapse(spikes)
     torch.testing.assert_close(out, layer(spikes), rtol=0, atol=0)
     delta = torch.randn_like(out)
     (out * delta).sum().backward()
-    trace, expected = torch.zeros(4, 5, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64)
+    trace = torch.zeros(4, 5, dtype=torch.float64, device=device)
+    expected = torch.zeros(3, 5, dtype=torch.float64, device=device)
     for t in range(T):
         trace = 0.5 * trace + spikes[t].detach()
         expected += delta[t].T @ trace

@@ -106,7 +106,22 @@ def test_ddpg_and_hard_target_updates_run(tmp_path):
         assert a.shape == b.shape
 
 
+def test_compile_option_compiles_the_actor_and_trains(tmp_path):
+    """``compile`` compiles the actor in place (state dict keys unchanged) at configure_model; the target actor,
+    a copy made before, stays uncompiled. aot_eager: dynamo and AOTAutograd, without inductor's C++ build."""
+    seed_everything(0)
+    task = SpikingTD3(**SMALL, compile={"backend": "aot_eager"})
+    keys = set(task.state_dict())
+    _trainer(tmp_path).fit(task)
+    assert task.updates == 240 - 80 + 1 and len(task.eval_history) == 2
+    assert task.actor._compiled_call_impl is not None and task.actor_target._compiled_call_impl is None
+    assert set(task.state_dict()) == keys
+    assert all(torch.isfinite(loss) for loss in task._losses.values())
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="takes no argument"):
+        SpikingTD3(compile={"fullgraf": True})
     with pytest.raises(ValueError, match="unknown algorithm"):
         SpikingTD3(algorithm="sac")
     with pytest.raises(ValueError, match="multiple of frames_per_batch"):

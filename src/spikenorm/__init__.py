@@ -12,11 +12,15 @@ datamodules or the CLI):
 * :mod:`spikenorm.models`: one ``LayerSpec`` for every model; spiking MLP, VGG, ResNet-19 (shortcut layouts), a
   tiny spiking transformer, RL actors
 * :mod:`spikenorm.fold`, :mod:`spikenorm.export`: norms folded into weights and thresholds; NIR export and import
+  (the ``export`` extra)
 * :mod:`spikenorm.recalibrate`: exact BN statistics pooled over batch and time
 * :mod:`spikenorm.monitoring`, :mod:`spikenorm.energy`: firing rates, operation counts, energy estimates
 * :mod:`spikenorm.binary`: binary-weight layers and ``binarize_model`` (SEI-BWSNN);
   :mod:`spikenorm.binary_packing`: packed 1-bit export
-* :mod:`spikenorm.rl`: TorchRL glue (environments, collection in eval mode, BN-aware target updates)
+* :mod:`spikenorm.rl`: TorchRL glue (environments, collection in eval mode, BN-aware target updates; the ``rl``
+  extra)
+* :mod:`spikenorm.extras`: the optional features' extras (``rl``, ``dvs``, ``export``) and the error naming a
+  missing one
 * :mod:`spikenorm.config`, :mod:`spikenorm.loggers`, :mod:`spikenorm.wandb_runs`: run configs, loggers, reading
   offline W&B runs back
 

@@ -62,17 +62,20 @@ import operator
 from pathlib import Path
 from typing import Any
 
-import nir
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from spikenorm.binary import BinaryLayer
+from spikenorm.extras import needs_extra
 from spikenorm.fold import FoldedModel, SignFlip, fold_model
 from spikenorm.neurons import CLIF, IF, LIF, SpikingNeuron
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.synapse import TimeDistributed, TraceSynapse
+
+with needs_extra("export", __name__):
+    import nir
 from spikenorm.validation import check_time_major
 
 _ADD = (operator.add, torch.add)

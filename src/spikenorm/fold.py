@@ -21,7 +21,13 @@ are leaves) and removes every norm layer:
   ValueError naming the layer.
 
 The trained model is never modified; the folded model is in eval mode, has no gradients, and refuses
-``train()``. :func:`check_equivalence` compares the two spike by spike. :func:`save_folded` writes a folded
+``train()``. :func:`check_equivalence` compares the two spike by spike.
+
+Mixed precision: a model trained under ``torch.autocast`` keeps float32 weights and statistics, and that is what
+is folded: the fold arithmetic is elementwise float64 (``torch.autocast`` lowers only matrix products,
+convolutions and attention, so it cannot reach it even when :func:`fold_model` is called inside an autocast
+region). :func:`check_equivalence` runs both models with autocast disabled, in float32 or float64, because it
+tests the fold, not the rounding of a half-precision convolution. :func:`save_folded` writes a folded
 model as tensors plus a spec of its modules and graph, and :func:`load_folded` rebuilds it without running code
 from the file (pickles only with an explicit ``trusted=True``).
 """
@@ -320,7 +326,9 @@ def check_equivalence(
         folded: the output of :func:`fold_model`.
         inputs: one time-major batch ``[T, B, ...]`` or an iterable of batches.
         dtype: run both on copies in this dtype (``torch.float64`` separates the fold's exactness from
-            float32 rounding); None runs them as they are.
+            float32 rounding); None runs them as they are. Either way autocast is disabled for the inputs'
+            device, so a call from inside a ``torch.autocast`` region (a ``bf16-mixed`` run) compares the models
+            in full precision.
 
     Returns:
         A :class:`FoldReport`: max absolute output difference, and per neuron layer the flipped spikes,
@@ -340,7 +348,7 @@ def check_equivalence(
     report = FoldReport(layers={name: LayerSpikes() for name in names})
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(batches[0].device.type, enabled=False):
             for x in batches:
                 x = x if dtype is None else x.to(dtype)
                 ref_out, ref_spikes = _run_recording(model, x)

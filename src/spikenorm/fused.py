@@ -14,8 +14,8 @@ declare, so a new neuron, surrogate or membrane norm gets the fused path without
 
 * the neuron: ``linear_charge()`` returns a :class:`~spikenorm.recurrence.LinearCharge` (membrane decay
   ``b``, input scale ``s``, current-stage decays ``a_1 .. a_K``), or None (not covered); plus the attributes
-  every :class:`~spikenorm.neurons.SpikingNeuron` has (``threshold``, ``threshold_for``, ``reset``,
-  ``reset_value``, ``detach_reset``, ``detach_membrane``, ``ots``, ``membrane_norm``, ``surrogate``);
+  every :class:`~spikenorm.neurons.SpikingNeuron` has (``threshold``, ``threshold_for``, ``state_dtype``,
+  ``reset``, ``reset_value``, ``detach_reset``, ``detach_membrane``, ``ots``, ``membrane_norm``, ``surrogate``);
 * the surrogate: ``kernel_key()``, a hashable identity of its derivative (None: not covered), and
   ``kernel_derivative()``, the function ``g(z)`` the backward kernel calls (traced and inlined by dynamo);
   :class:`~spikenorm.surrogate.Surrogate` provides both from ``derivative``;
@@ -61,14 +61,23 @@ would round differently. This bit-exactness is tested on CPU only; on CUDA, Trit
 ``a * b + c`` into an FMA, so a spike can flip where ``u_t`` lies within one rounding of ``theta``
 (gradients agree to tolerance).
 
+Mixed precision. For a half-precision input (bfloat16 or float16, e.g. a convolution's output under
+``torch.autocast``) the kernels compute in the neuron's ``state_dtype`` (float32), as the eager loop does:
+the forward reads ``x_t`` and upcasts it inside the kernel (fused with the charge, no float32 copy of ``x``),
+keeps state, membrane norm and comparison in float32, saves ``h_t`` in float32 and writes the spikes in the
+input's dtype (0/1, exact); the backward reads the spike gradient in the input's dtype, runs the recurrence
+in float32 and writes ``dL/dx`` in the input's dtype. Thresholds and norm parameters are float32 (the state
+dtype travels into the kernels as the threshold's dtype). So fused and eager give the same spikes under
+autocast (bit for bit on CPU) and the same input gradients up to rounding.
+
 Covered (otherwise :func:`unsupported_reason` names the cause and the neuron runs its eager loop): any
 neuron that declares a linear charge (IF, LIF, CLIF and subclasses that do not rewrite ``charge``), hard or
 soft reset, ``detach_reset`` on or off, scalar / per-channel / per-element thresholds (a buffer without
 gradient), every :class:`~spikenorm.surrogate.Surrogate` with a closed-form ``derivative`` and plain
 parameters (the registered ones included), no membrane norm or an eval-mode
 :class:`~spikenorm.norm.TimeMajorNorm` with per-feature running statistics and the base class's forward
-(VanillaBN, MPBN, CaRe-BN) whose parameters get no gradient; float32 and float64 inputs. Not covered:
-float16/bfloat16, double backward, OTS, training-mode (batch-statistics) membrane norms,
+(VanillaBN, MPBN, CaRe-BN) whose parameters get no gradient; float16, bfloat16, float32 and float64 inputs.
+Not covered: double backward, OTS, training-mode (batch-statistics) membrane norms,
 ``detach_membrane``, the carried state of :func:`~spikenorm.neurons.stateful` scopes, callable (snnTorch)
 surrogates, gradients w.r.t. thresholds or norm parameters, and calls made while an outer ``torch.compile``
 is tracing (it then traces the eager loop itself).
@@ -183,9 +192,8 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
         return "torch.compile is unavailable"
     if torch.compiler.is_compiling():
         return "already inside torch.compile"
-    if x.dtype not in (torch.float32, torch.float64) or x.ndim < 2:
-        # half types: inductor computes in float32 and rounds once, the eager loop rounds every op
-        return "input must be a float32/float64 [T, B, ...] tensor"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64) or x.ndim < 2:
+        return "input must be a float16/bfloat16/float32/float64 [T, B, ...] tensor"
     planned = _neuron_config(neuron, x)
     if isinstance(planned, str):
         return planned
@@ -193,8 +201,9 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
     theta = neuron.threshold
     if theta.requires_grad and torch.is_grad_enabled():
         return "threshold requires grad"
-    if theta.ndim and theta.dtype != x.dtype:
-        return "tensor threshold of another dtype than the input (type promotion)"
+    state = neuron.state_dtype(x.dtype)
+    if theta.ndim and theta.dtype != state:
+        return f"tensor threshold of another dtype than the neuron state ({state}; type promotion)"
     if theta.device != x.device:
         return "threshold on another device"
     if _key(config, x, True) in _BROKEN:
@@ -225,9 +234,10 @@ def _times(factor: float, name: str) -> str:
 
 
 def _charge_src(c: _Config) -> list[str]:
-    """The charge of one step, the operations of ``LinearCharge.charge`` in its order."""
-    current = _times(c.charge.input_scale, "x[t]")
-    lines = []
+    """The charge of one step, the operations of ``LinearCharge.charge`` in its order, on ``x_t`` read in the
+    state dtype (the threshold's; a no-op unless ``x`` is half precision)."""
+    current = _times(c.charge.input_scale, "xt")
+    lines = ["xt = x[t].to(theta.dtype)"]
     for k, a in enumerate(c.charge.current_decays):
         lines.append(f"c{k} = {_times(a, f'c{k}')} + {current}")
         current = f"c{k}"
@@ -242,22 +252,23 @@ def _u_src(c: _Config) -> list[str]:
     return ["u = (h - nm) * nr * nw + nb"]
 
 
-def _zeros(names: list[str], like: str) -> list[str]:
-    return [f"    {name} = torch.zeros_like({like})" for name in names]
+def _zeros(names: list[str], like: str, dtype: str) -> list[str]:
+    return [f"    {name} = torch.zeros_like({like}, dtype={dtype})" for name in names]
 
 
 def _forward_src(c: _Config, save_h: bool) -> str:
     stages = [f"c{k}" for k in range(len(c.charge.current_decays))]
-    lines = ["def kernel(x, theta, nm, nr, nw, nb):", *_zeros(["v", *stages], "x[0]")]
+    lines = ["def kernel(x, theta, nm, nr, nw, nb):", *_zeros(["v", *stages], "x[0]", "theta.dtype")]
     lines += ["    spikes = []", "    hs = []", "    for t in range(x.shape[0]):"]
-    body = _charge_src(c) + _u_src(c) + ["s = (u - theta > 0).to(x.dtype)"]
+    body = _charge_src(c) + _u_src(c) + ["s = (u - theta > 0).to(theta.dtype)"]
     if c.reset == "hard":
         body.append(f"v = h * (1 - s) + {c.reset_value!r} * s")
     else:
         body.append("v = h - theta * s")
     body += ["spikes.append(s)", "hs.append(h)" if save_h else "pass"]
     lines += ["        " + b for b in body]
-    lines.append("    return (torch.stack(spikes), torch.stack(hs))" if save_h else "    return torch.stack(spikes)")
+    spikes = "torch.stack(spikes).to(x.dtype)"  # the state dtype's 0/1 in the input's dtype (exact)
+    lines.append(f"    return ({spikes}, torch.stack(hs))" if save_h else f"    return {spikes}")
     return "\n".join(lines) + "\n"
 
 
@@ -265,8 +276,9 @@ def _backward_src(c: _Config) -> str:
     """Reverse-time BPTT of the module docstring; ``derivative`` is the surrogate's ``g``."""
     decays = c.charge.current_decays
     stages = [f"gc{k}" for k in range(len(decays))]
-    lines = ["def kernel(gs, hs, theta, nm, nr, nw, nb):", *_zeros(["gv", *stages], "gs[0]")]
+    lines = ["def kernel(gs, hs, theta, nm, nr, nw, nb):", *_zeros(["gv", *stages], "gs[0]", "hs.dtype")]
     lines += ["    gx = [None] * gs.shape[0]", "    for t in range(gs.shape[0] - 1, -1, -1):", "        h = hs[t]"]
+    lines.append("        gst = gs[t].to(h.dtype)")
     body = _u_src(c) + ["z = u - theta", "g = derivative(z)"]
     if c.norm == "norm":
         body.append("g = g * nr")
@@ -279,16 +291,16 @@ def _backward_src(c: _Config) -> str:
         body += ["r = -theta"]
         keep = "gv"
     if c.detach_reset:
-        body.append(f"gh = g * gs[t] + {keep}")
+        body.append(f"gh = g * gst + {keep}")
     else:
-        body.append(f"gh = g * (gs[t] + r * gv) + {keep}")
+        body.append(f"gh = g * (gst + r * gv) + {keep}")
     grad = "gh"
     for k in reversed(range(len(decays))):  # the stage next to the membrane first
         body.append(f"gc{k} = {grad} + {_times(decays[k], f'gc{k}')}")
         grad = f"gc{k}"
     body += [f"gx[t] = {_times(c.charge.input_scale, grad)}", f"gv = {_times(c.charge.decay, 'gh')}"]
     lines += ["        " + b for b in body]
-    lines.append("    return torch.stack(gx)")
+    lines.append("    return torch.stack(gx).to(gs.dtype)")  # dL/dx in the input's dtype
     return "\n".join(lines) + "\n"
 
 
@@ -385,12 +397,14 @@ def _dense(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Te
 
 def _params(neuron: Any, x: Tensor, order: tuple[int, ...] | None, norm: _NormParams | None) -> tuple[Tensor, tuple]:
     """The dense threshold and the norm parameters ``(mean, rstd, weight, bias)`` of one step, laid out like
-    ``x.permute(order)`` (zero-dim placeholders for what the configuration does not use)."""
+    ``x.permute(order)`` (zero-dim placeholders for what the configuration does not use), in the neuron's state
+    dtype (the threshold's dtype tells the kernels which it is)."""
     features = x.shape[2:]
+    state = neuron.state_dtype(x.dtype)
     theta = neuron.threshold_for(x[0])  # validates the shape like the eager path
-    theta = theta.to(x.dtype) if theta.ndim == 0 else theta  # eager: a 0-dim theta takes x's dtype
+    theta = theta.to(state) if theta.ndim == 0 else theta  # eager: a 0-dim theta takes the membrane's dtype
     theta = _dense(theta.detach(), features, order)
-    empty = x.new_zeros(())
+    empty = x.new_zeros((), dtype=state)
     if norm is None:
         return theta, (empty, empty, empty, empty)
     return theta, tuple(empty if p is None else _dense(p.detach(), features, order) for p in norm)

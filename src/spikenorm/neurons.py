@@ -22,6 +22,14 @@ and the NIR export (:meth:`SpikingNeuron.nir_node`) from that one declaration. O
 :meth:`SpikingNeuron.charge` (and :attr:`SpikingNeuron.state_names`): the eager loop runs it, the fused path
 is refused with the reason, and NIR export needs an override of :meth:`SpikingNeuron.nir_node`.
 
+Mixed precision: for a half-precision input (bfloat16 or float16, e.g. a convolution's output under
+``torch.autocast``) the state, the charge, the membrane norm and the threshold comparison run in float32
+(:meth:`SpikingNeuron.state_dtype`), on the eager loop and the fused kernels alike, and the spikes come back
+in the input's dtype: 0 and 1 are exact in every float format, so the next layer loses nothing, while a
+bfloat16 membrane (8 significant bits) would flip spikes near the threshold and accumulate rounding over
+the time steps. The input gradient is computed in float32 and returned in the input's dtype. Float32 and
+float64 inputs run in their own dtype, as before.
+
 State: a multi-step forward starts from zero state and keeps none, so no reset call can be forgotten.
 Single-step (online) use goes through :meth:`SpikingNeuron.step` with an explicit state dict, or through
 the :func:`stateful` scope, inside which successive forwards continue from the state the last one left
@@ -38,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from spikenorm import fused
-from spikenorm.norm.stats import batch_moments, unbiased
+from spikenorm.norm.stats import accumulation_dtype, batch_moments, unbiased
 from spikenorm.recurrence import LinearCharge
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
@@ -90,7 +98,8 @@ class SpikingNeuron(nn.Module):
             membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...) and failed
             compilations run the eager loop instead. ``"auto"`` (default): fused for inputs of at least
             ``spikenorm.fused.AUTO_MIN_NUMEL[device]`` elements (CUDA 65,536, CPU 1,048,576; a first
-            compilation costs seconds on CPU), eager otherwise.
+            compilation costs seconds on CPU), eager otherwise. Both paths take bfloat16/float16 inputs and
+            compute in float32 (module doc: mixed precision).
     """
 
     #: the state a step carries: the membrane ``"v"`` first, then (for a :meth:`linear_charge`) one name per
@@ -218,6 +227,12 @@ class SpikingNeuron(nn.Module):
             )
         return law.nir_node(threshold, reset_value, dt, metadata, owner=type(self).__name__)
 
+    def state_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype of the state, charge, membrane norm and threshold comparison for inputs of ``dtype``: float32
+        for half precision (bfloat16, float16), ``dtype`` itself otherwise
+        (:func:`~spikenorm.norm.stats.accumulation_dtype`). The fused kernels read it from here."""
+        return accumulation_dtype(dtype)
+
     def init_state(self, x: Tensor) -> State:
         """Zero state shaped like one step of input ``x`` (``[B, ...]``)."""
         return {name: torch.zeros_like(x) for name in self.state_names}
@@ -237,7 +252,8 @@ class SpikingNeuron(nn.Module):
         return theta.reshape(theta.shape + (1,) * (len(features) - theta.ndim))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One time step: ``x`` is ``[B, ...]``; returns spikes ``s_t`` and the new state."""
+        """One time step: ``x`` is ``[B, ...]``; returns spikes ``s_t`` and the new state, computed in the dtypes
+        of ``x`` and ``state`` (:meth:`forward` passes both in :meth:`state_dtype`)."""
         if self.detach_membrane:
             state = {k: v.detach() for k, v in state.items()}
         h, state = self.charge(x, state)
@@ -270,11 +286,13 @@ class SpikingNeuron(nn.Module):
         return theta, state
 
     def forward(self, x: Tensor) -> Tensor:
-        """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape."""
+        """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape and dtype (the state in
+        :meth:`state_dtype`: float32 for a half-precision ``x``, see the module doc)."""
         check_time_major(x, type(self).__name__)
         backend = getattr(self, "backend", "eager")  # modules pickled before the option existed
         if backend != "eager" and fused.use_fused(self, x, backend):
             return fused.fused_forward(self, x)
+        spike_dtype, x = x.dtype, x.to(self.state_dtype(x.dtype))  # no-op unless half precision
         state = self._carried_state if self._carried_state else self.init_state(x[0])
         spikes = []
         for x_t in x.unbind(0):
@@ -282,7 +300,7 @@ class SpikingNeuron(nn.Module):
             spikes.append(s_t)
         if self._carried_state is not None:
             self._carried_state = state
-        return torch.stack(spikes)
+        return torch.stack(spikes).to(spike_dtype)
 
     def extra_repr(self) -> str:
         theta = self.threshold

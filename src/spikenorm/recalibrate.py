@@ -58,6 +58,12 @@ Modes:
 During the passes the model runs in eval mode under ``torch.no_grad``; the train/eval flags of every
 module are restored afterwards and no momentum is touched. Layers whose statistics differ per time step
 (BNTT) are re-calibrated per step.
+
+Mixed precision: called under ``torch.autocast`` (a Lightning ``bf16-mixed`` run), the model runs as it does in
+training, so each layer is measured on the half-precision inputs it actually sees. Those inputs are upcast to
+float32 before they are summed (:meth:`PooledMoments.add`), the layer normalises in float32 during the passes
+and hands on its output in its input's dtype, as its own forward does (:mod:`spikenorm.norm.base`), and the
+float32 running statistics receive the float64 pooled moments.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ from spikenorm.interop import reset_neuron_states
 from spikenorm.modes import eval_mode
 from spikenorm.neurons import spiking_neurons
 from spikenorm.norm import TimeMajorNorm
+from spikenorm.norm.stats import accumulation_dtype
 
 ResetFn = Callable[[nn.Module], None]
 """``reset_fn(model)``: clears neuron state that the built-in resets do not know (see :func:`recalibrate_bn`)."""
@@ -102,14 +109,15 @@ class PooledMoments:
     def add(self, x: Tensor, dims: tuple[int, ...]) -> None:
         """Merge the samples of ``x`` over ``dims`` (the remaining axes index the features).
 
-        float64 input is reduced in float64. Lower-precision input is summed in its own dtype around a
+        float64 input is reduced in float64. Half-precision input (bfloat16, float16) is upcast to float32 first
+        (exact; its own sums would keep 8 or 11 significant bits). float32 input is summed in float32 around a
         per-feature shift ``c`` (the mean accumulated so far, or this batch's mean at first):
         ``mean = c + S1 / n``, ``M2 = S2 - S1^2 / n`` with ``S1 = sum (x - c)``, ``S2 = sum (x - c)^2``. Centering
         removes the cancellation of raw power sums, so the batch moments are accurate to a few float32
         ulps (about 1e-7 relative, the precision of the float32 running buffers); this costs two passes
         over ``x`` where torch's CPU Welford ``var_mean`` costs several times more.
         """
-        x = x.detach()
+        x = x.detach().to(accumulation_dtype(x.dtype))
         if self.inspect is not None:
             self.inspect(x)
         n = math.prod(x.shape[d] for d in dims)
@@ -210,6 +218,13 @@ class StatisticsLayer:
     def normalized(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         """The layer's eval-mode output for input ``x`` had its running statistics been ``mean, var``."""
         raise NotImplementedError
+
+    def normalized_by(self, x: Tensor, moments: PooledMoments) -> Tensor:
+        """:meth:`normalized` with the mean and biased variance accumulated in ``moments`` so far, computed in the
+        accumulation dtype of ``x`` (float32 for half precision) and returned in the dtype of ``x``."""
+        dtype = accumulation_dtype(x.dtype)
+        mean, var = moments.mean.to(dtype), moments.variance(unbiased=False).to(dtype)
+        return self.normalized(x, mean, var).to(x.dtype)
 
     def write(self, moments: PooledMoments) -> None:
         self.running_mean.copy_(moments.mean.to(self.running_mean.dtype))
@@ -599,7 +614,7 @@ def _first_layer_pass(ctx: _Context) -> tuple[dict[str, PooledMoments], list[str
                 return original(x, *args, **kwargs)
             first = measured.setdefault(name, PooledMoments())
             first.add(x, layer.reduce_dims(x))
-            return layer.normalized(x, first.mean.to(x.dtype), first.variance(unbiased=False).to(x.dtype))
+            return layer.normalized_by(x, first)
 
         return forward
 
@@ -660,7 +675,7 @@ def _single_pass(ctx: _Context) -> dict[str, PooledMoments]:
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             m.add(x, layer.reduce_dims(x))
-            return layer.normalized(x, m.mean.to(x.dtype), m.variance(unbiased=False).to(x.dtype))
+            return layer.normalized_by(x, m)
 
         return forward
 
@@ -692,7 +707,7 @@ def _pass(ctx: _Context, name: str, normalize: bool, stop_after: list[int]) -> P
                 raise _StopForward
             if not normalize:
                 return original(x, *args, **kwargs)
-            return layer.normalized(x, moments.mean.to(x.dtype), moments.variance(unbiased=False).to(x.dtype))
+            return layer.normalized_by(x, moments)
 
         return forward
 

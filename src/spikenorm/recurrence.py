@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from spikenorm.extras import needs_extra
+
 if TYPE_CHECKING:
     import nir
     import numpy as np
@@ -99,8 +101,10 @@ class LinearCharge:
             ValueError: more than one current stage, ``b > 1``, or a leak-free CubaLIF (``a_1 = 1`` or
                 ``b = 1``: an infinite time constant); override the neuron's ``nir_node`` for these.
         """
-        import nir
         import numpy as np
+
+        with needs_extra("export", f"{owner}.nir_node"):
+            import nir
 
         def full(value: float) -> np.ndarray:
             return np.full(threshold.shape, value, dtype=np.float64)

@@ -16,6 +16,14 @@ then be silently normalised over the wrong axes (SpikingJelly issue #393). Inste
 statistics across processes themselves (:func:`spikenorm.norm.stats.batch_moments`) whenever
 ``torch.distributed`` is initialised, so DDP needs no conversion at all. Parameter and buffer names
 (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``) follow torch BN.
+
+Mixed precision. Under ``torch.autocast`` a convolution hands its norm a bfloat16 (or float16) tensor while
+the layer's parameters and buffers stay float32. Statistics are then computed in float32
+(:func:`~spikenorm.norm.stats.batch_moments` upcasts half precision; torch's ``batch_norm`` accepts a half
+input with float32 weight and running statistics and accumulates in float32), the running buffers stay
+float32, normalisation and the affine map run in float32 (type promotion), and the output comes back in the
+input's dtype. Autocast casts none of these ops itself: its lists hold matrix products, convolutions, attention
+and losses, not reductions, elementwise arithmetic or ``batch_norm``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikenorm.norm.stats import accumulation_dtype
 from spikenorm.registry import Registry
 from spikenorm.validation import check_time_major
 
@@ -136,10 +145,12 @@ class TimeMajorNorm(nn.Module):
         return False
 
     def forward(self, x: Tensor) -> Tensor:
-        """Batch statistics in training, running statistics in eval, then the affine map."""
+        """Batch statistics in training, running statistics in eval, then the affine map; the output has the
+        dtype of ``x`` (statistics and arithmetic in float32 for a half-precision ``x``, see the module doc)."""
         self.check_input(x)
         if self.training and self.uses_torch_batch_norm(x):
-            # the same statistics, normalisation, gain and EMA update (unbiased variance) as the reference path
+            # the same statistics, normalisation, gain and EMA update (unbiased variance) as the reference path;
+            # a half-precision x with float32 weight and running statistics is accumulated in float32 by torch
             y = F.batch_norm(
                 x.flatten(0, 1),
                 self.running_mean,
@@ -156,7 +167,7 @@ class TimeMajorNorm(nn.Module):
             mean, var = self.batch_statistics(x)
         else:
             mean, var = self.running_mean, self.running_var
-        return self.affine_transform(self.normalize(x, mean, var))
+        return self.affine_transform(self.normalize(x, mean, var)).to(x.dtype)
 
     @property
     def effective_weight(self) -> Tensor:
@@ -182,7 +193,9 @@ class TimeMajorNorm(nn.Module):
         and :meth:`affine_transform`, so the fused spikes equal the eager ones bit for bit. Or the reason the
         kernels cannot stand in for this layer: training mode, a forward, normalize, affine_transform or
         feature_view of a subclass, statistics not per feature (per step, like BNTT), parameters that want a
-        gradient, or tensors that do not fit ``x`` (feature shape, dtype, device)."""
+        gradient, or tensors that do not fit ``x`` (feature shape, device, or a dtype other than that of the
+        membrane, which is :func:`~spikenorm.norm.stats.accumulation_dtype` of ``x``: float32 for a half-precision
+        input)."""
         for name in ("forward", "normalize", "affine_transform", "feature_view"):
             if getattr(type(self), name) is not getattr(TimeMajorNorm, name):
                 return f"membrane norm {type(self).__name__} overrides {name}"
@@ -195,8 +208,9 @@ class TimeMajorNorm(nn.Module):
         if torch.is_grad_enabled() and self.affine and (self.weight.requires_grad or self.bias.requires_grad):
             return "membrane norm parameters require grad"
         affine = (self.weight, self.bias) if self.affine else ()
-        if any(t.dtype != x.dtype or t.device != x.device for t in (self.running_mean, self.running_var, *affine)):
-            return "membrane norm tensors of another dtype or device than the input"
+        membrane = accumulation_dtype(x.dtype)
+        if any(t.dtype != membrane or t.device != x.device for t in (self.running_mean, self.running_var, *affine)):
+            return f"membrane norm tensors of another dtype than the membrane ({membrane}) or on another device"
         with torch.no_grad():
             rstd = torch.rsqrt(self.running_var + self.eps)  # exactly normalize()
         weight, bias = affine if affine else (None, None)

@@ -85,8 +85,11 @@ class TDBN(TimeMajorNorm):
 
     @property
     def effective_weight(self) -> Tensor:
-        """``gamma * alpha * v_th``: the per-channel gain applied to the normalised input."""
-        return super().effective_weight * (self.alpha * self.v_th)
+        """``gamma * alpha * v_th``: the per-channel gain applied to the normalised input.
+
+        The base property is read through its getter, not ``super().effective_weight``: dynamo cannot trace a
+        property reached through ``super()`` and would break the graph here (``torch.compile``)."""
+        return TimeMajorNorm.effective_weight.fget(self) * (self.alpha * self.v_th)
 
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
         """Channel-wise and one process: statistics pooled over ``(T, B, *spatial)`` are torch's batch

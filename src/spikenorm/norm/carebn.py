@@ -100,6 +100,10 @@ class CaReBN(TimeMajorNorm):
     the running statistics alone. Inference (eval mode: exploration, evaluation, the target actor):
     ``gamma (x - mu_hat) / sqrt(var_hat + eps) + beta``, which folds into the preceding linear layer.
 
+    Mixed precision: for a half-precision input (a bfloat16 linear output under ``torch.autocast``) the batch
+    statistics, the Ca-BN filter state (``running_*``, ``p_*``) and the gains are float32, the output has the
+    input's dtype (:mod:`spikenorm.norm.base`).
+
     ``gamma`` and ``beta`` start at ``v_th / 2`` (0.25 for the reference threshold 0.5), so the initial
     output is about N(0.25, 0.25^2). Initial state ``mu_hat = 0``, ``var_hat = 1``, ``P = 0``.
 

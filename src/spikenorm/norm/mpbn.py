@@ -24,6 +24,10 @@ class MPBN(VanillaBN):
     Inference: running statistics; :func:`spikenorm.fold.fold_model` then replaces the layer by the
     threshold ``theta' = mu + (theta - beta) sqrt(var + eps) / gamma`` (sign-flipped where gamma < 0).
 
+    Mixed precision: a neuron keeps its membrane in float32 for a half-precision input
+    (:class:`~spikenorm.neurons.SpikingNeuron`), so this layer normalises a float32 membrane with float32
+    statistics, and the spike decision is the one float32 arithmetic gives.
+
     Args:
         num_features: channels ``C``.
         feature_shape: ``None`` or ``(C,)`` for channel-wise statistics (over batch and space, the

@@ -112,9 +112,15 @@ class OSR(TimeMajorNorm, SequenceAware):
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        """The renormalised ``x`` in the dtype of ``x``; statistics and arithmetic in float32 for a half-precision
+        ``x`` (:mod:`spikenorm.norm.base`: mixed precision), the all-time sums in float64."""
         self.check_input(x)
         if not self.training:
             return super().forward(x)
+        return self._renormalize(x).to(x.dtype)
+
+    def _renormalize(self, x: Tensor) -> Tensor:
+        """The training forward of the class docstring (value of the eval map, gradient of the renormalisation)."""
         mean_t, var_t, _ = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T', C]
         self.accumulate(mean_t, var_t)
         running_std = torch.sqrt(self.running_var + self.eps)

@@ -16,17 +16,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torch import nn
-from torchrl.collectors import Collector
-from torchrl.data import TensorSpec
-from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType
-from torchrl.modules import AdditiveGaussianModule
 
+from spikenorm.extras import needs_extra
 from spikenorm.modes import eval_mode
 from spikenorm.rl.envs import bounds_from_spec
+
+with needs_extra("rl", __name__):
+    from tensordict import TensorDictBase
+    from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+    from torchrl.collectors import Collector
+    from torchrl.data import TensorSpec
+    from torchrl.envs import EnvBase
+    from torchrl.envs.utils import ExplorationType
+    from torchrl.modules import AdditiveGaussianModule
 
 __all__ = [
     "BatchedActor",

@@ -18,25 +18,28 @@ import importlib.util
 from typing import Any
 
 import torch
-from torchrl.data import Bounded, TensorSpec
-from torchrl.envs import (
-    Compose,
-    DoubleToFloat,
-    EnvBase,
-    GymEnv,
-    InitTracker,
-    RewardSum,
-    StepCounter,
-    TransformedEnv,
-)
+
+from spikenorm.extras import needs_extra
+
+with needs_extra("rl", __name__):
+    import gymnasium
+    from torchrl.data import Bounded, TensorSpec
+    from torchrl.envs import (
+        Compose,
+        DoubleToFloat,
+        EnvBase,
+        GymEnv,
+        InitTracker,
+        RewardSum,
+        StepCounter,
+        TransformedEnv,
+    )
 
 _MUJOCO_ENTRY_PREFIX = "gymnasium.envs.mujoco"
 
 
 def available_mujoco_envs() -> list[str]:
     """Names of the gymnasium MuJoCo v5 tasks registered in this installation (sorted)."""
-    import gymnasium
-
     names = []
     for env_id, spec in gymnasium.registry.items():
         entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
@@ -49,8 +52,6 @@ def _check_env_name(env_name: str) -> None:
     """Raise a ValueError for a name gymnasium does not know, or a MuJoCo task without mujoco."""
     if not isinstance(env_name, str) or not env_name:
         raise ValueError(f"env_name must be a non-empty string such as 'InvertedPendulum-v5', got {env_name!r}")
-    import gymnasium
-
     try:
         spec = gymnasium.spec(env_name)
     except gymnasium.error.Error as err:

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spikenorm.config import class_path_of, is_config, without_defaults
 from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
+from spikenorm.tasks.compilation import CompileOption, compile_network, compile_options
 from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
@@ -79,6 +80,11 @@ class SpikingClassifier(LightningModule):
             one warning at setup and no rate; ``True``: required, a model without them is refused at setup
             (before any step) with a ValueError; ``False``: never (no recorder hooks during evaluation). Per-layer
             rates, dead and saturated neurons are :class:`~spikenorm.callbacks.SpikeMonitor`'s job.
+        compile: ``torch.compile`` the network (not the teacher) in place when the trainer configures the model
+            (:func:`~spikenorm.tasks.compilation.compile_network`; state dict keys unchanged, so checkpoints load
+            with or without it). ``True``: with ``dynamic=False`` (one static graph per input shape); a dict:
+            ``torch.compile`` arguments (``mode``, ``dynamic``, ``fullgraph``, ``backend``, ``options``) over
+            that default, checked here. CLI: ``--model.init_args.compile=true``. See ``docs/guides/compile.md``.
 
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (see
     ``record_firing_rates``) and the same under ``test/``; with a teacher also ``train/kd_loss`` and
@@ -126,8 +132,10 @@ class SpikingClassifier(LightningModule):
         kd_temperature: float = 4.0,
         kd_per_step: bool = False,
         record_firing_rates: bool | None = None,
+        compile: CompileOption = False,
     ) -> None:
         super().__init__()
+        self._compile_options = compile_options(compile, f"{type(self).__name__}(compile=...)")
         self.save_hyperparameters(ignore=list(self.OBJECT_ARGUMENTS), logger=False)
         given = {name: value for name, value in (("model", model), ("teacher", teacher)) if is_config(value)}
         model, teacher = build_object(model, "model"), build_object(teacher, "teacher")
@@ -156,6 +164,7 @@ class SpikingClassifier(LightningModule):
             raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
         self._check_distillation(teacher, teacher_checkpoint, teacher_input, teacher_epochs, kd_weight, training_mode)
         self.automatic_optimization = training_mode == "bptt"
+        self._network_compiled = False
         self._record_firing = record_firing_rates is not False  # setup() decides for None (see the docstring)
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
@@ -219,6 +228,13 @@ class SpikingClassifier(LightningModule):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def configure_model(self) -> None:
+        """With ``compile``: compile the network in place, once (Lightning calls this before every fit, validate,
+        test and predict)."""
+        if self._compile_options is not None and not self._network_compiled:
+            compile_network(self.model, self._compile_options)
+            self._network_compiled = True
 
     # -- run configuration and checkpoints ----------------------------------------------------------------
     def setup(self, stage: str) -> None:

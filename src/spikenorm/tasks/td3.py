@@ -10,10 +10,14 @@ from typing import Any, Iterator, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from tensordict import TensorDict
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+from spikenorm.extras import needs_extra
+
+with needs_extra("rl", __name__):
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from spikenorm.models.layers import LayerSpec
 from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, PopSANActor, TwinQCritic
@@ -31,6 +35,7 @@ from spikenorm.rl import (
     observation_dim,
     soft_update,
 )
+from spikenorm.tasks.compilation import CompileOption, compile_network, compile_options
 
 
 class _Ticks(IterableDataset):
@@ -88,6 +93,11 @@ class SpikingTD3(LightningModule):
             ``T`` is ``time_steps``. Checkpoints store the spec as the dict of its fields.
         algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau of the CaRe-BN reference code when
             left at their defaults).
+        compile: ``torch.compile`` the actor in place when the trainer configures the model
+            (:func:`~spikenorm.tasks.compilation.compile_network`, as ``SpikingClassifier(compile=...)``: True for
+            ``{"dynamic": False}``, or a dict of ``torch.compile`` arguments; checked here). The critics and the
+            target actor (a copy made before compiling) stay uncompiled; the actor compiles one graph for the
+            training batch and one for collection's batch of one.
     """
 
     _PROGRESS_BAR = frozenset({"rl/eval_return", "rl/train_return", "rl/env_steps_per_s"})
@@ -119,6 +129,7 @@ class SpikingTD3(LightningModule):
         eval_every: int = 5_000,
         eval_episodes: int = 10,
         seed: int = 0,
+        compile: CompileOption = False,
     ) -> None:
         super().__init__()
         if algorithm not in ("td3", "ddpg"):
@@ -131,6 +142,8 @@ class SpikingTD3(LightningModule):
             )
         if warmup_steps >= total_env_steps:
             raise ValueError(f"warmup_steps ({warmup_steps}) must be below total_env_steps ({total_env_steps})")
+        self._compile_options = compile_options(compile, f"{type(self).__name__}(compile=...)")
+        self._actor_compiled = False
         ddpg = algorithm == "ddpg"
         defaults = {
             "tau": 0.001 if ddpg else 0.005,
@@ -181,6 +194,12 @@ class SpikingTD3(LightningModule):
         return self.hparams.total_env_steps
 
     # -- Lightning plumbing -----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """With ``compile``: compile the actor in place, once."""
+        if self._compile_options is not None and not self._actor_compiled:
+            compile_network(self.actor, self._compile_options)
+            self._actor_compiled = True
+
     def train_dataloader(self) -> DataLoader:
         iterations = -(-self.total_env_steps // self.hparams.frames_per_batch)
         return DataLoader(_Ticks(iterations), batch_size=None)
