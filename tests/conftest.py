@@ -83,3 +83,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
     items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
     config.hook.pytest_deselected(items=gpu)
+
+
+@pytest.fixture
+def count_fused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The class names of the neurons whose forward took the fused path (``spikenorm.fused.fused_forward``), in
+    call order."""
+    from spikenorm import fused
+
+    calls: list[str] = []
+    real = fused.fused_forward
+
+    def spy(neuron, x):
+        calls.append(type(neuron).__name__)
+        return real(neuron, x)
+
+    monkeypatch.setattr(fused, "fused_forward", spy)
+    return calls

@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 from lightning.pytorch import Callback, Trainer
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # what a test trainer does unless the test asks otherwise: run on the CPU, log, save and print nothing
@@ -54,6 +55,16 @@ def load_example(name: str, patch: pytest.MonkeyPatch) -> ModuleType:
     for registry in (NORMS, NEURONS, SURROGATES):
         patch.setattr(registry, "_entries", dict(registry._entries))
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_benchmark(patch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` as ``benchmark_<name>``, with ``benchmarks/`` on ``sys.path`` (the scripts
+    import ``common``) until ``patch`` is undone."""
+    patch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

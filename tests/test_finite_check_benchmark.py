@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import load_benchmark
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports benchmarks/common.py
-    spec = importlib.util.spec_from_file_location("benchmark_finite_check", BENCHMARKS / "finite_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(monkeypatch, "finite_check")
 
 
 def test_steps_alternate_the_check_and_leave_it_on(bench, monkeypatch):

@@ -25,20 +25,6 @@ SHAPE = (4, 3, 5, 2, 2)  # [T, B, C, H, W]
 CLASSES = {"if": IF, "lif": LIF, "clif": CLIF}
 
 
-@pytest.fixture
-def count_fused(monkeypatch):
-    """Counts the calls that actually took the fused path."""
-    calls = []
-    real = fused.fused_forward
-
-    def spy(neuron, x):
-        calls.append(type(neuron).__name__)
-        return real(neuron, x)
-
-    monkeypatch.setattr(fused, "fused_forward", spy)
-    return calls
-
-
 def threshold(kind: str, dtype: torch.dtype) -> float | torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     if kind == "scalar":

@@ -28,20 +28,6 @@ def autocast(enabled: bool = True) -> torch.autocast:
     return torch.autocast("cpu", dtype=BF16, enabled=enabled)
 
 
-@pytest.fixture
-def count_fused(monkeypatch):
-    """The neurons whose forward actually took the fused path."""
-    calls = []
-    real = fused.fused_forward
-
-    def spy(neuron, x):
-        calls.append(type(neuron).__name__)
-        return real(neuron, x)
-
-    monkeypatch.setattr(fused, "fused_forward", spy)
-    return calls
-
-
 def eval_mpbn(channels: int) -> TimeMajorNorm:
     """An eval-mode MPBN with non-trivial statistics and frozen parameters (what the fused kernels cover)."""
     norm = build_norm("mpbn", channels)
