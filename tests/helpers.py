@@ -62,10 +62,12 @@ def load_example(name: str, patch: pytest.MonkeyPatch) -> ModuleType:
 
 def load_benchmark(patch: pytest.MonkeyPatch, name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` as ``benchmark_<name>``, with ``benchmarks/`` on ``sys.path`` (the scripts
-    import ``common``) until ``patch`` is undone."""
+    import ``common``) and the module in ``sys.modules`` (dataclasses resolve string annotations there) until
+    ``patch`` is undone."""
     patch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    patch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 

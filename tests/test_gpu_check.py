@@ -125,6 +125,7 @@ def test_gpu_check_script_is_valid_bash_and_executable():
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
+@pytest.mark.slow  # runs the whole script's flow (each step's pytest / benchmark start-up) in about 20 s
 def test_gpu_check_dry_run_writes_its_report(tmp_path):
     script = BENCHMARKS / "gpu_check.sh"
     env = {**os.environ, "GPU_CHECK_DRY_RUN": "1"}

@@ -211,6 +211,9 @@ NORMS = [
     ("tdbn", {}),
     ("bn", {}),
     ("bntt", {"time_steps": 4}),
+    ("tebn", {"time_steps": 4}),
+    ("tab", {"time_steps": 4}),
+    ("bn", {"running_update": "per_batch"}),
     ("osr", {}),
     ("carebn", {}),
     ("mpbn", {}),
@@ -219,7 +222,12 @@ NORMS = [
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs"), NORMS, ids=[f"{n}{'-elementwise' if k.get('feature_shape') else ''}" for n, k in NORMS]
+    ("name", "kwargs"),
+    NORMS,
+    ids=[
+        f"{n}{'-elementwise' if k.get('feature_shape') else ''}{'-per_batch' if k.get('running_update') else ''}"
+        for n, k in NORMS
+    ],
 )
 def test_norm_statistics_are_float32_pooled_statistics_of_bf16_inputs(name, kwargs):
     """A norm fed bfloat16 under autocast keeps float32 buffers equal (to float32 rounding) to those of a float64

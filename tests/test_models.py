@@ -13,11 +13,11 @@ from spikenorm.norm import BNTT, TDBN, available_norms
 from spikenorm.synapse import TimeDistributed
 
 
-@pytest.mark.parametrize("norm", ["none", "bn", "tdbn", "bntt"])
+@pytest.mark.parametrize("norm", ["none", "bn", "tdbn", "bntt", "tebn", "tab"])
 @pytest.mark.parametrize("neuron", ["if", "lif", "clif"])
 def test_vgg_every_norm_and_neuron(norm, neuron):
     torch.manual_seed(0)
-    kwargs = {"time_steps": 3} if norm == "bntt" else {}
+    kwargs = {"time_steps": 3} if norm in ("bntt", "tebn", "tab") else {}
     model = SpikingVGG(
         "small", in_channels=1, num_classes=7, layers=LayerSpec(norm=norm, norm_kwargs=kwargs, neuron=neuron)
     )
@@ -137,12 +137,12 @@ def _conv_layout(model, channels_last):
     return model
 
 
-@pytest.mark.parametrize("norm", ["tdbn", "bntt", "bn"])
+@pytest.mark.parametrize("norm", ["tdbn", "bntt", "bn", "tebn", "tab"])
 def test_conv_layout_changes_no_values(norm):
     """Convolutions run channels-last on CPU by default; the network computes the same function (float64)
     as in NCHW, the layout reaches the neurons, and the gradients agree."""
     torch.manual_seed(0)
-    kwargs = {"time_steps": 3} if norm == "bntt" else {}
+    kwargs = {"time_steps": 3} if norm in ("bntt", "tebn", "tab") else {}
     nhwc = SpikingResNet19(
         num_classes=5, in_channels=2, width=0.125, layers=LayerSpec(norm=norm, norm_kwargs=kwargs)
     ).double()

@@ -85,6 +85,82 @@ def test_osr_gradients_match_equations_10_to_12(gamma_grad, device):
     np.testing.assert_allclose(layer.bias.grad.cpu().numpy(), dbeta, rtol=1e-9)
 
 
+def _fallback_layer_and_data(device, **kw):
+    """An OSR layer with the safeguard at 20 and data whose step 2 is 100x too wide for the running statistics."""
+    layer = osr_layer(device=device, **kw)
+    layer.fallback_ratio = 20.0
+    x = data(device=device)
+    x[2] *= 100.0
+    return layer, x
+
+
+def test_osr_fallback_grad_exact_is_plain_batch_norm_autograd_on_the_fallback_step(device):
+    layer, x = _fallback_layer_and_data(device, fallback_grad="exact")
+    dy = torch.zeros_like(x)
+    dy[2] = data(seed=9, shape=x[2].shape, device=device)  # only the fallback step carries a loss
+    x = x.requires_grad_(True)
+    (layer(x) * dy).sum().backward()
+
+    # independent reference: torch autograd through plain batch norm of step 2 with a fresh gamma, beta
+    step = x.detach()[2].clone().requires_grad_(True)
+    gamma = layer.weight.detach().clone().requires_grad_(True)
+    beta = layer.bias.detach().clone().requires_grad_(True)
+    mean = step.mean(dim=(0, 2, 3), keepdim=True)
+    var = step.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    y = gamma.reshape(C, 1, 1) * (step - mean) / torch.sqrt(var + layer.eps) + beta.reshape(C, 1, 1)
+    (y * dy[2]).sum().backward()
+    torch.testing.assert_close(x.grad[2], step.grad, rtol=1e-10, atol=1e-12)
+    assert x.grad[[0, 1, 3]].abs().max() == 0  # per-step statistics: no coupling between steps
+    torch.testing.assert_close(layer.weight.grad, gamma.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, beta.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma_grad", ["paper", "code"])
+def test_osr_fallback_grad_code_keeps_the_renormalised_gradient(gamma_grad, device):
+    """The reference code's backward on every step, fallback or not: grad_x = (gamma / sigma_hat) (g - mean g -
+    x_hat mean(g x_hat)), grad_gamma = sum g (x_hat r + d) (paper) or sum g (x_hat + d) (code), in float64."""
+    layer, x = _fallback_layer_and_data(device, gamma_grad=gamma_grad, fallback_grad="code")
+    exact_twin = copy.deepcopy(layer)
+    exact_twin.fallback_grad = "exact"
+    mu_hat, var_hat = layer.running_mean.cpu().numpy().copy(), layer.running_var.cpu().numpy().copy()
+    gamma = layer.weight.detach().cpu().numpy().copy()
+    dy = data(seed=9, device=device)
+    x = x.requires_grad_(True)
+    y = layer(x)
+    (y * dy).sum().backward()
+    x_exact = x.detach().clone().requires_grad_(True)
+    y_exact = exact_twin(x_exact)
+    (y_exact * dy).sum().backward()
+    assert torch.equal(y, y_exact)  # the option changes the gradient only
+
+    xn, dyn, eps = x.detach().cpu().numpy(), dy.cpu().numpy(), layer.eps
+    dx, dgamma = np.zeros_like(xn), np.zeros(C)
+    fell_back = []
+    for t in range(T):
+        ratio = np.sqrt(xn[t].var(axis=(0, 2, 3)) + eps) / np.sqrt(var_hat + eps)
+        fell_back.append(bool(np.any(np.maximum(ratio, 1 / ratio) > 20.0)))
+        for c in range(C):
+            v, g = xn[t, :, c], dyn[t, :, c]
+            mu, sigma, sigma_hat = v.mean(), np.sqrt(v.var() + eps), np.sqrt(var_hat[c] + eps)
+            x_hat = (v - mu) / sigma
+            r, d = sigma / sigma_hat, (mu - mu_hat[c]) / sigma_hat
+            dx[t, :, c] = gamma[c] / sigma_hat * (g - g.mean() - x_hat * (g * x_hat).mean())
+            dgamma[c] += (g * (x_hat * (r if gamma_grad == "paper" else 1.0) + d)).sum()
+    assert fell_back == [False, False, True, False]
+    np.testing.assert_allclose(x.grad.cpu().numpy(), dx, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(layer.weight.grad.cpu().numpy(), dgamma, rtol=1e-9)
+    np.testing.assert_allclose(layer.bias.grad.cpu().numpy(), dyn.sum(axis=(0, 1, 3, 4)), rtol=1e-9)
+    # on the fallback step the code's input gradient is r times the exact (plain BN) one, elsewhere equal
+    r = np.sqrt(xn[2].var(axis=(0, 2, 3)) + eps) / np.sqrt(var_hat + eps)
+    np.testing.assert_allclose(dx[2], x_exact.grad[2].cpu().numpy() * r.reshape(C, 1, 1), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(x.grad[[0, 1, 3]], x_exact.grad[[0, 1, 3]], rtol=1e-12, atol=1e-12)
+
+
+def test_osr_fallback_grad_is_validated():
+    with pytest.raises(ValueError, match="fallback_grad must be 'exact' or 'code', got 'paper'"):
+        build_norm("osr", C, fallback_grad="paper")
+
+
 def test_osr_all_time_statistics_pool_all_samples_and_update_once(device):
     x = data(device=device)
     pooled_mean = x.mean(dim=(0, 1, 3, 4))
@@ -96,7 +172,7 @@ def test_osr_all_time_statistics_pool_all_samples_and_update_once(device):
             with stateful(layer):
                 for t in range(T):
                     layer(x[t : t + 1])
-                mean, var = layer.all_time_statistics()
+                mean, var = layer.sequence_statistics()  # the all-time statistics (Eq. 15)
                 torch.testing.assert_close(mean, pooled_mean, rtol=1e-12, atol=1e-12)
                 torch.testing.assert_close(var, pooled_var, rtol=1e-12, atol=1e-12)
                 assert int(layer.num_batches_tracked) == 0  # committed when the sequence closes

@@ -150,7 +150,7 @@ def test_actor_has_three_norm_layers_of_the_right_widths():
     assert all(layer.bias is None for layer in linears)  # cancelled by the norm
 
 
-@pytest.mark.parametrize("norm", ["carebn", "bn", "tdbn", "none"])
+@pytest.mark.parametrize("norm", ["carebn", "bn", "tdbn", "tebn", "tab", "none"])
 @pytest.mark.parametrize("neuron", ["clif", "lif"])
 def test_actor_every_parameter_gets_a_gradient_in_train_mode(norm, neuron):
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ from helpers import SHORT_TD3_RUN, quiet_trainer, spikenorm_cli
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.models import POPSAN_LAYERS, LayerSpec
+from spikenorm.models import POPSAN_LAYERS, LayerSpec, MLPActor, PopSANActor
+from spikenorm.norm.base import NORMS
 from spikenorm.tasks import SpikingTD3
 from spikenorm.wandb_runs import read_offline_run
 
@@ -144,3 +145,74 @@ def test_actor_norm_kwargs_reach_the_carebn_layers():
     # a mapping of some fields keeps the others of the default actor (CLIF, rectangle), as the CLI does
     partial = SpikingTD3(**SMALL, actor_layers={"norm_kwargs": {"prior": "debiased"}})
     assert partial.hparams.actor_layers == {**asdict(POPSAN_LAYERS), "norm_kwargs": {"prior": "debiased"}}
+
+
+def test_ann_actor_trains_and_its_checkpoint_rebuilds_it(tmp_path):
+    """``actor="ann"``: TD3's ReLU MLP (the CaRe-BN paper's ANN row) trains, and a checkpoint loaded without
+    unpickling code rebuilds the MLP with the same weights."""
+    seed_everything(3)
+    task = SpikingTD3(**SMALL, actor="ann")
+    assert isinstance(task.actor, MLPActor) and isinstance(task.actor_target, MLPActor)
+    assert [m.out_features for m in task.actor.net if isinstance(m, torch.nn.Linear)] == [32, 32, 1]
+    assert (task.hparams.actor, task.hparams.actor_layers) == ("ann", None)
+    initial = [p.detach().clone() for p in task.actor.parameters()]
+    trainer = _trainer(tmp_path)
+    trainer.fit(task)
+    assert task.updates == 240 - 80 + 1 and [steps for steps, _ in task.eval_history] == [120, 240]
+    assert set(task._losses) == {"critic_loss", "actor_loss"}
+    assert all(torch.isfinite(loss) for loss in task._losses.values())
+    assert all(torch.isfinite(torch.tensor(r)) and r > 0 for _, r in task.eval_history)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, task.actor.parameters()))
+    path = tmp_path / "ann.ckpt"
+    trainer.save_checkpoint(path)
+    restored = SpikingTD3.load_from_checkpoint(path, weights_only=True)
+    assert isinstance(restored.actor, MLPActor) and restored.hparams.actor == "ann"
+    for (name, a), b in zip(task.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+    obs = torch.randn(4, 4)
+    assert torch.equal(restored.actor(obs), task.actor(obs))
+
+
+def test_ann_actor_refuses_what_only_a_spiking_actor_has():
+    with pytest.raises(ValueError, match="unknown actor 'snn'; available: ann, spiking"):
+        SpikingTD3(**SMALL, actor="snn")
+    with pytest.raises(ValueError, match="no spiking layers: leave actor_layers unset"):
+        SpikingTD3(**SMALL, actor="ann", actor_layers=LayerSpec(norm="none", neuron="clif"))
+    with pytest.raises(ValueError, match="no spiking layers: leave actor_layers unset"):
+        SpikingTD3(**SMALL, actor="ann", actor_layers={"norm": "tdbn"})
+    with pytest.raises(ValueError, match="actor_layers=None is for actor='ann'"):
+        SpikingTD3(**SMALL, actor_layers=None)
+    # Re-BN has nothing to re-calibrate in an MLP: refused at setup, as for the BN-free pop-SAN
+    for task in (SpikingTD3(**SMALL, actor="ann"), SpikingTD3(**SMALL, actor_layers={"norm": "none"})):
+        with pytest.raises(ValueError, match="has no BN layer with running statistics"):
+            ReplayRecalibration(every_n_env_steps=100).check(task)
+
+
+def _actor_norms_train(tmp_path, norm: str) -> None:
+    """A PopSAN actor with ``norm`` after every linear layer (the output population's included) trains with TD3;
+    an actor with running statistics also takes Re-BN."""
+    seed_everything(4)
+    task = SpikingTD3(**SMALL, actor_layers=LayerSpec(norm=norm, neuron="clif", surrogate="rectangle"))
+    assert isinstance(task.actor, PopSANActor) and task.hparams.actor_layers["norm"] == norm
+    norms = task.actor.norm_layers()
+    assert len(norms) == len(SMALL["hidden"]) + 1 and all(type(m) is NORMS.get(norm) for m in norms)
+    callbacks = [] if norm == "none" else [ReplayRecalibration(every_n_env_steps=100, num_batches=2, batch_size=16)]
+    _trainer(tmp_path, callbacks).fit(task)
+    assert task.updates == 240 - 80 + 1 and len(task.eval_history) == 2
+    assert all(torch.isfinite(loss) for loss in task._losses.values())
+    assert all(torch.isfinite(p).all() for p in task.actor.parameters())
+    assert all(torch.isfinite(b).all() for b in task.actor.buffers() if b.is_floating_point())
+    if callbacks:
+        assert callbacks[0].recalibrations == 2
+
+
+@pytest.mark.parametrize("norm", ["none", "tdbn"])
+def test_baseline_actor_rows_train(tmp_path, norm):
+    """The BN-free pop-SAN and the tdBN rows of the CaRe-BN table (CaRe-BN itself is trained above)."""
+    _actor_norms_train(tmp_path, norm)
+
+
+@pytest.mark.parametrize("norm", ["tebn", "tab"])
+def test_temporal_norm_actor_rows_train(tmp_path, norm):
+    """The TEBN and TAB rows: their norms take ``time_steps``, which the actor passes as ``layers.time_steps``."""
+    _actor_norms_train(tmp_path, norm)

@@ -14,10 +14,11 @@ the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI
   ``<default_root_dir>/configs/``) and never overwrites a file;
 * ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`);
 * the number of time steps is given once, as the task's ``time_steps`` (and ``eval_time_steps``): links set the
-  network's ``layers.time_steps`` where its norm needs it (``bntt``) and an event datamodule's ``time_bins``
-  (see :meth:`SpikenormCLI.add_arguments_to_parser`). A linked value given in a config or on the command line
-  must agree with the task's, or the CLI stops with an error naming both. An augmentation's ``keep_steps``
-  (random temporal deletion) is not linked but checked before anything is built (:func:`check_kept_steps`).
+  network's ``layers.time_steps`` where its norm needs it (``bntt``, ``tebn``, ``tab``) and an event datamodule's
+  ``time_bins`` (see :meth:`SpikenormCLI.add_arguments_to_parser`). A linked value given in a config or on the
+  command line must agree with the task's, or the CLI stops with an error naming both. An augmentation's
+  ``keep_steps`` (random temporal deletion) is not linked but checked before anything is built
+  (:func:`check_kept_steps`).
 
 On start-up it sets the host allocator up for training (:mod:`spikenorm.allocator`;
 ``SPIKENORM_MALLOC=default`` opts out).
@@ -72,7 +73,7 @@ def _disagree(name: str, given: Any, expected: Any, source: str) -> ValueError:
 
 def layer_time_steps(time_steps: int, norm: str, membrane_norm: str | None, given: int | None) -> int | None:
     """``layers.time_steps`` of a network: the task's ``time_steps`` when the norm or the membrane norm takes
-    ``time_steps`` (``bntt``), else what the spec says (None unless given)."""
+    ``time_steps`` (``bntt``, ``tebn``, ``tab``), else what the spec says (None unless given)."""
     if given is not None and given != time_steps:
         raise _disagree("layers.time_steps", given, time_steps, "the task's time_steps")
     needed = any(name is not None and norm_accepts(name, "time_steps") for name in (norm, membrane_norm))

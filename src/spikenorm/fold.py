@@ -17,8 +17,8 @@ are leaves) and removes every norm layer:
   or ``+inf`` (never fire).
 * OTS neurons with ``ots_eval="running"``: the running threshold becomes the neuron's fixed threshold
   (with ``"dynamic"`` the threshold depends on the inference batch and folding raises a ValueError).
-* ``identity`` norms are dropped; ``unfoldable`` ones (``bntt``: its map differs per step) raise a
-  ValueError naming the layer.
+* ``identity`` norms are dropped; ``unfoldable`` ones (``bntt``, ``tebn``, ``tab``: their maps differ per step)
+  raise a ValueError naming the layer and giving the layer's ``unfoldable_reason``.
 
 The trained model is never modified; the folded model is in eval mode, has no gradients, and refuses
 ``train()``. :func:`check_equivalence` compares the two spike by spike.
@@ -175,7 +175,7 @@ def _fold_post_linear_norms(gm: fx.GraphModule) -> None:
             hint = (
                 "MPBN folds into a threshold, so it must be a neuron's membrane_norm, not a layer of its own"
                 if norm.fold_target == "threshold"
-                else "its inference map depends on the time step, so no shared weights can absorb it"
+                else norm.unfoldable_reason
             )
             raise ValueError(f"cannot fold norm layer '{node.target}' ({type(norm).__name__}): {hint}")
         producer = node.args[0]

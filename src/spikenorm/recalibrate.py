@@ -57,7 +57,10 @@ Modes:
 
 During the passes the model runs in eval mode under ``torch.no_grad``; the train/eval flags of every
 module are restored afterwards and no momentum is touched. Layers whose statistics differ per time step
-(BNTT) are re-calibrated per step.
+(BNTT) are re-calibrated per step; those whose step ``t`` uses the statistics accumulated over steps ``0..t``
+(TAB, :attr:`~spikenorm.norm.TimeMajorNorm.accumulates_over_time`) get, for every ``t``, the statistics pooled over
+steps ``0..t`` of all batches (merged from the per-step moments, every step pooling the same number of samples),
+written unbiased with ``N_t = (t + 1) N`` samples.
 
 Mixed precision: called under ``torch.autocast`` (a Lightning ``bf16-mixed`` run), the model runs as it does in
 training, so each layer is measured on the half-precision inputs it actually sees. Those inputs are upcast to
@@ -86,7 +89,7 @@ from spikenorm.distributed import distributed_world_size
 from spikenorm.interop import reset_neuron_states
 from spikenorm.modes import eval_mode
 from spikenorm.neurons import spiking_neurons
-from spikenorm.norm import TimeMajorNorm
+from spikenorm.norm import TimeMajorNorm, accumulate_over_steps
 from spikenorm.norm.stats import accumulation_dtype
 
 ResetFn = Callable[[nn.Module], None]
@@ -219,20 +222,26 @@ class StatisticsLayer:
         """The layer's eval-mode output for input ``x`` had its running statistics been ``mean, var``."""
         raise NotImplementedError
 
+    def statistics(self, moments: PooledMoments, unbiased: bool) -> tuple[Tensor, Tensor]:
+        """The mean and variance the layer normalises with, given the pooled ``moments`` of its inputs."""
+        return moments.mean, moments.variance(unbiased)
+
     def normalized_by(self, x: Tensor, moments: PooledMoments) -> Tensor:
         """:meth:`normalized` with the mean and biased variance accumulated in ``moments`` so far, computed in the
         accumulation dtype of ``x`` (float32 for half precision) and returned in the dtype of ``x``."""
         dtype = accumulation_dtype(x.dtype)
-        mean, var = moments.mean.to(dtype), moments.variance(unbiased=False).to(dtype)
-        return self.normalized(x, mean, var).to(x.dtype)
+        mean, var = self.statistics(moments, unbiased=False)
+        return self.normalized(x, mean.to(dtype), var.to(dtype)).to(x.dtype)
 
     def write(self, moments: PooledMoments) -> None:
-        self.running_mean.copy_(moments.mean.to(self.running_mean.dtype))
-        self.running_var.copy_(moments.variance(unbiased=self.unbiased).to(self.running_var.dtype))
+        mean, var = self.statistics(moments, unbiased=self.unbiased)
+        self.running_mean.copy_(mean.to(self.running_mean.dtype))
+        self.running_var.copy_(var.to(self.running_var.dtype))
 
 
 class _SpikenormNorm(StatisticsLayer):
-    """A :class:`~spikenorm.norm.TimeMajorNorm` (``[T, B, *features, ...]``; BNTT keeps one statistic per step)."""
+    """A :class:`~spikenorm.norm.TimeMajorNorm` (``[T, B, *features, ...]``; BNTT keeps one statistic per step, TAB
+    one per step accumulated over the steps up to it)."""
 
     def __init__(self, module: TimeMajorNorm) -> None:
         super().__init__(module)
@@ -240,7 +249,25 @@ class _SpikenormNorm(StatisticsLayer):
 
     def reduce_dims(self, x: Tensor) -> tuple[int, ...]:
         per_step = self.module.running_mean.ndim > len(self.module.feature_shape)
+        if per_step and x.shape[0] != self.module.running_mean.shape[0]:
+            raise ValueError(
+                f"recalibrate_bn: {type(self.module).__name__} keeps statistics for each of "
+                f"T={self.module.running_mean.shape[0]} steps but was called on {x.shape[0]} step(s) (shape "
+                f"{tuple(x.shape)}); re-calibrate it with multi-step forwards over all T steps"
+            )
         return self.module.reduce_dims(x, over_time=not per_step)
+
+    def statistics(self, moments: PooledMoments, unbiased: bool) -> tuple[Tensor, Tensor]:
+        """The pooled statistics, or, for a layer that :attr:`~spikenorm.norm.TimeMajorNorm.accumulates_over_time`,
+        those of steps ``0..t`` merged from the per-step moments (``moments.count`` samples per step)."""
+        if not self.module.accumulates_over_time:
+            return super().statistics(moments, unbiased)
+        mean, var = accumulate_over_steps(moments.mean, moments.variance(unbiased=False))
+        if unbiased:
+            n = moments.count * torch.arange(1, mean.shape[0] + 1, dtype=var.dtype, device=var.device)
+            n = n.reshape(-1, *([1] * (var.ndim - 1)))
+            var = var * n / (n - 1).clamp_min(1)
+        return mean, var
 
     def normalized(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         return self.module.affine_transform(self.module.normalize(x, mean, var))

@@ -20,10 +20,19 @@ __all__ = [
 from spikenorm.models.rl import (
     POPSAN_LAYERS,
     DDPGCritic,
+    MLPActor,
     PopSANActor,
     PopulationDecoder,
     PopulationEncoder,
     TwinQCritic,
 )
 
-__all__ += ["DDPGCritic", "POPSAN_LAYERS", "PopSANActor", "PopulationDecoder", "PopulationEncoder", "TwinQCritic"]
+__all__ += [
+    "DDPGCritic",
+    "MLPActor",
+    "POPSAN_LAYERS",
+    "PopSANActor",
+    "PopulationDecoder",
+    "PopulationEncoder",
+    "TwinQCritic",
+]

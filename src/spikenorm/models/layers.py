@@ -53,8 +53,8 @@ class LayerSpec:
         binary_weights: 1-bit weights (:mod:`spikenorm.binary`, SEI-BWSNN) in the layers the model names.
         shortcuts: ``per_layer``, ``per_block`` or ``none`` (:mod:`spikenorm.models.blocks`); None: the model's
             default. Models without shortcuts refuse a value.
-        time_steps: ``T``, for norms whose constructor takes ``time_steps`` (``bntt``); the Lightning CLI sets it
-            from the task's ``time_steps`` when such a norm is chosen. None: not known.
+        time_steps: ``T``, for norms whose constructor takes ``time_steps`` (``bntt``, ``tebn``, ``tab``); the Lightning
+            CLI sets it from the task's ``time_steps`` when such a norm is chosen. None: not known.
     """
 
     norm: str = "tdbn"

@@ -16,6 +16,7 @@ stateless: every call (every environment step) starts from zero membrane state.
 
 The critics (:class:`TwinQCritic` for TD3, :class:`DDPGCritic` for DDPG) are the reference code's ANN
 critics on ``concat[obs, action]`` (TD3: Fujimoto et al., ICML 2018; DDPG: Lillicrap et al., ICLR 2016).
+:class:`MLPActor` is TD3's ANN actor, the "ANN" row of the CaRe-BN paper's comparison.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from spikenorm.validation import check_time_major
 __all__ = [
     "POPSAN_LAYERS",
     "DDPGCritic",
+    "MLPActor",
     "PopSANActor",
     "PopulationDecoder",
     "PopulationEncoder",
@@ -74,6 +76,20 @@ def check_spike_input(x: Tensor, where: str, features: int) -> None:
 
 
 torch.fx.wrap("check_spike_input")
+
+
+def check_sizes(obs_dim: int, act_dim: int) -> None:
+    """Raise a clear error unless both sizes are at least 1."""
+    if obs_dim < 1 or act_dim < 1:
+        raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+
+
+def check_widths(hidden: Sequence[int]) -> list[int]:
+    """``hidden`` as a list of ints; raise a clear error unless it holds at least one positive width."""
+    widths = [int(h) for h in hidden]
+    if not widths or min(widths) < 1:
+        raise ValueError(f"hidden must hold at least one positive width, got {widths}")
+    return widths
 
 
 def _check_same_batch(obs: Tensor, action: Tensor, where: str) -> None:
@@ -266,11 +282,8 @@ class PopSANActor(nn.Module):
         encoder_std: float = math.sqrt(0.05),
     ) -> None:
         super().__init__()
-        if obs_dim < 1 or act_dim < 1:
-            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
-        hidden = [int(h) for h in hidden]
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must hold at least one positive width, got {hidden}")
+        check_sizes(obs_dim, act_dim)
+        hidden = check_widths(hidden)
         self.obs_dim = obs_dim
         self.act_dim = act_dim
         self.pop_dim = pop_dim
@@ -317,6 +330,45 @@ class PopSANActor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"obs_dim={self.obs_dim}, act_dim={self.act_dim}, time_steps={self.time_steps}"
+
+
+class MLPActor(nn.Module):
+    """TD3's ANN actor (Fujimoto et al., "Addressing Function Approximation Error in Actor-Critic Methods", ICML
+    2018), the "ANN" row of the CaRe-BN paper (Xu et al., ICLR 2026): ``obs [B, obs_dim] -> action [B, act_dim]``.
+
+    With the default ``hidden = (256, 256)``::
+
+        a = max_action * tanh(W3 relu(W2 relu(W1 obs + b1) + b2) + b3)
+
+    i.e. ``Linear(obs_dim, 256) -> ReLU -> Linear(256, 256) -> ReLU -> Linear(256, act_dim) -> tanh``, times
+    ``max_action``; no norm, no neurons, no time axis (PyTorch's default ``nn.Linear`` initialisation, as the
+    reference code). It takes and returns the same tensors as :class:`PopSANActor`, so the TD3 task, the
+    collectors and the target updates treat both alike.
+
+    Args:
+        obs_dim: observation size.
+        act_dim: action size.
+        max_action: action bound, one float for every dimension or one per dimension (a buffer).
+        hidden: widths of the hidden ReLU layers.
+    """
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, max_action: float | list[float], hidden: Sequence[int] = (256, 256)
+    ) -> None:
+        super().__init__()
+        check_sizes(obs_dim, act_dim)
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.register_buffer("max_action", _action_bound(max_action, act_dim))
+        self.net = _mlp(obs_dim, check_widths(hidden), act_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """``obs [B, obs_dim]`` -> actions ``[B, act_dim]`` in ``[-max_action, max_action]``."""
+        check_batch_input(obs, type(self).__name__, self.obs_dim)
+        return torch.tanh(self.net(obs)) * self.max_action
+
+    def extra_repr(self) -> str:
+        return f"obs_dim={self.obs_dim}, act_dim={self.act_dim}"
 
 
 def _action_bound(max_action: float | Sequence[float] | Tensor, act_dim: int) -> Tensor:
@@ -366,8 +418,7 @@ class TwinQCritic(_Critic):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
-        if obs_dim < 1 or act_dim < 1:
-            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+        check_sizes(obs_dim, act_dim)
         self.obs_dim = obs_dim
         self.act_dim = act_dim
         self.q1_net = _mlp(obs_dim + act_dim, hidden)
@@ -395,8 +446,7 @@ class DDPGCritic(_Critic):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, int] = (400, 300)) -> None:
         super().__init__()
-        if obs_dim < 1 or act_dim < 1:
-            raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+        check_sizes(obs_dim, act_dim)
         if len(hidden) != 2:
             raise ValueError(f"DDPGCritic takes two hidden widths (obs layer, joint layer), got {hidden}")
         self.obs_dim = obs_dim

@@ -6,12 +6,14 @@ follows the protocol of :class:`~spikenorm.norm.base.TimeMajorNorm`.
 
 from typing import Any
 
-from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, TimeMajorNorm
+from spikenorm.norm.base import NORMS, FoldTarget, NoNorm, StepIndexedNorm, TimeMajorNorm
 from spikenorm.norm.batchnorm import BNTT, TDBN, VanillaBN
 from spikenorm.norm.carebn import CaReBN, ca_bn_update, ca_bn_updates
 from spikenorm.norm.mpbn import MPBN
 from spikenorm.norm.osr import OSR
 from spikenorm.norm.stats import batch_moments
+from spikenorm.norm.tab import TAB, accumulate_over_steps
+from spikenorm.norm.tebn import TEBN
 
 
 def available_norms() -> list[str]:
@@ -38,9 +40,13 @@ __all__ = [
     "MPBN",
     "NoNorm",
     "OSR",
+    "StepIndexedNorm",
+    "TAB",
     "TDBN",
+    "TEBN",
     "TimeMajorNorm",
     "VanillaBN",
+    "accumulate_over_steps",
     "available_norms",
     "batch_moments",
     "ca_bn_update",

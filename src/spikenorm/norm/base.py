@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from spikenorm.norm.stats import accumulation_dtype
 from spikenorm.registry import Registry
+from spikenorm.sequence import SequenceAware
 from spikenorm.validation import check_time_major
 
 FoldTarget = Literal["weights", "threshold", "identity", "unfoldable"]
@@ -58,9 +59,14 @@ class TimeMajorNorm(nn.Module):
     """
 
     fold_target: ClassVar[FoldTarget] = "unfoldable"
+    #: why an ``"unfoldable"`` norm cannot be folded; :func:`spikenorm.fold.fold_model` puts it in its error
+    unfoldable_reason: ClassVar[str] = "its inference map depends on the time step, so no shared weights can absorb it"
     #: whether the running variance estimates the unbiased (Bessel-corrected) variance, as torch BN does;
     #: exact re-calibration (:func:`spikenorm.recalibrate.recalibrate_bn`) writes the same kind
     running_var_unbiased: ClassVar[bool] = True
+    #: for per-step statistics (``[T, *feature_shape]``): whether those of step ``t`` pool the steps ``0..t``
+    #: (TAB's accumulated statistics) rather than step ``t`` alone; exact re-calibration writes the same kind
+    accumulates_over_time: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -140,7 +146,7 @@ class TimeMajorNorm(nn.Module):
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
         """Whether this training forward is exactly torch's channel-wise batch norm of ``x`` with the time
         axis folded into the batch (statistics pooled over every axis but the channels, one EMA update, no
-        process synchronisation needed); then :meth:`forward` calls ``F.batch_norm``, one fused kernel,
+        process synchronisation needed); then :meth:`forward` calls :meth:`torch_batch_norm`, one fused kernel,
         instead of the reference ops. Subclasses say when; the base class never does."""
         return False
 
@@ -149,25 +155,34 @@ class TimeMajorNorm(nn.Module):
         dtype of ``x`` (statistics and arithmetic in float32 for a half-precision ``x``, see the module doc)."""
         self.check_input(x)
         if self.training and self.uses_torch_batch_norm(x):
-            # the same statistics, normalisation, gain and EMA update (unbiased variance) as the reference path;
-            # a half-precision x with float32 weight and running statistics is accumulated in float32 by torch
-            y = F.batch_norm(
-                x.flatten(0, 1),
-                self.running_mean,
-                self.running_var,
-                self.effective_weight,
-                self.bias,
-                training=True,
-                momentum=self.momentum,
-                eps=self.eps,
-            )
-            self.num_batches_tracked += 1
-            return y.unflatten(0, x.shape[:2])
+            return self.torch_batch_norm(x)
         if self.training:
             mean, var = self.batch_statistics(x)
         else:
-            mean, var = self.running_mean, self.running_var
+            mean, var = self.running_statistics(x)
         return self.affine_transform(self.normalize(x, mean, var)).to(x.dtype)
+
+    def torch_batch_norm(self, x: Tensor) -> Tensor:
+        """The training forward as one ``F.batch_norm`` call over ``x`` with time folded into the batch (used when
+        :meth:`uses_torch_batch_norm`): the same statistics, normalisation, gain and EMA update (unbiased variance)
+        as the reference path; a half-precision ``x`` with float32 weight and running statistics is accumulated in
+        float32 by torch."""
+        y = F.batch_norm(
+            x.flatten(0, 1),
+            self.running_mean,
+            self.running_var,
+            self.effective_weight,
+            self.bias,
+            training=True,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        self.num_batches_tracked += 1
+        return y.unflatten(0, x.shape[:2])
+
+    def running_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The statistics ``(mean, var)`` that normalise ``x`` in eval mode: the running buffers."""
+        return self.running_mean, self.running_var
 
     @property
     def effective_weight(self) -> Tensor:
@@ -226,6 +241,80 @@ class TimeMajorNorm(nn.Module):
     def extra_repr(self) -> str:
         features = f"{self.num_features}" if len(self.feature_shape) == 1 else f"feature_shape={self.feature_shape}"
         return f"{features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class StepIndexedNorm(TimeMajorNorm, SequenceAware):
+    """Base of norms built for exactly ``time_steps`` steps, whose parameters (and maybe statistics) have a row per
+    step ``t`` (TEBN, TAB).
+
+    A multi-step input must have ``T = time_steps``. Inside a :func:`spikenorm.neurons.stateful` scope (online,
+    single-step execution) the layer may instead be called on consecutive windows of steps, e.g. ``x[t : t + 1]``
+    for ``t = 0..T-1``: it counts the steps of the sequence, so the call covering step ``t`` uses row ``t``
+    (:meth:`step_rows`), and refuses a sequence longer than ``time_steps``. Outside a scope every call starts at
+    step 0.
+
+    Args:
+        time_steps: ``T``, the number of rows of the per-step parameters.
+    """
+
+    def __init__(self, num_features: int, time_steps: int, **kwargs: object) -> None:
+        if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
+            raise ValueError(f"{type(self).__name__} needs time_steps >= 1 (an int), got {time_steps!r}")
+        super().__init__(num_features, **kwargs)
+        self.time_steps = time_steps
+        self._sequence_step: int | None = None  # steps seen in the open stateful scope, None outside one
+
+    # -- sequence protocol ------------------------------------------------------------------------------
+    def begin_sequence(self) -> None:
+        self._sequence_step = 0
+
+    def end_sequence(self) -> None:
+        self._sequence_step = None
+
+    def abort_sequence(self) -> None:
+        self._sequence_step = None
+
+    @property
+    def in_sequence(self) -> bool:
+        """Whether a ``stateful`` scope is open (calls then cover consecutive windows of steps)."""
+        return self._sequence_step is not None
+
+    def first_step(self) -> int:
+        """The step index of the next call's first step (0 outside a ``stateful`` scope)."""
+        return self._sequence_step or 0
+
+    def step_rows(self, tensor: Tensor, x: Tensor) -> Tensor:
+        """The rows of a per-step ``tensor`` (``[time_steps, ...]``) for the steps of ``x`` (``[T', B, ...]``)."""
+        start = self.first_step()
+        return tensor[start : start + x.shape[0]]
+
+    def step_view(self, per_step: Tensor, x: Tensor) -> Tensor:
+        """The rows of a per-step scalar ``per_step`` (``[time_steps]``) for the steps of ``x``, shaped
+        ``[T', 1, ...]`` to broadcast against it."""
+        return self.step_rows(per_step, x).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        name, steps = type(self).__name__, x.shape[0]
+        if not self.in_sequence and steps != self.time_steps:
+            raise ValueError(
+                f"{name} was built for T={self.time_steps} steps but got input [T, B, C, ...] with T={steps} "
+                f"(shape {tuple(x.shape)}); call it step by step only inside spikenorm.neurons.stateful"
+            )
+        if self.in_sequence and self.first_step() + steps > self.time_steps:
+            raise ValueError(
+                f"{name} was built for T={self.time_steps} steps, but this stateful sequence has already seen "
+                f"{self.first_step()} and the call adds {steps} (shape {tuple(x.shape)})"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        if self.in_sequence:
+            self._sequence_step += x.shape[0]
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", time_steps={self.time_steps}"
 
 
 @NORMS.register("none")

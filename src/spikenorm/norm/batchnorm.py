@@ -3,17 +3,19 @@
 Notation: ``mu_t, var_t`` are the mean and biased variance of step ``t`` over ``(B, *spatial)``; ``mu, var``
 pool all steps, i.e. over ``(T, B, *spatial)``; ``n`` is the number of samples a statistic pools; hats are
 running estimates; ``m`` is ``momentum`` (torch convention). Running variances are Bessel-corrected
-(``var * n / (n - 1)``), as in torch BN.
+(``var * n / (n - 1)``), as in torch BN, except for ``bn`` with ``running_update="per_batch"`` (biased, as the
+reference code of the baseline it reproduces).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 from torch import Tensor
 
 from spikenorm.distributed import distributed_world_size
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
+from spikenorm.norm.sequence_moments import PerSequenceRunningUpdate
 from spikenorm.norm.stats import batch_moments, unbiased
 
 
@@ -33,31 +35,81 @@ def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape:
         )
 
 
+RunningUpdate = Literal["per_call", "per_batch"]
+
+
 @NORMS.register("bn")
-class VanillaBN(TimeMajorNorm):
+class VanillaBN(TimeMajorNorm, PerSequenceRunningUpdate):
     """Per-step batch statistics, one shared affine and one running estimate ("vanilla BN").
 
     Training: ``y_t = gamma (x_t - mu_t) / sqrt(var_t + eps) + beta`` for each step ``t``.
-    Running update, once per forward: ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)`` and
-    ``var_hat <- (1 - m) var_hat + m mean_t(var_t n/(n-1))``: the mean of the per-step means and of the
-    per-step variances, without the between-step term (the baseline of Zhu et al., "Online Stabilization of
-    Spiking Neural Networks", ICLR 2024; ``BN_type: old`` in its reference code).
     Inference: ``y = gamma (x - mu_hat) / sqrt(var_hat + eps) + beta`` at every step; an affine map per
     channel, so it folds into the preceding weights.
+
+    Running update, ``running_update``:
+
+    * ``"per_call"`` (default): one EMA update per forward call, with the mean of the per-step means and of the
+      Bessel-corrected per-step variances, ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)``,
+      ``var_hat <- (1 - m) var_hat + m mean_t(var_t n/(n-1))``. A multi-step forward makes one update per
+      batch; called once per step (online training, or MPBN inside its neuron) it makes ``T`` updates per
+      batch, each from one step, so the estimate leans towards the last steps; this is what torch's
+      ``BatchNorm2d`` does when a model calls it at every step.
+    * ``"per_batch"``: the vanilla-BN baseline of Zhu et al., "Online Stabilization of Spiking Neural
+      Networks", ICLR 2024 (``BN_type: old`` in github.com/zhuyaoyu/SNN-online-normalization): one EMA
+      update per sequence from the mean over its steps of the per-step mean and BIASED variance, without the
+      between-step spread of ``mu_t`` (:class:`~spikenorm.norm.sequence_moments.SequenceMoments`),
+      ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)``, ``var_hat <- (1 - m) var_hat + m mean_t(var_t)``
+      (``m = 0.1``, the code's retention 0.9). A multi-step forward is one sequence; online, the sequence is
+      the :func:`spikenorm.neurons.stateful` scope: the per-step moments accumulate (float64) and the update
+      is made when the scope closes, so online and multi-step training give the same running statistics. The
+      reference code makes the same update lazily, at the first step of the next training batch. The running
+      variance then estimates a biased variance (:attr:`running_var_unbiased` is False, so exact
+      re-calibration writes the biased pooled variance).
+
+    ``"per_call"`` stays the default: it is torch BN's convention (and MPBN's reference code, whose neuron calls
+    the layer at every step), and existing checkpoints and results were trained with it.
+
+    Args:
+        running_update: ``"per_call"`` or ``"per_batch"`` (above).
     """
 
     fold_target: ClassVar[FoldTarget] = "weights"
 
+    def __init__(self, num_features: int, running_update: RunningUpdate = "per_call", **kwargs: object) -> None:
+        if running_update not in get_args(RunningUpdate):
+            raise ValueError(
+                f"running_update must be one of {', '.join(map(repr, get_args(RunningUpdate)))}, got {running_update!r}"
+            )
+        super().__init__(num_features, **kwargs)
+        self.running_update = running_update
+        self.init_sequence_state()
+
+    @property
+    def running_var_unbiased(self) -> bool:
+        """``"per_call"`` tracks Bessel-corrected variances (torch convention), ``"per_batch"`` biased ones."""
+        return self.running_update == "per_call"
+
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
-        """One step (``T = 1``, e.g. MPBN called by its neuron), channel-wise, one process: per-step
-        statistics are then torch's batch norm of the step."""
-        return x.shape[0] == 1 and _channelwise_single_process(self)
+        """One step (``T = 1``, e.g. MPBN called by its neuron), channel-wise, one process, one update per call:
+        per-step statistics are then torch's batch norm of the step."""
+        return x.shape[0] == 1 and self.running_update == "per_call" and _channelwise_single_process(self)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
         require_two_values_per_step(count, x, "bn", self.feature_shape)
-        self.update_running(mean.mean(0), unbiased(var, count).mean(0))
+        if self.running_update == "per_call":
+            self.update_running(mean.mean(0), unbiased(var, count).mean(0))
+        else:
+            self.accumulate(mean, var)
+            self.commit_unless_in_sequence()
         return mean, var
+
+    def sequence_statistics(self) -> tuple[Tensor, Tensor]:
+        """``(mean_t mu_t, mean_t var_t)`` of the steps accumulated in this sequence (``"per_batch"``)."""
+        return self.sequence_moments.mean(), self.sequence_moments.mean_step_variance()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", running_update={self.running_update!r}"
 
 
 @NORMS.register("tdbn")

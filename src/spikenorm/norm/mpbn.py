@@ -30,6 +30,7 @@ class MPBN(VanillaBN):
 
     Args:
         num_features: channels ``C``.
+        running_update: only ``"per_call"`` (the reference code's update per step; ``"per_batch"`` raises).
         feature_shape: ``None`` or ``(C,)`` for channel-wise statistics (over batch and space, the
             reference code); ``(C, H, W)`` for element-wise statistics (one per neuron, over the batch: the
             paper's variant, which post-conv BN cannot express).
@@ -38,6 +39,12 @@ class MPBN(VanillaBN):
     fold_target: ClassVar[FoldTarget] = "threshold"
 
     def __init__(self, num_features: int, feature_shape: Sequence[int] | None = None, **kwargs: object) -> None:
+        if kwargs.get("running_update", "per_call") != "per_call":
+            raise ValueError(
+                f"mpbn updates its running statistics once per neuron step (running_update='per_call'), got "
+                f"running_update={kwargs['running_update']!r}: the neuron calls the layer once per step, outside the "
+                "sequence that 'per_batch' commits at"
+            )
         super().__init__(num_features, feature_shape=None if feature_shape is None else tuple(feature_shape), **kwargs)
 
     @property

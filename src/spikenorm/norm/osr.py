@@ -1,4 +1,7 @@
-"""Online Spiking Renormalization (OSR; Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024)."""
+"""Online Spiking Renormalization (OSR; Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024).
+
+"The reference code" below is the authors' release, github.com/zhuyaoyu/SNN-online-normalization.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ import torch
 from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
+from spikenorm.norm.sequence_moments import PerSequenceRunningUpdate
 from spikenorm.norm.stats import batch_moments
-from spikenorm.sequence import SequenceAware
 
 
 @NORMS.register("osr")
-class OSR(TimeMajorNorm, SequenceAware):
+class OSR(TimeMajorNorm, PerSequenceRunningUpdate):
     """Batch renormalization per time step: the same statistics in training and test.
 
     Forward, in training and inference alike (Zhu et al., ICLR 2024; its Eqs. 10-12 give the gradients), with
@@ -41,8 +44,20 @@ class OSR(TimeMajorNorm, SequenceAware):
 
     Safeguard (reference code only, not in the paper): when ``max(sigma_t / sigma_hat, sigma_hat / sigma_t)``
     exceeds ``fallback_ratio`` for any channel at step ``t`` (typically right after initialisation, where
-    ``mu_hat = 0, var_hat = 1``), that step is normalised with its batch statistics instead. The code uses
-    20 for static data and 50 for DVS; ``None`` disables it.
+    ``mu_hat = 0, var_hat = 1``), that step is normalised with its batch statistics instead:
+    ``y_t = gamma x_hat_t + beta``. The code uses 20 for static data and 50 for DVS; ``None`` disables it.
+    The gradient on such a step is a choice (``fallback_grad``):
+
+    * ``"exact"`` (default): plain batch norm's gradient, the true gradient of the forward actually used
+      (``r = 1, d = 0`` on that step): ``dL/dx = (gamma / sigma_t) (g - mean g - x_hat mean(g x_hat))`` with
+      ``g = dL/dy`` and means over ``(B, *spatial)``, ``dL/dgamma = sum g x_hat``;
+    * ``"code"``: the reference code's gradient, which keeps the renormalised form on fallback steps (it saves
+      no fallback flag for its backward): ``dL/dx = (gamma / sigma_hat) (g - mean g - x_hat mean(g x_hat))``,
+      i.e. ``r`` times the exact one, and ``dL/dgamma`` with the ``d`` term (``sum g (x_hat + d)`` with
+      ``gamma_grad="code"``, ``sum g (x_hat r + d)`` with ``"paper"``).
+
+    ``"exact"`` is the default because it is the gradient of the function computed; choose ``"code"`` (with
+    ``gamma_grad="code"``) to train as the reference code does.
 
     Inference is a fixed affine map per channel, so ``fold_model`` folds it into the preceding weights.
 
@@ -51,6 +66,8 @@ class OSR(TimeMajorNorm, SequenceAware):
         momentum: 0.1 (the paper's EMA factor 0.9).
         fallback_ratio: threshold of the safeguard, or None.
         gamma_grad: ``"paper"`` (Eq. 11) or ``"code"`` (without the ratio ``r``).
+        fallback_grad: ``"exact"`` (plain BN gradient on fallback steps) or ``"code"`` (the renormalised
+            gradient, as the reference code).
     """
 
     fold_target: ClassVar[FoldTarget] = "weights"
@@ -63,52 +80,25 @@ class OSR(TimeMajorNorm, SequenceAware):
         momentum: float = 0.1,
         fallback_ratio: float | None = 20.0,
         gamma_grad: Literal["paper", "code"] = "paper",
+        fallback_grad: Literal["exact", "code"] = "exact",
         **kwargs: object,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
         if gamma_grad not in ("paper", "code"):
             raise ValueError(f"gamma_grad must be 'paper' or 'code', got {gamma_grad!r}")
+        if fallback_grad not in ("exact", "code"):
+            raise ValueError(f"fallback_grad must be 'exact' or 'code', got {fallback_grad!r}")
         if fallback_ratio is not None and fallback_ratio <= 1:
             raise ValueError(f"fallback_ratio must be > 1 or None, got {fallback_ratio}")
         self.fallback_ratio = fallback_ratio
         self.gamma_grad = gamma_grad
-        self._in_sequence = False
-        self._sums: tuple[Tensor, Tensor, int] | None = None  # (sum of mu_t, sum of var_t + mu_t^2, steps)
+        self.fallback_grad = fallback_grad
+        self.init_sequence_state()
 
-    # -- sequence protocol ---------------------------------------------------------------------------
-    def begin_sequence(self) -> None:
-        self._in_sequence, self._sums = True, None
-
-    def end_sequence(self) -> None:
-        self._in_sequence = False
-        self.commit()
-
-    def abort_sequence(self) -> None:
-        self._in_sequence, self._sums = False, None
-
-    @torch.no_grad()
-    def accumulate(self, mean_t: Tensor, var_t: Tensor) -> None:
-        """Add per-step statistics ``[T', C]`` to the all-time sums of the current sequence."""
-        mean_t, var_t = mean_t.double(), var_t.double()
-        sums = (mean_t.sum(0), (var_t + mean_t**2).sum(0), mean_t.shape[0])
-        if self._sums is not None:
-            sums = (self._sums[0] + sums[0], self._sums[1] + sums[1], self._sums[2] + sums[2])
-        self._sums = sums
-
-    def all_time_statistics(self) -> tuple[Tensor, Tensor]:
-        """``(S_mu, S_v - S_mu^2)`` of the steps accumulated so far (float64)."""
-        if self._sums is None:
-            raise ValueError("OSR has accumulated no training step in this sequence")
-        total_mean, total_sq, steps = self._sums
-        mean = total_mean / steps
-        return mean, (total_sq / steps - mean**2).clamp_min(0)
-
-    def commit(self) -> None:
-        """Apply the once-per-sequence EMA update with the all-time statistics (no-op if none)."""
-        if self._sums is not None:
-            mean, var = self.all_time_statistics()
-            self.update_running(mean, var)
-            self._sums = None
+    def sequence_statistics(self) -> tuple[Tensor, Tensor]:
+        """The all-time statistics ``(S_mu, S_v - S_mu^2)`` (Eq. 15) of the steps accumulated so far in this
+        sequence (float64): the mean and biased variance pooled over all its samples."""
+        return self.sequence_moments.mean(), self.sequence_moments.pooled_variance()
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -131,21 +121,26 @@ class OSR(TimeMajorNorm, SequenceAware):
         exact = self.normalize(x, self.running_mean, self.running_var)  # the eval transform's value
         if self.fallback_ratio is not None:
             fallback = (torch.maximum(r, 1 / r) > self.fallback_ratio).any(dim=1)  # per step [T']
-            r = torch.where(fallback[:, None], torch.ones_like(r), r)
-            d = torch.where(fallback[:, None], torch.zeros_like(d), d)
+            if self.fallback_grad == "exact":  # plain BN's gradient; "code" keeps the renormalised one
+                r = torch.where(fallback[:, None], torch.ones_like(r), r)
+                d = torch.where(fallback[:, None], torch.zeros_like(d), d)
             step_view = fallback.reshape(-1, *([1] * (x.ndim - 1)))
             exact = torch.where(step_view, x_hat, exact)
         renormalized = x_hat * self.feature_view(r, x) + self.feature_view(d, x)
         z = exact.detach() + (renormalized - renormalized.detach())  # value: exact; gradient: renormalized
-        if not self._in_sequence:
-            self.commit()
+        self.commit_unless_in_sequence()
         if not self.affine:
             return z
-        if self.gamma_grad == "paper":
-            return self.affine_transform(z)
+        if self.gamma_grad == "paper" and self.fallback_grad == "exact":
+            return self.affine_transform(z)  # dL/dgamma = sum dL/dy z: Eq. 11, and plain BN's on fallback steps
+        # dL/dgamma = sum dL/dy (x_hat r + d) (paper) or (x_hat + d) (code), r and d kept on fallback steps
+        gamma_factor = renormalized if self.gamma_grad == "paper" else x_hat + self.feature_view(d, x)
         weight = self.feature_view(self.weight, x)
-        code_grad = (weight - weight.detach()) * (x_hat + self.feature_view(d, x)).detach()
-        return z * weight.detach() + code_grad + self.feature_view(self.bias, x)
+        gamma_term = (weight - weight.detach()) * gamma_factor.detach()  # value 0, gradient gamma_factor
+        return z * weight.detach() + gamma_term + self.feature_view(self.bias, x)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", fallback_ratio={self.fallback_ratio}, gamma_grad={self.gamma_grad!r}"
+        return super().extra_repr() + (
+            f", fallback_ratio={self.fallback_ratio}, gamma_grad={self.gamma_grad!r}, "
+            f"fallback_grad={self.fallback_grad!r}"
+        )

@@ -20,7 +20,7 @@ with needs_extra("rl", __name__):
     from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from spikenorm.models.layers import LayerSpec
-from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, PopSANActor, TwinQCritic
+from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, MLPActor, PopSANActor, TwinQCritic
 from spikenorm.modes import eval_mode
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.rl import (
@@ -48,8 +48,16 @@ class _Ticks(IterableDataset):
         return iter(range(self.count))
 
 
+ACTORS = ("ann", "spiking")
+
+
 class SpikingTD3(LightningModule):
     """TD3 (or DDPG) with a spiking actor, trained online on a gymnasium MuJoCo env (the CaRe-BN setting).
+
+    The actor is the population-coded spiking actor (:class:`~spikenorm.models.PopSANActor`, ``actor="spiking"``)
+    with the norm its ``actor_layers`` name: ``carebn`` (CaRe-BN), ``tdbn``, ``tebn``, ``tab``, ``bn``, or ``none``
+    (the BN-free pop-SAN); or, as the ANN baseline of the CaRe-BN paper, TD3's ReLU MLP
+    (:class:`~spikenorm.models.MLPActor`, ``actor="ann"``).
 
     Each training iteration collects ``frames_per_batch`` environment steps with a TorchRL ``Collector``
     (the policy in eval mode: BN layers use their running statistics, so a batch of one works; Gaussian
@@ -86,11 +94,16 @@ class SpikingTD3(LightningModule):
         env_name: a gymnasium env id with a bounded continuous action space (MuJoCo v5, or classic control
             such as ``Pendulum-v1``).
         total_env_steps: environment steps to train for (warm-up included).
+        actor: ``spiking`` (PopSAN) or ``ann`` (TD3's MLP actor; no norm, no time axis: ``actor_layers`` must be
+            left at its default or None, and is recorded as None; ``time_steps`` is not used). Checkpoints record
+            it, so they rebuild the right network.
         actor_layers: the PopSAN actor's layers (:class:`~spikenorm.models.LayerSpec`, default
             :data:`~spikenorm.models.POPSAN_LAYERS`: norm ``carebn``, neuron ``clif``, surrogate ``rectangle``;
-            norm ``bn``, ``tdbn``, ``none``, ... and their ``norm_kwargs``, e.g. ``{"prior": "debiased", "noise":
-            "prior"}`` for CaRe-BN's Kalman variant, :func:`spikenorm.norm.carebn.ca_bn_update`). The actor's
-            ``T`` is ``time_steps``. Checkpoints store the spec as the dict of its fields.
+            norm ``bn``, ``tdbn``, ``tebn``, ``tab``, ``none``, ... and their ``norm_kwargs``, e.g.
+            ``{"prior": "debiased", "noise": "prior"}`` for CaRe-BN's Kalman variant,
+            :func:`spikenorm.norm.carebn.ca_bn_update`). The actor's ``T`` is ``time_steps``. Checkpoints store
+            the spec as the dict of its fields (None for the ANN actor).
+        hidden: widths of the actor's hidden layers (spiking or ReLU) and of each TD3 critic.
         algorithm: ``td3`` or ``ddpg`` (DDPG's critic, learning rates and tau of the CaRe-BN reference code when
             left at their defaults).
         compile: ``torch.compile`` the actor in place when the trainer configures the model
@@ -108,7 +121,8 @@ class SpikingTD3(LightningModule):
         total_env_steps: int = 50_000,
         warmup_steps: int = 5_000,
         algorithm: Literal["td3", "ddpg"] = "td3",
-        actor_layers: LayerSpec = POPSAN_LAYERS,
+        actor: Literal["spiking", "ann"] = "spiking",
+        actor_layers: LayerSpec | None = POPSAN_LAYERS,
         time_steps: int = 5,
         hidden: tuple[int, ...] = (256, 256),
         batch_size: int = 256,
@@ -134,6 +148,20 @@ class SpikingTD3(LightningModule):
         super().__init__()
         if algorithm not in ("td3", "ddpg"):
             raise ValueError(f"unknown algorithm {algorithm!r}; available: ddpg, td3")
+        if actor not in ACTORS:
+            raise ValueError(f"unknown actor {actor!r}; available: {', '.join(ACTORS)}")
+        if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters, or some fields given in Python
+            actor_layers = replace(POPSAN_LAYERS, **actor_layers)
+        if actor == "ann" and actor_layers not in (None, POPSAN_LAYERS):
+            raise ValueError(
+                "SpikingTD3(actor='ann') builds TD3's ReLU MLP actor, which has no spiking layers: leave "
+                f"actor_layers unset or null (got {actor_layers!r}), or use actor='spiking' for the PopSAN actor"
+            )
+        if actor == "spiking" and actor_layers is None:
+            raise ValueError(
+                "SpikingTD3(actor='spiking') needs actor_layers (a LayerSpec; the default is POPSAN_LAYERS); "
+                "actor_layers=None is for actor='ann'"
+            )
         if target_update not in ("soft", "hard"):
             raise ValueError(f"unknown target_update {target_update!r}; available: hard, soft")
         if warmup_steps % frames_per_batch:
@@ -151,11 +179,11 @@ class SpikingTD3(LightningModule):
             "critic_lr": 1e-3 if ddpg else 3e-4,
             "critic_weight_decay": 0.01 if ddpg else 0.0,
         }
-        if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters, or some fields given in Python
-            actor_layers = replace(POPSAN_LAYERS, **actor_layers)
         self.save_hyperparameters()
-        # plain data, so that checkpoints load without unpickling code and loggers get actor_layers/<field> keys
-        self._hparams["actor_layers"] = self._hparams_initial["actor_layers"] = asdict(actor_layers)
+        # plain data, so that checkpoints load without unpickling code and loggers get actor_layers/<field> keys;
+        # None for the ANN actor, which has no spiking layers
+        layers_record = asdict(actor_layers) if actor == "spiking" else None
+        self._hparams["actor_layers"] = self._hparams_initial["actor_layers"] = layers_record
         for key, value in defaults.items():
             if self.hparams[key] is None:
                 self.hparams[key] = value
@@ -166,14 +194,13 @@ class SpikingTD3(LightningModule):
         low, high = action_bounds(self.env)
         self.register_buffer("action_low", low.float())
         self.register_buffer("action_high", high.float())
-        self.actor = PopSANActor(
-            obs_dim,
-            act_dim,
-            max_action=high.float().tolist(),
-            hidden=hidden,
-            time_steps=time_steps,
-            layers=actor_layers,
-        )
+        max_action = high.float().tolist()
+        if actor == "ann":
+            self.actor = MLPActor(obs_dim, act_dim, max_action=max_action, hidden=hidden)
+        else:
+            self.actor = PopSANActor(
+                obs_dim, act_dim, max_action=max_action, hidden=hidden, time_steps=time_steps, layers=actor_layers
+            )
         self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
         self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
         self.critic_target = make_target(self.critic)
