@@ -20,7 +20,8 @@ class MPBN(VanillaBN):
 
     Training (as the reference code ``yfguo91/MPBN``): per-step batch statistics ``mu_t, var_t``; one
     ``gamma``, ``beta`` and one running estimate shared by all steps. The neuron calls the layer once per
-    step, so the running estimate receives ``T`` EMA updates per forward (momentum 0.1, eps 1e-5).
+    step, so the running estimate receives ``T`` EMA updates per forward (momentum 0.1, eps 1e-5): ``bn``'s
+    ``running_update="per_call"``; ``"per_batch"`` is refused, as no sequence around the neuron's calls commits it.
     Inference: running statistics; :func:`spikenorm.fold.fold_model` then replaces the layer by the
     threshold ``theta' = mu + (theta - beta) sqrt(var + eps) / gamma`` (sign-flipped where gamma < 0).
 
@@ -30,7 +31,6 @@ class MPBN(VanillaBN):
 
     Args:
         num_features: channels ``C``.
-        running_update: only ``"per_call"`` (the reference code's update per step; ``"per_batch"`` raises).
         feature_shape: ``None`` or ``(C,)`` for channel-wise statistics (over batch and space, the
             reference code); ``(C, H, W)`` for element-wise statistics (one per neuron, over the batch: the
             paper's variant, which post-conv BN cannot express).
