@@ -66,8 +66,9 @@ class ReplayRecalibration(Callback):
         if not statistics_layers(pl_module.actor):
             raise ValueError(
                 f"ReplayRecalibration: the actor of {name} ({type(pl_module.actor).__name__}) has no BN layer with "
-                "running statistics to re-calibrate; give it one (SpikingTD3(actor_layers=LayerSpec(norm='carebn'), "
-                "or 'bn' or 'tdbn')) or remove the callback"
+                "running statistics to re-calibrate (the ANN actor, actor='ann', has none); give it one "
+                "(SpikingTD3(actor='spiking', actor_layers=LayerSpec(norm='carebn'), or 'bn', 'tdbn', 'tebn', "
+                "'tab')) or remove the callback"
             )
         total = getattr(pl_module, "total_env_steps", None)
         if total is not None and self.every_n_env_steps > total:
