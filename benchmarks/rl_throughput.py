@@ -13,7 +13,9 @@ Two loops train the same networks with the same math on the same gymnasium env:
   logger=False, ...)`` (TorchRL ``Collector`` with the eval-mode policy, ``TensorDictReplayBuffer``,
   ``self.log`` of losses and throughput), with the :class:`spikenorm.callbacks.ReplayRecalibration`
   callback attached at the paper's rate (every 5000 env steps, 100 x 256; it fires only in runs that
-  long). Periodic evaluation is switched off (``eval_every`` beyond the run), the plain loop has none.
+  long). Periodic evaluation is switched off (``eval_every`` beyond the run), the plain loop has none; the
+  evaluation of the final policy that ends every fit is one episode (``eval_episodes=1``), after the timed
+  post-warm-up part and inside the whole-run wall time.
   Optional extra row ``spikenorm fpb=K`` (``--frames-per-batch K``): K env steps per training
   iteration, then K updates (same number of updates per env step, coarser interleaving).
 
@@ -348,6 +350,7 @@ def run_spikenorm(
         algorithm="td3",
         frames_per_batch=frames_per_batch,
         eval_every=total + 1,
+        eval_episodes=1,
         seed=seed,
         actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
         **hp.td3_options(),

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from spikenorm.callbacks.plumbing import (
+    TimeStepsTask,
     batch_inputs,
     check_every_n_epochs,
     epoch_due,
@@ -203,6 +204,7 @@ class BNRecalibration(Callback):
                 mode=self.mode,
                 num_batches=self.num_batches,
                 reset_fn=self.reset_fn,
+                time_steps=pl_module.time_steps if isinstance(pl_module, TimeStepsTask) else None,
             )
         self.last_report = report
         self.recalibrations += 1

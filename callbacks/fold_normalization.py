@@ -40,15 +40,21 @@ class FoldNormalization(EvaluationBatchCallback):
     * ``val/max_abs_diff_folded``: largest difference between the two models' outputs.
 
     The check runs in ``check_dtype``: ``float64`` (default) tests the fold itself, free of float32
-    rounding, and an exact fold then flips no spike; ``float32`` measures the deployed precision. At fit
-    end the folded model of the final weights is written next to the checkpoints as ``<filename>.pt``
+    rounding, and an exact fold then flips no spike; ``float32`` measures the deployed precision. Both models
+    of the check run in that dtype, so under ``bf16-mixed`` its accuracy is the float64 model's, not the
+    bf16 accuracy the task logs. At fit end the folded model of ``weights`` (by default the best checkpoint's:
+    the weights ``spikenorm fit`` tests, so the files and the summary's numbers come from one set of weights;
+    the final weights when no checkpoint was kept) is written next to the checkpoints as ``<filename>.pt``
     (:func:`spikenorm.fold.save_folded`'s format, which loads without running code from the file: load it
     with :func:`spikenorm.fold.load_folded`) and, when ``export`` is set and it succeeds, ``<filename>.pt2``
     (``torch.export``, dynamic batch size; load with ``torch.export.load``, which falls back to unpickling
     when a file is not plain weights, so load ``.pt2`` files only from sources you trust).
 
     At setup the network is folded (and, when it is saved at fit end, written to memory in that format) once,
-    so a model that cannot be folded or saved fails before the first step, with the reason.
+    so a model that cannot be folded or saved fails before the first step, with the reason; with
+    ``unfoldable="warn"`` it warns instead and the callback does nothing for that run (no check, no file), and
+    the run's summary says "not foldable: <reason>". The recipes use ``"warn"``, so that comparing norms that
+    do not fold (``bntt``, ``tebn``, ``tab``) is one flag.
 
     The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as
     ``model``) and may encode batches with ``encode(x)`` (a
@@ -62,6 +68,10 @@ class FoldNormalization(EvaluationBatchCallback):
         export: also write the ``torch.export`` program.
         filename: file name without suffix.
         dirpath: output folder; by default the checkpoint folder, else the trainer's ``default_root_dir``.
+        weights: ``"best"``: fold the best checkpoint of the trainer's ``ModelCheckpoint`` at fit end (the final
+            weights when it kept none); ``"last"``: fold the final weights.
+        unfoldable: ``"error"``: a network that cannot be folded (or saved) stops the run at setup; ``"warn"``:
+            a warning, then nothing.
     """
 
     def __init__(
@@ -72,31 +82,51 @@ class FoldNormalization(EvaluationBatchCallback):
         export: bool = True,
         filename: str = "folded_model",
         dirpath: str | None = None,
+        weights: Literal["best", "last"] = "best",
+        unfoldable: Literal["error", "warn"] = "error",
     ) -> None:
         super().__init__()
         if check_dtype not in _DTYPES:
             raise ValueError(f"check_dtype must be one of {sorted(_DTYPES)}, got {check_dtype!r}")
+        if weights not in ("best", "last"):
+            raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+        if unfoldable not in ("error", "warn"):
+            raise ValueError(f"unfoldable must be 'error' or 'warn', got {unfoldable!r}")
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.check_dtype = check_dtype
         self.save_on_fit_end = save_on_fit_end
         self.export = export
         self.filename = filename
         self.dirpath = dirpath
+        self.weights = weights
+        self.unfoldable = unfoldable
         self._pair: tuple[nn.Module, FoldedModel] | None = None
         self._example: Tensor | None = None
         self.saved_paths: list[Path] = []
+        #: where the weights of the saved files came from (a checkpoint path, or "the final weights")
+        self.folded_from: str | None = None
+        #: why the network cannot be folded, when ``unfoldable="warn"`` let the run go on without folding
+        self.not_foldable: str | None = None
 
     # -- checking ---------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         network = task_network(pl_module, "FoldNormalization")
+        self.not_foldable = None
         try:
             folded = fold_model(network)
             if stage == "fit" and self.save_on_fit_end:
                 save_folded(folded, io.BytesIO())
         except (TypeError, ValueError) as err:
-            raise type(err)(f"FoldNormalization cannot fold and save {type(network).__name__}: {err}") from err
+            message = f"FoldNormalization cannot fold and save {type(network).__name__}: {err}"
+            if self.unfoldable == "error":
+                raise type(err)(message) from err
+            self.not_foldable = str(err)
+            rank_zero_warn(f"{message}. unfoldable='warn': this run is not folded.")
 
     def _start(self, pl_module: NetworkTask) -> None:
+        if self.not_foldable is not None:
+            self._pair = None
+            return
         reference = copy.deepcopy(pl_module.model).to(_DTYPES[self.check_dtype]).eval()
         self._pair = (reference, fold_model(reference))
 
@@ -137,12 +167,36 @@ class FoldNormalization(EvaluationBatchCallback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.save_on_fit_end or not trainer.is_global_zero or trainer.fast_dev_run:
             return
-        folded = fold_model(pl_module.model)
+        if self.not_foldable is not None:
+            return
+        folded = fold_model(self._weights_to_fold(trainer, pl_module))
         directory = output_folder(trainer, self.dirpath)
         self.saved_paths = [save_folded(folded, directory / f"{self.filename}.pt")]
         if self.export and self._example is not None:
             self._export(folded, directory / f"{self.filename}.pt2")
-        rank_zero_info(f"FoldNormalization: folded inference model written to {', '.join(map(str, self.saved_paths))}")
+        rank_zero_info(f"FoldNormalization: {self.summary_line()}")
+
+    def _weights_to_fold(self, trainer: Trainer, pl_module: LightningModule) -> nn.Module:
+        """The network with the weights to fold: the best checkpoint's (``weights="best"`` and the trainer's
+        ``ModelCheckpoint`` kept one), else the final weights; :attr:`folded_from` says which."""
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.weights == "best" else ""
+        if not best:
+            self.folded_from = "the final weights"
+            return pl_module.model
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        network = copy.deepcopy(pl_module.model)
+        network.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        self.folded_from = str(best)
+        return network
+
+    def summary_line(self) -> str | None:
+        """What the CLI prints at the end of a run: the folded files and whose weights they hold, or why the
+        network was not folded."""
+        if self.not_foldable is not None:
+            return f"{'folded model':<14} not foldable: {self.not_foldable}"
+        if not self.saved_paths:
+            return None
+        return f"{'folded files':<14} {', '.join(map(str, self.saved_paths))} (weights: {self.folded_from})"
 
     def _export(self, folded: FoldedModel, path: Path) -> None:
         example = self._example.to(next(folded.parameters()).dtype)
@@ -163,7 +217,8 @@ class FoldNormalization(EvaluationBatchCallback):
         self.saved_paths.append(path)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"saved_paths": [str(p) for p in self.saved_paths]}
+        return {"saved_paths": [str(p) for p in self.saved_paths], "folded_from": self.folded_from}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.saved_paths = [Path(p) for p in state_dict.get("saved_paths", [])]
+        self.folded_from = state_dict.get("folded_from")

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from spikenorm.callbacks.plumbing import ReplayBufferLike, ReplayTaskLike, require_task
@@ -26,9 +27,12 @@ class ReplayRecalibration(Callback):
     ``recalibration/seconds``. The step counter is saved in checkpoints.
 
     The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.ReplayTaskLike`. Before the first
-    training step the callback checks that it is, that the actor has BN layers with running statistics, and
-    that the schedule runs at least once within the task's ``total_env_steps``; it raises ``ValueError``
-    (``TypeError`` for a member of the wrong type, e.g. an actor that is not a module) otherwise.
+    training step the callback checks that it is (``TypeError`` otherwise, e.g. for an actor that is not a
+    module), that the actor has BN layers with running statistics, and that the schedule runs at least once
+    within the task's ``total_env_steps``. When one of the last two fails, ``unusable`` decides: ``"error"``
+    (the default) raises ``ValueError``; ``"warn"`` warns once, the callback does nothing for the rest of the
+    fit, and :meth:`summary_line` says why (so a recipe can switch to ``actor: ann`` or a short run with one
+    flag).
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class ReplayRecalibration(Callback):
         num_batches: int = 100,
         batch_size: int = 256,
         mode: Literal["exact", "single_pass"] = "exact",
+        unusable: Literal["error", "warn"] = "error",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -48,19 +53,32 @@ class ReplayRecalibration(Callback):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if mode not in ("exact", "single_pass"):
             raise ValueError(f"mode must be 'exact' or 'single_pass', got {mode!r}")
+        if unusable not in ("error", "warn"):
+            raise ValueError(f"unusable must be 'error' or 'warn', got {unusable!r}")
         self.every_n_env_steps = every_n_env_steps
         self.num_batches = num_batches
         self.batch_size = batch_size
         self.mode = mode
+        self.unusable = unusable
+        self.unusable_reason: str | None = None  # with unusable="warn": why this fit is not re-calibrated
         self.last_env_steps = 0
         self.recalibrations = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage != "fit":
+            return
+        self.unusable_reason = None
+        try:
             self.check(pl_module)
+        except ValueError as err:
+            if self.unusable == "error":
+                raise
+            self.unusable_reason = str(err).removeprefix("ReplayRecalibration: ")
+            rank_zero_warn(f"ReplayRecalibration: not re-calibrating this run: {self.unusable_reason}")
 
     def check(self, pl_module: LightningModule) -> None:
-        """Raise ``ValueError`` if this callback cannot work on ``pl_module`` (see the class doc)."""
+        """Raise ``ValueError`` if this callback cannot work on ``pl_module`` (``TypeError`` if it is not a
+        replay task; see the class doc)."""
         name = type(pl_module).__name__
         require_task(pl_module, ReplayTaskLike, "ReplayRecalibration")
         if not statistics_layers(pl_module.actor):
@@ -77,11 +95,20 @@ class ReplayRecalibration(Callback):
                 f"for total_env_steps={total}; set every_n_env_steps to at most {total}"
             )
 
+    def summary_line(self) -> str | None:
+        """For the CLI's end-of-fit summary: ``"not re-calibrated: <reason>"`` when ``unusable="warn"`` turned
+        this callback off, else None."""
+        return None if self.unusable_reason is None else f"not re-calibrated: {self.unusable_reason}"
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         steps = pl_module.env_steps
-        if steps - self.last_env_steps < self.every_n_env_steps or len(pl_module.replay_buffer) == 0:
+        if (
+            self.unusable_reason is not None
+            or steps - self.last_env_steps < self.every_n_env_steps
+            or len(pl_module.replay_buffer) == 0
+        ):
             return
         self.last_env_steps = steps
         device = next(pl_module.actor.parameters()).device

@@ -35,6 +35,7 @@ _PACKET_HEADER = np.dtype(
 )
 _POLARITY_EVENT = np.dtype([("data", "<u4"), ("timestamp", "<i4")])
 _POLARITY_TYPE = 1
+_AEDAT31_MAGIC = b"#!AER-DAT3.1"
 _HEADER_END = b"#!END-HEADER\r\n"
 _AEDAT31_FORMAT = "a jAER AEDAT 3.1 recording ('#!AER-DAT3.1' header lines, then typed event packets)"
 _REPLACE_RECORDING = (
@@ -70,7 +71,7 @@ def _corrupt_recording(path: str, problem: str) -> CorruptDataError:
 
 
 def _parse_aedat31_polarity(path: str, raw: bytes) -> np.ndarray:
-    if not raw.startswith(b"#!AER-DAT3.1"):
+    if not raw.startswith(_AEDAT31_MAGIC):
         raise _corrupt_recording(path, f"it starts with {raw[:12]!r}")
     end = raw.find(_HEADER_END)
     if end < 0:
@@ -166,6 +167,17 @@ class IBMGestureSegments:
                     raise ValueError(f"{labels_csv}: class {label} outside 1..{len(self.classes)}")
                 self.data.append((recording, int(start), int(end)))
                 self.targets.append(int(label) - 1)
+
+    def check_files(self) -> None:
+        """Raise a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming the first recording that is empty
+        or does not start with the AEDAT 3.1 version line (reads 12 bytes per recording, no events), so a damaged
+        recording is named before a loader reaches it."""
+        for recording in dict.fromkeys(path for path, _, _ in self.data):
+            with open(recording, "rb") as f:
+                start = f.read(len(_AEDAT31_MAGIC))
+            if start != _AEDAT31_MAGIC:
+                problem = f"it starts with {start!r}, not {_AEDAT31_MAGIC!r}" if start else "it is empty (0 bytes)"
+                raise _corrupt_recording(recording, problem)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -116,7 +116,9 @@ class TonicDataModule(EventFrameDataModule):
       segment (SpikingJelly's convention, 1176 / 288; see
       :class:`~spikenorm.datamodules.ibm_gesture.IBMGestureSegments`). The two are not comparable.
 
-    Damaged files: a data file that cannot be read as its format raises a
+    Damaged files: ``setup`` checks every data file (not empty, the format's header; the first bytes only, no
+    events decoded) and raises a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming the first bad one.
+    Damage past the header is found when the file is read: a data file that cannot be read as its format raises a
     :class:`~spikenorm.datamodules.errors.CorruptDataError` naming it (absolute path), the format expected
     and where an intact copy comes from. A damaged cache entry is rebuilt from its source with a warning
     naming it; only an entry still unreadable after the rebuild raises, saying to delete it.
@@ -203,9 +205,15 @@ class TonicDataModule(EventFrameDataModule):
         return reader(hp.root, transform=transform, download=hp.download, **split)
 
     def _event_sources(self, transform: EventsToFrames | None) -> dict[str, Any]:
+        """The readers of the dataset's files, each file checked first (``check_files``: not empty, a readable
+        header), so that ``setup`` names a damaged file instead of the loader that reaches it."""
         if self.spec.test_holdout is not None:
-            return {"all": self._open(transform)}
-        return {"train": self._open(transform, train=True), "test": self._open(transform, train=False)}
+            sources = {"all": self._open(transform)}
+        else:
+            sources = {"train": self._open(transform, train=True), "test": self._open(transform, train=False)}
+        for source in sources.values():
+            source.check_files()
+        return sources
 
     def prepare_data(self) -> None:
         """Download the files when ``download=True`` (Lightning calls this on one process per node)."""

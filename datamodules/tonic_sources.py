@@ -10,6 +10,8 @@ readers (same ``<root>/<ClassName>/`` layout, same event arrays) but:
   the files expected and where they come from;
 * list samples in sorted path order (tonic keeps the file system's order for CIFAR10-DVS and Gesture
   files), so that index-based splits and caches are the same on every machine;
+* check every file cheaply before any is decoded (:meth:`_LocalFirst.check_files`: not empty, a header of the
+  format; the first bytes only), so that a datamodule names a damaged file at setup;
 * read each sample through :meth:`_LocalFirst.read_events`, so that a damaged file (truncated, overwritten)
   raises a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming the file, its expected format and
   where an intact copy comes from, instead of the parser's ``IndexError`` / ``failed to fill whole buffer``;
@@ -22,7 +24,7 @@ The class names equal tonic's, because tonic derives the folder ``<root>/<ClassN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import recfunctions
@@ -69,6 +71,25 @@ class _LocalFirst:
     def read_events(self, path: str) -> np.ndarray:
         """The structured events of one file, as tonic's ``__getitem__`` reads them."""
         raise NotImplementedError
+
+    def header_problem(self, f: BinaryIO, size: int) -> str | None:
+        """What is wrong with the start of a non-empty file of ``size`` bytes open at byte 0, or None (reads the
+        format's header at most, no events)."""
+        raise NotImplementedError
+
+    def check_files(self) -> None:
+        """Raise a :class:`~spikenorm.datamodules.errors.CorruptDataError` naming the first data file that is empty
+        or whose header is not :attr:`file_format`'s. Reads the first bytes of each file (one ``stat`` and one short
+        read per file), so a damaged file is named before a loader reaches it; damage past the header is found
+        when the file is read (:meth:`__getitem__`)."""
+        for path in self.data:
+            size = Path(path).stat().st_size
+            if size == 0:
+                raise self.corrupt(path, "it is empty (0 bytes)")
+            with reading(path, self.file_format, self.replace_hint), open(path, "rb") as f:
+                problem = self.header_problem(f, size)
+            if problem is not None:
+                raise self.corrupt(path, problem)
 
     @property
     def replace_hint(self) -> str:
@@ -125,10 +146,21 @@ class DVSGesture(_LocalFirst, tonic.datasets.DVSGesture):
 
     def read_events(self, path: str) -> np.ndarray:
         table = np.load(path)
-        if table.ndim != 2 or table.shape[1] != 4:
-            raise self.corrupt(path, f"it holds an array of shape {table.shape}")
+        problem = self.shape_problem(table.shape)
+        if problem is not None:
+            raise self.corrupt(path, problem)
         table[:, 3] *= 1000  # ms -> us
         return recfunctions.unstructured_to_structured(table, self.dtype)
+
+    def header_problem(self, f: BinaryIO, size: int) -> str | None:
+        """The ``.npy`` header must be readable and give an ``[N, 4]`` shape."""
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return self.shape_problem(read_header(f)[0])
+
+    @staticmethod
+    def shape_problem(shape: tuple[int, ...]) -> str | None:
+        return None if len(shape) == 2 and shape[1] == 4 else f"it holds an array of shape {shape}"
 
 
 class CIFAR10DVS(_LocalFirst, tonic.datasets.CIFAR10DVS):
@@ -139,6 +171,12 @@ class CIFAR10DVS(_LocalFirst, tonic.datasets.CIFAR10DVS):
         "each <class>.zip inside"
     )
     file_format = "an AEDAT 4.0 file (iniVation DV) with an event stream"
+    magic = b"#!AER-DAT4.0"
+
+    def header_problem(self, f: BinaryIO, size: int) -> str | None:
+        """The file must start with the AEDAT 4.0 version line."""
+        start = f.read(len(self.magic))
+        return None if start == self.magic else f"it starts with {start!r}, not {self.magic!r}"
 
     def read_events(self, path: str) -> np.ndarray:
         events = tonic.datasets.cifar10dvs.read_aedat4(path)
@@ -161,8 +199,12 @@ class NMNIST(_LocalFirst, tonic.datasets.NMNIST):
         super().__init__(*args, **kwargs)
 
     def read_events(self, path: str) -> np.ndarray:
-        size = Path(path).stat().st_size
-        if size == 0 or size % 5:
-            raise self.corrupt(path, f"its size, {size} bytes, is not a positive multiple of 5")
+        problem = self.header_problem(None, Path(path).stat().st_size)
+        if problem is not None:
+            raise self.corrupt(path, problem)
         events = tonic.datasets.nmnist.read_mnist_file(path, dtype=self.dtype)
         return events[events["t"] < 1e5] if self.first_saccade_only else events
+
+    def header_problem(self, f: BinaryIO | None, size: int) -> str | None:
+        """N-MNIST files have no header: the size must be a positive multiple of the 5-byte event."""
+        return None if size and not size % 5 else f"its size, {size} bytes, is not a positive multiple of 5"

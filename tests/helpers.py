@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from lightning.pytorch import Callback, Trainer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -130,3 +132,17 @@ def offline_wandb(folder: Path) -> Iterator[None]:
             yield
         finally:
             wandb.teardown()
+
+
+def eager_and_fused(
+    neuron: torch.nn.Module, shape: Sequence[int], dtype: torch.dtype, scale: float
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Set ``neuron`` to its eager loop and return a fused copy, one input ``scale * N(0, 1)`` of ``shape`` and an
+    output gradient ``N(0, 1)``, both in ``dtype`` (generator seed 0): the set-up of an eager-vs-fused comparison."""
+    neuron.backend = "eager"
+    fast = copy.deepcopy(neuron)
+    fast.backend = "fused"
+    gen = torch.Generator().manual_seed(0)
+    x = (scale * torch.randn(shape, generator=gen)).to(dtype)
+    grad_out = torch.randn(shape, generator=gen).to(dtype)
+    return fast, x, grad_out

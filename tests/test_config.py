@@ -87,7 +87,7 @@ def test_flatten_and_differences():
     assert differences(old, new, "model") == [
         "model.hidden: [32] -> [32, 16]",
         "model.layers.neuron: 'lif' -> 'if'",
-        "model.layers.neuron_kwargs.threshold: (absent) -> 0.5",  # an empty dict vs a dict: its entries are listed
+        "model.layers.neuron_kwargs.threshold: 1.0 -> 0.5",  # the neuron's default threshold, filled in
     ]
     assert differences(old, old, "model") == []
     layers = old["init_args"]["layers"]
@@ -120,7 +120,7 @@ def test_a_dataclass_argument_round_trips_through_its_fields():
     assert describe(instantiate(short)) == config
     assert differences(short, config, "model") == []
     assert differences({**short, "init_args": {**short["init_args"], "layers": {"norm": "tdbn"}}}, config, "model") == [
-        "model.layers.neuron_kwargs.decay: (absent) -> 0.5",
+        "model.layers.neuron_kwargs.decay: None -> 0.5",
         "model.layers.norm: 'tdbn' -> 'bntt'",
         "model.layers.shortcuts: None -> 'per_layer'",
         "model.layers.time_steps: None -> 3",
@@ -147,3 +147,50 @@ def test_a_partial_spec_keeps_the_parameters_default_and_flat_fields_of_old_conf
     assert describe(instantiate(old)) == describe(
         SpikingMLP(6, 2, hidden=[5], layers=LayerSpec(norm="bn", neuron="if"))
     )
+
+
+def test_options_the_library_fills_in_compare_equal_to_the_same_values_given():
+    """Issue 25, row 9: ``surrogate_kwargs={}`` builds Sigmoid(alpha=4.0), so it equals an explicit alpha of 4.0;
+    another alpha, or a neuron threshold other than the neuron's default, still differs."""
+    explicit = describe(SpikingVGG("small", 1, 10, layers=LayerSpec(surrogate_kwargs={"alpha": 4.0})))
+    library = describe(SpikingVGG("small", 1, 10, layers=LayerSpec()))
+    assert differences(explicit, library, "model") == []
+    other = describe(SpikingVGG("small", 1, 10, layers=LayerSpec(surrogate_kwargs={"alpha": 2.0})))
+    assert differences(explicit, other, "model") == ["model.layers.surrogate_kwargs.alpha: 4.0 -> 2.0"]
+    threshold = describe(SpikingVGG("small", 1, 10, layers=LayerSpec(neuron_kwargs={"threshold": 0.5})))
+    assert differences(library, threshold, "model") == ["model.layers.neuron_kwargs.threshold: 1.0 -> 0.5"]
+    spelled_out = describe(SpikingVGG("small", 1, 10, layers=LayerSpec(neuron_kwargs={"threshold": 1.0})))
+    assert differences(library, spelled_out, "model") == []
+
+
+def test_a_checkpoint_loads_into_the_identical_network_built_with_library_defaults(tmp_path):
+    """Issue 25, row 9: the quickstart's network (``surrogate_kwargs: {alpha: 4.0}``) loads into
+    ``SpikingVGG(..., layers=LayerSpec(norm="tdbn"))``, whose surrogate is the same Sigmoid(alpha=4.0)."""
+    from spikenorm.tasks import SpikingClassifier
+
+    trained = SpikingClassifier(
+        SpikingVGG("small", 1, 10, layers=LayerSpec(norm="tdbn", surrogate_kwargs={"alpha": 4.0})), time_steps=2
+    )
+    path = tmp_path / "task.ckpt"
+    torch.save(
+        {
+            "state_dict": trained.state_dict(),
+            "hyper_parameters": dict(trained.hparams),
+            "pytorch-lightning_version": "2.6.0",
+            **_network_entry(trained),
+        },
+        path,
+    )
+    same = SpikingVGG("small", 1, 10, layers=LayerSpec(norm="tdbn"))
+    loaded = SpikingClassifier.load_from_checkpoint(path, model=same, weights_only=True)
+    assert loaded.model.features[0][2].surrogate.alpha == 4.0
+    with pytest.raises(ValueError, match=r"surrogate_kwargs.alpha: 4.0 -> 2.0"):
+        SpikingClassifier.load_from_checkpoint(
+            path, model=SpikingVGG("small", 1, 10, layers=LayerSpec(surrogate_kwargs={"alpha": 2.0}))
+        )
+
+
+def _network_entry(task) -> dict:
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)
+    return checkpoint

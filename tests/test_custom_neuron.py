@@ -7,12 +7,11 @@ Compilation costs seconds per kernel on CPU: the fused tests use one small shape
 
 from __future__ import annotations
 
-import copy
-
 import nir
 import numpy as np
 import pytest
 import torch
+from helpers import eager_and_fused
 from torch import Tensor, nn
 
 from spikenorm import fused
@@ -79,12 +78,7 @@ class NoDerivative(Surrogate):
 
 def compare(neuron: SpikingNeuron, dtype: torch.dtype, atol: float) -> None:
     """Eager and fused copies of ``neuron`` on one input: equal spikes, input gradients within ``atol``."""
-    neuron.backend = "eager"
-    fast = copy.deepcopy(neuron)
-    fast.backend = "fused"
-    gen = torch.Generator().manual_seed(0)
-    x = (2 * torch.randn(SHAPE, generator=gen)).to(dtype)
-    grad_out = torch.randn(SHAPE, generator=gen).to(dtype)
+    fast, x, grad_out = eager_and_fused(neuron, SHAPE, dtype, scale=2)
     assert fused.use_fused(fast, x, "fused"), fused.unsupported_reason(fast, x)
     xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
     se, sf = neuron(xe), fast(xf)

@@ -182,6 +182,60 @@ def test_ibm_gesture_damaged_labels_csv_is_named(ibm_recording, tmp_path):
     _names(info, labels, "labels CSV", "could not convert")
 
 
+# ------------------------------------------------------------------------------- checked at setup
+
+
+NMNIST_FILES = (
+    "nmnist",
+    lambda root: write_nmnist(root, {"Train": 2, "Test": 1}, np.random.default_rng(0), 40),
+    ".bin",
+)
+GESTURE_NPY = (
+    "dvsgesture",
+    lambda root: write_dvsgesture_npy(root, GESTURE_TRIALS, np.random.default_rng(2), 30),
+    ".npy",
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "kwargs", "damage", "problem"),
+    [
+        (NMNIST_FILES, {}, lambda path: _truncate(path, 0), "it is empty (0 bytes)"),
+        (NMNIST_FILES, {}, lambda path: _truncate(path, 12), "its size, 12 bytes, is not a positive multiple of 5"),
+        (
+            ("cifar10dvs", lambda root: write_cifar10dvs(root, 10, np.random.default_rng(1), 30), ".aedat4"),
+            {},
+            lambda path: _overwrite(path, b"#!AER-DAT2.0" + _garbage(100)),
+            "it starts with b'#!AER-DAT2.0'",
+        ),
+        (GESTURE_NPY, {}, lambda path: _overwrite(path, _garbage(300)), "reading it failed"),
+        (GESTURE_NPY, {}, lambda path: np.save(path, np.zeros((5, 3), np.int64)), "an array of shape (5, 3)"),
+        (
+            (
+                "dvsgesture",
+                lambda root: write_ibm_gesture(root, ["user01_led"], ["user02_led"], np.random.default_rng(3), 10),
+                ".aedat",
+            ),
+            {"split_convention": "spikingjelly"},
+            lambda path: _truncate(path, 0),
+            "it is empty (0 bytes)",
+        ),
+    ],
+    ids=["nmnist-empty", "nmnist-size", "cifar10dvs-header", "gesture-npy-garbage", "gesture-npy-shape", "ibm-empty"],
+)
+def test_a_damaged_file_is_named_at_setup(tmp_path, files, kwargs, damage, problem):
+    """setup checks every data file's size and header: the damaged one is named before any loader runs."""
+    dataset, write, extension = files
+    root = str(tmp_path / "data")
+    write(root)
+    paths = sorted(glob.glob(os.path.join(os.path.abspath(root), "**", f"*{extension}"), recursive=True))
+    path = paths[len(paths) // 2]
+    damage(path)
+    with pytest.raises(CorruptDataError) as info:
+        _module(root, dataset, tmp_path, cache=False, val_fraction=0.5, **kwargs)
+    _names(info, path, problem)
+
+
 # ----------------------------------------------------------------------------------------- frame cache
 
 

@@ -22,6 +22,7 @@ from spikenorm.fold import (
 from spikenorm.models import LayerSpec, PopSANActor, SpikingMLP, SpikingResNet19, SpikingVGG
 from spikenorm.neurons import LIF
 from spikenorm.norm import MPBN, TimeMajorNorm, build_norm
+from spikenorm.synapse import TimeDistributed
 
 MPBN_NEURON = {"decay": 0.25, "threshold": 0.5}
 
@@ -210,6 +211,28 @@ def test_fold_errors_are_clear():
     standalone = torch.nn.Sequential(torch.nn.Linear(3, 4), build_norm("mpbn", 4))
     with pytest.raises(ValueError, match="must be a neuron's membrane_norm"):
         fold_model(standalone)
+
+
+def test_models_of_other_libraries_are_refused_naming_the_layers_that_do_not_fold():
+    """snnTorch and SpikingJelly networks (and torch BatchNorm): refused before tracing, their layer types named."""
+    from peer_models import snntorch_net, spikingjelly_net
+
+    with pytest.raises(
+        ValueError,
+        match=r"folds spikenorm layers only.*SnnTorchNet holds layers it cannot fold: "
+        r"BatchNorm2d \(torch BatchNorm: 'bn1'\); Leaky \(snntorch neuron: 'lif1', 'lif2'\)",
+    ):
+        fold_model(snntorch_net())
+    with pytest.raises(
+        ValueError,
+        match=r"Sequential holds layers it cannot fold: Conv2d \(spikingjelly layer: '0'\); "
+        r"BatchNorm2d \(spikingjelly BatchNorm: '1'\); LIFNode \(spikingjelly neuron: '2', '6'\);",
+    ):
+        fold_model(spikingjelly_net())
+    with pytest.raises(ValueError, match=r"BatchNorm1d \(torch BatchNorm: '1.module'\).*build_norm\('bn', C\)"):
+        fold_model(
+            torch.nn.Sequential(TimeDistributed(torch.nn.Linear(3, 4)), TimeDistributed(torch.nn.BatchNorm1d(4)), LIF())
+        )
 
 
 def test_training_model_is_left_in_training_mode():

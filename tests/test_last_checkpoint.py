@@ -46,3 +46,17 @@ def test_a_resume_with_another_interval_keeps_writing_last_ckpt(tmp_path):
     _fit(tmp_path, 2, 3, ckpt_path=tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 20
+
+
+def test_an_env_step_interval_needs_a_task_that_counts_env_steps(tmp_path):
+    """RL schedules count env steps (``every_n_env_steps``, used by the RL recipes and tests/test_rl_resume.py);
+    a task without ``env_steps`` is refused at setup, and a negative interval at construction."""
+    import pytest
+
+    trainer = short_trainer(
+        2, 1, [LastCheckpoint(every_n_env_steps=10)], enable_checkpointing=True, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"every_n_env_steps=10\): SpikingClassifier counts no env_steps"):
+        trainer.fit(SpikingClassifier(SpikingMLP(64, 10, [16]), time_steps=2), DigitsDataModule(batch_size=32))
+    with pytest.raises(ValueError, match="every_n_env_steps must be >= 0"):
+        LastCheckpoint(every_n_env_steps=-1)

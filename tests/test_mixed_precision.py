@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import eager_and_fused
 from torch import nn
 
 from spikenorm import fused
@@ -43,12 +44,7 @@ def eval_mpbn(channels: int) -> TimeMajorNorm:
 def fused_matches_eager(neuron: SpikingNeuron, dtype: torch.dtype, calls: list, inference: bool = False) -> None:
     """Under autocast, the fused path (really taken) gives the eager spikes bit for bit in the input's dtype, those
     of a float32 input rounded to ``dtype`` (the membrane is float32), and close input gradients in ``dtype``."""
-    neuron.backend = "eager"
-    fast = copy.deepcopy(neuron)
-    fast.backend = "fused"
-    gen = torch.Generator().manual_seed(0)
-    x = (1.5 * torch.randn(SHAPE, generator=gen)).to(dtype)
-    grad_out = torch.randn(SHAPE, generator=gen).to(dtype)
+    fast, x, grad_out = eager_and_fused(neuron, SHAPE, dtype, scale=1.5)
     assert fused.unsupported_reason(fast, x) is None
     xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=dtype):

@@ -181,3 +181,65 @@ def test_layer_spec_gives_norms_the_time_steps_they_take_and_refuses_what_a_mode
         SpikingMLP(4, 2, layers=LayerSpec(shortcuts="per_block"))
     with pytest.raises(ValueError, match="unknown shortcuts 'dense'"):
         LayerSpec(shortcuts="dense")
+
+
+BATCH_MAJOR = r"expects input laid out \[T, B, \.\.\.\] with T=4, got shape \(16, 4, 1, 8, 8\), which looks batch-major"
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        LayerSpec(norm="tdbn", time_steps=4),
+        LayerSpec(norm="tebn", time_steps=4),
+        LayerSpec(norm="tab", norm_kwargs={"time_steps": 4}),
+    ],
+    ids=["tdbn-spec", "tebn-spec", "tab-kwargs"],
+)
+def test_a_model_that_knows_t_refuses_batch_major_input(layers):
+    """T from layers.time_steps or the norm's options: ``[B, T, ...]`` is refused at the model's input."""
+    model = SpikingVGG("small", in_channels=1, layers=layers).eval()
+    x = torch.randn(4, 16, 1, 8, 8)
+    assert model.time_steps == 4 and model(x).shape == (4, 16, 10)
+    with pytest.raises(ValueError, match=f"SpikingVGG {BATCH_MAJOR}"):
+        model(x.transpose(0, 1))
+    with pytest.raises(ValueError, match=r"SpikingMLP expects .* with T=4, got shape \(3, 2, 8\)$"):
+        SpikingMLP(8, 2, layers=layers)(torch.randn(3, 2, 8))
+
+
+def test_time_steps_check_leaves_step_by_step_runs_folding_and_eval_t_working():
+    """Inside a stateful scope a model takes single steps; its folded copy checks T too; a task evaluating at
+    eval_time_steps runs a model built for time_steps at that T, callbacks that run the network included, and
+    the model still refuses batch-major input."""
+    from spikenorm.fold import fold_model
+    from spikenorm.neurons import stateful
+    from spikenorm.tasks import SpikingClassifier
+
+    model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="tdbn", time_steps=4)).eval()
+    x = torch.randn(4, 16, 1, 8, 8)
+    with stateful(model):
+        stepped = torch.cat([model(x[t : t + 1]) for t in range(4)])
+    torch.testing.assert_close(stepped, model(x))
+    with pytest.raises(ValueError, match=BATCH_MAJOR):
+        fold_model(model)(x.transpose(0, 1))
+    task = SpikingClassifier(model, time_steps=4, eval_time_steps=6).eval()
+    assert task(torch.randn(16, 1, 8, 8)).shape == (6, 16, 10)
+    assert task.model(torch.randn(6, 16, 1, 8, 8)).shape == (6, 16, 10)  # as a callback runs it, in any mode
+    with pytest.raises(ValueError, match=r"with T=4 or 6, got shape \(16, 6, 1, 8, 8\), which looks batch-major"):
+        task.model(torch.randn(16, 6, 1, 8, 8))
+
+
+def test_a_task_evaluating_at_another_t_trains_with_callbacks_that_switch_modes(tmp_path):
+    """A model built for T=2 in a task with eval_time_steps=3: BN re-calibration at the end of each training epoch
+    (in eval mode, at the evaluation T) hands the network back at T=2 for training, and the fold check runs
+    the network at T=3 in validation."""
+    from helpers import short_trainer
+
+    from spikenorm.callbacks import BNRecalibration, FoldNormalization
+    from spikenorm.datamodules import DigitsDataModule
+    from spikenorm.tasks import SpikingClassifier
+
+    model = SpikingVGG([8, "A", 16], in_channels=1, num_classes=10, input_size=8, layers=LayerSpec(time_steps=2))
+    callbacks = [BNRecalibration(num_batches=1, before_validation=False), FoldNormalization(save_on_fit_end=False)]
+    trainer = short_trainer(2, 1, callbacks, max_epochs=2, default_root_dir=tmp_path)
+    trainer.fit(SpikingClassifier(model, time_steps=2, eval_time_steps=3), DigitsDataModule(batch_size=32))
+    assert trainer.global_step == 4 and float(trainer.callback_metrics["val/flipped_spikes_folded"]) == 0

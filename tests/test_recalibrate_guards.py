@@ -231,3 +231,27 @@ def test_a_forward_that_resets_its_own_neurons_passes_the_check() -> None:
     recalibrate_bn(model, data)
     reference = numpy_reference(model, data)
     np.testing.assert_allclose(model.bn2.running_var.numpy(), reference["bn2"][1], rtol=1e-10)
+
+
+# -- batch-major batches ----------------------------------------------------------------------------------
+def test_batch_major_batches_are_refused_before_any_statistic_is_written() -> None:
+    """T known from the time_steps argument (the batch, and every time-major layer's input) or from a model built
+    with layers.time_steps: a ``[B, T, ...]`` batch is refused, the statistics unchanged."""
+    from spikenorm.models import LayerSpec, SpikingVGG
+
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(16, T, 1, 8, 8, generator=g) for _ in range(2)]  # batch-major
+    model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="tdbn"))  # knows no T: needs the argument
+    before = running_stats(model)
+    batch_major = r"batch 0 expects input laid out \[T, B, \.\.\.\] with T=4, got shape \(16, 4, 1, 8, 8\), which looks"
+    with pytest.raises(ValueError, match=batch_major):
+        recalibrate_bn(model, data, time_steps=T)
+    with pytest.raises(ValueError, match=r"layer 'features\.0\.1' \(TDBN\) expects .* T=4, got shape \(16, 4, 16,"):
+        recalibrate_bn(model, [(x, None) for x in data], forward=lambda net, batch: net(batch[0]), time_steps=T)
+    assert_unchanged(model, before)
+    recalibrate_bn(model, [x.transpose(0, 1) for x in data], time_steps=T)  # time-major: accepted
+    built_for_t = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="tdbn", time_steps=T))
+    before = running_stats(built_for_t)
+    with pytest.raises(ValueError, match=r"SpikingVGG expects .* with T=4, got shape \(16, 4, 1, 8, 8\)"):
+        recalibrate_bn(built_for_t, data)
+    assert_unchanged(built_for_t, before)

@@ -142,6 +142,77 @@ def test_errors_name_the_problem():
     assert report.batches == 3
 
 
+def test_pairs_without_a_forward_are_refused_before_the_model_runs():
+    """``(x, y)`` batches and no ``forward=``: a TypeError saying what was expected, before any forward."""
+    model = snntorch_net()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    before = model.bn1.running_mean.clone()
+    pairs = [(x, torch.zeros(x.shape[1], dtype=torch.long)) for x in data(2)]
+    with pytest.raises(
+        TypeError,
+        match=r"batch 0 is a tuple \(Tensor\[4, 6, 2, 4, 4\], Tensor\[6\]\).*Expected a "
+        r"tensor, or a forward= that unpacks the batch",
+    ):
+        recalibrate_bn(model, pairs)
+    assert not calls and torch.equal(model.bn1.running_mean, before)
+    recalibrate_bn(model, pairs, forward=lambda net, batch: net(batch[0]))
+    assert calls and not torch.equal(model.bn1.running_mean, before)
+
+
+def tebn_net(steps: int) -> nn.Module:
+    """Two SpikingJelly TEBN layers (scales far from 1, random affine) around a ReLU, in float64."""
+    from spikingjelly.activation_based import layer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        layer.Linear(3, 4, step_mode="m"),
+        layer.TemporalEffectiveBatchNorm1d(steps, 4),
+        nn.ReLU(),
+        layer.Linear(4, 5, step_mode="m"),
+        layer.TemporalEffectiveBatchNorm1d(steps, 5),
+    ).double()
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.scale.copy_(torch.linspace(0.3, 2.5, steps, dtype=torch.float64))
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def hand_single_pass(model: nn.Module, batches: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The single pass computed in numpy float64: each TEBN pools its inputs of the batches so far (this one
+    included), normalises with their mean and biased variance, applies its affine map and ``scale[t]``; returns
+    every TEBN's final mean and unbiased variance."""
+    params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    pooled: dict[int, list[np.ndarray]] = {1: [], 4: []}
+
+    def tebn(index: int, h: np.ndarray) -> np.ndarray:  # h: [T, B, C]
+        pooled[index].append(h.reshape(-1, h.shape[-1]))
+        seen = np.concatenate(pooled[index])
+        mean, var = seen.mean(0), seen.var(0)
+        y = (h - mean) / np.sqrt(var + 1e-5) * params[f"{index}.weight"] + params[f"{index}.bias"]
+        return y * params[f"{index}.scale"][:, None, None]
+
+    for x in batches:
+        h = x.numpy() @ params["0.weight"].T + params["0.bias"]
+        h = np.maximum(tebn(1, h), 0) @ params["3.weight"].T + params["3.bias"]
+        tebn(4, h)
+    return [(np.concatenate(p).mean(0), np.concatenate(p).var(0, ddof=1)) for p in pooled.values()]
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_single_pass_keeps_spikingjelly_tebn_scales(steps):
+    """Single-pass recalibration runs each SpikingJelly TEBN through its own forward (per-step scale included)."""
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(steps, 6, 3, generator=g, dtype=torch.float64) * (1 + j) + j for j in range(4)]
+    model = tebn_net(steps)
+    recalibrate_bn(model, batches, mode="single_pass")
+    for bn, (mean, var) in zip((model[1], model[4]), hand_single_pass(model, batches)):
+        np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.running_var.numpy(), var, rtol=1e-10)
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)

@@ -104,5 +104,7 @@ def test_every_row_has_its_recipes_with_the_same_settings(bench):
             assert (init["total_env_steps"], init["warmup_steps"], init["eval_every"]) == (1_025_000, 25_000, 5000)
             rebn = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ReplayRecalibration")]
             assert [c["init_args"] for c in rebn] == (
-                [{"every_n_env_steps": 5000, "num_batches": 100, "batch_size": 256}] if row.rebn else []
+                [{"every_n_env_steps": 5000, "num_batches": 100, "batch_size": 256, "unusable": "warn"}]
+                if row.rebn
+                else []
             )

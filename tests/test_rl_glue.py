@@ -25,7 +25,9 @@ from spikenorm.rl import (
     action_bounds,
     action_dim,
     available_mujoco_envs,
+    env_state,
     hard_update,
+    load_env_state,
     make_collector,
     make_env,
     make_exploration_policy,
@@ -63,6 +65,32 @@ def test_make_env_is_seeded():
     obs = [make_env(ENV, seed=s).reset()["observation"] for s in (0, 0, 1)]
     assert torch.equal(obs[0], obs[1])
     assert not torch.equal(obs[0], obs[2])
+
+
+@pytest.mark.parametrize("env_name", [ENV, "HalfCheetah-v5", "Pendulum-v1"])
+def test_env_state_restores_an_env_mid_episode_from_plain_data(env_name, tmp_path):
+    """A fresh env (another seed) given the saved state steps, ends and resets exactly as the original."""
+    env = make_env(env_name, seed=0)
+    torch.manual_seed(0)
+    env.rollout(30, break_when_any_done=False)  # InvertedPendulum: episodes end and restart on the way
+    torch.save(env_state(env), tmp_path / "env.pt")
+    fresh = make_env(env_name, seed=7)
+    load_env_state(fresh, torch.load(tmp_path / "env.pt", weights_only=True))
+    original, restored = env.base_env._env, fresh.base_env._env  # the gymnasium envs
+    actions = env.action_spec.rand(torch.Size([40])).numpy()
+    for action in actions:
+        a, b = original.step(action), restored.step(action)
+        assert (a[0] == b[0]).all() and a[1:4] == b[1:4]  # observation, reward, terminated, truncated
+        if a[2] or a[3]:
+            assert (original.reset()[0] == restored.reset()[0]).all()
+    assert (original.reset()[0] == restored.reset()[0]).all()  # the RNG moved on alike
+
+
+def test_env_state_refuses_a_reset_with_options():
+    env = make_env(ENV, seed=0)
+    env.base_env._env.reset(options={"anything": 1})
+    with pytest.raises(ValueError, match="options"):
+        env_state(env)
 
 
 def test_make_env_errors(monkeypatch):

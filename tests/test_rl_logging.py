@@ -142,6 +142,31 @@ def test_recalibration_refuses_a_schedule_that_never_runs(tmp_path):
     _fails_at_setup(tmp_path, task, ReplayRecalibration(every_n_env_steps=1000), "never")
 
 
+@pytest.mark.parametrize(
+    ("task_options", "every", "reason"),
+    [
+        ({"actor": "ann", "actor_layers": None}, 100, "no BN layer"),
+        ({}, 1000, "would never run"),
+    ],
+    ids=["ann_actor", "short_run"],
+)
+def test_recalibration_with_unusable_warn_warns_once_and_stays_off(tmp_path, task_options, every, reason):
+    task = SpikingTD3(**{**SMALL, "total_env_steps": 120, **task_options})
+    callback = ReplayRecalibration(every_n_env_steps=every, num_batches=2, batch_size=16, unusable="warn")
+    with pytest.warns(UserWarning, match=reason) as caught:
+        quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[callback]).fit(task)
+    assert len([w for w in caught if "ReplayRecalibration" in str(w.message)]) == 1
+    assert task.env_steps == 120 and callback.recalibrations == 0 and callback.last_env_steps == 0
+    assert callback.summary_line().startswith("not re-calibrated: ") and reason in callback.summary_line()
+
+
+def test_recalibration_that_works_has_no_summary_line_and_unusable_is_checked():
+    assert ReplayRecalibration().summary_line() is None
+    assert ReplayRecalibration().unusable == "error"  # the safe default: old configs keep failing early
+    with pytest.raises(ValueError, match="unusable"):
+        ReplayRecalibration(unusable="ignore")
+
+
 def test_recalibration_draws_every_state_it_asks_for_whatever_the_buffer_sampler():
     """A buffer sampling without replacement returns only the states it holds; the callback asks for 48 of 10."""
     buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(10), sampler=SamplerWithoutReplacement())

@@ -1,15 +1,20 @@
 """The ``spikenorm`` console script: LightningCLI over every spikenorm task and datamodule.
 
 ``spikenorm fit --config recipes/quickstart.yaml`` trains, then tests the best checkpoint (or the final
-weights when no checkpoint was kept) and prints a short summary: test accuracy, firing rate and where
-the logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI, with these differences:
+weights when no checkpoint was kept) and prints a short summary: test accuracy, firing rate, which weights
+were tested with which precision and compile setting, the folded model's check (and the precision it ran
+in) and where the files and logs are. ``validate``, ``test`` and ``predict`` work as in any LightningCLI, with
+these differences:
 
 * a checkpoint is enough: ``spikenorm test --ckpt_path X`` rebuilds the task from the checkpoint's stored
   configuration; options given on the command line or in ``--config`` win over the stored ones (e.g.
   ``--model.init_args.eval_time_steps 1`` evaluates at ``T = 1``), and a network that differs from the
   checkpoint's is refused with the differing keys (``SpikingClassifier.on_load_checkpoint``);
-* ``spikenorm fit --config C --ckpt_path last`` resumes the newest run of ``C`` that kept a ``last.ckpt``
-  (:class:`~spikenorm.callbacks.LastCheckpoint`), in the same log folder and the same W&B run;
+* ``spikenorm fit --config C --ckpt_path last`` resumes the newest run that kept a ``last.ckpt``
+  (:class:`~spikenorm.callbacks.LastCheckpoint`) and was started with the same configuration on every key that
+  changes results, seed included (budgets such as ``max_epochs``, loggers and callbacks may differ:
+  :data:`~spikenorm.run_dirs.RESUME_FREE_KEYS`), in the same log folder and the same W&B run; when no run
+  matches it stops and lists each candidate with the keys it differs in;
 * the resolved configuration is written into the run's log folder (without a logger, into
   ``<default_root_dir>/configs/``) and never overwrites a file;
 * ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`);
@@ -40,16 +45,19 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from spikenorm.allocator import retain_freed_memory
-from spikenorm.callbacks import PredictionWriter
+from spikenorm.callbacks import FoldNormalization, PredictionWriter
+from spikenorm.checkpoint_files import check_checkpoint_file
 from spikenorm.config import class_path_of, import_object, instantiate
 from spikenorm.loggers import CSVLogger as AppendingCSVLogger
 from spikenorm.models.layers import norm_accepts
 from spikenorm.run_dirs import (
     LOGGER_VERSIONS_KEY,
+    RUN_CONFIG_KEY,
     free_path,
-    latest_last_checkpoint,
     logger_versions,
+    matching_last_checkpoint,
     recorded_logger_versions,
+    result_config,
     run_folders,
 )
 from spikenorm.tasks.run_config import is_unrecorded
@@ -142,10 +150,15 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 class RecordLoggerVersions(Callback):
-    """Store each logger's class and version in every checkpoint, for ``--ckpt_path last``."""
+    """Store each logger's class and version and the run's configuration (its
+    :func:`~spikenorm.run_dirs.result_config`) in every checkpoint, for ``--ckpt_path last``."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        self.run_config = run_config
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[LOGGER_VERSIONS_KEY] = logger_versions(trainer.loggers)
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
 def _subcommand_and_checkpoint(argv: list[str]) -> tuple[str | None, str | None]:
@@ -161,7 +174,12 @@ def _subcommand_and_checkpoint(argv: list[str]) -> tuple[str | None, str | None]
 
 
 def checkpoint_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """The ``model`` (task) and ``data`` configs a checkpoint stores, as far as it stores their class paths."""
+    """The ``model`` (task) and ``data`` configs a checkpoint stores, as far as it stores their class paths.
+
+    Raises:
+        ValueError: the file is empty or truncated (:func:`~spikenorm.checkpoint_files.check_checkpoint_file`).
+    """
+    check_checkpoint_file(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     configs = {}
     for key, entry in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
@@ -252,7 +270,8 @@ class SpikenormCLI(LightningCLI):
 
     @staticmethod
     def _resume_latest_run(config: Any) -> None:
-        """Point ``ckpt_path`` at the newest ``last.ckpt`` of this configuration and its loggers at that run."""
+        """Point ``ckpt_path`` at the newest ``last.ckpt`` of a run started with this configuration
+        (:func:`~spikenorm.run_dirs.matching_last_checkpoint`) and its loggers at that run."""
         loggers = _logger_entries(config.trainer.logger)
         root = config.trainer.default_root_dir or os.getcwd()
         explicit = [
@@ -265,12 +284,14 @@ class SpikenormCLI(LightningCLI):
         else:
             first = instantiate(loggers[0].as_dict()) if loggers else None
             folder, pattern = run_folders(first, root)
-        checkpoint = latest_last_checkpoint(folder, pattern)
+        checkpoint = matching_last_checkpoint(folder, pattern, result_config(config.as_dict()))
         recorded = recorded_logger_versions(checkpoint)
         for i, entry in enumerate(loggers):
             declared = class_path_of(import_object(entry.class_path))
             if declared == class_path_of(CSVLogger):  # Lightning's deletes metrics.csv in an existing folder
                 entry.class_path = class_path_of(AppendingCSVLogger)
+            if entry.class_path == class_path_of(AppendingCSVLogger):  # drop the rows logged after the checkpoint
+                entry.init_args.resume = True
             same_logger = i < len(recorded) and recorded[i]["class_path"] in (declared, entry.class_path)
             if same_logger:
                 entry.init_args.version = recorded[i]["version"]
@@ -283,7 +304,7 @@ class SpikenormCLI(LightningCLI):
         """Lightning's trainer, plus the callbacks the CLI's own features need."""
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
-            trainer.callbacks.append(RecordLoggerVersions())
+            trainer.callbacks.append(RecordLoggerVersions(result_config(self.config[self.subcommand].as_dict())))
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
         return trainer
@@ -299,13 +320,20 @@ class SpikenormCLI(LightningCLI):
         else:
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if trainer.is_global_zero:
+            weights = checkpoint.best_model_path if ckpt_path == "best" else "the final weights"
             print(
-                summary(results[0] if results else {}, trainer.loggers, ckpt_path, checkpoint, _callback_lines(trainer))
+                summary(
+                    results[0] if results else {},
+                    trainer.loggers,
+                    _callback_lines(trainer),
+                    run_settings(trainer, self.model, weights if self.datamodule is not None else None),
+                    _fold_check_dtype(trainer),
+                )
             )
 
     def after_predict(self) -> None:
         if self.trainer.is_global_zero:
-            print(summary({}, self.trainer.loggers, None, None, _callback_lines(self.trainer)))
+            print(summary({}, self.trainer.loggers, _callback_lines(self.trainer)))
 
 
 def _callback_lines(trainer: Trainer) -> list[str]:
@@ -313,14 +341,36 @@ def _callback_lines(trainer: Trainer) -> list[str]:
     return [line for cb in trainer.callbacks if (line := getattr(cb, "summary_line", lambda: None)())]
 
 
+def _fold_check_dtype(trainer: Trainer) -> str | None:
+    """The precision of the fold check (:class:`~spikenorm.callbacks.FoldNormalization`), if one ran."""
+    return next((cb.check_dtype for cb in trainer.callbacks if isinstance(cb, FoldNormalization)), None)
+
+
+def run_settings(trainer: Trainer, task: LightningModule, tested: str | None) -> str:
+    """The summary's line on how its numbers were computed: the weights tested (a checkpoint path, or "the final
+    weights"; None when nothing was tested, as in RL), the trainer's precision and whether the task compiled its
+    network."""
+    compiled = task.hparams.get("compile") if hasattr(task, "hparams") else None
+    settings = f"precision {trainer.precision}, {'compiled' if compiled else 'not compiled'}"
+    return f"{'tested':<14} {tested} ({settings})" if tested else f"{'settings':<14} {settings}"
+
+
 def summary(
     metrics: dict[str, float],
     loggers: list[Any],
-    ckpt_path: str | None,
-    checkpoint: Any,
     callback_lines: list[str] = (),
+    settings: str | None = None,
+    fold_check_dtype: str | None = None,
 ) -> str:
-    """Human-readable end-of-fit report (``callback_lines``: what callbacks report through ``summary_line()``)."""
+    """Human-readable end-of-fit report.
+
+    Args:
+        metrics: the test results (RL: the metrics logged during fit).
+        loggers: the trainer's loggers, whose files are listed.
+        callback_lines: what callbacks report through ``summary_line()``.
+        settings: :func:`run_settings`: which weights the numbers come from, precision and compile.
+        fold_check_dtype: the precision the folded model was checked in, next to its numbers.
+    """
     lines = ["", "spikenorm summary"]
     for key, label in (
         ("test/acc", "test accuracy"),
@@ -332,15 +382,16 @@ def summary(
     ):
         if key in metrics:
             lines.append(f"  {label:<14} {float(metrics[key]):.4f}")
+    if settings:
+        lines.append(f"  {settings}")
     if "test/acc_folded" in metrics:
+        checked = f" (the same weights, both models run in {fold_check_dtype})" if fold_check_dtype else ""
         lines.append(
             f"  {'folded model':<14} accuracy {float(metrics['test/acc_folded']):.4f}, "
             f"{int(metrics['test/flipped_spikes_folded'])} flipped spikes, "
-            f"max |output difference| {float(metrics['test/max_abs_diff_folded']):.2g}"
+            f"max |output difference| {float(metrics['test/max_abs_diff_folded']):.2g}{checked}"
         )
     lines += [f"  {line}" for line in callback_lines]
-    if ckpt_path == "best":
-        lines.append(f"  {'checkpoint':<14} {checkpoint.best_model_path}")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run_dir = Path(logger.experiment.dir).parent  # the folder `wandb sync` takes (files/ is inside it)

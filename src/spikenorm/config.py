@@ -38,6 +38,7 @@ from typing import Any
 __all__ = [
     "RecordsInit",
     "UnrecordableError",
+    "class_defaults",
     "class_path_of",
     "describe",
     "differences",
@@ -231,35 +232,61 @@ def _gather_flat_fields(cls: type, name: str, dataclass: type, init_args: dict[s
         init_args[name] = grouped
 
 
-def _defaults(class_path: str) -> dict[str, Any]:
-    """The plain-data defaults of a class's keyword arguments (none if it cannot be imported or inspected)."""
+def class_defaults(cls: Any) -> dict[str, Any]:
+    """The plain-data defaults of a class's keyword arguments (none if it cannot be inspected); where the
+    constructor passes ``**kwargs`` on, the defaults of the base classes' constructors it reaches too."""
     try:
-        parameters = inspect.signature(import_object(class_path)).parameters.values()
+        signatures = [inspect.signature(cls)]
+        if inspect.isclass(cls):
+            signatures += [inspect.signature(base.__init__) for base in cls.__mro__[1:]]
     except (ValueError, TypeError):
         return {}
-    defaults = {}
-    for p in parameters:
-        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            try:
-                defaults[p.name] = _plain(p.default, p.name)
-            except UnrecordableError:
+    defaults: dict[str, Any] = {}
+    for signature in signatures:
+        for p in signature.parameters.values():
+            if p.name in defaults or p.default is inspect.Parameter.empty:
                 continue
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                try:
+                    defaults[p.name] = _plain(p.default, p.name)
+                except UnrecordableError:
+                    continue
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
     return defaults
+
+
+def _defaults(class_path: str) -> dict[str, Any]:
+    """:func:`class_defaults` of the class a class path names (none if it cannot be imported)."""
+    try:
+        return class_defaults(import_object(class_path))
+    except ValueError:
+        return {}
 
 
 def with_defaults(value: Any) -> Any:
     """``value`` with every config's missing arguments set to the installed class's defaults, recursively.
 
     Used to log complete configurations and to compare a stored config with one of a newer spikenorm, whose
-    classes may have gained arguments (an argument the old config lacks compares as its default).
+    classes may have gained arguments (an argument the old config lacks compares as its default). A dataclass
+    argument's fields left out get the dataclass's defaults; a dataclass that names parts built by other classes
+    (as :class:`~spikenorm.models.LayerSpec` names its surrogate and its options) declares
+    ``complete_config_fields(fields) -> fields``, which fills in what those classes default to, so that
+    ``surrogate_kwargs: {}`` and ``surrogate_kwargs: {alpha: 4.0}`` (Sigmoid's default) compare equal.
     """
     if is_config(value):
         defaults = _defaults(value["class_path"])
         init_args = {k: with_defaults(v) for k, v in (value.get("init_args") or {}).items()}
-        for name in _dataclass_parameters(_import_or_none(value["class_path"])):  # fields left out: their defaults
-            if isinstance(defaults.get(name), Mapping) and isinstance(init_args.get(name), Mapping):
+        init_args = {**defaults, **init_args}
+        for name, dataclass in _dataclass_parameters(_import_or_none(value["class_path"])).items():
+            if not isinstance(init_args.get(name), Mapping):
+                continue
+            if isinstance(defaults.get(name), Mapping):  # fields left out: their defaults
                 init_args[name] = {**defaults[name], **init_args[name]}
-        return {**value, "init_args": {**defaults, **init_args}}
+            complete = getattr(dataclass, "complete_config_fields", None)
+            if complete is not None:
+                init_args[name] = complete(init_args[name])
+        return {**value, "init_args": init_args}
     return value
 
 

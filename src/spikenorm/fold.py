@@ -51,8 +51,10 @@ from typing import BinaryIO, Callable, Iterable
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from spikenorm.binary import BINARY_WEIGHT_FUNCTIONS, BinaryLayer
+from spikenorm.interop import neuron_library
 from spikenorm.neurons import SpikingNeuron, spiking_neurons
 from spikenorm.norm import TimeMajorNorm
 from spikenorm.synapse import TimeDistributed, TraceSynapse
@@ -96,11 +98,16 @@ class _SpikingTracer(fx.Tracer):
 def fold_model(model: nn.Module) -> FoldedModel:
     """Return an inference-only copy of ``model`` with every norm layer folded away (see the module doc).
 
+    Only spikenorm layers fold: before tracing, a model holding layers of other kinds that fold_model cannot fold
+    or trace (snnTorch and SpikingJelly neurons and layers, torch ``BatchNorm*d``) is refused with their types and
+    names.
+
     Raises:
-        ValueError: a norm that cannot be folded (named), or a norm whose input is not a conv/linear layer
-            used by it alone.
+        ValueError: layers of other libraries (their types named), a norm that cannot be folded (named), or a
+            norm whose input is not a conv/linear layer used by it alone.
         TypeError: a model that ``torch.fx`` cannot trace.
     """
+    _check_foldable_layers(model)
     source = copy.deepcopy(model).eval()
     try:
         graph = _SpikingTracer().trace(source)
@@ -122,6 +129,42 @@ def fold_model(model: nn.Module) -> FoldedModel:
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded.eval()
+
+
+def _foreign_kind(module: nn.Module) -> str | None:
+    """Why fold_model cannot fold ``module``, or None: a neuron or layer of snnTorch or SpikingJelly, or a BatchNorm
+    that is not a spikenorm norm."""
+    package = type(module).__module__.split(".")[0]
+    library = neuron_library(module)
+    if library not in (None, "spikenorm"):
+        return f"{library} neuron"
+    if isinstance(module, _BatchNorm):
+        return f"{package} BatchNorm"
+    return f"{package} layer" if package in ("snntorch", "spikingjelly") else None
+
+
+def _check_foldable_layers(model: nn.Module) -> None:
+    """Refuse a model with layers fold_model cannot fold or trace (see :func:`_foreign_kind`), naming their types
+    and where they are (the submodules of such a layer are not listed again)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    reported: list[str] = []
+    for name, module in model.named_modules():
+        kind = _foreign_kind(module)
+        if kind is None or any(name.startswith(f"{outer}.") for outer in reported):
+            continue
+        reported.append(name)
+        found.setdefault((type(module).__name__, kind), []).append(f"'{name}'")
+    if not found:
+        return
+    listed = "; ".join(
+        f"{cls} ({kind}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for (cls, kind), names in found.items()
+    )
+    raise ValueError(
+        f"fold_model folds spikenorm layers only (spikenorm neurons and spikenorm.norm layers); {type(model).__name__} "
+        f"holds layers it cannot fold: {listed}. Expected a network built from spikenorm layers "
+        "(spikenorm.models, spikenorm.norm.build_norm, spikenorm.neurons), e.g. build_norm('bn', C) for a BatchNorm"
+    )
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

@@ -11,9 +11,9 @@ written unbiased (``var N / (N - 1)``) for layers whose running variance is unbi
 
 Layers covered: every spikenorm norm layer (:class:`~spikenorm.norm.TimeMajorNorm`, including MPBN membrane
 norms inside neurons) and every torch ``_BatchNorm`` with running statistics (``BatchNorm1d/2d/3d``,
-``SyncBatchNorm``, SpikingJelly's multi-step ``layer.BatchNorm*d``, whose channel axis is 2 of
-``[T, B, C, ...]``). A layer called several times per forward (a BN reused at every time step, as snnTorch
-models loop over time) pools all of its calls, so its statistics are over batch and time.
+``SyncBatchNorm``, SpikingJelly's multi-step ``layer.BatchNorm*d`` and ``layer.TemporalEffectiveBatchNorm*d``,
+whose channel axis is 2 of ``[T, B, C, ...]``). A layer called several times per forward (a BN reused at every
+time step, as snnTorch models loop over time) pools all of its calls, so its statistics are over batch and time.
 
 Why not ``torch.optim.swa_utils.update_bn`` or PreciseBN (fvcore's ``update_bn_stats``): ``update_bn`` never
 resets neuron state, so membranes leak from one batch into the next, and it skips BN layers that are not
@@ -22,8 +22,13 @@ pools over time steps exactly nor reduces across processes. Here every neuron's 
 every batch (:func:`spikenorm.interop.reset_neuron_states`: spikenorm, snnTorch ``reset_mem``, SpikingJelly
 ``reset``; then the user's ``reset_fn`` for neurons of their own).
 
-Guards (each raises a ValueError, and leaves the running statistics as they were):
+Guards (each raises a ValueError unless said otherwise, and leaves the running statistics as they were):
 
+* batches the model cannot take: without ``forward=``, a tuple or list batch (``(x, y)`` from a DataLoader) is
+  refused with a TypeError before the model runs.
+* batch-major input: where ``T`` is known (the ``time_steps`` argument; a norm built for ``T`` steps; a spikenorm
+  model built with ``layers.time_steps``), every input of a time-major layer must be ``[T, B, ...]`` with that
+  ``T`` (one shape comparison per call), and with ``time_steps`` a tensor batch must not look ``[B, T, ...]``.
 * state the resets miss: a hand-written neuron that keeps ``self.v`` (a plain tensor attribute or a buffer)
   between calls would carry membranes from batch to batch. Before measuring, the first batch is run twice,
   each from reset state, and every module's tensors (buffers, plain attributes, tensors in list/tuple/dict
@@ -53,7 +58,10 @@ Modes:
 * ``"single_pass"``: the CaRe-BN reference code: one pass in which every layer normalises with its
   partially accumulated statistics, so downstream layers see upstream activations normalised with
   not-yet-final statistics (where the CaRe-BN paper's formula pools each layer exactly). Costs one forward
-  per batch.
+  per batch. A layer hands on what it would with those statistics: spikenorm norms their own map; torch and
+  SpikingJelly BN layers run their own forward with the statistics in their buffers for the call, so what such a
+  layer does besides normalising is kept (SpikingJelly's ``TemporalEffectiveBatchNorm*d`` scales step ``t`` by
+  ``scale[t]``).
 
 During the passes the model runs in eval mode under ``torch.no_grad``; the train/eval flags of every
 module are restored afterwards and no momentum is touched. Layers whose statistics differ per time step
@@ -89,8 +97,9 @@ from spikenorm.distributed import distributed_world_size
 from spikenorm.interop import reset_neuron_states
 from spikenorm.modes import eval_mode
 from spikenorm.neurons import spiking_neurons
-from spikenorm.norm import TimeMajorNorm, accumulate_over_steps
+from spikenorm.norm import TimeMajorNorm, accumulate_over_steps, unbiased_accumulated
 from spikenorm.norm.stats import accumulation_dtype
+from spikenorm.validation import check_not_batch_major, check_time_steps
 
 ResetFn = Callable[[nn.Module], None]
 """``reset_fn(model)``: clears neuron state that the built-in resets do not know (see :func:`recalibrate_bn`)."""
@@ -200,10 +209,37 @@ class RecalibrationReport:
 
 class StatisticsLayer:
     """A BN-like layer seen through what re-calibration needs: its pooled axes, its eval-mode map given
-    statistics, and its running-statistics buffers."""
+    statistics, its running-statistics buffers, and the ``T`` its inputs must have.
 
-    def __init__(self, module: nn.Module) -> None:
+    Args:
+        module: the layer.
+        name: its qualified name in the model (for messages).
+        time_steps: ``T`` of the model's multi-step forward, when known: the leading axis every input of a
+            time-major layer (``[T, B, ...]``) must have. A layer built for ``T`` steps (``bntt``, ``tebn``, ``tab``)
+            checks its own ``T`` instead; a layer called once per step (``[B, C, ...]``, snnTorch) checks none.
+    """
+
+    def __init__(self, module: nn.Module, name: str = "", time_steps: int | None = None) -> None:
         self.module = module
+        self.name = name
+        self.time_steps = self.own_time_steps() or (time_steps if self.time_major else None)
+
+    @property
+    def time_major(self) -> bool:
+        """Whether the layer's inputs are laid out ``[T, B, ...]``."""
+        return True
+
+    def own_time_steps(self) -> int | None:
+        """The ``T`` the layer itself was built for, if any."""
+        return None
+
+    def measure(self, moments: PooledMoments, x: Tensor) -> None:
+        """Merge the input ``x`` of one call into ``moments``, after checking its leading axis against ``T``
+        (a shape comparison; catches batch-major ``[B, T, ...]`` input before any statistic is written). A norm
+        called step by step inside a :func:`~spikenorm.neurons.stateful` scope (its ``in_sequence``) is not checked."""
+        if self.time_steps is not None and not getattr(self.module, "in_sequence", False):
+            check_time_steps(x, f"recalibrate_bn: layer '{self.name}' ({type(self.module).__name__})", self.time_steps)
+        moments.add(x, self.reduce_dims(x))
 
     @property
     def running_mean(self) -> Tensor:
@@ -227,8 +263,8 @@ class StatisticsLayer:
         return moments.mean, moments.variance(unbiased)
 
     def normalized_by(self, x: Tensor, moments: PooledMoments) -> Tensor:
-        """:meth:`normalized` with the mean and biased variance accumulated in ``moments`` so far, computed in the
-        accumulation dtype of ``x`` (float32 for half precision) and returned in the dtype of ``x``."""
+        """:meth:`normalized` with the mean and biased variance accumulated in ``moments`` so far (given in the
+        accumulation dtype of ``x``, float32 for half precision), returned in the dtype of ``x``."""
         dtype = accumulation_dtype(x.dtype)
         mean, var = self.statistics(moments, unbiased=False)
         return self.normalized(x, mean.to(dtype), var.to(dtype)).to(x.dtype)
@@ -243,9 +279,13 @@ class _SpikenormNorm(StatisticsLayer):
     """A :class:`~spikenorm.norm.TimeMajorNorm` (``[T, B, *features, ...]``; BNTT keeps one statistic per step, TAB
     one per step accumulated over the steps up to it)."""
 
-    def __init__(self, module: TimeMajorNorm) -> None:
-        super().__init__(module)
+    def __init__(self, module: TimeMajorNorm, name: str = "", time_steps: int | None = None) -> None:
+        super().__init__(module, name, time_steps)
         self.unbiased = module.running_var_unbiased
+
+    def own_time_steps(self) -> int | None:
+        """``time_steps`` of a norm built for ``T`` steps (BNTT, TEBN, TAB: per-step statistics or parameters)."""
+        return getattr(self.module, "time_steps", None)
 
     def reduce_dims(self, x: Tensor) -> tuple[int, ...]:
         per_step = self.module.running_mean.ndim > len(self.module.feature_shape)
@@ -263,11 +303,7 @@ class _SpikenormNorm(StatisticsLayer):
         if not self.module.accumulates_over_time:
             return super().statistics(moments, unbiased)
         mean, var = accumulate_over_steps(moments.mean, moments.variance(unbiased=False))
-        if unbiased:
-            n = moments.count * torch.arange(1, mean.shape[0] + 1, dtype=var.dtype, device=var.device)
-            n = n.reshape(-1, *([1] * (var.ndim - 1)))
-            var = var * n / (n - 1).clamp_min(1)
-        return mean, var
+        return mean, unbiased_accumulated(var, moments.count) if unbiased else var
 
     def normalized(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         return self.module.affine_transform(self.module.normalize(x, mean, var))
@@ -275,31 +311,39 @@ class _SpikenormNorm(StatisticsLayer):
 
 class _TorchBatchNorm(StatisticsLayer):
     """A torch ``_BatchNorm``: channels on axis 1 of ``[N, C, ...]``, or on axis 2 of ``[T, B, C, ...]`` for
-    SpikingJelly's multi-step BN (``step_mode == "m"``)."""
+    SpikingJelly's multi-step layers (``step_mode == "m"``: ``BatchNorm*d``, ``TemporalEffectiveBatchNorm*d``)."""
 
-    def channel_axis(self) -> int:
-        return 2 if getattr(self.module, "step_mode", "s") == "m" else 1
+    @property
+    def time_major(self) -> bool:
+        return getattr(self.module, "step_mode", "s") == "m"
 
     def reduce_dims(self, x: Tensor) -> tuple[int, ...]:
-        return tuple(d for d in range(x.ndim) if d != self.channel_axis())
+        channels = 2 if self.time_major else 1
+        return tuple(d for d in range(x.ndim) if d != channels)
 
     def normalized(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        shape = [1] * x.ndim
-        shape[self.channel_axis()] = -1
-        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.module.eps)
-        if self.module.affine:
-            y = y * self.module.weight.reshape(shape) + self.module.bias.reshape(shape)
-        return y
+        """The layer's own (class) forward in eval mode with ``mean, var`` in its running buffers for the call
+        (restored after it), so a subclass that does more than normalise hands on what it would: SpikingJelly's
+        TEBN multiplies step ``t`` by its learned ``scale[t]``."""
+        saved = self.running_mean.clone(), self.running_var.clone()
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)
+        try:
+            return type(self.module).forward(self.module, x)
+        finally:
+            self.running_mean.copy_(saved[0])
+            self.running_var.copy_(saved[1])
 
 
-def statistics_layers(model: nn.Module) -> dict[str, StatisticsLayer]:
-    """Every layer of ``model`` with running statistics to re-calibrate, by qualified name."""
+def statistics_layers(model: nn.Module, time_steps: int | None = None) -> dict[str, StatisticsLayer]:
+    """Every layer of ``model`` with running statistics to re-calibrate, by qualified name (``time_steps``: ``T`` of
+    the model's multi-step forward, when known; see :class:`StatisticsLayer`)."""
     layers: dict[str, StatisticsLayer] = {}
     for name, module in model.named_modules():
         if isinstance(module, TimeMajorNorm) and hasattr(module, "running_mean"):
-            layers[name] = _SpikenormNorm(module)
+            layers[name] = _SpikenormNorm(module, name, time_steps)
         elif isinstance(module, _BatchNorm) and module.running_mean is not None:
-            layers[name] = _TorchBatchNorm(module)
+            layers[name] = _TorchBatchNorm(module, name, time_steps)
     return layers
 
 
@@ -328,18 +372,26 @@ def recalibrate_bn(
     mode: Literal["exact", "single_pass"] = "exact",
     num_batches: int | None = None,
     reset_fn: ResetFn | None = None,
+    time_steps: int | None = None,
 ) -> RecalibrationReport:
     """Overwrite the running statistics of every BN-like layer with exact pooled statistics.
 
     Args:
         model: the network (its BN-like layers are found by type, see the module doc).
-        batches: the data, e.g. ``M`` batches of replay-buffer states; each is passed to ``forward``.
+        batches: the data, e.g. ``M`` batches of replay-buffer states; each is passed to ``forward``. Without
+            ``forward``, each batch is the model's input (a tensor, not an ``(x, y)`` pair).
         forward: ``forward(model, batch)``; defaults to ``model(batch)``.
         mode: ``"exact"`` (layer by layer) or ``"single_pass"`` (the reference code), see the module doc.
         num_batches: use exactly this many batches from ``batches`` (all of them when None).
         reset_fn: ``reset_fn(model)`` clears the state of neurons spikenorm does not know (e.g.
             ``lambda m: [n.reset() for n in m.modules() if isinstance(n, MyLIF)]``). Called with ``model``
             before every forward, after (in addition to) the built-in resets, and once at the end.
+        time_steps: ``T`` of the model's multi-step forward. Every input of a time-major layer (spikenorm norms,
+            SpikingJelly multi-step BN) must then be ``[T, B, ...]`` with this ``T``, and a batch that is a tensor
+            of rank >= 3 must not look batch-major (axis 1 ``T`` and axis 0 not). Without it, ``T`` is known only
+            where the model knows it: norms built for ``T`` steps (``bntt``, ``tebn``, ``tab``) check their own, and
+            spikenorm models built with ``layers.time_steps`` check their input; elsewhere batch-major ``[B, T, ...]``
+            input whose channels fit is not detected.
 
     Returns:
         A :class:`RecalibrationReport` (per-layer shift and statistics error, seconds spent).
@@ -347,19 +399,24 @@ def recalibrate_bn(
     Raises:
         ValueError: no batches, fewer batches than ``num_batches``, ``num_batches < 1``, an unknown mode,
             a model without BN-like layers with running statistics, a layer the forward never calls, a
-            module whose state survives the resets (see the module doc; pass ``reset_fn``), or a NaN/Inf
-            in the inputs of a measured layer (the layer, batch index and counts are named). On any error
-            the running statistics are left as they were.
+            module whose state survives the resets (see the module doc; pass ``reset_fn``), a NaN/Inf
+            in the inputs of a measured layer (the layer, batch index and counts are named), or a layer input or
+            batch that is not ``[T, B, ...]`` with the known ``T`` (see ``time_steps``). On any error the
+            running statistics are left as they were.
+        TypeError: without ``forward``, a batch that is a tuple or list (e.g. ``(x, y)``), before the model runs.
     """
     if mode not in ("exact", "single_pass"):
         raise ValueError(f"unknown recalibration mode {mode!r}; available: exact, single_pass")
-    layers = statistics_layers(model)
+    if time_steps is not None and (isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1):
+        raise ValueError(f"recalibrate_bn: time_steps must be a positive int or None, got {time_steps!r}")
+    layers = statistics_layers(model, time_steps)
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no BN layer with running statistics to recalibrate "
             "(looked for spikenorm norm layers and torch _BatchNorm layers with track_running_stats=True)"
         )
-    ctx = _Context(model, layers, _take(batches, num_batches), forward or (lambda m, batch: m(batch)), reset_fn)
+    ctx = _Context(model, layers, _take(batches, num_batches), forward, reset_fn)
+    ctx.check_batches(time_steps)
     start = time.perf_counter()
     before = {name: (layer.running_mean.clone(), layer.running_var.clone()) for name, layer in layers.items()}
     with eval_mode(model):
@@ -401,7 +458,8 @@ def check_resettable(
     statistics change), so a callback can refuse a model before training instead of at its first
     recalibration. Arguments as for :func:`recalibrate_bn`.
     """
-    ctx = _Context(model, statistics_layers(model), [batch], forward or (lambda m, b: m(b)), reset_fn)
+    ctx = _Context(model, statistics_layers(model), [batch], forward, reset_fn)
+    ctx.check_batches(None)
     with eval_mode(model), torch.no_grad():
         try:
             _check_resets(ctx)
@@ -415,13 +473,34 @@ class _StopForward(Exception):
 
 @dataclass
 class _Context:
-    """What every pass needs: the model, its layers, the batches, the user's forward and extra reset."""
+    """What every pass needs: the model, its layers, the batches, the user's forward (None: ``model(batch)``) and
+    extra reset."""
 
     model: nn.Module
     layers: dict[str, StatisticsLayer]
     batches: list[Any]
-    run: Callable[[nn.Module, Any], Any]
+    forward: Callable[[nn.Module, Any], Any] | None = None
     reset_fn: ResetFn | None = None
+
+    def run(self, model: nn.Module, batch: Any) -> Any:
+        return model(batch) if self.forward is None else self.forward(model, batch)
+
+    def check_batches(self, time_steps: int | None) -> None:
+        """Refuse, before the model runs, batches that ``model(batch)`` cannot take (a tuple or list, when no
+        ``forward`` unpacks it) and, with ``time_steps``, tensor batches of rank >= 3 that look batch-major."""
+        for index, batch in enumerate(self.batches):
+            if self.forward is None and isinstance(batch, (tuple, list)):
+                parts = ", ".join(
+                    f"Tensor{list(part.shape)}" if isinstance(part, Tensor) else type(part).__name__ for part in batch
+                )
+                raise TypeError(
+                    f"recalibrate_bn runs model(batch) when no forward= is given, so each batch must be the model's "
+                    f"input (a tensor); batch {index} is a {type(batch).__name__} ({parts}), e.g. (x, y) from a "
+                    "DataLoader. Expected a tensor, or a forward= that unpacks the batch: "
+                    "forward=lambda model, batch: model(batch[0])"
+                )
+            if time_steps is not None and isinstance(batch, Tensor) and batch.ndim >= 3:
+                check_not_batch_major(batch, f"recalibrate_bn (time_steps={time_steps}): batch {index}", time_steps)
 
     def reset(self) -> None:
         """The built-in neuron resets (:func:`~spikenorm.interop.reset_neuron_states`), then ``reset_fn``."""
@@ -640,7 +719,7 @@ def _first_layer_pass(ctx: _Context) -> tuple[dict[str, PooledMoments], list[str
             if name != order[0]:
                 return original(x, *args, **kwargs)
             first = measured.setdefault(name, PooledMoments())
-            first.add(x, layer.reduce_dims(x))
+            layer.measure(first, x)
             return layer.normalized_by(x, first)
 
         return forward
@@ -701,7 +780,7 @@ def _single_pass(ctx: _Context) -> dict[str, PooledMoments]:
         layer, m = ctx.layers[name], moments[name]
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-            m.add(x, layer.reduce_dims(x))
+            layer.measure(m, x)
             return layer.normalized_by(x, m)
 
         return forward
@@ -728,7 +807,7 @@ def _pass(ctx: _Context, name: str, normalize: bool, stop_after: list[int]) -> P
     def make(_: str, original: Callable) -> Callable:
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             nonlocal seen
-            moments.add(x, layer.reduce_dims(x))
+            layer.measure(moments, x)
             seen += 1
             if seen == stop_after[current]:
                 raise _StopForward

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 
-def check_time_major(x: Tensor, where: str, *, min_ndim: int = 2, channels: int | None = None) -> None:
+def check_time_major(
+    x: Tensor,
+    where: str,
+    *,
+    min_ndim: int = 2,
+    channels: int | None = None,
+    time_steps: int | tuple[int, ...] | None = None,
+) -> None:
     """Check that ``x`` is a floating tensor laid out ``[T, B, ...]`` (time first).
 
     Args:
@@ -18,6 +25,7 @@ def check_time_major(x: Tensor, where: str, *, min_ndim: int = 2, channels: int 
         where: name of the receiving layer, used in the message.
         min_ndim: minimum rank (2 for ``[T, B]``; 3 when a channel axis is required).
         channels: when given, the size that axis 2 (the channel axis of ``[T, B, C, ...]``) must have.
+        time_steps: when given, the size (or sizes) that axis 0 may have (:func:`check_time_steps`).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{where} expects a torch.Tensor laid out [T, B, ...], got {type(x).__name__}")
@@ -33,6 +41,38 @@ def check_time_major(x: Tensor, where: str, *, min_ndim: int = 2, channels: int 
             f"{where} expects input laid out [T, B, C, ...] with C={channels}, got shape {tuple(x.shape)} "
             f"(C={x.shape[2]}); is the time axis missing or misplaced?"
         )
+    if time_steps is not None:
+        check_time_steps(x, where, time_steps)
+
+
+def check_time_steps(x: Tensor, where: str, time_steps: int | tuple[int, ...]) -> None:
+    """Raise a ValueError unless the leading axis of ``x`` is ``T = time_steps`` (one of them, for a tuple: a
+    model that also runs at its task's evaluation ``T``); a shape comparison only.
+
+    The message points at batch-major input ``[B, T, ...]`` when axis 1 is ``T``.
+    """
+    allowed = (time_steps,) if isinstance(time_steps, int) else tuple(time_steps)
+    if x.shape[0] not in allowed:
+        raise _time_steps_error(x, where, allowed)
+
+
+def check_not_batch_major(x: Tensor, where: str, time_steps: int) -> None:
+    """Raise a ValueError when ``x`` looks batch-major: axis 1 is ``T = time_steps`` and axis 0 is not.
+
+    The cheap check for input whose leading axis need not be ``T`` (e.g. a batch that a model encodes itself):
+    it catches ``[B, T, ...]`` and lets every ``[T, B, ...]`` through, but cannot tell ``[B, T, ...]`` from
+    time-major input whose batch size happens to be ``T``.
+    """
+    if x.ndim >= 2 and x.shape[1] == time_steps and x.shape[0] != time_steps:
+        raise _time_steps_error(x, where, (time_steps,))
+
+
+def _time_steps_error(x: Tensor, where: str, allowed: tuple[int, ...]) -> ValueError:
+    hint = ""
+    if x.ndim >= 2 and x.shape[1] in allowed:
+        hint = f", which looks batch-major [B, T, ...] (B={x.shape[0]}): transpose it with x.transpose(0, 1)"
+    steps = " or ".join(map(str, allowed))
+    return ValueError(f"{where} expects input laid out [T, B, ...] with T={steps}, got shape {tuple(x.shape)}{hint}")
 
 
 def check_finite(x: Tensor, where: str) -> None:

@@ -10,11 +10,12 @@ import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.binary import binarize_model
-from spikenorm.config import RecordsInit
-from spikenorm.neurons import SpikingNeuron, build_neuron
+from spikenorm.config import RecordsInit, class_defaults
+from spikenorm.neurons import NEURONS, SpikingNeuron, build_neuron
 from spikenorm.norm import TimeMajorNorm, build_norm
 from spikenorm.norm.base import NORMS
-from spikenorm.surrogate import Surrogate
+from spikenorm.sequence import SequenceAware
+from spikenorm.surrogate import SURROGATES, Surrogate
 from spikenorm.synapse import TimeDistributed, TraceSynapse
 from spikenorm.validation import check_time_major
 
@@ -54,7 +55,9 @@ class LayerSpec:
         shortcuts: ``per_layer``, ``per_block`` or ``none`` (:mod:`spikenorm.models.blocks`); None: the model's
             default. Models without shortcuts refuse a value.
         time_steps: ``T``, for norms whose constructor takes ``time_steps`` (``bntt``, ``tebn``, ``tab``); the Lightning
-            CLI sets it from the task's ``time_steps`` when such a norm is chosen. None: not known.
+            CLI sets it from the task's ``time_steps`` when such a norm is chosen. Given with any norm, the model
+            refuses input whose leading axis is not ``T`` (:attr:`~spikenorm.models.SpikingModel.time_steps`).
+            None: not known.
     """
 
     norm: str = "tdbn"
@@ -76,6 +79,25 @@ class LayerSpec:
         if self.time_steps is not None and (isinstance(self.time_steps, bool) or self.time_steps < 1):
             raise ValueError(f"LayerSpec.time_steps must be a positive int or None, got {self.time_steps!r}")
 
+    @classmethod
+    def complete_config_fields(cls, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """``fields`` (a config's mapping of these fields) with the options of the named neuron and surrogate
+        completed by their class defaults, the options the built layers really have, so that configs compare
+        equal when one spells out a default the other leaves to the library (:func:`spikenorm.config.with_defaults`).
+
+        The options the factory itself gives a neuron (its surrogate and membrane norm) are left out, and a
+        norm's options are not completed: a norm's constructor also receives values from the model
+        (``time_steps``, the PopSAN actor's ``v_th``), so its class defaults are not what the layer gets.
+        Unknown names and built objects are left as they are."""
+        completed = dict(fields)
+        for name, options, registry, set_by_factory in _COMPLETED_PARTS:
+            part = completed.get(name)
+            if not isinstance(part, str) or part.lower() not in registry.names():
+                continue
+            defaults = {k: v for k, v in class_defaults(registry.get(part)).items() if k not in set_by_factory}
+            completed[options] = {**defaults, **(completed.get(options) or {})}
+        return completed
+
     def refuse(self, model: str, *options: str, reason: str) -> None:
         """Raise a ValueError naming every option of ``options`` that is set to other than its default."""
         defaults = LayerSpec()
@@ -83,6 +105,14 @@ class LayerSpec:
         if unsupported:
             settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in unsupported)
             raise ValueError(f"{model} does not support layers.{settings}: {reason}")
+
+
+#: the parts whose options :meth:`LayerSpec.complete_config_fields` completes: (name field, options field,
+#: registry, options the layer factory sets itself)
+_COMPLETED_PARTS = (
+    ("neuron", "neuron_kwargs", NEURONS, frozenset({"surrogate", "surrogate_kwargs", "membrane_norm"})),
+    ("surrogate", "surrogate_kwargs", SURROGATES, frozenset()),
+)
 
 
 def norm_accepts(name: str, parameter: str) -> bool:
@@ -152,6 +182,13 @@ class SpikingLayerFactory:
         return kwargs
 
     @property
+    def time_steps(self) -> int | None:
+        """``T`` as the layers know it: ``spec.time_steps``, else a ``time_steps`` in the norm or membrane norm
+        options, else None."""
+        given = (self.spec.time_steps, self.norm_kwargs.get("time_steps"), self.membrane_norm_kwargs.get("time_steps"))
+        return next((t for t in given if t is not None), None)
+
+    @property
     def uses_norm(self) -> bool:
         """False for ``norm="none"``: the layer before it then keeps its bias."""
         return self.spec.norm.lower() != "none"
@@ -218,12 +255,15 @@ def spiking_linear(
     return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
 
 
-def check_model_input(x: Tensor, where: str, ndim: int, channels: int | None) -> None:
-    """Check a model's time-major input: rank exactly ``ndim`` and ``channels`` at axis 2.
+def check_model_input(
+    x: Tensor, where: str, ndim: int, channels: int | None, time_steps: int | tuple[int, ...] | None = None
+) -> None:
+    """Check a model's time-major input: rank exactly ``ndim``, ``channels`` at axis 2 and, when given,
+    ``T = time_steps`` (or one of them) at axis 0 (shape comparisons only).
 
     Registered with ``torch.fx.wrap``, so traced (and folded) models keep the check as one graph node.
     """
-    check_time_major(x, where, min_ndim=ndim, channels=channels)
+    check_time_major(x, where, min_ndim=ndim, channels=channels, time_steps=time_steps)
     if x.ndim != ndim:
         raise ValueError(f"{where} expects rank-{ndim} time-major input, got shape {tuple(x.shape)}")
 
@@ -231,21 +271,56 @@ def check_model_input(x: Tensor, where: str, ndim: int, channels: int | None) ->
 torch.fx.wrap("check_model_input")
 
 
-class SpikingModel(RecordsInit, nn.Module):
+class SpikingModel(RecordsInit, SequenceAware, nn.Module):
     """Base of the spikenorm models: input ``[T, B, ...]`` in, per-step logits ``[T, B, num_classes]`` out.
 
     Every model records its constructor arguments (:class:`~spikenorm.config.RecordsInit`), so a checkpoint
     can rebuild it without the code that built it.
+
+    Time-major check: a model that knows ``T`` (:attr:`time_steps`) refuses input whose leading axis is not ``T``
+    with a ValueError, which catches batch-major ``[B, T, ...]`` input; inside a
+    :func:`spikenorm.neurons.stateful` scope (single-step execution) any number of steps is accepted. A model
+    that does not know ``T`` (built without ``layers.time_steps`` and with norms that do not fix it, e.g. ``tdbn``)
+    cannot tell ``[B, T, ...]`` from ``[T, B, ...]`` when the channels match: it checks rank and channels only.
     """
 
     num_classes: int
     input_ndim: int  # rank of the expected time-major input
+    #: ``T`` of the input the model accepts: ``layers.time_steps`` or its norms' ``time_steps``; None: any ``T``
+    #: (a task's ``eval_time_steps`` is accepted too: :func:`~spikenorm.models.accept_time_steps`).
+    time_steps: int | None = None
+    #: further ``T`` the model accepts besides :attr:`time_steps` (:func:`~spikenorm.models.accept_time_steps`)
+    extra_time_steps: tuple[int, ...] = ()
+    _in_sequence = False  # inside a stateful scope
+
+    def begin_sequence(self) -> None:
+        self._in_sequence = True
+
+    def end_sequence(self) -> None:
+        self._in_sequence = False
+
+    def abort_sequence(self) -> None:
+        self._in_sequence = False
 
     def check_input(self, x: Tensor, channels: int | None = None) -> None:
-        check_model_input(x, type(self).__name__, self.input_ndim, channels)
+        time_steps = None if self._in_sequence or self.time_steps is None else (self.time_steps, *self.extra_time_steps)
+        check_model_input(x, type(self).__name__, self.input_ndim, channels, time_steps)
 
     def use_binary_weights(self, enabled: bool) -> None:
         """SEI-BWSNN: 1-bit weights (:func:`spikenorm.binary.binarize_model`) in every conv/linear layer except
         the first and the last, shortcut projections included."""
         if enabled:
             binarize_model(self)
+
+
+def accept_time_steps(module: nn.Module, *time_steps: int) -> None:
+    """Let every :class:`SpikingModel` inside ``module`` that knows its ``T`` also accept ``time_steps``: how a
+    task runs a network built for its training ``T`` at its ``eval_time_steps``
+    (:class:`~spikenorm.tasks.SpikingClassifier` calls it when it is built). The model then takes either ``T``
+    in any mode, because callbacks run it in modes of their own; input whose leading axis is none of them is
+    still refused. Models that do not know ``T`` are left alone, and norms that fix ``T`` (``bntt``, ``tebn``,
+    ``tab``) still refuse another ``T`` themselves.
+    """
+    for m in module.modules():
+        if isinstance(m, SpikingModel) and m.time_steps is not None:
+            m.extra_time_steps = tuple(sorted({t for t in time_steps if t != m.time_steps}))

@@ -33,6 +33,7 @@ class SpikingMLP(SpikingModel):
         super().__init__()
         layers.refuse(type(self).__name__, "shortcuts", reason="it has no residual blocks")
         factory = SpikingLayerFactory(layers)
+        self.time_steps = factory.time_steps
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden]

@@ -40,6 +40,7 @@ class SpikingResNet19(SpikingModel):
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
         factory = SpikingLayerFactory(layers)
+        self.time_steps = factory.time_steps
         shortcuts = layers.shortcuts or "per_block"
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -233,6 +233,7 @@ class SpikingTransformer(SpikingModel):
         if hidden < 1:
             raise ValueError(f"SpikingTransformer: mlp_ratio must give an MLP width >= 1, got mlp_ratio={mlp_ratio}")
         factory = SpikingLayerFactory(layers)
+        self.time_steps = factory.time_steps
         if layers.membrane_norm is not None and factory.elementwise_membrane:
             raise ValueError(
                 "SpikingTransformer does not support element-wise membrane norms: layers.membrane_norm="

@@ -53,6 +53,7 @@ class SpikingVGG(SpikingModel):
         super().__init__()
         layers_cfg = self._resolve(cfg)
         factory = SpikingLayerFactory(layers)
+        self.time_steps = factory.time_steps
         shortcuts = layers.shortcuts or "none"
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -12,7 +12,7 @@ from spikenorm.norm.carebn import CaReBN, ca_bn_update, ca_bn_updates
 from spikenorm.norm.mpbn import MPBN
 from spikenorm.norm.osr import OSR
 from spikenorm.norm.stats import batch_moments
-from spikenorm.norm.tab import TAB, accumulate_over_steps
+from spikenorm.norm.tab import TAB, accumulate_over_steps, unbiased_accumulated
 from spikenorm.norm.tebn import TEBN
 
 
@@ -52,4 +52,5 @@ __all__ = [
     "ca_bn_update",
     "ca_bn_updates",
     "build_norm",
+    "unbiased_accumulated",
 ]

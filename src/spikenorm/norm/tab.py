@@ -38,6 +38,15 @@ def accumulate_over_steps(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     return mean[0] + torch.stack(means), (var.cumsum(0) + torch.stack(spreads)) / steps
 
 
+def unbiased_accumulated(var: Tensor, count: int) -> Tensor:
+    """Bessel-correct accumulated biased variances ``[k, *features]`` whose row ``t`` pools the ``n_t = (t + 1) count``
+    samples of steps ``0..t``: ``var_t n_t / (n_t - 1)`` (the running-variance convention of torch BN, as
+    :func:`~spikenorm.norm.stats.unbiased` for one pool)."""
+    n = count * torch.arange(1, var.shape[0] + 1, dtype=var.dtype, device=var.device)
+    n = n.reshape(-1, *([1] * (var.ndim - 1)))
+    return var * n / (n - 1).clamp_min(1)
+
+
 @NORMS.register("tab")
 class TAB(StepIndexedNorm):
     """Step ``t`` normalised with the statistics accumulated over steps ``0..t``, then a per-step affine map.
@@ -139,11 +148,10 @@ class TAB(StepIndexedNorm):
     @torch.no_grad()
     def update_accumulated(self, mean: Tensor, var: Tensor, count: int) -> None:
         """EMA update of the first ``k`` rows of the running statistics with accumulated statistics ``[k, C]``
-        (biased ``var``, Bessel-corrected with ``n_t = (t + 1) count``)."""
+        (biased ``var``, Bessel-corrected by :func:`unbiased_accumulated`)."""
         k = mean.shape[0]
-        n = count * torch.arange(1, k + 1, dtype=var.dtype, device=var.device).reshape(-1, *([1] * (var.ndim - 1)))
         self.running_mean[:k].lerp_(mean.to(self.running_mean.dtype), self.momentum)
-        self.running_var[:k].lerp_((var * n / (n - 1)).to(self.running_var.dtype), self.momentum)
+        self.running_var[:k].lerp_(unbiased_accumulated(var, count).to(self.running_var.dtype), self.momentum)
         self.num_batches_tracked += 1
 
     def affine_transform(self, x_hat: Tensor) -> Tensor:

@@ -10,6 +10,9 @@ TorchRL gets two things wrong for normalized (spiking) actors and critics, and t
 
 And one Lightning pitfall: a one-off measurement logged with ``LightningModule.log`` is re-written at every
 logging step; :func:`log_event` writes it once, at its env step.
+
+Envs built by :func:`make_env` can be checkpointed mid-episode: :func:`env_state` and :func:`load_env_state`
+(through :class:`EpisodeRecorder`) save and restore their RNG and the episode in progress as plain data.
 """
 
 from spikenorm.rl.collect import (
@@ -21,10 +24,13 @@ from spikenorm.rl.collect import (
     make_policy,
 )
 from spikenorm.rl.envs import (
+    EpisodeRecorder,
     action_bounds,
     action_dim,
     available_mujoco_envs,
     bounds_from_spec,
+    env_state,
+    load_env_state,
     make_env,
     observation_dim,
 )
@@ -33,13 +39,16 @@ from spikenorm.rl.target import hard_update, make_target, soft_update
 
 __all__ = [
     "BatchedActor",
+    "EpisodeRecorder",
     "EvalModePolicy",
     "TD3GaussianNoise",
     "action_bounds",
     "action_dim",
     "available_mujoco_envs",
     "bounds_from_spec",
+    "env_state",
     "hard_update",
+    "load_env_state",
     "log_event",
     "make_collector",
     "make_env",

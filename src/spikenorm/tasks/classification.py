@@ -14,9 +14,12 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from spikenorm.config import class_path_of, is_config, without_defaults
+from spikenorm.models import accept_time_steps
 from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
+from spikenorm.tasks.checkpoint_loading import ChecksCheckpointFiles
 from spikenorm.tasks.compilation import CompileOption, compile_network, compile_options
 from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
+from spikenorm.tasks.empty_splits import check_splits_not_empty
 from spikenorm.tasks.encoding import Encoding, encode
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
 from spikenorm.tasks.online import online_backward
@@ -29,7 +32,7 @@ NETWORK_ARGUMENTS = ("model", "teacher")
 FACTORY_ARGUMENTS = ("optimizer", "lr_scheduler")
 
 
-class SpikingClassifier(LightningModule):
+class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
     """Train and evaluate a spiking classifier on static images or event frames.
 
     The batch ``(x, y)`` is encoded at the boundary into ``[T, B, ...]`` (see
@@ -184,6 +187,8 @@ class SpikingClassifier(LightningModule):
             if teacher_checkpoint is not None:
                 load_teacher_weights(teacher, teacher_checkpoint)
             teacher.requires_grad_(False).eval()
+        if eval_time_steps is not None:  # networks built for time_steps also run at eval_time_steps
+            accept_time_steps(self, eval_time_steps)
 
     def _store_object_configs(self, given: dict[str, Any], **objects: Any) -> None:
         """Put each constructor object's config into the hyperparameters (see :func:`object_config`); ``given``:
@@ -238,9 +243,11 @@ class SpikingClassifier(LightningModule):
 
     # -- run configuration and checkpoints ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Log the run's complete configuration (flat keys) to every logger; check that firing rates can be
-        recorded (``record_firing_rates``: a network without neurons spikenorm recognises is refused when it is
-        True, gets one warning and no ``*/firing_rate`` when it is None)."""
+        """Refuse an empty split the stage runs (:func:`~spikenorm.tasks.empty_splits.check_splits_not_empty`); log
+        the run's complete configuration (flat keys) to every logger; check that firing rates can be recorded
+        (``record_firing_rates``: a network without neurons spikenorm recognises is refused when it is True, gets
+        one warning and no ``*/firing_rate`` when it is None)."""
+        check_splits_not_empty(self.trainer, self, stage)
         config = run_config(type(self), self.hparams, self.OBJECT_ARGUMENTS, self.trainer)
         for logger in self.trainer.loggers:
             logger.log_hyperparams(config)
