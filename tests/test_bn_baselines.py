@@ -131,32 +131,38 @@ def test_online_model_gradients_and_buffers_equal_bptt_with_detached_temporal_pa
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
-def _ddp_worker(rank: int, port: int, online: bool, out_dir: str) -> None:
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         x = torch.from_numpy(sample(6))[:, rank * (B // 2) : (rank + 1) * (B // 2)]
-        layer = build_norm("bn", C, running_update="per_batch").double()
-        if online:
-            with stateful(layer):
-                for t in range(T):
-                    layer(x[t : t + 1])
-        else:
-            layer(x)
-        torch.save({"mean": layer.running_mean, "var": layer.running_var}, f"{out_dir}/rank{rank}.pt")
+        for online in (False, True):
+            layer = build_norm("bn", C, running_update="per_batch").double()
+            if online:
+                with stateful(layer):
+                    for t in range(T):
+                        layer(x[t : t + 1])
+            else:
+                layer(x)
+            stats = {"mean": layer.running_mean, "var": layer.running_var}
+            torch.save(stats, f"{out_dir}/{'online' if online else 'bptt'}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("online", [False, True])
-def test_two_processes_pool_the_per_step_moments(online, tmp_path):
-    """Under DDP the per-step moments are those of the global batch (half of it on each of 2 processes)."""
-    mp.spawn(_ddp_worker, args=(free_port(), online, str(tmp_path)), nprocs=2, join=True)
+def test_two_processes_pool_the_per_step_moments(tmp_path):
+    """Under DDP the per-step moments are those of the global batch (half of it on each of 2 processes), in BPTT
+    and in online (single-step) mode, both from one process group."""
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     mu_t, var_t = step_moments(sample(6))
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
-        np.testing.assert_allclose(result["mean"].numpy(), MOM * mu_t.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(result["var"].numpy(), (1 - MOM) + MOM * var_t.mean(0), rtol=1e-12)
+    for mode in ("bptt", "online"):
+        for rank in range(2):
+            result = torch.load(tmp_path / f"{mode}-rank{rank}.pt")
+            where = f"{mode}, rank {rank}"
+            np.testing.assert_allclose(result["mean"].numpy(), MOM * mu_t.mean(0), rtol=1e-12, err_msg=where)
+            np.testing.assert_allclose(
+                result["var"].numpy(), (1 - MOM) + MOM * var_t.mean(0), rtol=1e-12, err_msg=where
+            )
 
 
 def test_bfloat16_input_keeps_float32_buffers():

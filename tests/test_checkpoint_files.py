@@ -6,9 +6,10 @@ file" on the CLI.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
-from helpers import spikenorm_cli
 
 from spikenorm.checkpoint_files import check_checkpoint_file
 from spikenorm.models import SpikingMLP
@@ -45,7 +46,13 @@ def test_a_truncated_checkpoint_is_named_truncated(checkpoint):
         SpikingClassifier.load_from_checkpoint(cut)
 
 
-def test_the_cli_names_an_empty_checkpoint(tmp_path):
+def test_the_cli_names_an_empty_checkpoint(tmp_path, monkeypatch):
+    """``spikenorm test --ckpt_path <empty file>``, in this process: the error comes before anything is built."""
+    from spikenorm.cli import main
+
+    monkeypatch.setenv("SPIKENORM_MALLOC", "default")  # leave this process's malloc settings alone
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.ckpt").touch()
-    done = spikenorm_cli(tmp_path, "test", "--ckpt_path", "empty.ckpt", "--trainer.logger=false", check=False)
-    assert done.returncode != 0 and "checkpoint empty.ckpt is empty (0 bytes)" in done.stderr, done.stderr[-2000:]
+    with pytest.raises(ValueError, match=r"checkpoint empty.ckpt is empty \(0 bytes\)"):
+        main(["test", "--ckpt_path", "empty.ckpt", "--trainer.logger=false"])

@@ -7,10 +7,11 @@ quickstart at setup.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
-from helpers import spikenorm_cli
+from helpers import offline_wandb
 
 from spikenorm.cli import summary
 
@@ -29,21 +30,27 @@ def test_the_folded_line_names_the_precision_of_the_check():
     assert "0 flipped spikes, max |output difference| 0 (the same weights, both models run in float64)" in text
 
 
-def test_quickstart_with_a_norm_that_does_not_fold_is_one_flag_and_the_summary_says_how_it_ran(tmp_path):
+def test_quickstart_with_a_norm_that_does_not_fold_is_one_flag_and_the_summary_says_how_it_ran(
+    tmp_path, monkeypatch, capsys
+):
+    """Through the CLI, in this process (the recipe's loggers write under ``tmp_path``)."""
+    import wandb
+
+    from spikenorm.cli import main
+
+    monkeypatch.setenv("SPIKENORM_MALLOC", "default")  # leave this process's malloc settings alone
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])  # LightningCLI warns when pytest's arguments are there too
+    monkeypatch.chdir(tmp_path)
     config = yaml.safe_load(QUICKSTART.read_text())
     config["trainer"].update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=2)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config))
-    done = spikenorm_cli(
-        tmp_path,
-        "fit",
-        "--config",
-        "recipe.yaml",
-        "--model.init_args.model.init_args.layers.norm",
-        "tebn",
-        "--trainer.precision",
-        "bf16-mixed",
-    )
-    out = done.stdout
+    norm, precision = "--model.init_args.model.init_args.layers.norm=tebn", "--trainer.precision=bf16-mixed"
+    with offline_wandb(tmp_path):
+        try:
+            main(["fit", "--config", "recipe.yaml", norm, precision])
+        finally:
+            wandb.finish()
+    out = capsys.readouterr().out
     assert "folded model   not foldable: " in out and "tebn" in out.lower()
     tested = next(line for line in out.splitlines() if line.strip().startswith("tested"))
     assert "checkpoints/epoch=0-step=3.ckpt" in tested and "(precision bf16-mixed, not compiled)" in tested

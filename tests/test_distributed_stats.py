@@ -1,12 +1,14 @@
 """Norm statistics are pooled across processes (2 CPU processes, gloo): outputs, gradients, running statistics and
-re-calibrated statistics match one process on the concatenated batch."""
+re-calibrated statistics match one process on the concatenated batch.
+
+One process group serves every norm of a test (starting two processes costs seconds; the norms are checked one
+after the other inside it, and a failure names the norm)."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -26,38 +28,43 @@ def _data() -> torch.Tensor:
     return x * torch.linspace(0.5, 2.0, 2 * B, dtype=torch.float64).reshape(1, -1, 1, 1, 1) + 1.0
 
 
-def _worker(rank: int, port: int, name: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, names: list[str], out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        x = _data()[:, rank * B : (rank + 1) * B].clone().requires_grad_(True)
-        layer = build_norm(name, C, **OPTIONS[name]).double()
-        y = layer(x)
-        y.pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
-        torch.save(
-            {"mean": layer.running_mean, "var": layer.running_var, "grad": x.grad, "out": y.detach()},
-            f"{out_dir}/rank{rank}.pt",
-        )
+        for name in names:
+            x = _data()[:, rank * B : (rank + 1) * B].clone().requires_grad_(True)
+            layer = build_norm(name, C, **OPTIONS[name]).double()
+            y = layer(x)
+            y.pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
+            torch.save(
+                {"mean": layer.running_mean, "var": layer.running_var, "grad": x.grad, "out": y.detach()},
+                f"{out_dir}/{name}-rank{rank}.pt",
+            )
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_two_processes_equal_one_process_on_the_concatenated_batch(name, tmp_path):
-    mp.spawn(_worker, args=(free_port(), name, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+    mp.spawn(_worker, args=(free_port(), sorted(OPTIONS), str(tmp_path)), nprocs=2, join=True)
+    for name in sorted(OPTIONS):
+        _check_against_one_process(name, [torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(2)])
+
+
+def _check_against_one_process(name: str, ranks: list[dict]) -> None:
     x = _data().requires_grad_(True)
     single = build_norm(name, C, **OPTIONS[name]).double()
     y = single(x)
     y.pow(2).mul(torch.arange(C, dtype=torch.float64).reshape(1, 1, C, 1, 1)).sum().backward()
     for r, result in enumerate(ranks):
-        np.testing.assert_allclose(result["mean"].numpy(), single.running_mean.numpy(), rtol=1e-12)
-        np.testing.assert_allclose(result["var"].numpy(), single.running_var.numpy(), rtol=1e-12)
+        where = f"{name}, rank {r}"
+        np.testing.assert_allclose(result["mean"].numpy(), single.running_mean.numpy(), rtol=1e-12, err_msg=where)
+        np.testing.assert_allclose(result["var"].numpy(), single.running_var.numpy(), rtol=1e-12, err_msg=where)
         np.testing.assert_allclose(
-            result["grad"].numpy(), x.grad[:, r * B : (r + 1) * B].numpy(), rtol=1e-9, atol=1e-12
+            result["grad"].numpy(), x.grad[:, r * B : (r + 1) * B].numpy(), rtol=1e-9, atol=1e-12, err_msg=where
         )
         np.testing.assert_allclose(
-            result["out"].numpy(), y.detach()[:, r * B : (r + 1) * B].numpy(), rtol=1e-10, atol=1e-12
+            result["out"].numpy(), y.detach()[:, r * B : (r + 1) * B].numpy(), rtol=1e-10, atol=1e-12, err_msg=where
         )
 
 
@@ -73,24 +80,29 @@ def _recalibration_batches() -> list[torch.Tensor]:
     return [torch.randn(T, 2 * B, C, generator=g, dtype=torch.float64) * (1 + j) + j for j in range(3)]
 
 
-def _recalibration_worker(rank: int, port: int, name: str, out_dir: str) -> None:
+def _recalibration_worker(rank: int, port: int, names: list[str], out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        model = _recalibration_network(name)
-        recalibrate_bn(model, [x[:, rank * B : (rank + 1) * B] for x in _recalibration_batches()])
-        torch.save({"mean": model[1].running_mean, "var": model[1].running_var}, f"{out_dir}/rank{rank}.pt")
+        for name in names:
+            model = _recalibration_network(name)
+            recalibrate_bn(model, [x[:, rank * B : (rank + 1) * B] for x in _recalibration_batches()])
+            stats = {"mean": model[1].running_mean, "var": model[1].running_var}
+            torch.save(stats, f"{out_dir}/{name}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["tebn", "tab"])
-def test_two_process_recalibration_equals_one_process_on_the_union(name, tmp_path):
+def test_two_process_recalibration_equals_one_process_on_the_union(tmp_path):
     """Pooled (tebn) and accumulated per-step (tab) statistics merge exactly across processes."""
-    mp.spawn(_recalibration_worker, args=(free_port(), name, str(tmp_path)), nprocs=2, join=True)
-    single = _recalibration_network(name)
-    recalibrate_bn(single, _recalibration_batches())
-    for r in range(2):
-        result = torch.load(tmp_path / f"rank{r}.pt")
-        torch.testing.assert_close(result["mean"], single[1].running_mean, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(result["var"], single[1].running_var, rtol=1e-12, atol=1e-12)
+    names = ["tebn", "tab"]
+    mp.spawn(_recalibration_worker, args=(free_port(), names, str(tmp_path)), nprocs=2, join=True)
+    for name in names:
+        single = _recalibration_network(name)
+        recalibrate_bn(single, _recalibration_batches())
+        for r in range(2):
+            result = torch.load(tmp_path / f"{name}-rank{r}.pt")
+            for key, expected in (("mean", single[1].running_mean), ("var", single[1].running_var)):
+                torch.testing.assert_close(
+                    result[key], expected, rtol=1e-12, atol=1e-12, msg=lambda m, w=f"{name} rank {r} {key}": f"{w}: {m}"
+                )

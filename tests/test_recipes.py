@@ -163,13 +163,19 @@ def test_quickstart_wandb_offline_run_holds_val_acc(offline_env, capsys):
 #: the event-frame quickstart generates its event streams in every process (about half a minute under DDP, a minute
 #: for its full run): those two runs are slow; its fast_dev_run above keeps the DVS path in the default suite. The
 #: online quickstart under DDP is slow too: tests/test_bn_baselines.py and tests/test_distributed_stats.py pool its
-#: statistics over two processes in the default suite
+#: statistics over two processes in the default suite. So is the quickstart's (20 s): the default suite keeps a
+#: Lightning DDP fit in tests/test_bn_recalibration_callback.py and the statistics pooling in
+#: tests/test_distributed_stats.py
 SLOW_DVS = SLOW_DDP = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
     "recipe",
-    ["quickstart", pytest.param("quickstart_osr", marks=SLOW_DDP), pytest.param("quickstart_dvs", marks=SLOW_DVS)],
+    [
+        pytest.param("quickstart", marks=SLOW_DDP),
+        pytest.param("quickstart_osr", marks=SLOW_DDP),
+        pytest.param("quickstart_dvs", marks=SLOW_DVS),
+    ],
 )
 def test_quickstart_ddp_two_cpu_processes(tmp_path, recipe):
     done = spikenorm_cli(

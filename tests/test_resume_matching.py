@@ -8,12 +8,13 @@ resumed the seed-1 run, and its W&B run then recorded ``seed: 0``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import spikenorm_cli
+from helpers import offline_wandb
 
 from spikenorm.run_dirs import RUN_CONFIG_KEY, matching_last_checkpoint, result_config
 from spikenorm.wandb_runs import read_offline_run
@@ -56,6 +57,11 @@ def test_the_newest_matching_run_is_resumed_and_a_newer_other_run_is_passed_over
     assert matching_last_checkpoint(tmp_path, "*/checkpoints/last.ckpt", seed0) == older
 
 
+def test_a_folder_without_last_ckpt_is_an_error_saying_how_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no last.ckpt matches .*LastCheckpoint"):
+        matching_last_checkpoint(tmp_path, "*/checkpoints/last.ckpt", {"seed_everything": 0})
+
+
 def test_no_matching_run_is_refused_listing_each_candidate_and_its_differences(tmp_path):
     _save(tmp_path / "version_0" / "checkpoints" / "last.ckpt", {"seed_everything": 0, "norm": "tdbn"}, 100)
     _save(tmp_path / "version_1" / "checkpoints" / "last.ckpt", None, 200)
@@ -67,16 +73,14 @@ def test_no_matching_run_is_refused_listing_each_candidate_and_its_differences(t
     assert message.index("version_1") < message.index("version_0")  # newest first
 
 
-def _recipe(folder: Path) -> None:
+def _recipe(folder: Path) -> Path:
     config = yaml.safe_load(QUICKSTART.read_text())
     config["trainer"].update(
         limit_train_batches=TRAIN_BATCHES, limit_val_batches=1, limit_test_batches=1, enable_progress_bar=False
     )
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(config))
-
-
-def _fit(folder: Path, *args: str, check: bool = True):
-    return spikenorm_cli(folder, "fit", "--config", "recipe.yaml", *args, check=check, PYTHONHASHSEED="0")
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def _wandb_seed(folder: Path, run_id: str) -> list:
@@ -84,27 +88,42 @@ def _wandb_seed(folder: Path, run_id: str) -> list:
     return [read_offline_run(run)["config"].get("seed") for run in runs]
 
 
-def test_resume_last_picks_the_run_of_the_given_seed_and_refuses_an_unknown_seed(tmp_path):
-    _recipe(tmp_path)
-    _fit(tmp_path, "--seed_everything", "0", "--trainer.max_epochs", "2")
-    _fit(tmp_path, "--seed_everything", "1", "--trainer.max_epochs", "1")
-    runs = tmp_path / "logs" / "quickstart"
-    seed0 = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert seed0[RUN_CONFIG_KEY]["seed_everything"] == 0
+def test_resume_last_picks_the_run_of_the_given_seed_and_refuses_an_unknown_seed(tmp_path, monkeypatch):
+    """Through the CLI, in this process (the recipe's loggers write under ``tmp_path``)."""
+    import wandb
 
-    resumed = _fit(tmp_path, "--seed_everything", "0", "--trainer.max_epochs", "3", "--ckpt_path", "last")
-    assert f"resuming {Path('logs/quickstart/version_0/checkpoints/last.ckpt')}" in resumed.stderr
+    from spikenorm.cli import main
+
+    monkeypatch.setenv("SPIKENORM_MALLOC", "default")  # leave this process's malloc settings alone
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])  # LightningCLI warns when pytest's arguments are there too
+    monkeypatch.chdir(tmp_path)
+    recipe = str(_recipe(tmp_path))
+    runs = tmp_path / "logs" / "quickstart"
+
+    def fit(*args: str) -> None:
+        """One ``spikenorm fit``; its W&B run ends with it, as the run of a process of its own would."""
+        try:
+            main(["fit", "--config", recipe, *args])
+        finally:
+            wandb.finish()
+
+    with offline_wandb(tmp_path):
+        fit("--seed_everything", "0", "--trainer.max_epochs", "2")
+        fit("--seed_everything", "1", "--trainer.max_epochs", "1")
+        seed0 = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert seed0[RUN_CONFIG_KEY]["seed_everything"] == 0
+
+        fit("--seed_everything", "0", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+        with pytest.raises(ValueError) as refused:
+            fit("--seed_everything", "2", "--ckpt_path", "last")
+    assert "seed_everything: 0 -> 2" in str(refused.value) and "seed_everything: 1 -> 2" in str(refused.value)
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    steps = [
+        torch.load(runs / v / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for v in runs.iterdir()
+    ]
+    assert sorted(steps) == [TRAIN_BATCHES, 3 * TRAIN_BATCHES]  # seed 1: 1 epoch; seed 0: resumed to 3 epochs
     assert torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == (
         3 * TRAIN_BATCHES
     )
-    assert torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == (
-        TRAIN_BATCHES
-    )
     run_id = next(v["version"] for v in seed0["spikenorm_loggers"] if v["class_path"].endswith("WandbLogger"))
     assert _wandb_seed(tmp_path, run_id) == [0, 0]  # the resumed W&B run is the seed-0 run, still seed 0
-
-    refused = _fit(tmp_path, "--seed_everything", "2", "--ckpt_path", "last", check=False)
-    assert refused.returncode != 0
-    assert "seed_everything: 0 -> 2" in refused.stderr and "seed_everything: 1 -> 2" in refused.stderr
-    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]

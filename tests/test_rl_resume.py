@@ -133,3 +133,69 @@ def test_max_steps_is_refused_for_the_env_step_budget(tmp_path):
     with pytest.raises(ValueError, match="total_env_steps"):
         quiet_trainer(max_steps=300, default_root_dir=tmp_path).fit(task)
     assert task.env_steps == 0
+
+
+RL_KILLER = """
+import os, signal
+from lightning.pytorch import Callback
+
+
+class KillAtEnvStep(Callback):
+    # SIGKILL this process after the iteration that reaches env step ``env_steps``: no cleanup at all
+
+    def __init__(self, env_steps: int) -> None:
+        self.env_steps = env_steps
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.env_steps == self.env_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _cli_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow  # three CLI processes, ~45 s; the in-process stop above covers the same resume by default
+def test_cli_sigkill_then_resume_last_equals_the_uninterrupted_run(tmp_path):
+    """quickstart_rl through the CLI, killed with SIGKILL mid-episode and resumed with ``--ckpt_path last``: the
+    same env steps, eval rows, logged rows (each once) and final weights as an uninterrupted run."""
+    import signal
+
+    import yaml
+    from helpers import spikenorm_cli
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "quickstart_rl.yaml").read_text())
+    recipe["model"]["init_args"].update({**RUN, "hidden": [16, 16]})
+    recipe["trainer"]["enable_progress_bar"] = False
+    for callback in recipe["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("LastCheckpoint"):
+            callback["init_args"] = {"every_n_env_steps": 65}
+        if callback["class_path"].endswith("ReplayRecalibration"):
+            callback["init_args"].update(every_n_env_steps=75, num_batches=2, batch_size=16)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    for folder in (straight, crashed):
+        folder.mkdir()
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    spikenorm_cli(straight, "fit", "--config", "recipe.yaml")
+    (crashed / "rl_killer.py").write_text(RL_KILLER)
+    killed = spikenorm_cli(
+        crashed,
+        "fit",
+        "--config",
+        "recipe.yaml",
+        "--trainer.callbacks+=rl_killer.KillAtEnvStep",
+        f"--trainer.callbacks.env_steps={CRASH_AT}",
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    spikenorm_cli(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
+
+    runs = [folder / "logs" / "quickstart_rl" / "version_0" for folder in (straight, crashed)]
+    assert _cli_rows(runs[1]) == _cli_rows(runs[0])  # every row once, none past the budget
+    evaluations = [int(row["step"]) for row in _cli_rows(runs[0]) if row["rl/eval_return"]]
+    assert evaluations == [100, 200]
+    reference, final = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in runs)
+    assert final["spikenorm_rl"]["env_steps"] == reference["spikenorm_rl"]["env_steps"] == 200
+    assert not [k for k, v in reference["state_dict"].items() if not torch.equal(final["state_dict"][k], v)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHORT_TD3_RUN, quiet_trainer, spikenorm_cli
+from helpers import SHORT_TD3_RUN, offline_wandb, quiet_trainer, spikenorm_cli
 from lightning.pytorch import seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
@@ -66,26 +66,33 @@ def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     assert any(k.startswith("recalibration/stat_error/") for k in keys)
 
 
-def test_quickstart_rl_with_the_ann_actor_is_one_flag(tmp_path):
+def test_quickstart_rl_with_the_ann_actor_is_one_flag(tmp_path, monkeypatch, capsys):
     """The recipe's ReplayRecalibration (``unusable: warn``) steps aside for an actor without statistics and the summary
-    says why; the summary's eval return is the final policy's; checkpoints are named by env steps, last.ckpt kept."""
+    says why; the summary's eval return is the final policy's; checkpoints are named by env steps, last.ckpt kept.
+    Through the CLI, in this process."""
+    import sys
+
+    import wandb
+
+    from spikenorm.cli import main
+
+    monkeypatch.setenv("SPIKENORM_MALLOC", "default")  # leave this process's malloc settings alone
+    monkeypatch.setattr(sys, "argv", ["spikenorm"])  # LightningCLI warns when pytest's arguments are there too
+    monkeypatch.chdir(tmp_path)
     overrides = [f"--model.init_args.{k}={v}" for k, v in {**SMALL, "eval_every": 100}.items() if k != "hidden"]
-    done = spikenorm_cli(
-        tmp_path,
-        "fit",
-        "--config",
-        str(RECIPES / "quickstart_rl.yaml"),
-        *overrides,
-        "--model.init_args.actor=ann",
-        "--trainer.enable_progress_bar=false",
-    )
-    assert "not re-calibrated: the actor of SpikingTD3 (MLPActor) has no BN layer" in done.stdout
+    with offline_wandb(tmp_path):
+        try:
+            main(["fit", "--config", str(RECIPES / "quickstart_rl.yaml"), *overrides, "--model.init_args.actor=ann"])
+        finally:
+            wandb.finish()
+    stdout = capsys.readouterr().out
+    assert "not re-calibrated: the actor of SpikingTD3 (MLPActor) has no BN layer" in stdout
     run = tmp_path / "logs" / "quickstart_rl" / "version_0"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["env_steps=240.ckpt", "last.ckpt"]
     with open(run / "metrics.csv", newline="") as f:
         evaluations = [(int(r["step"]), float(r["rl/eval_return"])) for r in csv.DictReader(f) if r["rl/eval_return"]]
     assert [step for step, _ in evaluations] == [100, 200, 240]  # the final policy, evaluated once
-    (line,) = [line for line in done.stdout.splitlines() if line.strip().startswith("eval return")]
+    (line,) = [line for line in stdout.splitlines() if line.strip().startswith("eval return")]
     assert float(line.split()[-1]) == pytest.approx(evaluations[-1][1], abs=1e-4)
 
 
