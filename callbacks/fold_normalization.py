@@ -220,5 +220,9 @@ class FoldNormalization(EvaluationBatchCallback):
         return {"saved_paths": [str(p) for p in self.saved_paths], "folded_from": self.folded_from}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what a resumed fit wrote before; files this instance wrote since are kept (Lightning restores
+        callbacks from the checkpoint a test loads, e.g. the best one after the fit that wrote the files)."""
+        if self.saved_paths:
+            return
         self.saved_paths = [Path(p) for p in state_dict.get("saved_paths", [])]
         self.folded_from = state_dict.get("folded_from")

@@ -89,4 +89,7 @@ class NIRExport(Callback):
         return {"saved_paths": [str(p) for p in self.saved_paths]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.saved_paths = [Path(p) for p in state_dict.get("saved_paths", [])]
+        """Restore what a resumed fit wrote before; a file this instance wrote since is kept (Lightning restores
+        callbacks from the checkpoint a test loads, e.g. the best one after the fit that wrote the file)."""
+        if not self.saved_paths:
+            self.saved_paths = [Path(p) for p in state_dict.get("saved_paths", [])]

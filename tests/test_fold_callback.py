@@ -89,6 +89,8 @@ def test_the_folded_files_hold_the_best_checkpoints_weights(tmp_path):
     assert torch.equal(load_folded(last.saved_paths[0])(x), fold_model(task.model)(x))
     assert not torch.equal(fold_model(at_best.model)(x), fold_model(task.model)(x))  # two sets of weights
     assert f"(weights: {keep_first.best_model_path})" in best.summary_line()
+    trainer.test(task, DigitsDataModule(batch_size=32), ckpt_path="best", verbose=False)  # as the CLI does next
+    assert f"(weights: {keep_first.best_model_path})" in best.summary_line()  # not forgotten by the restore
 
 
 def test_an_unfoldable_network_with_warn_runs_without_folding_and_says_why(tmp_path):
