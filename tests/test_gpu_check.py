@@ -58,6 +58,9 @@ def table_rows(report: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
 
 
+# two pytest processes (~16 s): slow; a conftest.py that stopped deselecting GPU tests would fail the default suite
+# on every CPU machine anyway
+@pytest.mark.slow
 def test_gpu_tests_are_deselected_without_cuda_and_refused_when_asked_for(tmp_path):
     """A conftest.py identical to the suite's, beside one gpu test and one device test."""
     suite, basetemp = tmp_path / "suite", tmp_path / "basetemp"

@@ -39,6 +39,9 @@ def test_td3_runs_end_to_end_with_eval_mode_targets_and_recalibration(tmp_path):
     assert [steps for steps, _ in task.eval_history] == [120, 240]
 
 
+# a fresh process and W&B service (~17 s): slow. The default suite runs the RL recipe through the CLI in-process
+# (test_quickstart_rl_with_the_ann_actor_is_one_flag) and reads offline W&B runs back in tests/test_recipes.py
+@pytest.mark.slow
 def test_quickstart_rl_cli_run_logs_to_offline_wandb(tmp_path):
     """The real command in a fresh process (a fresh wandb service writing under tmp_path)."""
     overrides = [f"--model.init_args.{k}={v}" for k, v in SMALL.items() if k != "hidden"]
