@@ -13,6 +13,7 @@ from spikenorm.callbacks.bn_recalibration import BNRecalibration
 from spikenorm.callbacks.energy_monitor import EnergyMonitor
 from spikenorm.callbacks.fold_normalization import FoldNormalization
 from spikenorm.callbacks.last_checkpoint import LastCheckpoint
+from spikenorm.callbacks.norm_diagnostics import NormDiagnostics
 from spikenorm.callbacks.prediction_writer import PredictionWriter
 from spikenorm.callbacks.spike_monitor import SpikeMonitor
 from spikenorm.extras import lazy_members
@@ -35,6 +36,7 @@ __all__ = [
     "FoldNormalization",
     "LastCheckpoint",
     "NIRExport",
+    "NormDiagnostics",
     "PackedBinaryExport",
     "PredictionWriter",
     "ReplayRecalibration",

@@ -149,6 +149,10 @@ def test_checkpoint_rebuilds_its_network_without_a_config(run):
     assert all(torch.equal(value, stored[key]) for key, value in task.state_dict().items())
 
 
+# two more `spikenorm test` runs of the checkpoint (~15 s): slow. The default suite runs a task at an evaluation T
+# (tests/test_event_digits.py, tests/test_norm_diagnostics_callback.py) and the checkpoint alone through the CLI
+# (test_a_different_network_is_refused_with_the_differing_keys, test_predict_writes_per_step_logits_and_classes)
+@pytest.mark.slow
 def test_cli_test_from_a_checkpoint_alone_honours_eval_time_steps(run):
     """Rows 2 and 3: `spikenorm test --ckpt_path X` needs no config, and an evaluation T given on the command
     line is used (the loss equals the same checkpoint evaluated in Python at that T, and differs from T=4)."""

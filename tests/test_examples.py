@@ -9,7 +9,10 @@ import wandb
 from helpers import EXAMPLES, load_example
 
 
-@pytest.mark.parametrize("name", ["snntorch_digits", "spikingjelly_digits"])
+# the snnTorch example (~20 s) is slow: the default suite runs the SpikingJelly example through the same attach
+# path, and snnTorch models with every attached callback in tests/test_monitor_callbacks.py and
+# tests/test_bn_recalibration_callback.py
+@pytest.mark.parametrize("name", [pytest.param("snntorch_digits", marks=pytest.mark.slow), "spikingjelly_digits"])
 def test_example_trains_and_logs_the_attached_callbacks(name, tmp_path, monkeypatch):
     wandb.teardown()
     monkeypatch.syspath_prepend(str(EXAMPLES))  # the examples import their shared digits_task module

@@ -13,6 +13,9 @@ def bench(monkeypatch):
     return load_benchmark(monkeypatch, "finite_check")
 
 
+# times quickstart steps with the check on and off over three epochs (~10 s): slow. The check itself is in the
+# default suite (tests/test_nonfinite.py), and the report's arithmetic below
+@pytest.mark.slow
 def test_steps_alternate_the_check_and_leave_it_on(bench, monkeypatch):
     import spikenorm.tasks.classification as classification
 

@@ -25,15 +25,30 @@ these differences:
   ``keep_steps`` (random temporal deletion) is not linked but checked before anything is built
   (:func:`check_kept_steps`).
 
+``spikenorm diagnose --ckpt_path X`` measures the norm health of a checkpoint's network
+(:func:`spikenorm.diagnostics.diagnose`: statistics error, train/eval gap, membrane against threshold, per layer) on
+``--num_batches`` batches (4) of a split (``--split val|test|train``, default ``val``) or, for
+:class:`~spikenorm.tasks.SpikingTD3`, on the newest states of the checkpoint's replay buffer (a rollout of the
+loaded actor when the checkpoint keeps none). It rebuilds task and datamodule from the run configuration the
+checkpoint stores (:data:`~spikenorm.run_dirs.RUN_CONFIG_KEY`; options on the command line win over it) or from
+``--config``, prints the per-layer tables and writes them to ``<ckpt stem>.diagnosis.md`` and
+``<ckpt stem>.diagnosis.json`` beside the checkpoint, never over an existing file (``.diagnosis-1.md``, ...;
+``--overwrite`` replaces them). See :func:`diagnose_checkpoint`.
+
 On start-up it sets the host allocator up for training (:mod:`spikenorm.allocator`;
 ``SPIKENORM_MALLOC=default`` opts out).
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import json
 import os
 import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +63,7 @@ from spikenorm.allocator import retain_freed_memory
 from spikenorm.callbacks import FoldNormalization, PredictionWriter
 from spikenorm.checkpoint_files import check_checkpoint_file
 from spikenorm.config import class_path_of, import_object, instantiate
+from spikenorm.diagnostics import NormDiagnosis, diagnose
 from spikenorm.loggers import CSVLogger as AppendingCSVLogger
 from spikenorm.models.layers import norm_accepts
 from spikenorm.run_dirs import (
@@ -60,9 +76,15 @@ from spikenorm.run_dirs import (
     result_config,
     run_folders,
 )
+from spikenorm.tasks.diagnosis_inputs import SPLITS, diagnosis_inputs
 from spikenorm.tasks.run_config import is_unrecorded
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: ``spikenorm --help``'s description, which names the one command that is not a LightningCLI subcommand
+MAIN_DESCRIPTION = (
+    "spikenorm: fit, validate, test and predict spikenorm tasks (LightningCLI). Also: spikenorm diagnose "
+    "--ckpt_path X, the norm health of a checkpoint's network (spikenorm diagnose --help)."
+)
 #: the task's spikenorm networks whose layer spec gets ``time_steps`` (``model.init_args.<name>``)
 NETWORKS = ("model", "teacher")
 #: keys the links set; a checkpoint's stored values of these are not used as defaults (the links recompute them)
@@ -220,6 +242,7 @@ class SpikenormCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", RunConfigSaver)
+        kwargs.setdefault("parser_kwargs", {"description": MAIN_DESCRIPTION})
         super().__init__(
             LightningModule,
             None,  # data by class path but optional: RL tasks bring their own environment loop
@@ -405,15 +428,252 @@ def summary(
     return "\n".join(lines)
 
 
+# -- spikenorm diagnose ------------------------------------------------------------------------------------
+
+DIAGNOSE = "diagnose"
+#: the keys of a stored run configuration that rebuild task and data (the trainer is not built for a diagnosis)
+_REBUILD_KEYS = ("model", "data", "seed_everything")
+
+
+class DiagnoseCLI(SpikenormCLI):
+    """The CLI's parser (links and checks included) for ``spikenorm diagnose``: builds the task and the datamodule
+    of a config, with ``stored`` (a checkpoint's run configuration) as defaults, and no trainer, logger or
+    callback (nothing is written, nothing needs a device)."""
+
+    def __init__(self, args: list[str], stored: dict[str, Any] | None = None) -> None:
+        self.stored = stored
+        super().__init__(args=args, run=False, save_config_callback=None)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if self.stored:
+            parser.set_defaults(self.stored)
+        LightningCLI.parse_arguments(self, parser, args)
+
+    def instantiate_classes(self) -> None:
+        config = self.config.clone()
+        for key in ("logger", "callbacks", "plugins", "profiler"):
+            config.trainer[key] = None
+        self.config_init = self.parser.instantiate_classes(config)
+        self.model = self.config_init.get("model")
+        self.datamodule = self.config_init.get("data")
+        self.trainer = None
+
+
+def stored_run_config(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The task (``model``), ``data`` and ``seed_everything`` entries of the run configuration a checkpoint stores
+    (:data:`~spikenorm.run_dirs.RUN_CONFIG_KEY`, flat keys), nested again as a config; the keys the CLI's links
+    compute (:data:`LINKED_KEYS`) are left out, and so is a ``teacher_checkpoint`` (the teacher's weights are in the
+    checkpoint, as ``spikenorm test`` reads it). None when the checkpoint stores no run configuration."""
+    flat = checkpoint.get(RUN_CONFIG_KEY)
+    if flat is None:
+        return None
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.split(".", 1)[0] not in _REBUILD_KEYS or key in LINKED_KEYS:
+            continue
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    task_args = (nested.get("model") or {}).get("init_args") or {}
+    if task_args.get("teacher_checkpoint") is not None:  # the teacher's weights are in the checkpoint's state dict
+        task_args["teacher_checkpoint"] = None
+    return nested
+
+
+def diagnosis_paths(checkpoint_path: str | os.PathLike[str], overwrite: bool = False) -> tuple[Path, Path]:
+    """``<stem>.diagnosis.md`` and ``<stem>.diagnosis.json`` beside the checkpoint; unless ``overwrite``, the first
+    pair ``<stem>.diagnosis-<n>.md/.json`` of which neither file exists (as :func:`~spikenorm.run_dirs.free_path`
+    numbers a config), so the two files of one diagnosis keep one name."""
+    path = Path(checkpoint_path)
+    n = 0
+    while True:
+        name = f"{path.stem}.diagnosis{f'-{n}' if n else ''}"
+        pair = (path.with_name(f"{name}.md"), path.with_name(f"{name}.json"))
+        if overwrite or not any(p.exists() for p in pair):
+            return pair
+        n += 1
+
+
+def _diagnosis_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class CheckpointDiagnosis:
+    """What :func:`diagnose_checkpoint` measured (``diagnosis``), on what (``source``: checkpoint, task, data,
+    device, as written into the JSON file), and where it wrote it (``markdown_path``, ``json_path``)."""
+
+    diagnosis: NormDiagnosis
+    source: dict[str, Any]
+    markdown_path: Path
+    json_path: Path
+
+    def markdown(self) -> str:
+        """The Markdown file: a heading, what was diagnosed, and :meth:`NormDiagnosis.markdown`'s tables."""
+        s = self.source
+        lines = [
+            f"# Norm diagnosis: {Path(s['checkpoint']).name}",
+            "",
+            f"- checkpoint: `{s['checkpoint']}`",
+            f"- task: `{s['task']}`" + (f" (training_mode {s['training_mode']})" if s.get("training_mode") else ""),
+            f"- data: {s['data']}",
+            f"- device: {s['device']}",
+        ]
+        if s.get("note"):
+            lines.append(f"- note: {s['note']}")
+        return "\n".join(lines) + "\n\n" + self.diagnosis.markdown()
+
+    def to_json(self) -> str:
+        return json.dumps({"source": self.source, "diagnosis": self.diagnosis.to_dict()}, indent=2, allow_nan=True)
+
+
+def diagnose_checkpoint(
+    ckpt_path: str | os.PathLike[str],
+    cli_args: Sequence[str] = (),
+    num_batches: int = 4,
+    split: str | None = None,
+    states: str = "auto",
+    device: str = "auto",
+    overwrite: bool = False,
+) -> CheckpointDiagnosis:
+    """``spikenorm diagnose``: rebuild a checkpoint's task and datamodule, load its weights, diagnose its network
+    (:func:`spikenorm.diagnostics.diagnose`) and write ``<stem>.diagnosis.md`` / ``.json`` beside it.
+
+    Args:
+        ckpt_path: a checkpoint written by ``spikenorm fit`` (or any Lightning checkpoint of a spikenorm task, with
+            ``--config``).
+        cli_args: the CLI's own options: ``--config cfg.yaml`` (then the checkpoint's stored run configuration is
+            not used), ``--model.init_args...``, ``--data.init_args...`` (e.g. ``--data.init_args.batch_size 16``),
+            which win over the stored configuration.
+        num_batches: batches to diagnose on (fewer when the split or the replay buffer holds fewer).
+        split: ``val`` (default), ``test`` or ``train`` for a classifier; not for an RL task.
+        states: an RL task's states: ``auto`` (the replay buffer, else a rollout), ``replay`` or ``rollout``
+            (:func:`~spikenorm.tasks.diagnosis_inputs.diagnosis_inputs`).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
+        overwrite: replace existing diagnosis files instead of numbering new ones (:func:`diagnosis_paths`).
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: an empty or truncated checkpoint; one that stores no run configuration while no ``--config``
+            is given; a network that differs from the checkpoint's; an unknown split.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"spikenorm diagnose: no checkpoint at {path}")
+    check_checkpoint_file(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    cli_args = list(cli_args)
+    given_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in cli_args)
+    stored = None if given_config else stored_run_config(checkpoint)
+    if stored is None and not given_config:
+        raise ValueError(
+            f"spikenorm diagnose: {path} stores no run configuration (the '{RUN_CONFIG_KEY}' entry `spikenorm fit` "
+            "writes into every checkpoint), so its task and data cannot be rebuilt from it: pass the config it was "
+            f"trained with, e.g. spikenorm diagnose --ckpt_path {path} --config recipes/<recipe>.yaml"
+        )
+    with warnings.catch_warnings():  # Lightning warns that sys.argv holds arguments too: the diagnose options
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = DiagnoseCLI(cli_args, stored)
+    task, datamodule = cli.model, cli.datamodule
+    task.on_load_checkpoint(checkpoint)  # as Lightning restores: a different network is refused; RL: the replay
+    task.load_state_dict(checkpoint["state_dict"], strict=getattr(task, "strict_loading", True))
+    task.eval()
+    inputs = diagnosis_inputs(task, datamodule, split, num_batches, states)  # on the CPU (an RL rollout's env is)
+    target = _diagnosis_device(device)
+    task.to(target)
+    inputs.batches = [batch.to(target) for batch in inputs.batches]
+    diagnosis = diagnose(**inputs.kwargs())
+    samples = sum(len(batch) if inputs.output == "actions" else batch.shape[1] for batch in inputs.batches)
+    if inputs.source in SPLITS:
+        data = f"the {inputs.source} split of {type(datamodule).__name__}"
+    else:
+        data = "the replay buffer's newest states" if inputs.source == "replay" else "a rollout of the loaded actor"
+    source = {
+        "checkpoint": str(path.resolve()),
+        "task": class_path_of(type(task)),
+        "training_mode": (getattr(task, "hparams", None) or {}).get("training_mode"),
+        "data": f"{data}: {len(inputs.batches)} batch(es), {samples} samples",
+        "split": inputs.source,
+        "batches": len(inputs.batches),
+        "samples": samples,
+        "device": str(target),
+        "note": inputs.note,
+    }
+    markdown_path, json_path = diagnosis_paths(path, overwrite)
+    result = CheckpointDiagnosis(diagnosis, source, markdown_path, json_path)
+    markdown_path.write_text(result.markdown(), encoding="utf-8")
+    json_path.write_text(result.to_json() + "\n", encoding="utf-8")
+    return result
+
+
+def diagnose_parser() -> argparse.ArgumentParser:
+    """The options of ``spikenorm diagnose`` (the CLI's config options, ``--config``, ``--model.*``, ``--data.*``,
+    pass through to the task and data parser)."""
+    parser = argparse.ArgumentParser(
+        prog=f"spikenorm {DIAGNOSE}",
+        allow_abbrev=False,
+        description=(
+            "Norm health of a checkpoint's network (spikenorm.diagnostics.diagnose): per-layer statistics error, "
+            "train/eval gap and membrane against threshold, printed and written to <ckpt stem>.diagnosis.md and "
+            ".json beside the checkpoint. The task and data are rebuilt from the run configuration the checkpoint "
+            "stores, or from --config; --model.init_args.* and --data.init_args.* options win over either."
+        ),
+        epilog=(
+            "Also accepted, as by spikenorm test: -c/--config CONFIG (the config the checkpoint was trained with; "
+            "then the stored one is not used), --model.init_args.* and --data.init_args.* (e.g. "
+            "--data.init_args.batch_size 16), --seed_everything."
+        ),
+    )
+    parser.add_argument("--ckpt_path", required=True, help="the checkpoint (e.g. logs/<run>/checkpoints/last.ckpt)")
+    parser.add_argument("--num_batches", type=int, default=4, help="batches to diagnose on (default 4)")
+    parser.add_argument("--split", choices=tuple(SPLITS), default=None, help="a classifier's data split (default val)")
+    parser.add_argument(
+        "--states",
+        choices=("auto", "replay", "rollout"),
+        default="auto",
+        help="an RL task's states: the replay buffer's newest (auto: when the checkpoint keeps one), or a rollout",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing diagnosis files")
+    return parser
+
+
+def diagnose_command(argv: Sequence[str]) -> CheckpointDiagnosis:
+    """Run ``spikenorm diagnose <argv>``: print the tables and where they were written."""
+    options, rest = diagnose_parser().parse_known_args(list(argv))
+    result = diagnose_checkpoint(
+        options.ckpt_path,
+        rest,
+        num_batches=options.num_batches,
+        split=options.split,
+        states=options.states,
+        device=options.device,
+        overwrite=options.overwrite,
+    )
+    print(result.markdown())
+    print(f"written        {result.markdown_path}\n               {result.json_path}")
+    return result
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``spikenorm`` console script.
 
     Before anything is allocated it lets malloc keep freed memory for reuse
     (:func:`spikenorm.allocator.retain_freed_memory`; faster CPU training, resident memory stays at its
     peak); ``SPIKENORM_MALLOC=default`` in the environment keeps glibc's defaults.
+
+    ``spikenorm diagnose ...`` is not a LightningCLI subcommand (it runs no trainer): :func:`diagnose_command`.
     """
     if os.environ.get("SPIKENORM_MALLOC", "retain") != "default":
         retain_freed_memory()
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == DIAGNOSE:
+        diagnose_command(argv[1:])
+        return
     SpikenormCLI(args=args)
 
 

@@ -105,6 +105,10 @@ class SpikingNeuron(nn.Module):
     #: the state a step carries: the membrane ``"v"`` first, then (for a :meth:`linear_charge`) one name per
     #: current stage, input side first
     state_names: tuple[str, ...] = ("v",)
+    #: ``probe(u_t, theta_t)``, called at every eager step with the pre-firing membrane ``u_t`` (after the membrane
+    #: norm) and the threshold it is compared with; None (the class default) calls nothing. Set for the span of a
+    #: measurement by :class:`spikenorm.membrane.MembraneRecorder`, which also runs the eager loop meanwhile.
+    membrane_probe: Callable[[Tensor, Tensor], None] | None = None
 
     def __init__(
         self,
@@ -261,6 +265,8 @@ class SpikingNeuron(nn.Module):
         theta = self.threshold_for(u)
         if self.ots:
             theta, state = self.ots_threshold(u, state)
+        if self.membrane_probe is not None:
+            self.membrane_probe(u, theta)
         spike = self.surrogate(u - theta)
         s_reset = spike.detach() if self.detach_reset else spike
         if self.reset == "hard":

@@ -254,6 +254,15 @@ class StatisticsLayer:
     def reduce_dims(self, x: Tensor) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def step_reduce_dims(self, x: Tensor) -> tuple[int, ...]:
+        """The axes to pool for the statistics of one time step: ``x`` is one step ``[1, B, ...]`` of a time-major
+        layer, or one call ``[B, ...]`` of a layer called once per step; the result has the shared feature shape."""
+        return self.reduce_dims(x)
+
+    def running_at(self, step: int) -> tuple[Tensor, Tensor]:
+        """The running mean and variance the layer normalises step ``step`` with in eval mode."""
+        return self.running_mean, self.running_var
+
     def normalized(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         """The layer's eval-mode output for input ``x`` had its running statistics been ``mean, var``."""
         raise NotImplementedError
@@ -296,6 +305,15 @@ class _SpikenormNorm(StatisticsLayer):
                 f"{tuple(x.shape)}); re-calibrate it with multi-step forwards over all T steps"
             )
         return self.module.reduce_dims(x, over_time=not per_step)
+
+    def step_reduce_dims(self, x: Tensor) -> tuple[int, ...]:
+        return self.module.reduce_dims(x, over_time=True)
+
+    def running_at(self, step: int) -> tuple[Tensor, Tensor]:
+        """Row ``step`` of per-step statistics (BNTT, TEBN, TAB), the shared statistics otherwise."""
+        if self.running_mean.ndim > len(self.module.feature_shape):
+            return self.running_mean[step], self.running_var[step]
+        return self.running_mean, self.running_var
 
     def statistics(self, moments: PooledMoments, unbiased: bool) -> tuple[Tensor, Tensor]:
         """The pooled statistics, or, for a layer that :attr:`~spikenorm.norm.TimeMajorNorm.accumulates_over_time`,
@@ -347,18 +365,24 @@ def statistics_layers(model: nn.Module, time_steps: int | None = None) -> dict[s
     return layers
 
 
-def _take(batches: Iterable[Any], num_batches: int | None) -> list[Any]:
+def take_batches(batches: Iterable[Any], num_batches: int | None, caller: str = "recalibrate_bn") -> list[Any]:
+    """The first ``num_batches`` of ``batches`` (all of them when None) as a list.
+
+    Raises:
+        ValueError: no batch, ``num_batches < 1``, or fewer batches than ``num_batches`` (``caller`` names the
+            function in the message).
+    """
     if num_batches is None:
         taken = list(batches)
         if not taken:
-            raise ValueError("recalibrate_bn needs at least one batch, got an empty iterable")
+            raise ValueError(f"{caller} needs at least one batch, got an empty iterable")
         return taken
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     taken = list(itertools.islice(batches, num_batches))
     if len(taken) < num_batches:
         raise ValueError(
-            f"recalibrate_bn was asked for num_batches={num_batches} but the data gave only {len(taken)} "
+            f"{caller} was asked for num_batches={num_batches} but the data gave only {len(taken)} "
             "batch(es); lower num_batches or give more data"
         )
     return taken
@@ -415,7 +439,7 @@ def recalibrate_bn(
             f"{type(model).__name__} has no BN layer with running statistics to recalibrate "
             "(looked for spikenorm norm layers and torch _BatchNorm layers with track_running_stats=True)"
         )
-    ctx = _Context(model, layers, _take(batches, num_batches), forward, reset_fn)
+    ctx = _Context(model, layers, take_batches(batches, num_batches), forward, reset_fn)
     ctx.check_batches(time_steps)
     start = time.perf_counter()
     before = {name: (layer.running_mean.clone(), layer.running_var.clone()) for name, layer in layers.items()}
@@ -439,7 +463,7 @@ def recalibrate_bn(
         report.layers[name] = LayerRecalibration(
             mean_shift=float((mean1 - mean0).abs().mean()),
             var_shift=float((var1 - var0).abs().mean()),
-            stat_error=_w2((mean0, var0), (mean1, var1)),
+            stat_error=w2_distance((mean0, var0), (mean1, var1)),
             samples=moments[name].count,
             fixed_point_gap=gaps.get(name, 0.0),
         )
@@ -740,7 +764,7 @@ def _membrane_norm_names(model: nn.Module, layers: dict[str, StatisticsLayer]) -
     return {name for name, layer in layers.items() if id(layer.module) in membrane_norms}
 
 
-def _w2(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:
+def w2_distance(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:
     """Mean over features of the W2 distance between N(mean_a, var_a) and N(mean_b, var_b)."""
     return float(torch.sqrt((a[0] - b[0]) ** 2 + (a[1].clamp_min(0).sqrt() - b[1].clamp_min(0).sqrt()) ** 2).mean())
 
@@ -762,14 +786,14 @@ def _fixed_point(ctx: _Context, name: str, calls: list[int], max_iterations: int
         layer.write(moments)
         state = (layer.running_mean.clone(), layer.running_var.clone())
         if any(torch.equal(state[0], h[0]) and torch.equal(state[1], h[1]) for h in history):
-            return moments, _w2(state, history[-1])
+            return moments, w2_distance(state, history[-1])
         history.append(state)
     warnings.warn(
         f"recalibrate_bn: the statistics of membrane norm {name!r} neither settled nor cycled in {max_iterations} "
-        f"passes (last change {_w2(history[-1], history[-2]):.3g}); the last pass's statistics were written",
+        f"passes (last change {w2_distance(history[-1], history[-2]):.3g}); the last pass's statistics were written",
         stacklevel=3,
     )
-    return moments, _w2(history[-1], history[-2])
+    return moments, w2_distance(history[-1], history[-2])
 
 
 def _single_pass(ctx: _Context) -> dict[str, PooledMoments]:
