@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import multiprocessing
 import os
 import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -195,3 +198,23 @@ def fit_and_test(
         )
         trainer.fit(task, data)
         return trainer.test(task, data, ckpt_path="best", verbose=False)[0]
+
+
+def run_each(
+    todo: Iterable[Any],
+    run: Callable[[Any, int], Any],
+    jobs: int,
+    threads: int,
+    keep: Callable[[Any, Callable[[], Any]], None],
+) -> None:
+    """Run ``run(spec, threads)`` for every spec of ``todo`` and hand each to ``keep(spec, result)``, where
+    ``result()`` returns the run's record or raises its error: in this process when ``jobs == 1``, else ``jobs`` at
+    a time in spawned processes, each as it finishes (so a store written by ``keep`` loses no finished run)."""
+    if jobs == 1:
+        for spec in todo:
+            keep(spec, functools.partial(run, spec, threads))
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run, spec, threads): spec for spec in todo}
+        for future in as_completed(futures):
+            keep(futures[future], future.result)

@@ -31,20 +31,17 @@ spawned processes with ``--threads`` (1) torch threads each. ``--smoke`` uses ti
 
 from __future__ import annotations
 
-import functools
 import json
-import multiprocessing
 import os
 import shutil
 import statistics
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from common import RESULTS_DIR, benchmark_parser, stamp
+from common import RESULTS_DIR, benchmark_parser, run_each, stamp
 from mechanisms_report import HEADLINES, SECTIONS
 
 NAME = "mechanisms"
@@ -160,14 +157,7 @@ def run_missing(
                 os.close(fd)
         print(f"{spec.part} {spec.variant} seed {spec.seed}: done in {record['wall_s']:.0f} s", flush=True)
 
-    if jobs == 1:
-        for spec in todo:
-            keep(spec, functools.partial(run, spec, threads))
-        return records, errors
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run, spec, threads): spec for spec in todo}
-        for future in as_completed(futures):
-            keep(futures[future], future.result)
+    run_each(todo, run, jobs, threads, keep)
     return records, errors
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from common import markdown_table
 
@@ -19,6 +19,14 @@ HEADLINES: dict[str, str] = {}
 
 
 # -- small helpers ---------------------------------------------------------------------------------------------------
+
+
+def layer_names(rows: Iterable[dict[str, Any]], metric: str) -> list[str]:
+    """The layers of the per-layer keys ``diagnostics/<metric>/<layer>`` found in ``rows``, sorted."""
+    prefix = f"diagnostics/{metric}/"
+    return sorted({key.removeprefix(prefix) for row in rows for key in row if key.startswith(prefix)})
+
+
 def mean_std(values: list[float], digits: int = 3) -> str:
     """``mean ± std`` (no std for one value; ``—`` for none)."""
     if not values:
@@ -140,16 +148,7 @@ def section_carebn(runs: Any, figures: Path | None) -> str:
         "(layers) | best eval return | last eval return"
     )
     # per layer
-    layers = sorted(
-        {
-            k.split("/", 2)[2]
-            for rs in by_variant.values()
-            for r in rs
-            for row in r["diagnostics"]
-            for k in row
-            if k.startswith("diagnostics/stat_w2/")
-        }
-    )
+    layers = layer_names((row for rs in by_variant.values() for r in rs for row in r["diagnostics"]), "stat_w2")
     layer_rows = []
     for variant, records in by_variant.items():
         if not records:
@@ -388,16 +387,7 @@ def section_osr(runs: Any, figures: Path | None) -> str:
         rows.append(f"| {variant} | {seeds_of(records)} | " + " | ".join(cells) + f" | {mean_std(acc, 2)} |")
     header = "variant | seeds | " + " | ".join(f"{label}: epoch 1 → last (last per seed)" for _, label, _ in metrics)
     header += " | test acc %"
-    layers = sorted(
-        {
-            k.split("/", 2)[2]
-            for rs in by_variant.values()
-            for r in rs
-            for e in r["epochs"]
-            for k in e
-            if k.startswith("diagnostics/train_eval_gap/")
-        }
-    )
+    layers = layer_names((e for rs in by_variant.values() for r in rs for e in r["epochs"]), "train_eval_gap")
     layer_rows = []
     for variant, records in by_variant.items():
         cells = [

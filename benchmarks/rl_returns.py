@@ -33,19 +33,16 @@ the envs can be run one at a time and the full table built by a last call that f
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from common import RESULTS_DIR, benchmark_parser, machine, quiet_trainer, table_report, write_report
+from common import RESULTS_DIR, benchmark_parser, machine, quiet_trainer, run_each, table_report, write_report
 
 NAME = "rl_returns"
 ENVS = ("InvertedDoublePendulum-v5", "Hopper-v5")
@@ -182,14 +179,7 @@ def run_missing(
         returns = [round(r) for _, r in record["eval_history"]]
         print(f"{spec.env} {spec.actor} {spec.norm} seed {spec.seed}: {returns}, {record['wall_s']:.0f} s", flush=True)
 
-    if jobs == 1:
-        for spec in todo:
-            keep(spec, functools.partial(run, spec, threads))
-        return records, errors
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run, spec, threads): spec for spec in todo}
-        for future in as_completed(futures):
-            keep(futures[future], future.result)
+    run_each(todo, run, jobs, threads, keep)
     return records, errors
 
 

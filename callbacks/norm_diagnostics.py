@@ -113,6 +113,14 @@ class NormDiagnostics(Callback):
         self.last: NormDiagnosis | None = None  # the latest diagnosis
         self._inputs: list[Any] | None = None  # validation inputs collected for a due diagnosis
 
+    @property
+    def state_key(self) -> str:
+        """Keyed by the schedule, so that several instances (e.g. one before and one after ``ReplayRecalibration``
+        at different rates) keep their own state in a checkpoint."""
+        return self._generate_state_key(
+            every_n_validations=self.every_n_validations, every_n_env_steps=self.every_n_env_steps
+        )
+
     # -- supervised ------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._inputs = None

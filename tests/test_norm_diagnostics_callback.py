@@ -405,6 +405,19 @@ def test_a_resumed_fit_continues_the_validation_count(tmp_path: Path) -> None:
     assert trainer.current_epoch == 4
 
 
+def test_two_instances_on_different_schedules_keep_their_own_state(tmp_path: Path) -> None:
+    # e.g. one before and one after ReplayRecalibration: Lightning refuses two stateful callbacks with one state key
+    every, second = (NormDiagnostics(every_n_validations=n, num_batches=1, plots=False) for n in (1, 2))
+    assert every.state_key != second.state_key
+    short_trainer(1, 1, [every, second], max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path).fit(
+        _task(), DigitsDataModule(batch_size=BATCH)
+    )
+    assert (every.calls, second.calls) == (2, 1)
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    states = torch.load(checkpoint, weights_only=True)["callbacks"]
+    assert states[every.state_key]["calls"] == 2 and states[second.state_key]["calls"] == 1
+
+
 class _FakeReplayTask:
     """What NormDiagnostics reads of an RL task (ReplayTaskLike): an actor with BN, a replay buffer, env_steps."""
 

@@ -158,7 +158,7 @@ class NormDiagnosis:
         output gap, and with ``per_step`` also ``<metric>/<layer>/t<t>`` (docs/guides/log-keys.md)."""
         out: dict[str, float] = {}
         layer_metrics = ("mean_error", "log_var_ratio", "stat_w2", "train_eval_gap")
-        neuron_metrics = ("near_threshold", "never_firing", "always_firing")
+        neuron_metrics = ("near_threshold", "firing_rate", "never_firing", "always_firing")
         for metric in layer_metrics:
             values = {name: getattr(d, metric) for name, d in self.layers.items()}
             _per_layer(out, metric, values)
