@@ -6,6 +6,9 @@ what was given, so bad input fails loudly at the layer that received it.
 
 from __future__ import annotations
 
+import typing
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -83,3 +86,28 @@ def check_finite(x: Tensor, where: str) -> None:
             f"{where} received non-finite values: {int(torch.isnan(x).sum())} NaN and "
             f"{int(torch.isinf(x).sum())} Inf entries in a tensor of shape {tuple(x.shape)}"
         )
+
+
+def choices(vocabulary: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` type allows (nested Literals and ``Literal | None`` flattened), in order."""
+    origin = typing.get_origin(vocabulary)
+    if origin is typing.Literal:
+        members: list[Any] = []
+        for value in typing.get_args(vocabulary):
+            members.extend(choices(value) if typing.get_origin(value) is not None else (value,))
+        return tuple(members)
+    if origin is not None:  # a Union such as Literal[...] | None
+        return tuple(
+            v for arg in typing.get_args(vocabulary) for v in (choices(arg) if arg is not type(None) else (None,))
+        )
+    raise TypeError(f"choices() reads a typing.Literal, got {vocabulary!r}")
+
+
+def check_choice(value: Any, vocabulary: Any, name: str) -> Any:
+    """Return ``value`` if the ``Literal`` type ``vocabulary`` allows it, else raise a ValueError naming ``name``,
+    the value given and every allowed value: the one check behind every option with a fixed vocabulary, so the
+    ``Literal`` in a signature is the only list of its values."""
+    allowed = choices(vocabulary)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; available: {', '.join(map(str, allowed))}")
+    return value
