@@ -11,7 +11,7 @@ Binary-Weight Spiking Neural Networks", arXiv 2508.12609):
   classifier full precision;
 * ``+ shortcuts``: ``shortcuts="per_layer"`` (a shortcut around every binary conv);
 * ``+ KD``: distillation from the full-precision T=2 network of the same seed (trained first, frozen),
-  ``kd_weight`` 0.5, temperature 4, on time-averaged logits;
+  distillation weight 0.5, temperature 4, on time-averaged logits;
 * ``+ both``.
 
 Each variant at T=1 (a binary-activation network: one member of the self-ensemble) and T=2. The model size
@@ -35,7 +35,7 @@ from lightning.pytorch import seed_everything
 from spikenorm.binary_packing import model_size
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import LayerSpec, SpikingVGG
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import Distillation, SpikingClassifier
 
 CFG = [32, 32, "A", 64, 64, "A"]  # --narrow: NARROW_CFG, where 1-bit weights cost more
 NARROW_CFG = [8, 8, "A", 16, 16, "A"]
@@ -70,7 +70,7 @@ def run(
 ) -> tuple[float, SpikingVGG]:
     seed_everything(seed)
     net = network(cfg, variant["binary"], variant["shortcuts"])
-    kd = {"teacher": teacher, "kd_weight": 0.5, "kd_temperature": 4.0} if variant["kd"] else {}
+    kd = {"distillation": Distillation(teacher, weight=0.5, temperature=4.0)} if variant["kd"] else {}
     task = SpikingClassifier(
         net,
         time_steps=time_steps,
@@ -112,7 +112,7 @@ def main() -> None:
         f"Digits test set (360 images), SpikingVGG {cfg} (tdBN, LIF), {args.seeds} seeds (0..{args.seeds - 1}),"
         f" {args.epochs} epochs, Adam 5e-3 cosine, best-val checkpoint. KD teacher: the full-precision "
         f"T={TEACHER_T}"
-        f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), kd_weight 0.5, tau 4."
+        f" network of the same seed (test acc {statistics.mean(teacher_acc):.2f}%), distillation weight 0.5, tau 4."
         f" Wall {time.perf_counter() - start:.0f} s."
     )
     header = "variant | T=1 test acc % | T=1 per seed | T=2 test acc % | T=2 per seed | T=2 - T=1 (mean over seeds)"

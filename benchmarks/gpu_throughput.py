@@ -182,7 +182,7 @@ def run(case: Case, precision: str, device: torch.device, samples: int, warmup: 
     full = measured + (samples - clock.samples) / rate
     memory = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "n/a (CPU)"
     estimated = f"{full:.1f} (stopped at {clock.samples} samples)" if clock.stopped_early else f"{full:.1f}"
-    mode = task.hparams.training_mode
+    mode = task.training_mode
     return (
         f"| {case.name} | {case.network} | {task.hparams.time_steps} | {mode} | {case.batch_size} | {precision} "
         f"| {rate:.1f} | {measured:.1f} | {estimated} | {memory} |"

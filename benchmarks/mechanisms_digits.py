@@ -23,7 +23,7 @@ from torch import nn
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.diagnostics import NormDiagnosis, diagnose
 from spikenorm.models import LayerSpec, SpikingVGG
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -222,7 +222,7 @@ def run_osr(variant: str, seed: int, settings: dict[str, Any], threads: int) -> 
         layers = {"surrogate": "sigmoid", "surrogate_kwargs": {"alpha": 4.0}, **options}
         net = SpikingVGG("small", in_channels=1, num_classes=10, layers=LayerSpec(**layers))
         t = settings["time_steps"]
-        task = classifier(net, t, settings["epochs"], loss="tet", tet_mse_weight=0.05, training_mode="online")
+        task = classifier(net, t, settings["epochs"], loss="tet", tet_mse_weight=0.05, online=OnlineTraining())
         data = DigitsDataModule(batch_size=64)
         logger = MemoryLogger()
         diagnostics = NormDiagnostics(

@@ -30,7 +30,7 @@ from lightning.pytorch import seed_everything
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.monitoring import FiringRateRecorder
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 
 NEURON = {"tau": 2.0, "threshold": 1.0, "reset": "soft", "detach_reset": True}
 VARIANTS = {
@@ -55,7 +55,7 @@ def run(variant: dict, seed: int, epochs: int, time_steps: int) -> dict:
         time_steps=time_steps,
         loss="tet",
         tet_mse_weight=0.05,
-        training_mode="online",
+        online=OnlineTraining(),
         optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
     )

@@ -1,6 +1,9 @@
 """Lightning callbacks that schedule spikenorm core functions (recalibration, folding, monitoring, export) and
-keep a run's files (last checkpoint, predictions). What they need from a task and a trainer is written once, in
-:mod:`spikenorm.callbacks.plumbing`.
+keep a run's files (last checkpoint, predictions). What they need from a task and a trainer is written once:
+the task Protocols (:mod:`spikenorm.callbacks.task_protocols`), the network of a task
+(:mod:`spikenorm.callbacks.task_network`), the inputs of a batch (:mod:`spikenorm.callbacks.batches`), where files go
+(:mod:`spikenorm.callbacks.output_folders`), when work is due (:mod:`spikenorm.callbacks.schedules`) and one hook
+for every evaluation batch (:mod:`spikenorm.callbacks.evaluation_batches`).
 
 ``NIRExport`` needs the ``export`` extra and ``ReplayRecalibration`` the ``rl`` extra; both are imported on first
 access (:func:`spikenorm.extras.lazy_members`).

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from spikenorm.binary import binary_layers
 from spikenorm.binary_packing import ModelSize, load_packed, model_size, save_packed
-from spikenorm.callbacks.plumbing import batch_inputs, model_inputs, output_folder, task_network
+from spikenorm.callbacks.batches import batch_inputs, model_inputs
+from spikenorm.callbacks.output_folders import output_folder
+from spikenorm.callbacks.task_network import task_network
 from spikenorm.modes import eval_mode
 
 #: samples of the first training batch kept to check the reloaded model on
@@ -28,7 +30,7 @@ class PackedBinaryExport(Callback):
     (and keeps in ``size`` / ``max_abs_diff``) the storage against float32 and the largest output difference
     (0 when the round trip is exact).
 
-    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as ``model``,
+    The LightningModule must be a :class:`~spikenorm.callbacks.task_protocols.NetworkTask` (its network as ``model``,
     with binary layers, e.g. ``binary_weights: true``) and may encode batches with ``encode(x)``, as
     :class:`~spikenorm.tasks.SpikingClassifier` does.
 

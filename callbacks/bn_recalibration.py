@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,17 +12,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
-from spikenorm.callbacks.plumbing import (
-    TimeStepsTask,
-    batch_inputs,
-    check_every_n_epochs,
-    epoch_due,
-    held_network,
-    task_module,
-    validation_due,
-)
+from spikenorm.callbacks.batches import batch_inputs
+from spikenorm.callbacks.schedules import check_every_n_epochs, epoch_due, validation_due
+from spikenorm.callbacks.task_network import held_network, task_module
+from spikenorm.callbacks.task_protocols import TimeStepsTask
 from spikenorm.modes import eval_mode
-from spikenorm.recalibrate import RecalibrationReport, check_resettable, recalibrate_bn, statistics_layers
+from spikenorm.recalibrate import (
+    RecalibrationMode,
+    RecalibrationReport,
+    check_resettable,
+    recalibrate_bn,
+    statistics_layers,
+)
+from spikenorm.validation import check_choice
 
 BatchForward = Callable[[LightningModule, Any], Any]
 
@@ -58,9 +60,10 @@ class BNRecalibration(Callback):
     no module keeps state the resets miss (:func:`~spikenorm.recalibrate.check_resettable`: two forwards of
     one batch; pass ``reset_fn`` for your own neurons).
 
-    Cost (``benchmarks/recalibration.py``, VGG-11, CPU): ``mode="single_pass"`` about 1.1 plain eval
-    forwards per batch; ``mode="exact"`` about 7 for 8 BN layers, and about 54 with MPBN membrane norms,
-    whose statistics need fixed-point passes. Choose ``num_batches`` and ``every_n_epochs`` with that in mind.
+    Cost, in passes over the ``num_batches`` batches: ``mode="single_pass"`` one; ``mode="exact"`` one per BN
+    layer (each stopping at its layer), and up to 10 more per MPBN membrane norm, whose statistics are found by
+    fixed-point passes (:mod:`spikenorm.recalibrate`). Choose ``num_batches`` and ``every_n_epochs`` with that
+    in mind; the measured costs are on the recalibration benchmark page (``docs/benchmarks/recalibration.md``).
 
     Logged per recalibration, at the trainer's global step: ``recalibration/seconds`` and, per layer,
     ``recalibration/mean_shift/<layer>`` (mean |change| of the running mean), ``recalibration/var_shift/<layer>``
@@ -71,7 +74,8 @@ class BNRecalibration(Callback):
         every_n_epochs: recalibrate in every ``every_n_epochs``-th epoch.
         before_validation: schedule on validation (True) or at train epoch end (False).
         at_train_end: recalibrate once more when training ends.
-        mode: ``"exact"`` (layer by layer, ``L + 1`` passes) or ``"single_pass"``; see
+        mode: ``"exact"`` (layer by layer, each layer's statistics from inputs normalised by the layers before it)
+            or ``"single_pass"`` (every layer in one pass); see
             :mod:`spikenorm.recalibrate`.
         forward: ``forward(pl_module, batch)`` running the network on a batch; defaults to
             ``pl_module(batch[0])`` (``pl_module(batch)`` for non-sequence batches).
@@ -91,7 +95,7 @@ class BNRecalibration(Callback):
         every_n_epochs: int = 1,
         before_validation: bool = True,
         at_train_end: bool = True,
-        mode: Literal["exact", "single_pass"] = "exact",
+        mode: RecalibrationMode = "exact",
         forward: BatchForward | None = None,
         module: str | None = None,
         dataloader: DataLoader | None = None,
@@ -102,8 +106,7 @@ class BNRecalibration(Callback):
         super().__init__()
         if num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-        if mode not in ("exact", "single_pass"):
-            raise ValueError(f"mode must be 'exact' or 'single_pass', got {mode!r}")
+        check_choice(mode, RecalibrationMode, "recalibration mode")
         self.num_batches = num_batches
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.before_validation = before_validation

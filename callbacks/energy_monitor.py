@@ -10,18 +10,11 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from spikenorm.callbacks.plumbing import (
-    EvaluationBatchCallback,
-    EvaluationStage,
-    TimeStepsTask,
-    batch_inputs,
-    batch_samples,
-    check_every_n_epochs,
-    held_network,
-    model_inputs,
-    monitored_network,
-    validation_due,
-)
+from spikenorm.callbacks.batches import batch_inputs, batch_samples, model_inputs
+from spikenorm.callbacks.evaluation_batches import EvaluationBatchCallback, EvaluationStage
+from spikenorm.callbacks.schedules import check_every_n_epochs, validation_due
+from spikenorm.callbacks.task_network import held_network, monitored_network
+from spikenorm.callbacks.task_protocols import TimeStepsTask
 from spikenorm.energy import EnergyCosts, EnergyReport, OpCounter
 from spikenorm.fold import fold_model
 from spikenorm.interop import check_neuron_types, neuron_library
@@ -36,10 +29,10 @@ class EnergyMonitor(EvaluationBatchCallback):
 
     ``E = E_MAC * MACs + E_AC * SOPs`` per sample (see :mod:`spikenorm.energy` for what counts as which, and
     what is not counted). The live model is ``pl_module.model`` (or the LightningModule itself without its
-    ``teacher``). The folded model is ``pl_module.model`` (a :class:`~spikenorm.callbacks.plumbing.NetworkTask`)
+    ``teacher``). The folded model is ``pl_module.model`` (a :class:`~spikenorm.callbacks.task_protocols.NetworkTask`)
     folded once per monitored epoch (:func:`spikenorm.fold.fold_model`, which works on a copy) and run on the
     same validation batches (encoded with ``pl_module.encode(x)`` when the module is an
-    :class:`~spikenorm.callbacks.plumbing.EncodingTask`, batches ``(x, ...)``). Whether it can be folded is
+    :class:`~spikenorm.callbacks.task_protocols.EncodingTask`, batches ``(x, ...)``). Whether it can be folded is
     checked at setup: ``folded=None`` (default) counts it when it folds and otherwise warns once, at setup, with
     the reason (no ``model``, no spikenorm layer to fold, or what :func:`~spikenorm.fold.fold_model` raised);
     ``folded=True`` requires it and raises that reason at setup; ``folded=False`` never folds. Counts are summed
@@ -50,7 +43,7 @@ class EnergyMonitor(EvaluationBatchCallback):
     * ``energy/sops``, ``energy/macs``, ``energy/uj`` (µJ);
     * ``energy/ann_uj``: the same synaptic layers as an ANN (one dense step), when ``T`` is known
       (``time_steps``, else an integer ``pl_module.time_steps``, as a
-      :class:`~spikenorm.callbacks.plumbing.TimeStepsTask` offers);
+      :class:`~spikenorm.callbacks.task_protocols.TimeStepsTask` offers);
     * ``energy/uj/<layer>``, ``energy/sops/<layer>``, ``energy/macs/<layer>`` with ``per_layer``.
 
     Args:

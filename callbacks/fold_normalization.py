@@ -12,18 +12,19 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from spikenorm.callbacks.plumbing import (
-    EvaluationBatchCallback,
-    EvaluationStage,
-    NetworkTask,
-    check_every_n_epochs,
-    model_inputs,
-    output_folder,
-    task_network,
-    validation_due,
-)
+from spikenorm.callbacks.batches import model_inputs
+from spikenorm.callbacks.evaluation_batches import EvaluationBatchCallback, EvaluationStage
+from spikenorm.callbacks.output_folders import output_folder
+from spikenorm.callbacks.schedules import check_every_n_epochs, validation_due
+from spikenorm.callbacks.task_network import task_network
+from spikenorm.callbacks.task_protocols import NetworkTask
 from spikenorm.fold import FoldedModel, check_equivalence, fold_model, save_folded
+from spikenorm.validation import check_choice
 
+CheckDtype = Literal["float32", "float64"]
+FoldWeights = Literal["best", "last"]
+#: what a network that cannot be folded does to the run: stop it at setup, or a warning and no folding
+Unfoldable = Literal["error", "warn"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -56,9 +57,9 @@ class FoldNormalization(EvaluationBatchCallback):
     the run's summary says "not foldable: <reason>". The recipes use ``"warn"``, so that comparing norms that
     do not fold (``bntt``, ``tebn``, ``tab``) is one flag.
 
-    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as
+    The LightningModule must be a :class:`~spikenorm.callbacks.task_protocols.NetworkTask` (its network as
     ``model``) and may encode batches with ``encode(x)`` (a
-    :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike` such as
+    :class:`~spikenorm.callbacks.task_protocols.ClassificationTaskLike` such as
     :class:`~spikenorm.tasks.SpikingClassifier`); batches are ``(x, y)``.
 
     Args:
@@ -77,21 +78,18 @@ class FoldNormalization(EvaluationBatchCallback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        check_dtype: Literal["float32", "float64"] = "float64",
+        check_dtype: CheckDtype = "float64",
         save_on_fit_end: bool = True,
         export: bool = True,
         filename: str = "folded_model",
         dirpath: str | None = None,
-        weights: Literal["best", "last"] = "best",
-        unfoldable: Literal["error", "warn"] = "error",
+        weights: FoldWeights = "best",
+        unfoldable: Unfoldable = "error",
     ) -> None:
         super().__init__()
-        if check_dtype not in _DTYPES:
-            raise ValueError(f"check_dtype must be one of {sorted(_DTYPES)}, got {check_dtype!r}")
-        if weights not in ("best", "last"):
-            raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
-        if unfoldable not in ("error", "warn"):
-            raise ValueError(f"unfoldable must be 'error' or 'warn', got {unfoldable!r}")
+        check_choice(check_dtype, CheckDtype, "check_dtype")
+        check_choice(weights, FoldWeights, "weights")
+        check_choice(unfoldable, Unfoldable, "unfoldable")
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.check_dtype = check_dtype
         self.save_on_fit_end = save_on_fit_end

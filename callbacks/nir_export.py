@@ -9,7 +9,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from spikenorm.callbacks.plumbing import batch_inputs, model_inputs, output_folder, task_network
+from spikenorm.callbacks.batches import batch_inputs, model_inputs
+from spikenorm.callbacks.output_folders import output_folder
+from spikenorm.callbacks.task_network import task_network
 from spikenorm.export import to_nir, write_nir
 from spikenorm.fold import fold_model
 
@@ -20,7 +22,7 @@ class NIRExport(Callback):
     The export is tried once before the first training step (the fold at setup, the NIR conversion on the
     first batch), so a network NIR cannot express fails then, with the reason, and not after training.
 
-    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.NetworkTask` (its network as
+    The LightningModule must be a :class:`~spikenorm.callbacks.task_protocols.NetworkTask` (its network as
     ``model``). ``dirpath`` defaults to the checkpoint folder, else the trainer's ``default_root_dir``. The node
     shapes come from the first training batch, encoded with ``pl_module.encode(x)`` when the module has it (as
     :class:`~spikenorm.tasks.SpikingClassifier` does); batches are ``(x, y)`` or ``x``. Only rank zero writes,

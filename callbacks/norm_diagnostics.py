@@ -10,15 +10,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
-from spikenorm.callbacks.plumbing import (
-    ReplayBufferLike,
-    ReplayTaskLike,
-    batch_inputs,
-    model_inputs,
-    monitored_network,
-    output_folder,
-    require_task,
-)
+from spikenorm.callbacks.batches import batch_inputs, model_inputs
+from spikenorm.callbacks.output_folders import output_folder
+from spikenorm.callbacks.task_network import monitored_network
+from spikenorm.callbacks.task_protocols import ReplayBufferLike, ReplayTaskLike, require_task
 from spikenorm.diagnostics import AREA, NormDiagnosis, diagnose, stepwise_forward
 from spikenorm.membrane import BIN_WIDTH, RANGE
 from spikenorm.plots import diagnosis_figure
@@ -35,9 +30,10 @@ class NormDiagnostics(Callback):
     * Supervised tasks (a ``SpikingClassifier``, or any LightningModule with ``(x, y)`` batches): at every
       ``every_n_validations``-th validation of a fit and at every ``trainer.validate``, on the first
       ``num_batches`` validation batches of each process (encoded as the task encodes them), after the loop. A task
-      trained online (``training_mode="online"``) gets the train pass it trains with: one step at a time
-      (:func:`~spikenorm.diagnostics.stepwise_forward`). Logged with ``self.log`` at the trainer's global step.
-    * Online RL (a :class:`~spikenorm.callbacks.plumbing.ReplayTaskLike` such as ``SpikingTD3``): every
+      trained online (an :class:`~spikenorm.tasks.OnlineTraining` part) gets the train pass it trains with: one step
+      at a time (:func:`~spikenorm.diagnostics.stepwise_forward`). Logged with ``self.log`` at the trainer's global
+      step.
+    * Online RL (a :class:`~spikenorm.callbacks.task_protocols.ReplayTaskLike` such as ``SpikingTD3``): every
       ``every_n_env_steps`` environment steps, on the actor, with ``num_batches`` batches of ``batch_size`` states
       drawn uniformly from the ``recent`` newest replay-buffer states (the current policy's distribution, as
       CaRe-BN argues), ``output="actions"``; logged at the env step (``spikenorm.rl.log_event``). The draw uses its
@@ -46,7 +42,7 @@ class NormDiagnostics(Callback):
       same step.
 
     Logs the keys of :meth:`~spikenorm.diagnostics.NormDiagnosis.scalars` (area ``diagnostics``;
-    docs/guides/log-keys.md), with ``per_step`` also the per-step ones; with ``histograms``, each spiking layer's
+    docs/reference/log-keys.md), with ``per_step`` also the per-step ones; with ``histograms``, each spiking layer's
     ``(u - theta) / theta`` histogram to every W&B logger (``diagnostics/membrane/<layer>``, :data:`WANDB_BINS` bins
     of width 0.04 on ``[-10, 10]``, at the step of the scalars); with ``plots``, a PNG
     per call (:func:`spikenorm.plots.diagnosis_figure`) in ``<run folder>/diagnostics/`` (the run's log folder, or
@@ -149,7 +145,7 @@ class NormDiagnostics(Callback):
         if not inputs:
             return
         network, exclude = monitored_network(pl_module)
-        online = getattr(pl_module, "hparams", {}).get("training_mode") == "online"
+        online = getattr(pl_module, "training_mode", "bptt") == "online"
         diagnosis = diagnose(
             network,
             inputs,

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
-from spikenorm.callbacks.plumbing import output_folder
+from spikenorm.callbacks.output_folders import output_folder
 from spikenorm.run_dirs import free_path
 
 

@@ -9,9 +9,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from spikenorm.callbacks.plumbing import ReplayBufferLike, ReplayTaskLike, require_task
-from spikenorm.recalibrate import recalibrate_bn, statistics_layers
+from spikenorm.callbacks.task_protocols import ReplayBufferLike, ReplayTaskLike, require_task
+from spikenorm.recalibrate import RecalibrationMode, recalibrate_bn, statistics_layers
 from spikenorm.rl import log_event
+from spikenorm.validation import check_choice
+
+Unusable = Literal["error", "warn"]
 
 
 class ReplayRecalibration(Callback):
@@ -20,13 +23,13 @@ class ReplayRecalibration(Callback):
     Draws ``num_batches`` batches of ``batch_size`` states (uniform, with replacement, whatever sampler the
     buffer itself uses) from the task's replay buffer and calls :func:`spikenorm.recalibrate.recalibrate_bn`
     on its actor, which overwrites the running statistics of every norm layer with the exact statistics
-    pooled over all batches and time steps (CaRe-BN: 100 x 256 every 5000 steps, about 2% of the forward
-    passes). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
+    pooled over all batches and time steps (the CaRe-BN paper's setting: 100 batches of 256 states every 5000 env
+    steps). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
     :class:`~spikenorm.tasks.SpikingTD3`'s logs), per layer ``recalibration/stat_error/<layer>`` (mean W2
     distance between the running estimate before re-calibration and the exact pooled statistics) and
     ``recalibration/seconds``. The step counter is saved in checkpoints.
 
-    The LightningModule must be a :class:`~spikenorm.callbacks.plumbing.ReplayTaskLike`. Before the first
+    The LightningModule must be a :class:`~spikenorm.callbacks.task_protocols.ReplayTaskLike`. Before the first
     training step the callback checks that it is (``TypeError`` otherwise, e.g. for an actor that is not a
     module), that the actor has BN layers with running statistics, and that the schedule runs at least once
     within the task's ``total_env_steps``. When one of the last two fails, ``unusable`` decides: ``"error"``
@@ -40,8 +43,8 @@ class ReplayRecalibration(Callback):
         every_n_env_steps: int = 5000,
         num_batches: int = 100,
         batch_size: int = 256,
-        mode: Literal["exact", "single_pass"] = "exact",
-        unusable: Literal["error", "warn"] = "error",
+        mode: RecalibrationMode = "exact",
+        unusable: Unusable = "error",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -51,10 +54,8 @@ class ReplayRecalibration(Callback):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if mode not in ("exact", "single_pass"):
-            raise ValueError(f"mode must be 'exact' or 'single_pass', got {mode!r}")
-        if unusable not in ("error", "warn"):
-            raise ValueError(f"unusable must be 'error' or 'warn', got {unusable!r}")
+        check_choice(mode, RecalibrationMode, "recalibration mode")
+        check_choice(unusable, Unusable, "unusable")
         self.every_n_env_steps = every_n_env_steps
         self.num_batches = num_batches
         self.batch_size = batch_size

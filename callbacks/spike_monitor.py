@@ -10,7 +10,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from spikenorm.callbacks.plumbing import check_every_n_epochs, monitored_network, validation_due
+from spikenorm.callbacks.schedules import check_every_n_epochs, validation_due
+from spikenorm.callbacks.task_network import monitored_network
 from spikenorm.interop import check_neuron_types
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.plots import firing_rate_heatmap

@@ -37,6 +37,7 @@ from spikenorm.datamodules.errors import (
 )
 from spikenorm.datamodules.frame_augment import FrameAugmentation
 from spikenorm.extras import needs_extra
+from spikenorm.validation import check_choice
 
 with needs_extra("dvs", __name__):
     import h5py
@@ -60,7 +61,7 @@ class EventsToFrames:
     ``engine="exact"`` (the default) counts every event. ``engine="tonic"`` frames with tonic's
     ``ToFrame(n_event_bins=T)`` / ``ToFrame(n_time_bins=T)`` instead, for bit-compatibility with tonic
     pipelines; tonic 1.7 drops the last ``N mod T`` events in the first mode and the events at the last
-    timestamp in the second (on event-digits, up to a few percent of a recording's events).
+    timestamp in the second.
     """
 
     def __init__(
@@ -73,10 +74,8 @@ class EventsToFrames:
     ) -> None:
         if time_bins < 1:
             raise ValueError(f"EventsToFrames expects time_bins >= 1, got {time_bins}")
-        if split_by not in ("number", "time"):
-            raise ValueError(f"unknown split_by {split_by!r}; available: number, time")
-        if engine not in ("exact", "tonic"):
-            raise ValueError(f"unknown frame engine {engine!r}; available: exact, tonic")
+        check_choice(split_by, SplitBy, "split_by")
+        check_choice(engine, FrameEngine, "frame engine")
         width, height, polarities = sensor_size
         if size is not None and not 1 <= size <= min(width, height):
             raise ValueError(f"sensor_size (the downsampled side) must be in [1, {min(width, height)}], got {size}")
@@ -326,10 +325,8 @@ class EventFrameDataModule(SplitDataModule):
         hp, name = self.hparams, type(self).__name__
         if hp.time_bins < 1:
             raise ValueError(f"{name} expects time_bins >= 1, got {hp.time_bins}")
-        if hp.frame_engine not in ("exact", "tonic"):
-            raise ValueError(f"{name}: unknown frame_engine {hp.frame_engine!r}; available: exact, tonic")
-        if hp.split_by not in ("number", "time"):
-            raise ValueError(f"{name}: unknown split_by {hp.split_by!r}; available: number, time")
+        check_choice(hp.frame_engine, FrameEngine, f"{name} frame_engine")
+        check_choice(hp.split_by, SplitBy, f"{name} split_by")
         side = min(self.native_sensor_size[:2])
         if hp.sensor_size is not None and not 1 <= hp.sensor_size <= side:
             raise ValueError(

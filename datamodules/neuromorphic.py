@@ -25,6 +25,7 @@ from spikenorm.datamodules.event_frames import (
 from spikenorm.datamodules.frame_augment import FrameAugmentation
 from spikenorm.datamodules.ibm_gesture import IBMGestureSegments
 from spikenorm.datamodules.tonic_sources import CIFAR10DVS, NMNIST, DVSGesture
+from spikenorm.validation import check_choice
 
 TonicDatasetName = Literal["dvsgesture", "cifar10dvs", "nmnist"]
 SplitConvention = Literal["tonic", "spikingjelly"]
@@ -81,7 +82,8 @@ DVS_DATASETS: dict[str, DVSDatasetSpec] = {
         augmentation=None,
     ),
 }
-_SPLIT_CONVENTIONS = sorted({convention for spec in DVS_DATASETS.values() for convention in spec.readers})
+#: how a test split is held out of a dataset without an official one: stratified by class, or per class
+TestSplit = Literal["stratified", "per_class"]
 
 
 class TonicDataModule(EventFrameDataModule):
@@ -145,7 +147,7 @@ class TonicDataModule(EventFrameDataModule):
         cache: bool | None = None,
         cache_dir: str | None = None,
         split_convention: SplitConvention = "tonic",
-        test_split: Literal["stratified", "per_class"] = "stratified",
+        test_split: TestSplit = "stratified",
         val_fraction: float = 0.1,
         batch_size: int = 16,
         split_seed: int = 0,
@@ -154,17 +156,13 @@ class TonicDataModule(EventFrameDataModule):
         super().__init__()
         if dataset not in DVS_DATASETS:
             raise ValueError(f"TonicDataModule expects dataset in {sorted(DVS_DATASETS)}, got {dataset!r}")
-        if split_convention not in _SPLIT_CONVENTIONS:
-            raise ValueError(
-                f"unknown split_convention {split_convention!r}; available: {', '.join(_SPLIT_CONVENTIONS)}"
-            )
+        check_choice(split_convention, SplitConvention, "split_convention")
         if split_convention not in DVS_DATASETS[dataset].readers:
             datasets = sorted(name for name, spec in DVS_DATASETS.items() if split_convention in spec.readers)
             raise ValueError(
                 f"split_convention={split_convention!r} applies to {', '.join(datasets)} only, got dataset={dataset!r}"
             )
-        if test_split not in ("stratified", "per_class"):
-            raise ValueError(f"unknown test_split {test_split!r}; available: per_class, stratified")
+        check_choice(test_split, TestSplit, "test_split")
         self.save_hyperparameters(logger=False)  # the spikenorm tasks log them as data.* (run_config)
         self._check_common()
         self.dataset_name = dataset

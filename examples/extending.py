@@ -8,7 +8,8 @@ Each piece declares what the library needs from it (no library file is edited):
 * the neuron subclasses ``SpikingNeuron`` and declares its charge as a ``LinearCharge``, which gives it the
   eager loop, the fused kernels and its NIR mapping;
 * the surrogate subclasses ``Surrogate`` and writes its ``derivative``, which the fused backward uses too;
-* the callback uses ``spikenorm.callbacks.plumbing`` for the network, its schedule and its setup check.
+* the callback finds the network, decides when it is due and checks its task at setup with
+  ``spikenorm.callbacks.task_network``, ``.schedules`` and ``.task_protocols``.
 
     python examples/extending.py --max-epochs 3
 """
@@ -24,7 +25,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from spikenorm.callbacks.plumbing import NetworkTask, check_every_n_epochs, epoch_due, require_task, task_network
+from spikenorm.callbacks.schedules import check_every_n_epochs, epoch_due
+from spikenorm.callbacks.task_network import task_network
+from spikenorm.callbacks.task_protocols import NetworkTask, require_task
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.export import to_nir
 from spikenorm.fold import check_equivalence, fold_model

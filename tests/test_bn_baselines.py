@@ -176,7 +176,7 @@ def test_bfloat16_input_keeps_float32_buffers():
 
 
 def test_running_update_option_is_validated_and_described():
-    with pytest.raises(ValueError, match="running_update must be one of 'per_call', 'per_batch', got 'per_step'"):
+    with pytest.raises(ValueError, match="unknown running_update 'per_step'; available: per_call, per_batch"):
         build_norm("bn", C, running_update="per_step")
     per_batch, per_call = build_norm("bn", C, running_update="per_batch"), build_norm("bn", C)
     assert (per_call.running_update, per_call.running_var_unbiased) == ("per_call", True)

@@ -104,7 +104,7 @@ def test_errors(tmp_path):
     for kwargs, message in [
         ({"num_batches": 0}, "num_batches must be >= 1"),
         ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
-        ({"mode": "fast"}, "mode must be"),
+        ({"mode": "fast"}, "unknown recalibration mode 'fast'"),
     ]:
         with pytest.raises(ValueError, match=message):
             BNRecalibration(**kwargs)

@@ -126,7 +126,7 @@ def test_diagnose_rebuilds_from_the_stored_config_and_writes_what_diagnose_says(
 
 
 def test_the_online_train_pass_runs_one_step_at_a_time(run, tmp_path):
-    """``training_mode=online`` (here set on the command line: a task option, the network is the same): the train
+    """``online`` training (here set on the command line: a task option, the network is the same): the train
     pass runs the network step by step inside ``stateful``, as online training does."""
 
     def per_step(model, x):
@@ -134,7 +134,7 @@ def test_the_online_train_pass_runs_one_step_at_a_time(run, tmp_path):
             return torch.cat([model(x[t : t + 1]) for t in range(x.shape[0])])
 
     ckpt = _copy(run["ckpt"], tmp_path)
-    main(["diagnose", "--ckpt_path", str(ckpt), *SMALL, "--model.init_args.training_mode", "online"])
+    main(["diagnose", "--ckpt_path", str(ckpt), *SMALL, "--model.init_args.online", "{update: batch}"])
     written = json.loads((tmp_path / "model.diagnosis.json").read_text())
     assert written["source"]["training_mode"] == "online"
     online = json.loads(_expected(ckpt, train_forward=per_step).to_json())

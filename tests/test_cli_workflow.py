@@ -306,9 +306,10 @@ def _parsed(recipe: Path, *args: str):
     return SpikenormCLI(args=["--config", str(recipe), "--trainer.logger=false", *args], run=False)
 
 
-def test_time_steps_are_given_once_and_linked_to_the_norms_and_the_frames(monkeypatch, tmp_path):
-    """The task's time_steps reach a bntt network's layer spec (not a tdbn one's) and a DVS datamodule's
-    time_bins; a disagreeing value given by the user is refused, not silently replaced."""
+def test_time_steps_are_given_once_to_the_norms_and_linked_to_the_frames(monkeypatch, tmp_path):
+    """The task's time_steps reach a bntt network's norms (and its recorded layer spec; not a tdbn one's) when the
+    task is built, and a DVS datamodule's time_bins by a link; a disagreeing value given by the user is refused,
+    not silently replaced."""
     from spikenorm.norm import BNTT
 
     monkeypatch.setattr(sys, "argv", ["spikenorm"])
@@ -316,7 +317,8 @@ def test_time_steps_are_given_once_and_linked_to_the_norms_and_the_frames(monkey
     assert bntt.model.model.features[0][1].time_steps == 3 and isinstance(bntt.model.model.features[0][1], BNTT)
     tdbn = _parsed(QUICKSTART, "--model.init_args.time_steps=3")
     assert tdbn.model.hparams["model"]["init_args"]["layers"]["time_steps"] is None  # not needed: not in the config
-    with pytest.raises(SystemExit):
+    assert bntt.model.hparams["model"]["init_args"]["layers"]["time_steps"] == 3
+    with pytest.raises(ValueError, match=r"BNTT was built for T=2 steps, not the T=4 it was given. T has one home"):
         _parsed(
             QUICKSTART,
             "--model.init_args.model.init_args.layers.norm=bntt",

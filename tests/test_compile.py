@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingResNet19, SpikingTransformer, SpikingVGG
 from spikenorm.monitoring import FiringRateRecorder
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 from spikenorm.tasks.compilation import compile_network, compile_options
 
 T = 4
@@ -203,7 +203,8 @@ def digits(samples: int = 20) -> DataLoader:
 def task(training_mode: str = "bptt", compile: bool | dict = True) -> SpikingClassifier:
     torch.manual_seed(0)
     model = SpikingMLP(12, 3, hidden=(8,), layers=LayerSpec(norm="osr" if training_mode == "online" else "tdbn"))
-    return SpikingClassifier(model, time_steps=2, training_mode=training_mode, compile=compile)
+    online = OnlineTraining() if training_mode == "online" else None
+    return SpikingClassifier(model, time_steps=2, online=online, compile=compile)
 
 
 @pytest.mark.parametrize("training_mode", ["bptt", "online"])

@@ -187,7 +187,7 @@ def test_the_ots_osr_model_does_change_its_buffers_in_training():
     with torch.no_grad():
         model(ots_osr_data()[0])
     after = model.state_dict()
-    for key in ("1.running_mean", "1.running_var", "2.ots_running_threshold"):
+    for key in ("1.running_mean", "1.running_var", "2.threshold_stabilizer.running_threshold"):
         assert not torch.equal(before[key], after[key]), key
 
 
@@ -784,7 +784,7 @@ def test_errors_name_the_problem():
         diagnose(_small_net(), [])
     with pytest.raises(ValueError, match="diagnose was asked for num_batches=3"):
         diagnose(_small_net(), [x], num_batches=3)
-    with pytest.raises(ValueError, match="output must be 'logits' or 'actions', got 'probabilities'"):
+    with pytest.raises(ValueError, match="unknown output 'probabilities'; available: logits, actions"):
         diagnose(_small_net(), [x], output="probabilities")
     with pytest.raises(ValueError, match="nothing to diagnose"):
         diagnose(nn.Sequential(nn.Linear(C, C), nn.ReLU()).double(), [x])

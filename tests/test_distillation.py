@@ -10,7 +10,7 @@ from lightning.pytorch import seed_everything
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import SpikingMLP, SpikingVGG
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import Distillation, OnlineTraining, SpikingClassifier
 from spikenorm.tasks.distillation import distillation_loss
 
 
@@ -69,7 +69,7 @@ def test_teacher_stays_frozen_and_in_eval_mode(tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     modes = []
     teacher.register_forward_pre_hook(lambda module, args: modes.append(module.training))
-    task = SpikingClassifier(mlp(2), time_steps=2, teacher=teacher, kd_weight=0.7)
+    task = SpikingClassifier(mlp(2), time_steps=2, distillation=Distillation(teacher, weight=0.7))
     student_before = {k: v.clone() for k, v in task.model.state_dict().items()}
     data = DigitsDataModule(batch_size=32)
     trainer = fit(task, data, tmp_path)
@@ -89,7 +89,7 @@ def test_teacher_trained_on_the_fly_once_and_loaded_from_a_checkpoint(tmp_path):
     data = DigitsDataModule(batch_size=64)
     teacher = SpikingVGG([8, "A"], in_channels=1, num_classes=10)
     initial = {k: v.clone() for k, v in teacher.state_dict().items()}
-    task = SpikingClassifier(mlp(0), time_steps=2, teacher=teacher, teacher_epochs=1, teacher_lr=1e-2)
+    task = SpikingClassifier(mlp(0), time_steps=2, distillation=Distillation(teacher, epochs=1, lr=1e-2))
     assert not bool(task.teacher_trained)
     trainer = fit(task, data, tmp_path, steps=1)
     assert bool(task.teacher_trained)
@@ -104,18 +104,20 @@ def test_teacher_trained_on_the_fly_once_and_loaded_from_a_checkpoint(tmp_path):
     trainer.strategy.connect(source)
     trainer.save_checkpoint(path, weights_only=True)
     fresh = SpikingVGG([8, "A"], in_channels=1, num_classes=10)
-    student = SpikingClassifier(mlp(0), time_steps=2, teacher=fresh, teacher_checkpoint=str(path))
+    student = SpikingClassifier(mlp(0), time_steps=2, distillation=Distillation(fresh, checkpoint=str(path)))
     assert all(torch.equal(trained[k], v) for k, v in student.teacher.state_dict().items())
     with pytest.raises(ValueError, match="does not fit"):
-        SpikingClassifier(mlp(0), time_steps=2, teacher=mlp(0), teacher_checkpoint=str(path))
+        SpikingClassifier(mlp(0), time_steps=2, distillation=Distillation(mlp(0), checkpoint=str(path)))
 
 
 def test_distillation_options_are_checked():
-    with pytest.raises(ValueError, match="teacher module"):
-        SpikingClassifier(mlp(0), teacher_epochs=2)
-    with pytest.raises(ValueError, match="kd_weight"):
-        SpikingClassifier(mlp(0), teacher=mlp(1), kd_weight=1.5)
-    with pytest.raises(ValueError, match="teacher_input"):
-        SpikingClassifier(mlp(0), teacher=mlp(1), teacher_input="frames")
-    with pytest.raises(ValueError, match="bptt"):
-        SpikingClassifier(mlp(0), teacher=mlp(1), training_mode="online")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        Distillation(None)
+    with pytest.raises(ValueError, match="weight"):
+        Distillation(mlp(1), weight=1.5)
+    with pytest.raises(ValueError, match="inputs 'frames'; available: encoded, raw"):
+        Distillation(mlp(1), inputs="frames")
+    with pytest.raises(ValueError, match="epochs"):
+        Distillation(mlp(1), epochs=-1)
+    with pytest.raises(ValueError, match="BPTT"):
+        SpikingClassifier(mlp(0), distillation=Distillation(mlp(1)), online=OnlineTraining())

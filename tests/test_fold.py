@@ -163,6 +163,20 @@ def test_zero_gamma_gives_a_constant_decision(device):
     assert torch.isneginf(theta[:2]).all() and torch.isposinf(theta[2:4]).all()
 
 
+def test_an_ots_running_threshold_folds_before_the_membrane_norm_of_its_neuron(device):
+    """OTS compares the normalised membrane with its running threshold: that threshold is what MPBN folds back."""
+    torch.manual_seed(0)
+    neuron = LIF(threshold=0.5, ots=True, ots_eval="running", membrane_norm=build_norm("mpbn", 6))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), neuron, torch.nn.Linear(6, 3)).double().to(device)
+    model(torch.randn(4, 16, 4, dtype=torch.float64, device=device))
+    with torch.no_grad():
+        neuron.membrane_norm.weight.uniform_(-1, 1)  # both signs: SignFlips and negated weights
+        neuron.threshold_stabilizer.running_threshold.fill_(0.2)
+    model.eval()
+    folded, _ = assert_exact(model, torch.randn(4, 32, 4, dtype=torch.float64, device=device))
+    assert folded.get_submodule("1").threshold_stabilizer is None
+
+
 def test_membrane_threshold_matches_closed_form(device):
     torch.manual_seed(0)
     norm = build_norm("mpbn", 6).double()

@@ -106,5 +106,5 @@ def test_an_unfoldable_network_with_warn_runs_without_folding_and_says_why(tmp_p
     assert trainer.global_step == 2 and "val/acc_folded" not in trainer.callback_metrics
     assert callback.saved_paths == [] and callback.summary_line().startswith("folded model   not foldable: ")
     assert "tebn" in callback.summary_line().lower() or "TEBN" in callback.summary_line()
-    with pytest.raises(ValueError, match="unfoldable must be 'error' or 'warn'"):
+    with pytest.raises(ValueError, match="unknown unfoldable 'skip'; available: error, warn"):
         FoldNormalization(unfoldable="skip")

@@ -168,13 +168,14 @@ def test_conv_layout_changes_no_values(norm):
     assert TimeDistributed(torch.nn.AvgPool2d(2))(x).is_contiguous()  # only convolutions switch the layout
 
 
-def test_layer_spec_gives_norms_the_time_steps_they_take_and_refuses_what_a_model_lacks():
+def test_layer_spec_gives_norms_the_time_steps_they_take_and_a_norm_without_T_refuses_to_run():
     model = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt", time_steps=3))
     assert [m.time_steps for m in model.modules() if isinstance(m, BNTT)] == [3, 3, 3]
     tdbn = SpikingVGG("small", in_channels=1, layers=LayerSpec(time_steps=3))  # tdbn takes no time_steps
     assert not any(isinstance(m, BNTT) for m in tdbn.modules())
-    with pytest.raises(ValueError, match=r"norm 'bntt' needs time_steps"):
-        SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt"))
+    unbound = SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt"))  # T comes from the task later
+    with pytest.raises(ValueError, match=r"BNTT keeps parameters for each time step, so it needs time_steps"):
+        unbound(torch.rand(3, 2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"norm_kwargs time_steps=2 disagrees with layers.time_steps=3"):
         SpikingVGG("small", in_channels=1, layers=LayerSpec(norm="bntt", norm_kwargs={"time_steps": 2}, time_steps=3))
     with pytest.raises(ValueError, match=r"SpikingMLP does not support layers\.shortcuts='per_block'"):

@@ -162,6 +162,10 @@ def test_bad_inputs_raise_clear_errors():
         LIF(threshold=torch.ones(3))(torch.rand(T, B, 4, 2, 2))
     with pytest.raises(ValueError, match="unknown neuron 'lifx'; available: clif, if, lif"):
         build_neuron("lifx")
-    with pytest.raises(ValueError, match="reset must be"):
+    with pytest.raises(ValueError, match="unknown reset 'zero'; available: hard, soft"):
         LIF(reset="zero")
+    with pytest.raises(ValueError, match="unknown backend 'jit'; available: auto, eager, fused"):
+        LIF(backend="jit")
+    with pytest.raises(ValueError, match="unknown ots_eval 'fixed'; available: dynamic, running"):
+        LIF(ots=True, ots_eval="fixed")
     assert available_neurons() == ["clif", "if", "lif"]

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spikenorm.models import SpikingMLP
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 
 BATCH = 8
 
@@ -38,7 +38,8 @@ def _all_finite(module: nn.Module) -> bool:
 
 @pytest.mark.parametrize("training_mode", ["bptt", "online"])
 def test_nan_input_stops_at_its_batch_by_default(training_mode):
-    task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2, training_mode=training_mode)
+    online = OnlineTraining() if training_mode == "online" else None
+    task = SpikingClassifier(SpikingMLP(64, 10, hidden=(16,)), time_steps=2, online=online)
     assert task.hparams.check_finite is True
     with pytest.raises(
         ValueError,

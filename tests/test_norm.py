@@ -167,8 +167,8 @@ def test_registry_and_errors():
     assert available_norms() == sorted(available_norms())
     with pytest.raises(ValueError, match=f"unknown norm 'mpbnx'; available: {', '.join(available_norms())}"):
         build_norm("mpbnx", 4)
-    with pytest.raises(TypeError, match="time_steps"):
-        build_norm("bntt", 4)
+    with pytest.raises(ValueError, match=r"BNTT keeps parameters for each time step, so it needs time_steps"):
+        build_norm("bntt", 4)(torch.randn(T, B, 4))
     with pytest.raises(ValueError, match=r"\[T, B, C, \.\.\.\] with C=3"):
         build_norm("tdbn", 3)(torch.randn(B, 3, H, W))  # time axis missing
     with pytest.raises(ValueError, match="rank >= 3"):

@@ -23,7 +23,7 @@ from spikenorm.membrane import RANGE
 from spikenorm.models import LayerSpec, SpikingVGG
 from spikenorm.neurons import SpikingNeuron
 from spikenorm.norm.base import NoNorm, TimeMajorNorm
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 from spikenorm.wandb_runs import read_offline_run
 
 CFG = [8, "A", 16, "A"]  # two conv layers on the 8x8 digits: a fit of a few batches takes about a second
@@ -78,7 +78,7 @@ def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 
 def _supervised_fit(layers: LayerSpec, mode: str, callbacks: list) -> SpikingClassifier:
     """Two epochs of two batches, each followed by a validation of one batch, after a sanity check of one."""
-    task = _task(layers, training_mode=mode)
+    task = _task(layers, online=OnlineTraining() if mode == "online" else None)
     short_trainer(2, 1, callbacks, max_epochs=2, num_sanity_val_steps=1).fit(task, DigitsDataModule(batch_size=BATCH))
     return task
 
@@ -95,7 +95,7 @@ def test_a_fit_with_diagnostics_gives_bit_identical_weights(layers: LayerSpec, m
 def test_an_online_task_is_diagnosed_with_its_stepwise_train_pass() -> None:
     # with TDBN the train pass differs between one multi-step call and one step at a time (per-step batch
     # statistics); with OSR it would not (OSR's training forward is its eval transform)
-    task, data = _task(LayerSpec(), training_mode="online"), DigitsDataModule(batch_size=BATCH)
+    task, data = _task(LayerSpec(), online=OnlineTraining()), DigitsDataModule(batch_size=BATCH)
     callback = NormDiagnostics(num_batches=2, plots=False)
     quiet_trainer(callbacks=[callback], limit_val_batches=2).validate(task, data, verbose=False)
     assert callback.calls == 1

@@ -157,7 +157,7 @@ def test_osr_fallback_grad_code_keeps_the_renormalised_gradient(gamma_grad, devi
 
 
 def test_osr_fallback_grad_is_validated():
-    with pytest.raises(ValueError, match="fallback_grad must be 'exact' or 'code', got 'paper'"):
+    with pytest.raises(ValueError, match="unknown fallback_grad 'paper'; available: exact, code"):
         build_norm("osr", C, fallback_grad="paper")
 
 
@@ -186,15 +186,12 @@ def test_osr_all_time_statistics_pool_all_samples_and_update_once(device):
 def test_ots_keeps_the_standardised_threshold_quantile_constant(device):
     neuron = LIF(tau=2.0, threshold=1.0, reset="soft", detach_reset=True, ots=True).double().to(device)
     thresholds, membranes = [], []
-    original = neuron.ots_threshold
 
-    def spy(u, state):
-        theta, state = original(u, state)
-        thresholds.append(float(theta))
-        membranes.append(u.detach().clone())
-        return theta, state
+    def spy(stabilizer, inputs, output):
+        thresholds.append(float(output[0]))
+        membranes.append(inputs[0].detach().clone())
 
-    neuron.ots_threshold = spy
+    neuron.threshold_stabilizer.register_forward_hook(spy)
     neuron(data(shape=(T, 32, 8), device=device).abs())
     assert thresholds[0] == pytest.approx(1.0)  # theta_1 = theta_0
     quantiles = [(th - float(u.mean())) / float(u.std()) for th, u in zip(thresholds, membranes)]
@@ -222,7 +219,7 @@ def test_ots_running_threshold_is_batch_independent_and_folds_exactly(device):
     torch.testing.assert_close(single, model(x))  # batch size 1 gives the same answers
     report = check_equivalence(model, fold_model(model), x)
     assert report.flipped_spikes == 0 and report.max_abs_diff < 1e-9
-    model.features[0][2].ots_eval = "dynamic"
+    model.features[0][2].threshold_stabilizer.eval_mode = "dynamic"
     with pytest.raises(ValueError, match="ots_eval='dynamic'"):
         fold_model(model)
 

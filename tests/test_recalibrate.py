@@ -9,7 +9,8 @@ from torch import nn
 
 from spikenorm.neurons import LIF
 from spikenorm.norm import build_norm
-from spikenorm.recalibrate import PooledMoments, recalibrate_bn
+from spikenorm.norm.stats import PooledMoments
+from spikenorm.recalibrate import recalibrate_bn
 
 T, B, F = 5, 16, 6
 
@@ -94,7 +95,7 @@ def test_errors():
         recalibrate_bn(actor_like("tdbn"), [])
     with pytest.raises(ValueError, match="no BN layer"):
         recalibrate_bn(nn.Linear(2, 2), [torch.zeros(1, 2)])
-    with pytest.raises(ValueError, match="unknown recalibration mode"):
+    with pytest.raises(ValueError, match="unknown recalibration mode 'fast'; available: exact, single_pass"):
         recalibrate_bn(actor_like("tdbn"), batches(), mode="fast")
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import spikenorm_cli
 
 from spikenorm.cli import main
 from spikenorm.datamodules.testing import write_cifar10, write_cifar10dvs, write_ibm_gesture
+from spikenorm.models import SpikingResNet19
 from spikenorm.wandb_runs import read_offline_run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -37,20 +39,18 @@ OVERRIDES = {
     "cifar10_resnet19_tdbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_resnet19_mpbn.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.width=0.125"],
     "cifar10_vggsnn_osr.yaml": [*CIFAR_ON_CPU, "--model.init_args.model.init_args.cfg=[8, A, 16]"],
-    "quickstart_bw.yaml": ["--model.init_args.teacher_epochs=1"],
+    "quickstart_bw.yaml": ["--model.init_args.distillation.init_args.epochs=1"],
     "cifar10_resnet19_bw.yaml": [
         *CIFAR_ON_CPU,
         "--model.init_args.model.init_args.width=0.125",
-        "--model.init_args.teacher.init_args.width=0.125",
-        "--model.init_args.teacher_checkpoint=null",
+        "--model.init_args.distillation.init_args.teacher.init_args.width=0.125",
     ],
     "cifar10_transformer_bw.yaml": [
         *CIFAR_ON_CPU,
         "--model.init_args.model.init_args.embed_dim=16",
         "--model.init_args.model.init_args.num_heads=2",
         "--model.init_args.model.init_args.depth=1",
-        "--model.init_args.teacher.init_args.width=0.125",
-        "--model.init_args.teacher_checkpoint=null",
+        "--model.init_args.distillation.init_args.teacher.init_args.width=0.125",
     ],
     **{
         f"td3_carebn_{env}.yaml": ["--trainer.accelerator=cpu", "--model.init_args.buffer_size=1000"]
@@ -103,6 +103,10 @@ def fast_dev_run(recipe: str, root: Path, *options: str) -> None:
         write_ibm_gesture(str(root / "data"), train_trials, ["user24_natural"], np.random.default_rng(0))
     if recipe.startswith("cifar10dvs"):
         write_cifar10dvs(str(root / "data"), 20, np.random.default_rng(0))
+    if recipe.startswith("cifar10") and recipe.endswith("_bw.yaml"):  # the teacher's weights, where the recipe looks
+        teacher = root / "logs/cifar10_resnet19_tdbn/version_0/checkpoints/last.ckpt"
+        teacher.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(SpikingResNet19(num_classes=10, width=0.125).state_dict(), teacher)
     main(["fit", "--config", str(RECIPES / recipe), "--trainer.fast_dev_run=true", *OVERRIDES[recipe], *options])
 
 

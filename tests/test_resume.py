@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, SequentialSampler
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.datamodules.base import EpochShuffleSampler, ResumableDataLoader
 from spikenorm.models import LayerSpec, SpikingMLP
-from spikenorm.tasks import SpikingClassifier
+from spikenorm.tasks import OnlineTraining, SpikingClassifier
 
 STEPS_PER_EPOCH = 20
 NOT_RESUMABLE = "ended before the epoch ended"
@@ -35,7 +35,7 @@ def _task(training_mode: str) -> SpikingClassifier:
         )
     else:
         model = SpikingMLP(64, 10, hidden=(32,))
-    return SpikingClassifier(model, time_steps=2, training_mode=training_mode)
+    return SpikingClassifier(model, time_steps=2, online=OnlineTraining() if training_mode == "online" else None)
 
 
 def _fit(training_mode, ckpt_path=None, callbacks=(), **trainer_kw):

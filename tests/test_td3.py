@@ -208,7 +208,7 @@ def test_ann_actor_trains_and_its_checkpoint_rebuilds_it(tmp_path):
 
 
 def test_ann_actor_refuses_what_only_a_spiking_actor_has():
-    with pytest.raises(ValueError, match="unknown actor 'snn'; available: ann, spiking"):
+    with pytest.raises(ValueError, match="unknown actor 'snn'; available: spiking, ann"):
         SpikingTD3(**SMALL, actor="snn")
     with pytest.raises(ValueError, match="no spiking layers: leave actor_layers unset"):
         SpikingTD3(**SMALL, actor="ann", actor_layers=LayerSpec(norm="none", neuron="clif"))

@@ -1,5 +1,6 @@
 """TEBN and TAB against independent float64 references written from their equations: training and inference maps,
-gradients, running statistics, online (single-step) mode, refusals, re-calibration, bf16 autocast, models."""
+gradients, running statistics, online (single-step) mode, refusals, re-calibration, bf16 autocast, models; and the
+``T`` that BNTT, TEBN and TAB receive from the task when built without it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from spikenorm.fold import fold_model
 from spikenorm.models import LayerSpec, SpikingMLP, SpikingResNet19, SpikingTransformer, SpikingVGG
 from spikenorm.neurons import LIF, stateful
-from spikenorm.norm import TAB, TEBN, accumulate_over_steps, available_norms, build_norm
+from spikenorm.norm import BNTT, TAB, TEBN, StepIndexedNorm, accumulate_over_steps, available_norms, build_norm
 from spikenorm.recalibrate import recalibrate_bn
 
 T, B, C, H, W = 4, 5, 3, 2, 3
@@ -174,11 +175,9 @@ def test_accumulated_statistics_equal_the_concatenated_windows_and_avoid_cancell
 
 # -- refusals ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["tebn", "tab"])
-def test_time_steps_required_and_input_steps_checked(name):
+def test_time_steps_checked_and_input_steps_checked(name):
     assert name in available_norms()
-    with pytest.raises(TypeError, match=rf"norm '{name}'.*time_steps"):
-        build_norm(name, C)
-    with pytest.raises(ValueError, match="time_steps >= 1"):
+    with pytest.raises(ValueError, match=r"time_steps must be a positive int, got 0"):
         build_norm(name, C, time_steps=0)
     layer = build_norm(name, C, time_steps=T)
     for mode in (layer.train, layer.eval):
@@ -403,3 +402,94 @@ def test_recalibration_refuses_step_by_step_calls_of_a_per_step_layer():
     with pytest.raises(ValueError, match=r"TAB keeps statistics for each of T=4 steps but was called on 1 step"):
         recalibrate_bn(model, [torch.randn(T, 6, 3, dtype=torch.float64)], forward=online)
     assert torch.equal(model[1].running_mean, before)
+
+
+# -- T received from the task (time_steps=None at construction) --------------------------------------------------------
+STEP_INDEXED = [("bntt", {}), ("bntt", {"bias": True}), ("bntt", {"affine": False}), ("tebn", {}), ("tab", {})]
+
+
+def tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach() for key, value in layer.state_dict().items()}
+
+
+@pytest.mark.parametrize(("name", "kwargs"), STEP_INDEXED, ids=lambda v: str(v))
+def test_a_norm_given_t_later_equals_one_built_with_it(name, kwargs):
+    built = build_norm(name, C, time_steps=T, **kwargs).double()
+    late = build_norm(name, C, **kwargs).double()  # moved before it knows T: the rows it receives follow
+    assert isinstance(late, StepIndexedNorm) and late.time_steps is None
+    assert list(late.state_dict()) == list(built.state_dict())
+    assert [key for key, _ in late.named_parameters()] == [key for key, _ in built.named_parameters()]
+    late.receive_time_steps(T)
+    assert late.time_steps == T and repr(late) == repr(built)
+    for key, expected in tensors(built).items():
+        got = tensors(late)[key]
+        assert got.dtype == expected.dtype and got.device == expected.device, key
+        assert torch.equal(got, expected), key
+    for (key, expected), (_, got) in zip(built.named_parameters(), late.named_parameters()):
+        assert got.requires_grad == expected.requires_grad, key
+    for mode in ("train", "eval"):
+        getattr(built, mode)()
+        getattr(late, mode)()
+        x = data(20).requires_grad_()
+        y_built, y_late = built(x), late(x)
+        assert torch.equal(y_late, y_built), mode
+        (y_late.sum() + y_built.sum()).backward()
+        for (key, expected), (_, got) in zip(built.named_parameters(), late.named_parameters()):
+            assert torch.equal(got.grad, expected.grad), key
+    assert all(torch.equal(tensors(late)[key], value) for key, value in tensors(built).items())
+    late.load_state_dict(built.state_dict())  # a checkpoint of a layer built with T loads into it
+
+
+def test_receiving_t_keeps_frozen_parameters_frozen_and_adds_rows_of_the_initial_values():
+    layer = build_norm("tab", C)
+    layer.p.requires_grad_(False)
+    layer.receive_time_steps(T)
+    assert not layer.p.requires_grad and layer.weight.requires_grad
+    assert layer.p.shape == (T,) and layer.weight.shape == layer.running_var.shape == (T, C)
+    assert torch.equal(layer.running_var, torch.ones(T, C)) and torch.equal(layer.bias, torch.zeros(T, C))
+
+
+@pytest.mark.parametrize("name", ["bntt", "tebn", "tab"])
+def test_the_same_t_is_accepted_and_another_refused(name):
+    layer = build_norm(name, C, time_steps=T)
+    parameters = list(layer.parameters())
+    layer.receive_time_steps(T)
+    assert all(a is b for a, b in zip(parameters, layer.parameters()))  # nothing reallocated
+    cls = {"bntt": "BNTT", "tebn": "TEBN", "tab": "TAB"}[name]
+    with pytest.raises(ValueError, match=rf"{cls} was built for T=4 steps, not the T=3 it was given"):
+        layer.receive_time_steps(3)
+    late = build_norm(name, C)
+    late.receive_time_steps(T)
+    with pytest.raises(ValueError, match=r"built for T=4 steps, not the T=2"):
+        late.receive_time_steps(2)
+    with pytest.raises(ValueError, match="time_steps must be a positive int, got 0"):
+        build_norm(name, C).receive_time_steps(0)
+
+
+@pytest.mark.parametrize("name", ["bntt", "tebn", "tab"])
+def test_a_forward_without_t_is_refused(name):
+    layer = build_norm(name, C)
+    cls = {"bntt": "BNTT", "tebn": "TEBN", "tab": "TAB"}[name]
+    for mode in (layer.train, layer.eval):
+        mode()
+        with pytest.raises(
+            ValueError,
+            match=rf"{cls} keeps parameters for each time step, so it needs time_steps: give it to the task "
+            r"\(time_steps\) or in LayerSpec\(time_steps=\.\.\.\)",
+        ):
+            layer(torch.randn(T, B, C))
+    assert int(layer.num_batches_tracked) == 0
+
+
+def test_bntt_needs_all_t_steps_in_every_call_also_inside_a_stateful_scope():
+    layer = build_norm("bntt", C, time_steps=T)
+    x = data(21).float()
+    for mode in (layer.train, layer.eval):
+        mode()
+        with stateful(layer):
+            assert layer(x).shape == x.shape and layer(x).shape == x.shape  # every call covers steps 0..T-1
+            with pytest.raises(ValueError, match=r"BNTT was built for T=4 steps but got input .* with T=1 \(shape"):
+                layer(x[:1])
+    with pytest.raises(ValueError, match=r"with T=1 \(shape \(1, 5, 3, 2, 3\)\)$"):  # no step-by-step hint
+        layer(x[:1])
+    assert isinstance(layer, BNTT) and not layer.in_sequence

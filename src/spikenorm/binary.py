@@ -31,9 +31,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from spikenorm.traceable import traceable
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -86,6 +87,7 @@ def _channel_alpha(weight: Tensor) -> Tensor:
     return (weight * _sign(weight).detach()).mean(dim=dims, keepdim=True)
 
 
+@traceable
 def binarize_weight(weight: Tensor, clip: float = 1.0, alpha_grad: bool = True) -> Tensor:
     """``W_b = alpha * SignSTE(W)`` with per-output-channel ``alpha_i = mean_j |W_ij|`` (over all dims but 0).
 
@@ -109,15 +111,14 @@ def binarize_weight(weight: Tensor, clip: float = 1.0, alpha_grad: bool = True) 
     return alpha * SignSTE.apply(weight, clip)
 
 
+@traceable
 def _deployed_weight(alpha: Tensor, weight: Tensor, clip: float) -> Tensor:
     """``alpha_i * SignSTE(W_ij)`` with a stored flat ``alpha`` (the deployed state of a binary layer)."""
     return alpha.reshape((-1,) + (1,) * (weight.ndim - 1)) * SignSTE.apply(weight, clip)
 
 
-# torch.fx (e.g. spikenorm.fold) traces through binary layers: keep the weight binarization one graph node,
-# whose target is one of these functions (so a graph pass can tell a binary layer's weight from a float one)
-torch.fx.wrap("binarize_weight")
-torch.fx.wrap("_deployed_weight")
+# torch.fx (e.g. spikenorm.fold) traces through binary layers and keeps the (traceable) weight binarization one graph
+# node, whose target is one of these functions (so a graph pass can tell a binary layer's weight from a float one)
 BINARY_WEIGHT_FUNCTIONS = (binarize_weight, _deployed_weight)
 
 

@@ -18,12 +18,15 @@ these differences:
 * the resolved configuration is written into the run's log folder (without a logger, into
   ``<default_root_dir>/configs/``) and never overwrites a file;
 * ``predict`` writes its predictions into the run's folder (:class:`~spikenorm.callbacks.PredictionWriter`);
-* the number of time steps is given once, as the task's ``time_steps`` (and ``eval_time_steps``): links set the
-  network's ``layers.time_steps`` where its norm needs it (``bntt``, ``tebn``, ``tab``) and an event datamodule's
-  ``time_bins`` (see :meth:`SpikenormCLI.add_arguments_to_parser`). A linked value given in a config or on the
-  command line must agree with the task's, or the CLI stops with an error naming both. An augmentation's
-  ``keep_steps`` (random temporal deletion) is not linked but checked before anything is built
-  (:func:`check_kept_steps`).
+* the number of time steps is given once, as the task's ``time_steps`` (and ``eval_time_steps``): the task gives it
+  to its network when it is built (:func:`spikenorm.time_steps.bind_time_steps`, as in Python), and a link sets an
+  event datamodule's ``time_bins`` (see :meth:`SpikenormCLI.add_arguments_to_parser`); a ``time_bins`` given in a
+  config or on the command line must agree with the task's, or the CLI stops with an error naming both. An
+  augmentation's ``keep_steps`` (random temporal deletion) is not linked but checked before anything is built
+  (:func:`check_kept_steps`);
+* config files and checkpoints of earlier releases load: their task arguments are upgraded to today's
+  (:meth:`spikenorm.tasks.SpikingTask.upgrade_arguments`, e.g. spikenorm 0.1.0's ``training_mode: online`` becomes
+  ``online: {update: batch}``) as each file is read.
 
 ``spikenorm diagnose --ckpt_path X`` measures the norm health of a checkpoint's network
 (:func:`spikenorm.diagnostics.diagnose`: statistics error, train/eval gap, membrane against threshold, per layer) on
@@ -53,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -65,7 +70,6 @@ from spikenorm.checkpoint_files import check_checkpoint_file
 from spikenorm.config import class_path_of, import_object, instantiate
 from spikenorm.diagnostics import NormDiagnosis, diagnose
 from spikenorm.loggers import CSVLogger as AppendingCSVLogger
-from spikenorm.models.layers import norm_accepts
 from spikenorm.run_dirs import (
     LOGGER_VERSIONS_KEY,
     RUN_CONFIG_KEY,
@@ -76,6 +80,7 @@ from spikenorm.run_dirs import (
     result_config,
     run_folders,
 )
+from spikenorm.tasks.argument_upgrades import upgrade_task_configs
 from spikenorm.tasks.diagnosis_inputs import SPLITS, diagnosis_inputs
 from spikenorm.tasks.run_config import is_unrecorded
 
@@ -85,13 +90,19 @@ MAIN_DESCRIPTION = (
     "spikenorm: fit, validate, test and predict spikenorm tasks (LightningCLI). Also: spikenorm diagnose "
     "--ckpt_path X, the norm health of a checkpoint's network (spikenorm diagnose --help)."
 )
-#: the task's spikenorm networks whose layer spec gets ``time_steps`` (``model.init_args.<name>``)
-NETWORKS = ("model", "teacher")
 #: keys the links set; a checkpoint's stored values of these are not used as defaults (the links recompute them)
-LINKED_KEYS = (
-    *(f"model.init_args.{net}.init_args.layers.time_steps" for net in NETWORKS),
-    "data.init_args.time_bins",
-)
+LINKED_KEYS = ("data.init_args.time_bins",)
+#: jsonargparse's loader for config files and values: YAML, with the task arguments of earlier releases upgraded
+CONFIG_LOADER = "spikenorm_yaml"
+
+
+def load_upgraded_yaml(text: str) -> Any:
+    """A YAML document as jsonargparse's own loader reads it, with every task config in it upgraded to today's
+    arguments (:func:`~spikenorm.tasks.argument_upgrades.upgrade_task_configs`)."""
+    return upgrade_task_configs(get_loader("yaml")(text))
+
+
+set_loader(CONFIG_LOADER, load_upgraded_yaml, exceptions=(yaml.YAMLError,))
 
 
 def _disagree(name: str, given: Any, expected: Any, source: str) -> ValueError:
@@ -99,15 +110,6 @@ def _disagree(name: str, given: Any, expected: Any, source: str) -> ValueError:
         f"{name}={given!r} disagrees with {source}={expected!r}: give the number of time steps once, "
         f"as the task's time_steps / eval_time_steps (the spikenorm CLI sets {name} from it)"
     )
-
-
-def layer_time_steps(time_steps: int, norm: str, membrane_norm: str | None, given: int | None) -> int | None:
-    """``layers.time_steps`` of a network: the task's ``time_steps`` when the norm or the membrane norm takes
-    ``time_steps`` (``bntt``, ``tebn``, ``tab``), else what the spec says (None unless given)."""
-    if given is not None and given != time_steps:
-        raise _disagree("layers.time_steps", given, time_steps, "the task's time_steps")
-    needed = any(name is not None and norm_accepts(name, "time_steps") for name in (norm, membrane_norm))
-    return time_steps if needed else given
 
 
 def frame_count(time_steps: int, eval_time_steps: int | None, given: int, data_class: str) -> int:
@@ -210,6 +212,7 @@ def checkpoint_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
         if class_path is not None:
             init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and not is_unrecorded(v)}
             configs[key] = {"class_path": class_path, "init_args": init_args}
+    configs = upgrade_task_configs(configs)
     for key in LINKED_KEYS:
         _drop(configs, key.split("."))
     return configs
@@ -242,7 +245,7 @@ class SpikenormCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", RunConfigSaver)
-        kwargs.setdefault("parser_kwargs", {"description": MAIN_DESCRIPTION})
+        kwargs.setdefault("parser_kwargs", {"description": MAIN_DESCRIPTION, "parser_mode": CONFIG_LOADER})
         super().__init__(
             LightningModule,
             None,  # data by class path but optional: RL tasks bring their own environment loop
@@ -253,18 +256,10 @@ class SpikenormCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Parse-time links from the task's ``time_steps`` / ``eval_time_steps`` (a link whose keys a config lacks,
-        such as a static datamodule's ``time_bins``, the RL task's network or a model without ``layers``, is
-        skipped). Each link also reads its target, so a disagreeing value given by the user is refused instead
-        of silently replaced."""
+        """A parse-time link from the task's ``time_steps`` / ``eval_time_steps`` to an event datamodule's
+        ``time_bins`` (skipped for a datamodule without it). The link also reads its target, so a disagreeing value
+        given by the user is refused instead of silently replaced."""
         task = "model.init_args"
-        for net in NETWORKS:
-            layers = f"{task}.{net}.init_args.layers"
-            parser.link_arguments(
-                (f"{task}.time_steps", f"{layers}.norm", f"{layers}.membrane_norm", f"{layers}.time_steps"),
-                f"{layers}.time_steps",
-                compute_fn=layer_time_steps,
-            )
         parser.link_arguments(
             (f"{task}.time_steps", f"{task}.eval_time_steps", "data.init_args.time_bins", "data.class_path"),
             "data.init_args.time_bins",
@@ -462,8 +457,9 @@ class DiagnoseCLI(SpikenormCLI):
 def stored_run_config(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     """The task (``model``), ``data`` and ``seed_everything`` entries of the run configuration a checkpoint stores
     (:data:`~spikenorm.run_dirs.RUN_CONFIG_KEY`, flat keys), nested again as a config; the keys the CLI's links
-    compute (:data:`LINKED_KEYS`) are left out, and so is a ``teacher_checkpoint`` (the teacher's weights are in the
-    checkpoint, as ``spikenorm test`` reads it). None when the checkpoint stores no run configuration."""
+    compute (:data:`LINKED_KEYS`) are left out, and so is a distillation ``checkpoint`` (the teacher's weights are in
+    the checkpoint, as ``spikenorm test`` reads it); an earlier release's task arguments are upgraded. None when the
+    checkpoint stores no run configuration."""
     flat = checkpoint.get(RUN_CONFIG_KEY)
     if flat is None:
         return None
@@ -476,9 +472,11 @@ def stored_run_config(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    task_args = (nested.get("model") or {}).get("init_args") or {}
-    if task_args.get("teacher_checkpoint") is not None:  # the teacher's weights are in the checkpoint's state dict
-        task_args["teacher_checkpoint"] = None
+    nested = upgrade_task_configs(nested)
+    distillation = ((nested.get("model") or {}).get("init_args") or {}).get("distillation")
+    distillation_args = distillation.get("init_args") if isinstance(distillation, dict) else None
+    if distillation_args and distillation_args.get("checkpoint") is not None:  # the teacher's weights are stored
+        distillation_args["checkpoint"] = None
     return nested
 
 
@@ -595,7 +593,7 @@ def diagnose_checkpoint(
     source = {
         "checkpoint": str(path.resolve()),
         "task": class_path_of(type(task)),
-        "training_mode": (getattr(task, "hparams", None) or {}).get("training_mode"),
+        "training_mode": getattr(task, "training_mode", None),
         "data": f"{data}: {len(inputs.batches)} batch(es), {samples} samples",
         "split": inputs.source,
         "batches": len(inputs.batches),

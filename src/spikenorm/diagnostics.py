@@ -6,7 +6,7 @@ neurons, torch and SpikingJelly BN) and every spikenorm, snnTorch or SpikingJell
 papers' arguments rest on.
 
 **Statistics error** (eval pass: the model as deployed, every layer on its running statistics). A layer's inputs
-are pooled exactly over all samples, steps and batches (:class:`~spikenorm.recalibrate.PooledMoments`, the
+are pooled exactly over all samples, steps and batches (:class:`~spikenorm.norm.stats.PooledMoments`, the
 accumulator of ``recalibrate_bn``; the pooled variance is written biased or unbiased as the layer's running
 variance is), giving ``mu, var`` per feature, against the running ``mu_r, var_r``; with the layer's ``eps``:
 
@@ -76,20 +76,19 @@ from spikenorm.modes import eval_mode
 from spikenorm.module_names import excluded
 from spikenorm.monitoring import FiringRateRecorder
 from spikenorm.neurons import SpikingNeuron, stateful
-from spikenorm.recalibrate import (
-    PooledMoments,
-    ResetFn,
-    StatisticsLayer,
-    _Context,
-    statistics_layers,
-    take_batches,
-    w2_distance,
-)
+from spikenorm.norm.stats import PooledMoments
+from spikenorm.recalibrate import w2_distance
+from spikenorm.statistics_layers import StatisticsLayer, statistics_layers
+from spikenorm.statistics_passes import PassContext, ResetFn, take_batches
+from spikenorm.validation import check_choice
 
 AREA = "diagnostics"
-"""The log-key area of every diagnostic (docs/guides/log-keys.md)."""
+"""The log-key area of every diagnostic (docs/reference/log-keys.md)."""
 
 Forward = Callable[[nn.Module, Any], Any]
+
+#: what a diagnosed network returns: per-step class logits, or actions (an RL actor)
+DiagnosisOutput = Literal["logits", "actions"]
 
 
 @dataclass
@@ -155,7 +154,7 @@ class NormDiagnosis:
 
     def scalars(self, per_step: bool = False) -> dict[str, float]:
         """The log keys (area ``diagnostics``): per layer ``<metric>/<layer>``, means over layers ``<metric>``, the
-        output gap, and with ``per_step`` also ``<metric>/<layer>/t<t>`` (docs/guides/log-keys.md)."""
+        output gap, and with ``per_step`` also ``<metric>/<layer>/t<t>`` (docs/reference/log-keys.md)."""
         out: dict[str, float] = {}
         layer_metrics = ("mean_error", "log_var_ratio", "stat_w2", "train_eval_gap")
         neuron_metrics = ("near_threshold", "firing_rate", "never_firing", "always_firing")
@@ -237,7 +236,7 @@ def diagnose(
     batches: Iterable[Any],
     forward: Forward | None = None,
     train_forward: Forward | None = None,
-    output: Literal["logits", "actions"] = "logits",
+    output: DiagnosisOutput = "logits",
     num_batches: int | None = None,
     reset_fn: ResetFn | None = None,
     time_steps: int | None = None,
@@ -266,8 +265,7 @@ def diagnose(
             membrane cannot be read; an unknown ``output``; a non-positive threshold.
         TypeError: without ``forward``, a batch that is a tuple or list.
     """
-    if output not in ("logits", "actions"):
-        raise ValueError(f"output must be 'logits' or 'actions', got {output!r}")
+    check_choice(output, DiagnosisOutput, "output")
     exclude = tuple(exclude)
     layers = {n: layer for n, layer in statistics_layers(model).items() if not excluded(n, exclude)}
     neurons = {n or type(m).__name__: m for n, m in any_spiking_neurons(model) if not excluded(n, exclude)}
@@ -276,7 +274,7 @@ def diagnose(
             f"{type(model).__name__} has neither a norm layer with running statistics nor a spiking neuron spikenorm "
             "recognises (spikenorm, snnTorch, SpikingJelly); nothing to diagnose"
         )
-    ctx = _Context(model, layers, take_batches(batches, num_batches, "diagnose"), forward, reset_fn)
+    ctx = PassContext(model, layers, take_batches(batches, num_batches, "diagnose"), forward, reset_fn)
     ctx.check_batches(time_steps)
     membrane = MembraneRecorder(neurons, near) if neurons else None
     start = time.perf_counter()
@@ -293,7 +291,7 @@ def diagnose(
                 ctx.reset()
                 eval_outputs.append(_output_tensor(ctx.run(model, batch)))
         gaps = _GapPass(layers, _training_modules(model, layers, exclude))
-        train_ctx = _Context(model, layers, ctx.batches, train_forward or forward, reset_fn)
+        train_ctx = PassContext(model, layers, ctx.batches, train_forward or forward, reset_fn)
         buffers = _buffer_copies(model)
         output_sums = _OutputSums(output)
         with gaps:
@@ -403,12 +401,14 @@ class _StatisticsPass:
 def _training_modules(
     model: nn.Module, layers: dict[str, StatisticsLayer], exclude: tuple[str, ...]
 ) -> list[nn.Module]:
-    """What the train pass puts in training mode: the norm layers, and spikenorm neurons with OTS (outside
-    ``exclude``)."""
-    ots = [
-        m for name, m in model.named_modules() if isinstance(m, SpikingNeuron) and m.ots and not excluded(name, exclude)
+    """What the train pass puts in training mode: the norm layers, and spikenorm neurons with a threshold stabiliser
+    such as OTS (outside ``exclude``)."""
+    stabilised = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, SpikingNeuron) and m.threshold_stabilizer is not None and not excluded(name, exclude)
     ]
-    return [layer.module for layer in layers.values()] + ots
+    return [layer.module for layer in layers.values()] + stabilised
 
 
 class _GapPass:

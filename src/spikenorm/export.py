@@ -39,10 +39,11 @@ discretization above is the contract a simulator must follow to reproduce the sp
 
 Refused with a ValueError naming the node, as NIR cannot express them faithfully: soft reset (NIR neurons
 only reset to ``v_reset``), max pooling, padded average pooling, grouped convolutions (NIR 1.0.8 types a
-grouped conv's input with ``in_channels / groups`` channels), OTS thresholds not folded to a constant, norm
-layers (fold first), binary-weight layers, CLIF without leak (``a = 1`` or ``b = 1``: infinite time
-constant), a neuron without a NIR mapping (no linear charge and no ``nir_node`` of its own, or more than one
-current stage), and any other module or operation.
+grouped conv's input with ``in_channels / groups`` channels), a threshold stabiliser without a fixed inference
+threshold (OTS with ``ots_eval="dynamic"``; one with a fixed threshold exports it), norm layers (fold first),
+binary-weight layers, CLIF without leak (``a = 1`` or ``b = 1``: infinite time constant), a neuron without a NIR
+mapping (no linear charge and no ``nir_node`` of its own, or more than one current stage), and any other module
+or operation.
 
 snnTorch 1.0 (``snntorch.import_nir.import_from_nir``) reads NIR time in seconds with a fixed ``dt = 1e-4``:
 export with ``to_nir(..., dt=1e-4)`` for it. It then reproduces LIF (as ``Leaky``) and CLIF (as ``Synaptic``)
@@ -93,7 +94,7 @@ def to_nir(model: nn.Module, sample_input: Tensor, dt: float = 1.0) -> nir.NIRGr
 
     Args:
         model: the output of :func:`spikenorm.fold.fold_model`, or a network without norm layers (which
-            :func:`~spikenorm.fold.fold_model` then only traces, fixing OTS ``running`` thresholds).
+            :func:`~spikenorm.fold.fold_model` then only traces, fixing the thresholds of threshold stabilisers).
         sample_input: one time-major batch ``[T, B, ...]``; only its shapes matter (a batch of 1 is enough).
         dt: the duration of one spikenorm step in NIR's time unit (``1e-4`` for snnTorch's import).
 
@@ -285,12 +286,12 @@ class _GraphBuilder:
 
     def _neuron(self, node: fx.Node, source: fx.Node, neuron: SpikingNeuron) -> None:
         shape = self.shapes[node]
-        if neuron.ots:
-            raise _unsupported(
-                node,
-                "an OTS threshold follows the inference batch; train with ots_eval='running' "
-                "and fold the model (spikenorm.fold.fold_model)",
-            )
+        threshold = neuron.threshold
+        if neuron.threshold_stabilizer is not None:
+            try:
+                threshold = neuron.threshold_stabilizer.fixed_threshold(threshold)
+            except ValueError as err:
+                raise _unsupported(node, f"its {type(neuron.threshold_stabilizer).__name__}: {err}") from err
         if neuron.reset != "hard":
             raise _unsupported(node, "soft reset (v -= theta s) cannot be expressed; NIR neurons reset to v_reset")
         sign = torch.ones(shape, dtype=neuron.threshold.dtype)
@@ -304,7 +305,7 @@ class _GraphBuilder:
             self._add(flip, nir.Scale(_array(sign), metadata=meta), source)
             self.sources[node] = [flip]
             source = node
-        theta = _array(_per_element(neuron.threshold, shape))
+        theta = _array(_per_element(threshold, shape))
         v_reset = _array(sign * neuron.reset_value + 0.0)  # + 0.0: no negative zeros
         try:
             nir_node = neuron.nir_node(theta, v_reset, self.dt, {"spikenorm_neuron": type(neuron).__name__})

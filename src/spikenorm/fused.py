@@ -1,33 +1,30 @@
 r"""Fused multi-step neurons: all ``T`` steps in one compiled kernel, forward and backward.
 
-:meth:`spikenorm.neurons.SpikingNeuron.forward` loops over time in Python and autograd records every
-elementwise op of every step (about ten saved tensors per step). This module replaces that loop, for the
-cases it covers, by one ``torch.autograd.Function`` whose forward and backward are each a single
-``torch.compile``-d function of tensors (inductor: C++/OpenMP on CPU, Triton on GPU). The forward saves one
-tensor, the pre-spike membranes ``h_t`` (``[T, B, ...]``); the backward recomputes ``z_t = u_t - theta``
-from ``h_t`` and runs the reverse-time recurrence below. Neurons take it under ``backend="auto"`` (the
-default, large inputs only) or always with ``backend="fused"``; the loop of :mod:`spikenorm.neurons` stays
-the reference (``backend="eager"``).
+For the cases it covers, one ``torch.autograd.Function`` replaces the eager loop of
+:meth:`spikenorm.neurons.SpikingNeuron.forward`: its forward and its backward are each one ``torch.compile``-d
+function of tensors, generated per configuration. The forward saves only the pre-spike membranes ``h_t``
+(``[T, B, ...]``); the backward recomputes ``z_t = u_t - theta`` from them and runs the reverse-time recurrence
+below. Neurons take this path with ``backend="fused"``, or with ``backend="auto"`` for large inputs
+(:func:`use_fused`).
 
-The contract. This module imports nothing from spikenorm: it writes its kernels from what the objects
-declare, so a new neuron, surrogate or membrane norm gets the fused path without an edit here.
+The contract. This module imports nothing from spikenorm: it writes its kernels from what the objects declare,
+so a new neuron, surrogate or membrane norm gets the fused path without an edit here.
 
-* the neuron: ``linear_charge()`` returns a :class:`~spikenorm.recurrence.LinearCharge` (membrane decay
-  ``b``, input scale ``s``, current-stage decays ``a_1 .. a_K``), or None (not covered); plus the attributes
-  every :class:`~spikenorm.neurons.SpikingNeuron` has (``threshold``, ``threshold_for``, ``state_dtype``,
-  ``reset``, ``reset_value``, ``detach_reset``, ``detach_membrane``, ``ots``, ``membrane_norm``, ``surrogate``);
+* the neuron: ``declared_charge()``, a :class:`~spikenorm.recurrence.LinearCharge` (membrane decay ``b``, input
+  scale ``s``, current-stage decays ``a_1 .. a_K``) or None (not covered); ``threshold_stabilizer``, None or an
+  object whose ``fused_unsupported_reason()`` says why it is not covered; and ``threshold``, ``threshold_for``,
+  ``state_dtype``, ``reset``, ``reset_value``, ``detach_reset``, ``detach_membrane``, ``membrane_norm``,
+  ``surrogate``;
 * the surrogate: ``kernel_key()``, a hashable identity of its derivative (None: not covered), and
-  ``kernel_derivative()``, the function ``g(z)`` the backward kernel calls (traced and inlined by dynamo);
-  :class:`~spikenorm.surrogate.Surrogate` provides both from ``derivative``;
-* the membrane norm: ``fused_membrane_parameters(x)`` returns ``(mean, rstd, weight, bias)`` (weight, bias
-  None without affine) or the reason it cannot; :class:`~spikenorm.norm.TimeMajorNorm` provides it.
+  ``kernel_derivative()``, the function ``g(z)`` the backward kernel calls;
+* the membrane norm: ``fused_membrane_parameters(x)``, ``(mean, rstd, weight, bias)`` (weight, bias None without
+  affine) or the reason it cannot; :class:`~spikenorm.norm.TimeMajorNorm` provides it.
 
 Equations (elementwise)::
 
     charge:  i_t = s x_t
              c1_t = a_1 c1_{t-1} + i_t,   ck_t = a_k ck_{t-1} + c(k-1)_t   (k = 2 .. K)
              h_t = b v_{t-1} + cK_t                                      (cK_t := i_t when K = 0)
-             IF: b = 1, K = 0;  LIF: b = decay, K = 0;  CLIF: b = decay, K = 1, a_1 = current_decay
     norm:    u_t = h_t                                   (no membrane norm)
              u_t = (h_t - mu) * rstd * gamma + beta      (eval-mode norm: alpha = rstd * gamma)
     fire:    z_t = u_t - theta,   s_t = H(z_t),   dH/dz := g(z_t)   (the surrogate derivative)
@@ -35,59 +32,26 @@ Equations (elementwise)::
              soft  v_t = h_t - theta s_t
     v_0 = c_0 = 0.
 
-Backward (BPTT). Write ``S_t = dL/ds_t`` (the incoming gradient of the spikes), ``V_t = dL/dv_t`` (what the
-future sends back to the state after step ``t``; ``V_T = 0``), ``G_t = dL/dh_t``. The reset is
-``v_t = P_t h_t + R_t s_t`` with
+Backward (BPTT). With ``S_t = dL/ds_t``, ``V_t = dL/dv_t`` (``V_T = 0``), ``G_t = dL/dh_t`` and the reset written
+``v_t = P_t h_t + R_t s_t`` (hard: ``P_t = 1 - s_t``, ``R_t = v_r - h_t``; soft: ``P_t = 1``, ``R_t = -theta``)::
 
-    hard: ``P_t = 1 - s_t``, ``R_t = v_r - h_t``;      soft: ``P_t = 1``, ``R_t = -theta``,
+    G_t = alpha g(z_t) (S_t + D R_t V_t) + P_t V_t          (D = 0 under detach_reset, else 1; alpha = 1 without norm)
+    CK_t = G_t + a_K CK_{t+1},   Ck_t = C(k+1)_t + a_k Ck_{t+1}   (k = K-1 .. 1; Ck_{T+1} = 0)
+    dL/dx_t = s C1_t  (s G_t when K = 0),   V_{t-1} = b G_t
 
-so, with ``D = 1`` normally and ``D = 0`` under ``detach_reset`` (the reset's ``s_t`` carries no
-gradient),
+which is what autograd computes through the eager loop, up to the order of float rounding. The forward kernel
+performs the eager loop's floating-point operations in its order (those of
+:meth:`~spikenorm.recurrence.LinearCharge.charge`; C++ compiled with ``-ffp-contract=off``; membrane-norm parameters
+computed as the norm computes them), so its spikes are bit-identical to the eager loop's on CPU. On CUDA, Triton
+may contract ``a * b + c`` into an FMA, so a spike can flip where ``u_t`` lies within one rounding of ``theta``.
+Half-precision inputs are computed in the neuron's ``state_dtype`` (float32), as the eager loop does; spikes and
+input gradients come back in the input's dtype.
 
-    ``G_t = alpha g(z_t) (S_t + D R_t V_t) + P_t V_t``
-
-(``alpha = 1`` without a membrane norm). Then, going from ``t = T`` down to 1, with ``Ck_t = dL/dck_t``
-(``Ck_{T+1} = 0``): ``h_t`` reads ``cK_t`` and ``ck_t`` feeds ``c(k+1)_t`` and ``ck_{t+1}``, so
-
-    ``CK_t = G_t + a_K CK_{t+1}``,  ``Ck_t = C(k+1)_t + a_k Ck_{t+1}`` (k = K-1 .. 1),
-    ``dL/dx_t = s C1_t`` (``s G_t`` when ``K = 0``),  ``V_{t-1} = b G_t``
-
-which is exactly what autograd computes through the eager loop (up to float rounding order). The spikes
-of the fused forward are bit-identical to the eager loop's: the kernel performs the same floating-point
-operations in the same order (those of :meth:`~spikenorm.recurrence.LinearCharge.charge`; inductor keeps the
-graph's op order and compiles C++ with ``-ffp-contract=off``); membrane-norm parameters are pre-computed in
-eager exactly as the norm does (``rsqrt(running_var + eps)``) rather than folded into one affine map, which
-would round differently. This bit-exactness is tested on CPU only; on CUDA, Triton may contract
-``a * b + c`` into an FMA, so a spike can flip where ``u_t`` lies within one rounding of ``theta``
-(gradients agree to tolerance).
-
-Mixed precision. For a half-precision input (bfloat16 or float16, e.g. a convolution's output under
-``torch.autocast``) the kernels compute in the neuron's ``state_dtype`` (float32), as the eager loop does:
-the forward reads ``x_t`` and upcasts it inside the kernel (fused with the charge, no float32 copy of ``x``),
-keeps state, membrane norm and comparison in float32, saves ``h_t`` in float32 and writes the spikes in the
-input's dtype (0/1, exact); the backward reads the spike gradient in the input's dtype, runs the recurrence
-in float32 and writes ``dL/dx`` in the input's dtype. Thresholds and norm parameters are float32 (the state
-dtype travels into the kernels as the threshold's dtype). So fused and eager give the same spikes under
-autocast (bit for bit on CPU) and the same input gradients up to rounding.
-
-Covered (otherwise :func:`unsupported_reason` names the cause and the neuron runs its eager loop): any
-neuron that declares a linear charge (IF, LIF, CLIF and subclasses that do not rewrite ``charge``), hard or
-soft reset, ``detach_reset`` on or off, scalar / per-channel / per-element thresholds (a buffer without
-gradient), every :class:`~spikenorm.surrogate.Surrogate` with a closed-form ``derivative`` and plain
-parameters (the registered ones included), no membrane norm or an eval-mode
-:class:`~spikenorm.norm.TimeMajorNorm` with per-feature running statistics and the base class's forward
-(VanillaBN, MPBN, CaRe-BN) whose parameters get no gradient; float16, bfloat16, float32 and float64 inputs.
-Not covered: double backward, OTS, training-mode (batch-statistics) membrane norms,
-``detach_membrane``, the carried state of :func:`~spikenorm.neurons.stateful` scopes, callable (snnTorch)
-surrogates, gradients w.r.t. thresholds or norm parameters, and calls made while an outer ``torch.compile``
-is tracing (it then traces the eager loop itself).
-
-Kernels are generated per configuration (linear charge, reset, detach_reset, surrogate key, norm affine or
-not, with/without saved membranes, dtype, device), each with its own code object, and compiled lazily;
-dynamo then specialises on shapes. If ``torch.compile`` is unavailable or a compilation fails, the
-configuration is marked broken (one warning) and the neuron falls back to its eager loop (forward) or the
-uncompiled kernel (backward). Compile cost: a first kernel takes ~15 s on CPU, later ones a few seconds,
-hence ``backend="auto"`` (the default) only picks this path for large inputs (see :func:`use_fused`).
+Not covered (:func:`unsupported_reason` names the cause, and the neuron runs its eager loop): double backward, a
+threshold stabiliser, training-mode (batch-statistics) membrane norms, ``detach_membrane``, the carried state of
+:func:`~spikenorm.neurons.stateful` scopes, callable (snnTorch) surrogates, gradients w.r.t. thresholds or norm
+parameters, and calls made while an outer ``torch.compile`` is tracing. A configuration whose compilation fails is
+marked broken (one warning) and runs eager (forward) or uncompiled (backward).
 """
 
 from __future__ import annotations
@@ -157,8 +121,8 @@ def _neuron_config(neuron: Any, x: Tensor) -> tuple[_Config, _NormParams | None]
             f"{name}.linear_charge() returning a spikenorm.recurrence.LinearCharge (a class or mixin that overrides "
             "charge() must declare it itself)"
         )
-    if neuron.ots:
-        return "OTS thresholds depend on batch statistics of each step"
+    if neuron.threshold_stabilizer is not None:
+        return neuron.threshold_stabilizer.fused_unsupported_reason()
     if neuron.detach_membrane:
         return "detach_membrane"
     if neuron._carried_state is not None:
@@ -215,10 +179,9 @@ def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
     """Whether ``backend`` (``"eager" | "fused" | "auto"``) runs ``neuron`` on ``x`` fused.
 
     ``"fused"`` means fused whenever covered; ``"auto"`` additionally asks for an input of at least
-    :data:`AUTO_MIN_NUMEL` elements for its device type (CUDA 65,536, CPU 1,048,576): the first call of
-    each configuration pays a compilation (several seconds of C++ on CPU), which a small layer, a short run
-    or a test does not win back. ``benchmarks/compare.py`` measures both paths on a CIFAR-sized VGG (every
-    neuron layer at least 4M elements; its current numbers are in ``benchmarks/results``).
+    :data:`AUTO_MIN_NUMEL` elements for its device type: the first call of each configuration pays a
+    compilation, which a small layer, a short run or a test does not win back (``benchmarks/compare.py``
+    measures both paths; results in ``benchmarks/results``).
     """
     if backend == "eager" or torch.compiler.is_compiling():  # a traced size would become a guard
         return False

@@ -5,10 +5,11 @@ Every neuron runs the same three phases at each step ``t`` (``x_t`` is the input
 1. charge: ``h_t = f(v_{t-1}, x_t)`` (see each class), the membrane before firing;
 2. fire: ``u_t = N(h_t)`` where ``N`` is the optional ``membrane_norm`` hook (identity by default; MPBN
    plugs in here; it is called once per step with the time-major view ``[1, B, ...]``, so any registered
-   norm layer can serve), then ``s_t = H(u_t - theta)`` with ``H`` the Heaviside step with a surrogate
-   gradient;
+   norm layer can serve), then ``s_t = H(u_t - theta_t)`` with ``H`` the Heaviside step with a surrogate
+   gradient; ``theta_t = theta`` unless the optional ``threshold_stabilizer`` computes it from ``u_t``
+   (OTS plugs in here, :mod:`spikenorm.threshold_stabilizers`);
 3. reset, acting on the un-normalised membrane ``h_t``:
-   hard ``v_t = h_t (1 - s_t) + v_reset s_t``, or soft ``v_t = h_t - theta s_t``.
+   hard ``v_t = h_t (1 - s_t) + v_reset s_t``, or soft ``v_t = h_t - theta_t s_t``.
 
 ``theta`` is a buffer: a scalar, per-channel (``[C]``) or per-element (``[C, H, W]``, the feature shape)
 tensor; folding writes into it. ``detach_reset`` stops the gradient through ``s_t`` in the reset;
@@ -22,13 +23,11 @@ and the NIR export (:meth:`SpikingNeuron.nir_node`) from that one declaration. O
 :meth:`SpikingNeuron.charge` (and :attr:`SpikingNeuron.state_names`): the eager loop runs it, the fused path
 is refused with the reason, and NIR export needs an override of :meth:`SpikingNeuron.nir_node`.
 
-Mixed precision: for a half-precision input (bfloat16 or float16, e.g. a convolution's output under
-``torch.autocast``) the state, the charge, the membrane norm and the threshold comparison run in float32
-(:meth:`SpikingNeuron.state_dtype`), on the eager loop and the fused kernels alike, and the spikes come back
-in the input's dtype: 0 and 1 are exact in every float format, so the next layer loses nothing, while a
-bfloat16 membrane (8 significant bits) would flip spikes near the threshold and accumulate rounding over
-the time steps. The input gradient is computed in float32 and returned in the input's dtype. Float32 and
-float64 inputs run in their own dtype, as before.
+Mixed precision: for a half-precision input (bfloat16 or float16) the state, the charge, the membrane norm
+and the threshold comparison run in float32 (:meth:`SpikingNeuron.state_dtype`), on the eager loop and the
+fused kernels alike, and the spikes (0 and 1, exact in every float format) come back in the input's dtype: a
+bfloat16 membrane (8 significant bits) would flip spikes near the threshold and accumulate rounding over the
+time steps.
 
 State: a multi-step forward starts from zero state and keeps none, so no reset call can be forgotten.
 Single-step (online) use goes through :meth:`SpikingNeuron.step` with an explicit state dict, or through
@@ -46,12 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from spikenorm import fused
-from spikenorm.norm.stats import accumulation_dtype, batch_moments, unbiased
+from spikenorm.norm.stats import accumulation_dtype
 from spikenorm.recurrence import LinearCharge
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
 from spikenorm.surrogate import Surrogate, build_surrogate
-from spikenorm.validation import check_time_major
+from spikenorm.threshold_stabilizers import OnlineThresholdStabilizer, OtsEval, ThresholdStabilizer
+from spikenorm.validation import check_choice, check_time_major
 
 if TYPE_CHECKING:
     import nir
@@ -61,6 +61,8 @@ NEURONS: Registry[SpikingNeuron] = Registry("neuron")
 
 State = dict[str, Tensor]
 ThresholdLike = float | Sequence[float] | Tensor
+Reset = Literal["hard", "soft"]
+Backend = Literal["auto", "eager", "fused"]
 
 
 class SpikingNeuron(nn.Module):
@@ -77,29 +79,27 @@ class SpikingNeuron(nn.Module):
         surrogate: a registered surrogate name, a :class:`~spikenorm.surrogate.Surrogate`, or any
             spike callable such as an ``snntorch.surrogate`` function.
         surrogate_kwargs: parameters of a named surrogate (e.g. ``{"alpha": 4.0}``).
-        ots: Online Threshold Stabilizer (Zhu et al., "Online Stabilization of Spiking Neural Networks",
-            ICLR 2024): the threshold of step ``t`` is
-            ``theta_t = mu_t + sigma_t (theta - mu_1) / sigma_1`` with ``mu_t, sigma_t`` the mean and
-            unbiased std of this layer's membrane ``u_t`` over all its elements (batch and features; all
-            processes under DDP), so the standardised firing quantile stays that of step 1. No gradient
-            flows through it; a soft reset subtracts ``theta_t``.
-        ots_eval: ``"dynamic"`` recomputes ``theta_t`` on every inference batch (the paper; predictions then
-            depend on the batch), ``"running"`` uses the buffer ``ots_running_threshold``, an EMA of
-            ``theta_t`` over every training step (momentum ``ots_momentum``; the reference code's
-            ``0.1 / T``), which makes inference batch-independent and foldable.
         membrane_norm: optional module applied to the membrane ``h_t`` before the spike comparison, called
             with ``[1, B, ...]`` at every step; leak and reset keep acting on ``h_t`` itself, so only
             hard reset is allowed with it (a soft reset would subtract a normalised threshold from a
             raw membrane).
+        ots: a shorthand (the configs' spelling) for
+            ``threshold_stabilizer=OnlineThresholdStabilizer(ots_eval, ots_momentum)``, the Online Threshold
+            Stabilizer (Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024).
+        ots_eval: OTS at inference: ``"dynamic"`` (recomputed on every batch, the paper) or ``"running"`` (a
+            running average, batch-independent and foldable); see
+            :class:`~spikenorm.threshold_stabilizers.OnlineThresholdStabilizer`.
+        ots_momentum: the momentum of OTS's running threshold.
         backend: how a multi-step forward runs. ``"eager"``: the Python loop over :meth:`step`, the
             reference. ``"fused"``: all ``T`` steps of charge, fire and reset in one ``torch.compile``-d
             kernel with a hand-written BPTT backward (:mod:`spikenorm.fused`), same spikes bit for bit (on
-            CPU) and the same gradients up to rounding; cases it does not cover (OTS, training-mode
-            membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...) and failed
-            compilations run the eager loop instead. ``"auto"`` (default): fused for inputs of at least
-            ``spikenorm.fused.AUTO_MIN_NUMEL[device]`` elements (CUDA 65,536, CPU 1,048,576; a first
-            compilation costs seconds on CPU), eager otherwise. Both paths take bfloat16/float16 inputs and
-            compute in float32 (module doc: mixed precision).
+            CPU) and the same gradients up to rounding; cases it does not cover (a threshold stabiliser,
+            training-mode membrane norm, ``detach_membrane``, ``stateful`` scopes, callable surrogates, ...)
+            and failed compilations run the eager loop instead. ``"auto"`` (default): fused for inputs of at
+            least ``spikenorm.fused.AUTO_MIN_NUMEL[device]`` elements (a first compilation is slow), eager
+            otherwise.
+        threshold_stabilizer: optional :class:`~spikenorm.threshold_stabilizers.ThresholdStabilizer` that sets the
+            threshold ``theta_t`` of every step from the membrane ``u_t`` (called after the membrane norm).
     """
 
     #: the state a step carries: the membrane ``"v"`` first, then (for a :meth:`linear_charge`) one name per
@@ -113,7 +113,7 @@ class SpikingNeuron(nn.Module):
     def __init__(
         self,
         threshold: ThresholdLike = 1.0,
-        reset: Literal["hard", "soft"] = "hard",
+        reset: Reset = "hard",
         reset_value: float = 0.0,
         detach_reset: bool = False,
         detach_membrane: bool = False,
@@ -121,37 +121,40 @@ class SpikingNeuron(nn.Module):
         surrogate_kwargs: dict[str, Any] | None = None,
         membrane_norm: nn.Module | None = None,
         ots: bool = False,
-        ots_eval: Literal["dynamic", "running"] = "dynamic",
+        ots_eval: OtsEval = "dynamic",
         ots_momentum: float = 0.025,
-        backend: Literal["auto", "eager", "fused"] = "auto",
+        backend: Backend = "auto",
+        threshold_stabilizer: ThresholdStabilizer | None = None,
     ) -> None:
         super().__init__()
-        if backend not in ("auto", "eager", "fused"):
-            raise ValueError(f"backend must be 'auto', 'eager' or 'fused', got {backend!r}")
-        self.backend = backend
-        if reset not in ("hard", "soft"):
-            raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+        self.backend = check_choice(backend, Backend, "backend")
+        self.reset = check_choice(reset, Reset, "reset")
+        check_choice(ots_eval, OtsEval, "ots_eval")
+        if ots and threshold_stabilizer is not None:
+            raise ValueError(
+                f"give either ots=True or a threshold_stabilizer, not both (got {type(threshold_stabilizer).__name__})"
+            )
+        if threshold_stabilizer is not None and not isinstance(threshold_stabilizer, ThresholdStabilizer):
+            raise TypeError(
+                "threshold_stabilizer must be a spikenorm.threshold_stabilizers.ThresholdStabilizer, got "
+                f"{type(threshold_stabilizer).__name__}"
+            )
         if membrane_norm is not None and reset == "soft":
             raise ValueError(
                 "soft reset with a membrane norm would subtract a normalised threshold from the raw membrane; "
                 "use reset='hard' (MPBN resets the un-normalised membrane, as in its reference code)"
             )
         self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone())
-        self.reset = reset
         self.reset_value = float(reset_value)
         self.detach_reset = detach_reset
         self.detach_membrane = detach_membrane
         self.surrogate = build_surrogate(surrogate, **(surrogate_kwargs or {}))
         self.membrane_norm = membrane_norm
-        if ots_eval not in ("dynamic", "running"):
-            raise ValueError(f"ots_eval must be 'dynamic' or 'running', got {ots_eval!r}")
-        if ots and self.threshold.ndim:
-            raise ValueError("OTS adapts one threshold per layer: give a scalar threshold (theta_1), not a tensor")
-        self.ots = ots
-        self.ots_eval = ots_eval
-        self.ots_momentum = ots_momentum
         if ots:
-            self.register_buffer("ots_running_threshold", self.threshold.clone())
+            threshold_stabilizer = OnlineThresholdStabilizer(ots_eval, ots_momentum)
+        if threshold_stabilizer is not None:
+            threshold_stabilizer.attach(self.threshold)
+        self.threshold_stabilizer = threshold_stabilizer
         self._carried_state: State | None = None  # only used inside a `stateful` scope
 
     # -- dynamics -----------------------------------------------------------------------------------
@@ -263,8 +266,8 @@ class SpikingNeuron(nn.Module):
         h, state = self.charge(x, state)
         u = h if self.membrane_norm is None else self.membrane_norm(h.unsqueeze(0)).squeeze(0)
         theta = self.threshold_for(u)
-        if self.ots:
-            theta, state = self.ots_threshold(u, state)
+        if self.threshold_stabilizer is not None:
+            theta, state = self.threshold_stabilizer(u, theta, state)
         if self.membrane_probe is not None:
             self.membrane_probe(u, theta)
         spike = self.surrogate(u - theta)
@@ -275,28 +278,11 @@ class SpikingNeuron(nn.Module):
             v = h - theta * s_reset
         return spike, {**state, "v": v}
 
-    @torch.no_grad()
-    def ots_threshold(self, u: Tensor, state: State) -> tuple[Tensor, State]:
-        """OTS threshold of this step (a scalar), and the state holding step 1's membrane statistics."""
-        if not self.training and self.ots_eval == "running":
-            return self.ots_running_threshold, state
-        mean, var, count = batch_moments(u, dims=range(u.ndim))
-        std = torch.sqrt(unbiased(var, count)).clamp_min(torch.finfo(u.dtype).tiny)
-        reference = state.get("ots_reference")
-        if reference is None:  # step 1: theta_1 is the configured threshold
-            reference = torch.stack([mean, std])
-            state = {**state, "ots_reference": reference}
-        theta = mean + std * (self.threshold - reference[0]) / reference[1]
-        if self.training:
-            self.ots_running_threshold.lerp_(theta.to(self.ots_running_threshold.dtype), self.ots_momentum)
-        return theta, state
-
     def forward(self, x: Tensor) -> Tensor:
         """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape and dtype (the state in
         :meth:`state_dtype`: float32 for a half-precision ``x``, see the module doc)."""
         check_time_major(x, type(self).__name__)
-        backend = getattr(self, "backend", "eager")  # modules pickled before the option existed
-        if backend != "eager" and fused.use_fused(self, x, backend):
+        if self.backend != "eager" and fused.use_fused(self, x, self.backend):
             return fused.fused_forward(self, x)
         spike_dtype, x = x.dtype, x.to(self.state_dtype(x.dtype))  # no-op unless half precision
         state = self._carried_state if self._carried_state else self.init_state(x[0])
@@ -314,9 +300,31 @@ class SpikingNeuron(nn.Module):
         return (
             f"threshold={shown}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
             f"detach_membrane={self.detach_membrane}"
-            + (f", ots={self.ots_eval!r}" if self.ots else "")
-            + (f", backend={self.backend!r}" if getattr(self, "backend", "eager") != "auto" else "")
+            + (f", backend={self.backend!r}" if self.backend != "auto" else "")
         )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # spikenorm 0.1.0 kept the OTS running threshold on the neuron itself
+        legacy = f"{prefix}ots_running_threshold"
+        if legacy in state_dict and isinstance(self.threshold_stabilizer, OnlineThresholdStabilizer):
+            state_dict[f"{prefix}threshold_stabilizer.running_threshold"] = state_dict.pop(legacy)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (and :func:`spikenorm.fold.load_folded`): neurons saved by spikenorm 0.1.0 or earlier have no
+        ``backend`` (they ran eager) and hold OTS as the flags ``ots``, ``ots_eval``, ``ots_momentum`` with the
+        buffer ``ots_running_threshold``; they become a ``threshold_stabilizer``."""
+        state = dict(state)
+        ots = state.pop("ots", False)
+        ots_eval, ots_momentum = state.pop("ots_eval", "dynamic"), state.pop("ots_momentum", 0.025)
+        state.setdefault("backend", "eager")
+        super().__setstate__(state)
+        if not hasattr(self, "threshold_stabilizer"):
+            stabilizer = OnlineThresholdStabilizer(ots_eval, ots_momentum) if ots else None
+            if stabilizer is not None:
+                stabilizer.running_threshold = self._buffers.pop("ots_running_threshold")
+                stabilizer.train(self.training)
+            self.threshold_stabilizer = stabilizer
 
 
 def _decay(decay: float | None, tau: float | None, default: float) -> float:

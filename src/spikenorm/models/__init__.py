@@ -1,6 +1,6 @@
 """Spiking models: input ``[T, B, ...]``, output per-step logits ``[T, B, num_classes]``."""
 
-from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, accept_time_steps
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel
 from spikenorm.models.mlp import SpikingMLP
 from spikenorm.models.resnet import SpikingResNet19
 from spikenorm.models.transformer import SpikingTransformer
@@ -15,7 +15,6 @@ __all__ = [
     "SpikingTransformer",
     "SpikingVGG",
     "VGG_CONFIGS",
-    "accept_time_steps",
 ]
 
 from spikenorm.models.rl import (

@@ -18,8 +18,9 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from spikenorm.models.layers import Shortcuts, SpikingLayerFactory, check_shortcuts, conv_output_size, spiking_conv
+from spikenorm.models.layers import Shortcuts, SpikingLayerFactory, conv_output_size, spiking_conv
 from spikenorm.synapse import TimeDistributed
+from spikenorm.validation import check_choice
 
 
 class ResidualConvBlock(nn.Module):
@@ -77,6 +78,6 @@ class ResidualConvBlock(nn.Module):
 def group_convs(widths: Sequence[int], shortcuts: Shortcuts) -> list[list[int]]:
     """Split a run of conv widths (one resolution, stride 1) into blocks: singletons for ``per_layer``,
     pairs (and a trailing singleton) for ``per_block``; ``none`` gives pairs without shortcuts."""
-    check_shortcuts(shortcuts)
+    check_choice(shortcuts, Shortcuts, "shortcuts")
     size = 1 if shortcuts == "per_layer" else 2
     return [list(widths[i : i + size]) for i in range(0, len(widths), size)]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, get_args
+from typing import Any, Callable, Literal, Mapping
 
-import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.binary import binarize_model
@@ -17,16 +16,11 @@ from spikenorm.norm.base import NORMS
 from spikenorm.sequence import SequenceAware
 from spikenorm.surrogate import SURROGATES, Surrogate
 from spikenorm.synapse import TimeDistributed, TraceSynapse
-from spikenorm.validation import check_time_major
+from spikenorm.traceable import traceable
+from spikenorm.validation import check_choice, check_time_major
 
 SurrogateSpec = str | Surrogate | Callable[[Tensor], Tensor]
 Shortcuts = Literal["per_layer", "per_block", "none"]
-SHORTCUTS: tuple[str, ...] = get_args(Shortcuts)
-
-
-def check_shortcuts(shortcuts: str) -> None:
-    if shortcuts not in SHORTCUTS:
-        raise ValueError(f"unknown shortcuts {shortcuts!r}; available: {', '.join(SHORTCUTS)}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +48,11 @@ class LayerSpec:
         binary_weights: 1-bit weights (:mod:`spikenorm.binary`, SEI-BWSNN) in the layers the model names.
         shortcuts: ``per_layer``, ``per_block`` or ``none`` (:mod:`spikenorm.models.blocks`); None: the model's
             default. Models without shortcuts refuse a value.
-        time_steps: ``T``, for norms whose constructor takes ``time_steps`` (``bntt``, ``tebn``, ``tab``); the Lightning
-            CLI sets it from the task's ``time_steps`` when such a norm is chosen. Given with any norm, the model
-            refuses input whose leading axis is not ``T`` (:attr:`~spikenorm.models.SpikingModel.time_steps`).
+        time_steps: ``T``, usually left None: the task gives its ``time_steps`` to the network when it is built
+            (:func:`spikenorm.time_steps.bind_time_steps`), and the norms whose per-step parameters need ``T``
+            (``bntt``, ``tebn``, ``tab``) receive it then. Given here, the model is built for that ``T`` (a task with
+            another ``T`` refuses it) and refuses input whose leading axis is not ``T``
+            (:attr:`~spikenorm.models.SpikingModel.time_steps`).
             None: not known.
     """
 
@@ -75,7 +71,7 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.shortcuts is not None:
-            check_shortcuts(self.shortcuts)
+            check_choice(self.shortcuts, Shortcuts, "shortcuts")
         if self.time_steps is not None and (isinstance(self.time_steps, bool) or self.time_steps < 1):
             raise ValueError(f"LayerSpec.time_steps must be a positive int or None, got {self.time_steps!r}")
 
@@ -113,11 +109,6 @@ _COMPLETED_PARTS = (
     ("neuron", "neuron_kwargs", NEURONS, frozenset({"surrogate", "surrogate_kwargs", "membrane_norm"})),
     ("surrogate", "surrogate_kwargs", SURROGATES, frozenset()),
 )
-
-
-def norm_accepts(name: str, parameter: str) -> bool:
-    """Whether the constructor of the norm registered as ``name`` has a parameter called ``parameter``."""
-    return parameter in inspect.signature(NORMS.get(name)).parameters
 
 
 class SpikingLayerFactory:
@@ -173,12 +164,7 @@ class SpikingLayerFactory:
                 parameter.KEYWORD_ONLY,
             )
             if required and key not in ("self", "num_features", "feature_shape") and key not in kwargs:
-                hint = (
-                    " (layers.time_steps; the spikenorm CLI sets it from the task's time_steps)"
-                    if key == "time_steps"
-                    else ""
-                )
-                raise ValueError(f"norm {name!r} needs {key}: give it in the layer spec{hint} or in its kwargs")
+                raise ValueError(f"norm {name!r} needs {key}: give it in its kwargs")
         return kwargs
 
     @property
@@ -255,20 +241,18 @@ def spiking_linear(
     return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
 
 
+@traceable
 def check_model_input(
     x: Tensor, where: str, ndim: int, channels: int | None, time_steps: int | tuple[int, ...] | None = None
 ) -> None:
     """Check a model's time-major input: rank exactly ``ndim``, ``channels`` at axis 2 and, when given,
     ``T = time_steps`` (or one of them) at axis 0 (shape comparisons only).
 
-    Registered with ``torch.fx.wrap``, so traced (and folded) models keep the check as one graph node.
+    :func:`~spikenorm.traceable.traceable`: traced (and folded) models keep the check as one graph node.
     """
     check_time_major(x, where, min_ndim=ndim, channels=channels, time_steps=time_steps)
     if x.ndim != ndim:
         raise ValueError(f"{where} expects rank-{ndim} time-major input, got shape {tuple(x.shape)}")
-
-
-torch.fx.wrap("check_model_input")
 
 
 class SpikingModel(RecordsInit, SequenceAware, nn.Module):
@@ -287,9 +271,9 @@ class SpikingModel(RecordsInit, SequenceAware, nn.Module):
     num_classes: int
     input_ndim: int  # rank of the expected time-major input
     #: ``T`` of the input the model accepts: ``layers.time_steps`` or its norms' ``time_steps``; None: any ``T``
-    #: (a task's ``eval_time_steps`` is accepted too: :func:`~spikenorm.models.accept_time_steps`).
+    #: (a task's ``eval_time_steps`` is accepted too: :meth:`accept_time_steps`).
     time_steps: int | None = None
-    #: further ``T`` the model accepts besides :attr:`time_steps` (:func:`~spikenorm.models.accept_time_steps`)
+    #: further ``T`` the model accepts besides :attr:`time_steps` (:meth:`accept_time_steps`)
     extra_time_steps: tuple[int, ...] = ()
     _in_sequence = False  # inside a stateful scope
 
@@ -302,6 +286,30 @@ class SpikingModel(RecordsInit, SequenceAware, nn.Module):
     def abort_sequence(self) -> None:
         self._in_sequence = False
 
+    def receive_time_steps(self, time_steps: int) -> None:
+        """The task's ``T`` (:func:`spikenorm.time_steps.bind_time_steps`, which calls this after the model's norms
+        received it): a model built for another ``T`` refuses it; a model that did not know ``T`` adopts it when one
+        of its norms holds it (``bntt``, ``tebn``, ``tab``: their per-step parameters fix ``T``), exactly as if it
+        had been built with ``layers.time_steps=T``, and records that in its config, so checkpoints rebuild it so."""
+        if self.time_steps is not None:
+            if time_steps != self.time_steps:
+                raise ValueError(f"the model was built for T={self.time_steps} (layers.time_steps), not T={time_steps}")
+            return
+        if not any(getattr(m, "time_steps", None) == time_steps for m in self.modules() if m is not self):
+            return
+        self.time_steps = time_steps
+        record = getattr(self, "_init_config", None)
+        layers = record.get("init_args", {}).get("layers") if isinstance(record, dict) else None
+        if isinstance(layers, dict):
+            layers["time_steps"] = time_steps
+
+    def accept_time_steps(self, *time_steps: int) -> None:
+        """Also take input of these ``T`` (a task's ``eval_time_steps``), in any mode, because callbacks run the model
+        in modes of their own; input whose leading axis is none of them is still refused. A model that does not know
+        ``T`` accepts any ``T`` already; norms that fix ``T`` still refuse another one themselves."""
+        if self.time_steps is not None:
+            self.extra_time_steps = tuple(sorted({*self.extra_time_steps, *time_steps} - {self.time_steps}))
+
     def check_input(self, x: Tensor, channels: int | None = None) -> None:
         time_steps = None if self._in_sequence or self.time_steps is None else (self.time_steps, *self.extra_time_steps)
         check_model_input(x, type(self).__name__, self.input_ndim, channels, time_steps)
@@ -311,16 +319,3 @@ class SpikingModel(RecordsInit, SequenceAware, nn.Module):
         the first and the last, shortcut projections included."""
         if enabled:
             binarize_model(self)
-
-
-def accept_time_steps(module: nn.Module, *time_steps: int) -> None:
-    """Let every :class:`SpikingModel` inside ``module`` that knows its ``T`` also accept ``time_steps``: how a
-    task runs a network built for its training ``T`` at its ``eval_time_steps``
-    (:class:`~spikenorm.tasks.SpikingClassifier` calls it when it is built). The model then takes either ``T``
-    in any mode, because callbacks run it in modes of their own; input whose leading axis is none of them is
-    still refused. Models that do not know ``T`` are left alone, and norms that fix ``T`` (``bntt``, ``tebn``,
-    ``tab``) still refuse another ``T`` themselves.
-    """
-    for m in module.modules():
-        if isinstance(m, SpikingModel) and m.time_steps is not None:
-            m.extra_time_steps = tuple(sorted({t for t in time_steps if t != m.time_steps}))

@@ -26,10 +26,10 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
-import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, spiking_linear
+from spikenorm.traceable import traceable
 from spikenorm.validation import check_time_major
 
 __all__ = [
@@ -47,10 +47,11 @@ __all__ = [
 # --- input checks ------------------------------------------------------------------------------------
 
 
+@traceable
 def check_batch_input(x: Tensor, where: str, features: int, name: str = "obs") -> None:
     """Raise a clear error unless ``x`` is a floating batch ``[B, features]`` with ``B >= 1``.
 
-    Registered with ``torch.fx.wrap``, so a traced (folded) actor keeps the check as one graph node.
+    :func:`~spikenorm.traceable.traceable`: a traced (folded) actor keeps the check as one graph node.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{where} expects {name} as a torch.Tensor [B, {features}], got {type(x).__name__}")
@@ -65,17 +66,12 @@ def check_batch_input(x: Tensor, where: str, features: int, name: str = "obs") -
         raise ValueError(f"{where} expects {name} of shape [B, {features}], got shape {tuple(x.shape)}{hint}")
 
 
-torch.fx.wrap("check_batch_input")
-
-
+@traceable
 def check_spike_input(x: Tensor, where: str, features: int) -> None:
-    """Raise a clear error unless ``x`` is time-major ``[T, B, features]`` (fx-wrapped like the above)."""
+    """Raise a clear error unless ``x`` is time-major ``[T, B, features]`` (traceable like the above)."""
     check_time_major(x, where, min_ndim=3, channels=features)
     if x.ndim != 3:
         raise ValueError(f"{where} expects spikes of shape [T, B, {features}], got shape {tuple(x.shape)}")
-
-
-torch.fx.wrap("check_spike_input")
 
 
 def check_sizes(obs_dim: int, act_dim: int) -> None:
@@ -115,6 +111,7 @@ class _StraightThroughSpike(torch.autograd.Function):
         return grad_output, None
 
 
+@traceable
 def regular_spike_train(act: Tensor, time_steps: int, threshold: float = 0.999) -> Tensor:
     """Deterministic regular spike trains of ``act`` (``[B, ...]`` in ``[0, 1]``) over ``time_steps`` steps.
 
@@ -138,9 +135,6 @@ def regular_spike_train(act: Tensor, time_steps: int, threshold: float = 0.999) 
         v = v - threshold * s
         spikes.append(s)
     return torch.stack(spikes)
-
-
-torch.fx.wrap("regular_spike_train")
 
 
 class PopulationEncoder(nn.Module):
@@ -323,6 +317,12 @@ class PopSANActor(nn.Module):
     def output_spikes(self, obs: Tensor) -> Tensor:
         """Spikes of the output populations ``[T, B, act_dim * pop_dim]``."""
         return self.snn(self.encoder(obs))
+
+    def receive_time_steps(self, time_steps: int) -> None:
+        """The task's ``T`` (:func:`spikenorm.time_steps.bind_time_steps`): the actor's spike trains are built for
+        its own ``time_steps``, so another ``T`` is refused."""
+        if time_steps != self.time_steps:
+            raise ValueError(f"the actor's spike trains are built for T={self.time_steps}, not T={time_steps}")
 
     def norm_layers(self) -> list[nn.Module]:
         """The norm layer of every spiking layer, input side first (the output population's last)."""

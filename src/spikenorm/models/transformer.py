@@ -12,12 +12,12 @@ the classifier in full precision.
 
 from __future__ import annotations
 
-import torch.fx
 from torch import Tensor, nn
 
 from spikenorm.binary import binarize_model
 from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, spiking_conv
 from spikenorm.synapse import TimeDistributed
+from spikenorm.traceable import traceable
 from spikenorm.validation import check_time_major
 
 
@@ -45,13 +45,11 @@ def token_norm_neuron(factory: SpikingLayerFactory, features: int, neuron: bool 
     return TokenChannels(*modules)
 
 
+@traceable
 def check_spatial_size(x: Tensor, where: str, size: int) -> None:
     """Raise a ValueError unless ``x`` = ``[T, B, C, H, W]`` has ``H == W == size``."""
     if tuple(x.shape[-2:]) != (size, size):
         raise ValueError(f"{where} was built for {size}x{size} input (input_size={size}), got shape {tuple(x.shape)}")
-
-
-torch.fx.wrap("check_spatial_size")
 
 
 class SpikingPatchSplitting(nn.Module):

@@ -1,7 +1,8 @@
 """Pluggable norm layers for time-major SNN activations and their registry.
 
-``build_norm("tdbn", 64)`` builds a layer by name; ``available_norms()`` lists the names. Every layer
-follows the protocol of :class:`~spikenorm.norm.base.TimeMajorNorm`.
+``build_norm("tdbn", 64)`` builds a layer by name; ``available_norms()`` lists the names. Every layer follows the
+protocol of
+:class:`~spikenorm.norm.base.TimeMajorNorm`.
 """
 
 from typing import Any

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from spikenorm.norm.stats import accumulation_dtype
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
+from spikenorm.time_steps import check_time_steps_value
 from spikenorm.validation import check_time_major
 
 FoldTarget = Literal["weights", "threshold", "identity", "unfoldable"]
@@ -245,28 +246,72 @@ class TimeMajorNorm(nn.Module):
 
 class StepIndexedNorm(TimeMajorNorm, SequenceAware):
     """Base of norms built for exactly ``time_steps`` steps, whose parameters (and maybe statistics) have a row per
-    step ``t`` (TEBN, TAB).
+    step ``t`` (BNTT, TEBN, TAB).
 
     A multi-step input must have ``T = time_steps``. Inside a :func:`spikenorm.neurons.stateful` scope (online,
-    single-step execution) the layer may instead be called on consecutive windows of steps, e.g. ``x[t : t + 1]``
-    for ``t = 0..T-1``: it counts the steps of the sequence, so the call covering step ``t`` uses row ``t``
-    (:meth:`step_rows`), and refuses a sequence longer than ``time_steps``. Outside a scope every call starts at
-    step 0.
+    single-step execution) a layer that :attr:`runs_step_by_step` may instead be called on consecutive windows of
+    steps, e.g. ``x[t : t + 1]`` for ``t = 0..T-1``: it counts the steps of the sequence, so the call covering step
+    ``t`` uses row ``t`` (:meth:`step_rows`), and refuses a sequence longer than ``time_steps``. Outside a scope
+    every call starts at step 0.
+
+    ``T`` has one home, the task: a layer built without it (``time_steps=None``) holds its per-step tensors with no
+    rows until :meth:`receive_time_steps` (:func:`spikenorm.time_steps.bind_time_steps`) gives it ``T``, and refuses
+    a forward before that.
 
     Args:
-        time_steps: ``T``, the number of rows of the per-step parameters.
+        time_steps: ``T``, the number of rows of the per-step tensors; None: given later by the task.
     """
 
-    def __init__(self, num_features: int, time_steps: int, **kwargs: object) -> None:
-        if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
-            raise ValueError(f"{type(self).__name__} needs time_steps >= 1 (an int), got {time_steps!r}")
-        super().__init__(num_features, **kwargs)
+    #: whether the affine parameters and running statistics have a row per step (BNTT, TAB), not one for all (TEBN)
+    per_step_statistics: ClassVar[bool] = False
+    #: whether a ``stateful`` scope may call the layer on windows of steps (TEBN, TAB), or every call needs all ``T``
+    runs_step_by_step: ClassVar[bool] = True
+
+    def __init__(self, num_features: int, time_steps: int | None = None, **kwargs: object) -> None:
+        if time_steps is not None:
+            check_time_steps_value(time_steps, f"{type(self).__name__} time_steps")
+        rows = 0 if time_steps is None else time_steps
+        super().__init__(num_features, stats_shape=(rows,) if self.per_step_statistics else (), **kwargs)
         self.time_steps = time_steps
         self._sequence_step: int | None = None  # steps seen in the open stateful scope, None outside one
+        # the tensors with a row per step and the value every row starts at
+        self._step_tensor_fills: dict[str, float] = (
+            {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0} if self.per_step_statistics else {}
+        )
+
+    def register_step_parameter(self, name: str, fill: float) -> None:
+        """Register a learnt parameter ``name`` of shape ``[time_steps]`` (one scalar per step) filled with ``fill``."""
+        rows = 0 if self.time_steps is None else self.time_steps
+        self.register_parameter(name, nn.Parameter(torch.full((rows,), fill)))
+        self._step_tensor_fills[name] = fill
+
+    def receive_time_steps(self, time_steps: int) -> None:
+        """Adopt the task's ``T`` if the layer has none: its per-step tensors get ``T`` rows with the values, dtype,
+        device and ``requires_grad`` a layer built with ``time_steps=T`` (then moved like this one) would have, under
+        the same names. A layer built for ``T`` keeps it; one built for another ``T`` refuses.
+
+        Raises:
+            ValueError: the layer was built for another ``T`` (both are named), or ``time_steps`` is not a positive int.
+        """
+        check_time_steps_value(time_steps)
+        if self.time_steps is not None:
+            if time_steps != self.time_steps:
+                name = type(self).__name__
+                raise ValueError(f"{name} was built for T={self.time_steps} steps, not the T={time_steps} it was given")
+            return
+        for name, fill in self._step_tensor_fills.items():
+            empty = getattr(self, name)
+            if empty is None:  # e.g. BNTT's bias when bias=False, or no affine parameters
+                continue
+            full = torch.full((time_steps, *empty.shape[1:]), fill, dtype=empty.dtype, device=empty.device)
+            if isinstance(empty, nn.Parameter):
+                full = nn.Parameter(full, requires_grad=empty.requires_grad)
+            setattr(self, name, full)
+        self.time_steps = time_steps
 
     # -- sequence protocol ------------------------------------------------------------------------------
     def begin_sequence(self) -> None:
-        self._sequence_step = 0
+        self._sequence_step = 0 if self.runs_step_by_step else None
 
     def end_sequence(self) -> None:
         self._sequence_step = None
@@ -294,12 +339,18 @@ class StepIndexedNorm(TimeMajorNorm, SequenceAware):
         return self.step_rows(per_step, x).reshape(-1, *([1] * (x.ndim - 1)))
 
     def check_input(self, x: Tensor) -> None:
-        super().check_input(x)
         name, steps = type(self).__name__, x.shape[0]
+        if self.time_steps is None:
+            raise ValueError(
+                f"{name} keeps parameters for each time step, so it needs time_steps: give it to the task (time_steps) "
+                "or in LayerSpec(time_steps=...)"
+            )
+        super().check_input(x)
         if not self.in_sequence and steps != self.time_steps:
+            hint = "; call it step by step only inside spikenorm.neurons.stateful" if self.runs_step_by_step else ""
             raise ValueError(
                 f"{name} was built for T={self.time_steps} steps but got input [T, B, C, ...] with T={steps} "
-                f"(shape {tuple(x.shape)}); call it step by step only inside spikenorm.neurons.stateful"
+                f"(shape {tuple(x.shape)}){hint}"
             )
         if self.in_sequence and self.first_step() + steps > self.time_steps:
             raise ValueError(

@@ -9,14 +9,15 @@ reference code of the baseline it reproduces).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
 from spikenorm.distributed import distributed_world_size
-from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
-from spikenorm.norm.sequence_moments import PerSequenceRunningUpdate
+from spikenorm.norm.base import NORMS, FoldTarget, StepIndexedNorm, TimeMajorNorm
+from spikenorm.norm.sequence_update import PerSequenceRunningUpdate
 from spikenorm.norm.stats import batch_moments, unbiased
+from spikenorm.validation import check_choice
 
 
 def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape: tuple[int, ...]) -> None:
@@ -33,6 +34,20 @@ def require_two_values_per_step(count: int, x: Tensor, name: str, feature_shape:
             ">= 2 in training (if only the last batch holds 1 sample, pass drop_last=True to the train "
             "DataLoader), or call .eval() to normalize with the running statistics."
         )
+
+
+def channelwise_single_process(norm: TimeMajorNorm) -> bool:
+    """Statistics per channel (not per element) and no other process to pool with: then statistics pooled over every
+    axis but the channels are torch's batch norm (:meth:`~spikenorm.norm.base.TimeMajorNorm.torch_batch_norm`)."""
+    return len(norm.feature_shape) == 1 and distributed_world_size() == 1
+
+
+def pooled_batch_statistics(norm: TimeMajorNorm, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The training statistics of tdBN and TEBN: mean and biased variance of ``x`` pooled over ``(T, B, *spatial)``
+    per feature, with one EMA update of the running statistics (``mu`` and ``var n/(n-1)``)."""
+    mean, var, count = batch_moments(x, norm.reduce_dims(x, over_time=True))  # [C] each
+    norm.update_running(mean, unbiased(var, count))
+    return mean, var
 
 
 RunningUpdate = Literal["per_call", "per_batch"]
@@ -57,7 +72,7 @@ class VanillaBN(TimeMajorNorm, PerSequenceRunningUpdate):
     * ``"per_batch"``: the vanilla-BN baseline of Zhu et al., "Online Stabilization of Spiking Neural
       Networks", ICLR 2024 (``BN_type: old`` in github.com/zhuyaoyu/SNN-online-normalization): one EMA
       update per sequence from the mean over its steps of the per-step mean and BIASED variance, without the
-      between-step spread of ``mu_t`` (:class:`~spikenorm.norm.sequence_moments.SequenceMoments`),
+      between-step spread of ``mu_t`` (:class:`~spikenorm.norm.stats.SequenceMoments`),
       ``mu_hat <- (1 - m) mu_hat + m mean_t(mu_t)``, ``var_hat <- (1 - m) var_hat + m mean_t(var_t)``
       (``m = 0.1``, the code's retention 0.9). A multi-step forward is one sequence; online, the sequence is
       the :func:`spikenorm.neurons.stateful` scope: the per-step moments accumulate (float64) and the update
@@ -76,10 +91,7 @@ class VanillaBN(TimeMajorNorm, PerSequenceRunningUpdate):
     fold_target: ClassVar[FoldTarget] = "weights"
 
     def __init__(self, num_features: int, running_update: RunningUpdate = "per_call", **kwargs: object) -> None:
-        if running_update not in get_args(RunningUpdate):
-            raise ValueError(
-                f"running_update must be one of {', '.join(map(repr, get_args(RunningUpdate)))}, got {running_update!r}"
-            )
+        check_choice(running_update, RunningUpdate, "running_update")
         super().__init__(num_features, **kwargs)
         self.running_update = running_update
         self.init_sequence_state()
@@ -92,7 +104,7 @@ class VanillaBN(TimeMajorNorm, PerSequenceRunningUpdate):
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
         """One step (``T = 1``, e.g. MPBN called by its neuron), channel-wise, one process, one update per call:
         per-step statistics are then torch's batch norm of the step."""
-        return x.shape[0] == 1 and self.running_update == "per_call" and _channelwise_single_process(self)
+        return x.shape[0] == 1 and self.running_update == "per_call" and channelwise_single_process(self)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
@@ -146,12 +158,10 @@ class TDBN(TimeMajorNorm):
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
         """Channel-wise and one process: statistics pooled over ``(T, B, *spatial)`` are torch's batch
         norm of ``x`` with time folded into the batch, with gain ``gamma * alpha * v_th``."""
-        return _channelwise_single_process(self)
+        return channelwise_single_process(self)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=True))  # [C] each
-        self.update_running(mean, unbiased(var, count))
-        return mean, var
+        return pooled_batch_statistics(self, x)
 
     def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         return super().normalize(x, mean, var) * (self.alpha * self.v_th)
@@ -161,7 +171,7 @@ class TDBN(TimeMajorNorm):
 
 
 @NORMS.register("bntt")
-class BNTT(TimeMajorNorm):
+class BNTT(StepIndexedNorm):
     """Batch Normalization Through Time (BNTT, Kim & Panda 2021): a separate BN for every time step.
 
     Training: ``y_t = gamma_t (x_t - mu_t) / sqrt(var_t + eps) + beta_t``; running statistics per step,
@@ -175,27 +185,19 @@ class BNTT(TimeMajorNorm):
     dimensions.
 
     Args:
-        time_steps: ``T``; inputs must have exactly this many steps.
+        time_steps: ``T``; inputs must have exactly this many steps, also inside a ``stateful`` scope (None: given
+            later by the task).
         bias: learn ``beta_t`` as well (default False, as in the paper).
     """
 
     fold_target: ClassVar[FoldTarget] = "unfoldable"
+    per_step_statistics: ClassVar[bool] = True
+    runs_step_by_step: ClassVar[bool] = False
 
-    def __init__(self, num_features: int, time_steps: int, bias: bool = False, **kwargs: object) -> None:
-        if time_steps < 1:
-            raise ValueError(f"bntt needs time_steps >= 1, got {time_steps}")
-        super().__init__(num_features, stats_shape=(time_steps,), **kwargs)
-        self.time_steps = time_steps
+    def __init__(self, num_features: int, time_steps: int | None = None, bias: bool = False, **kwargs: object) -> None:
+        super().__init__(num_features, time_steps, **kwargs)
         if self.affine and not bias:
             self.register_parameter("bias", None)
-
-    def check_input(self, x: Tensor) -> None:
-        super().check_input(x)
-        if x.shape[0] != self.time_steps:
-            raise ValueError(
-                f"BNTT was built for T={self.time_steps} steps but got input [T, B, C, ...] with "
-                f"T={x.shape[0]} (shape {tuple(x.shape)})"
-            )
 
     def affine_transform(self, x_hat: Tensor) -> Tensor:
         if not self.affine:
@@ -210,9 +212,4 @@ class BNTT(TimeMajorNorm):
         return mean, var
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", time_steps={self.time_steps}, bias={self.bias is not None}"
-
-
-def _channelwise_single_process(norm: TimeMajorNorm) -> bool:
-    """Statistics per channel (not per element) and no other process to pool with."""
-    return len(norm.feature_shape) == 1 and distributed_world_size() == 1
+        return super().extra_repr() + f", bias={self.bias is not None}"

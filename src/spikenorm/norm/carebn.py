@@ -16,6 +16,12 @@ from torch import Tensor, nn
 
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
 from spikenorm.norm.stats import batch_moments
+from spikenorm.validation import check_choice
+
+CaBNPrior = Literal["innovation", "debiased"]
+"""The prior error variance of the Ca-BN gains: the innovation EMA (reference code) or its debiased estimate."""
+CaBNNoise = Literal["batch", "prior"]
+"""The variance the sampling noise of the Ca-BN gains is evaluated at: the batch's (reference code) or the prior's."""
 
 
 @dataclass
@@ -34,8 +40,8 @@ def ca_bn_update(
     batch_var: Tensor,
     momentum: float = 0.8,
     sample_count: float = 255.0,
-    prior: Literal["innovation", "debiased"] = "innovation",
-    noise: Literal["batch", "prior"] = "batch",
+    prior: CaBNPrior = "innovation",
+    noise: CaBNNoise = "batch",
 ) -> tuple[CaBNState, Tensor, Tensor]:
     """One confidence-adaptive update of the running statistics (Ca-BN, as in the reference code xuzijie32/CaRe-BN).
 
@@ -58,25 +64,24 @@ def ca_bn_update(
 
     ``prior="innovation"`` (default, the reference code) uses ``P`` as the prior error variance. But the
     innovation ``d`` contains the batch's own sampling noise, ``E[d^2] = P_prior + R``, so ``P`` is biased
-    upward by ``R`` and the gain never falls below about 0.56 in a stable phase (reviewers raised this;
-    ``benchmarks/bn_tracking.py`` measures it). ``prior="debiased"`` uses the Kalman estimate
-    ``P_prior = max(P - R, 0)``, so ``K -> 0`` when the statistics are stable and ``K -> 1`` under drift.
+    upward by ``R``, and the gain stays near 1/2 instead of falling to 0 when the statistics are stable (reviewers
+    raised this): then ``E[d^2] = R + var(mu_hat) = 2 R / (2 - K)``, and ``K = P / (P + R)`` with ``P = E[d^2]``
+    has the fixed point ``K = 2 - sqrt(2) ~ 0.59`` (the noise of the EMA of ``d^2`` lowers the mean gain a little).
+    ``prior="debiased"`` uses the Kalman estimate ``P_prior = max(P - R, 0)``, so ``K -> 0`` when the statistics
+    are stable and ``K -> 1`` under drift.
 
-    ``prior="debiased", noise="prior"`` is the corrected filter (spikenorm's "Kalman" variant); on the
-    synthetic drifting-statistics benchmark it is the only variant that beats EMA 0.1 on the variance as
-    well as on the mean (``benchmarks/results/bn_tracking.md``). The defaults reproduce the reference code,
-    whose numbers the paper reports.
+    ``prior="debiased", noise="prior"`` is the corrected filter (spikenorm's "Kalman" variant). How the variants
+    track drifting statistics is measured by ``benchmarks/bn_tracking.py`` (``benchmarks/results/bn_tracking.md``).
+    The defaults reproduce the reference code, whose numbers the paper reports.
 
     Returns:
         The new state and the gains ``(K_mu, K_v)``.
     """
+    check_choice(prior, CaBNPrior, "prior")
+    check_choice(noise, CaBNNoise, "noise")
     d_mean, d_var = batch_mean - state.mean, batch_var - state.var
     p_mean = momentum * state.p_mean + (1 - momentum) * d_mean**2
     p_var = momentum * state.p_var + (1 - momentum) * d_var**2
-    if prior not in ("innovation", "debiased"):
-        raise ValueError(f"prior must be 'innovation' or 'debiased', got {prior!r}")
-    if noise not in ("batch", "prior"):
-        raise ValueError(f"noise must be 'batch' or 'prior', got {noise!r}")
     s = batch_var if noise == "batch" else state.var
     noise_mean, noise_var = s / sample_count, 2 * s**2 / sample_count
     prior_mean, prior_var = p_mean, p_var
@@ -124,8 +129,8 @@ class CaReBN(TimeMajorNorm):
         num_features: int,
         innovation_momentum: float = 0.8,
         sample_count: float | None = 255.0,
-        prior: Literal["innovation", "debiased"] = "innovation",
-        noise: Literal["batch", "prior"] = "batch",
+        prior: CaBNPrior = "innovation",
+        noise: CaBNNoise = "batch",
         v_th: float = 0.5,
         **kwargs: object,
     ) -> None:
@@ -134,14 +139,10 @@ class CaReBN(TimeMajorNorm):
             raise ValueError(f"innovation_momentum must be in [0, 1), got {innovation_momentum}")
         if sample_count is not None and sample_count <= 0:
             raise ValueError(f"sample_count must be > 0 or None, got {sample_count}")
-        if prior not in ("innovation", "debiased"):
-            raise ValueError(f"prior must be 'innovation' or 'debiased', got {prior!r}")
-        if noise not in ("batch", "prior"):
-            raise ValueError(f"noise must be 'batch' or 'prior', got {noise!r}")
         self.innovation_momentum = innovation_momentum
         self.sample_count = sample_count
-        self.prior = prior
-        self.noise = noise
+        self.prior = check_choice(prior, CaBNPrior, "prior")
+        self.noise = check_choice(noise, CaBNNoise, "noise")
         if self.affine:
             with torch.no_grad():
                 self.weight.fill_(v_th / 2)

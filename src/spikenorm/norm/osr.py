@@ -11,8 +11,14 @@ import torch
 from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, TimeMajorNorm
-from spikenorm.norm.sequence_moments import PerSequenceRunningUpdate
+from spikenorm.norm.sequence_update import PerSequenceRunningUpdate
 from spikenorm.norm.stats import batch_moments
+from spikenorm.validation import check_choice
+
+GammaGrad = Literal["paper", "code"]
+"""The gradient of gamma: the paper's Eq. 11 or the reference code's (without the ratio ``r``); see :class:`OSR`."""
+FallbackGrad = Literal["exact", "code"]
+"""The gradient on a fallback step: plain BN's or the reference code's renormalised one; see :class:`OSR`."""
 
 
 @NORMS.register("osr")
@@ -79,15 +85,13 @@ class OSR(TimeMajorNorm, PerSequenceRunningUpdate):
         eps: float = 1e-4,
         momentum: float = 0.1,
         fallback_ratio: float | None = 20.0,
-        gamma_grad: Literal["paper", "code"] = "paper",
-        fallback_grad: Literal["exact", "code"] = "exact",
+        gamma_grad: GammaGrad = "paper",
+        fallback_grad: FallbackGrad = "exact",
         **kwargs: object,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
-        if gamma_grad not in ("paper", "code"):
-            raise ValueError(f"gamma_grad must be 'paper' or 'code', got {gamma_grad!r}")
-        if fallback_grad not in ("exact", "code"):
-            raise ValueError(f"fallback_grad must be 'exact' or 'code', got {fallback_grad!r}")
+        check_choice(gamma_grad, GammaGrad, "gamma_grad")
+        check_choice(fallback_grad, FallbackGrad, "fallback_grad")
         if fallback_ratio is not None and fallback_ratio <= 1:
             raise ValueError(f"fallback_ratio must be > 1 or None, got {fallback_ratio}")
         self.fallback_ratio = fallback_ratio

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, StepIndexedNorm
 from spikenorm.norm.batchnorm import require_two_values_per_step
@@ -87,7 +87,7 @@ class TAB(StepIndexedNorm):
 
     Args:
         time_steps: ``T``; inputs must have exactly this many steps (or be consecutive steps of a ``stateful``
-            scope).
+            scope); None: given later by the task.
         **kwargs: ``eps`` (1e-5), ``momentum`` (0.1) and ``affine`` (True: learn
             ``gamma_t, beta_t``; ``p`` is always learnt) of :class:`~spikenorm.norm.base.TimeMajorNorm`.
     """
@@ -98,10 +98,11 @@ class TAB(StepIndexedNorm):
         "beta_t and p_t^2, so no shared weights can absorb it"
     )
     accumulates_over_time: ClassVar[bool] = True
+    per_step_statistics: ClassVar[bool] = True
 
-    def __init__(self, num_features: int, time_steps: int, **kwargs: object) -> None:
-        super().__init__(num_features, time_steps, stats_shape=(time_steps,), **kwargs)
-        self.p = nn.Parameter(torch.ones(time_steps))
+    def __init__(self, num_features: int, time_steps: int | None = None, **kwargs: object) -> None:
+        super().__init__(num_features, time_steps, **kwargs)
+        self.register_step_parameter("p", fill=1.0)
         self._earlier: tuple[Tensor, Tensor, int] | None = None  # per-step moments (detached) and count so far
 
     # -- sequence protocol ------------------------------------------------------------------------------

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from spikenorm.distributed import distributed_world_size
 from spikenorm.norm.base import NORMS, FoldTarget, StepIndexedNorm
-from spikenorm.norm.stats import accumulation_dtype, batch_moments, unbiased
+from spikenorm.norm.batchnorm import channelwise_single_process, pooled_batch_statistics
+from spikenorm.norm.stats import accumulation_dtype
 
 
 @NORMS.register("tebn")
@@ -49,7 +48,7 @@ class TEBN(StepIndexedNorm):
 
     Args:
         time_steps: ``T``; inputs must have exactly this many steps (or be consecutive steps of a ``stateful``
-            scope in eval mode).
+            scope in eval mode); None: given later by the task.
         **kwargs: ``eps`` (1e-5), ``momentum`` (0.1) and ``affine`` (True: learn
             ``gamma, beta``; ``scale`` is always learnt) of :class:`~spikenorm.norm.base.TimeMajorNorm`.
     """
@@ -60,9 +59,9 @@ class TEBN(StepIndexedNorm):
         "scale_t, so no shared weights can absorb it"
     )
 
-    def __init__(self, num_features: int, time_steps: int, **kwargs: object) -> None:
+    def __init__(self, num_features: int, time_steps: int | None = None, **kwargs: object) -> None:
         super().__init__(num_features, time_steps, **kwargs)
-        self.scale = nn.Parameter(torch.ones(time_steps))
+        self.register_step_parameter("scale", fill=1.0)
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
@@ -79,15 +78,13 @@ class TEBN(StepIndexedNorm):
         """Channel-wise, one process, and a full-precision ``x``: the statistics are torch's batch norm of ``x``
         with time folded into the batch, and the scale is one more multiply (a half-precision ``x`` takes the
         reference path, so the output is rounded to its dtype once, not twice)."""
-        return len(self.feature_shape) == 1 and distributed_world_size() == 1 and accumulation_dtype(x.dtype) == x.dtype
+        return channelwise_single_process(self) and accumulation_dtype(x.dtype) == x.dtype
 
     def torch_batch_norm(self, x: Tensor) -> Tensor:
         return super().torch_batch_norm(x) * self.step_view(self.scale, x)
 
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=True))  # [C] each
-        self.update_running(mean, unbiased(var, count))
-        return mean, var
+        return pooled_batch_statistics(self, x)
 
     def affine_transform(self, x_hat: Tensor) -> Tensor:
         """``scale_t (gamma x_hat_t + beta)`` for the steps of ``x_hat``."""

@@ -1,4 +1,5 @@
-"""LightningModules: supervised classification and online RL with spiking actors.
+"""LightningModules on one small base (:class:`~spikenorm.tasks.base.SpikingTask`): supervised classification, with
+online training and knowledge distillation as parts, and online RL with spiking actors.
 
 ``SpikingTD3`` needs the ``rl`` extra and is imported on first access (:func:`spikenorm.extras.lazy_members`).
 """
@@ -6,12 +7,23 @@
 from typing import TYPE_CHECKING
 
 from spikenorm.extras import lazy_members
+from spikenorm.tasks.base import SpikingTask
 from spikenorm.tasks.classification import SpikingClassifier
+from spikenorm.tasks.distillation import Distillation
 from spikenorm.tasks.losses import mean_logit_ce, tet_loss
+from spikenorm.tasks.online import OnlineTraining
 
 if TYPE_CHECKING:
     from spikenorm.tasks.td3 import SpikingTD3
 
 __getattr__ = lazy_members(__name__, {"SpikingTD3": "spikenorm.tasks.td3"})
 
-__all__ = ["SpikingClassifier", "SpikingTD3", "mean_logit_ce", "tet_loss"]
+__all__ = [
+    "Distillation",
+    "OnlineTraining",
+    "SpikingClassifier",
+    "SpikingTD3",
+    "SpikingTask",
+    "mean_logit_ce",
+    "tet_loss",
+]

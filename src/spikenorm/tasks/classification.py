@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from spikenorm.config import class_path_of, is_config, without_defaults
-from spikenorm.models import accept_time_steps
-from spikenorm.monitoring import FiringRateRecorder, recognised_neurons
-from spikenorm.tasks.checkpoint_loading import ChecksCheckpointFiles
-from spikenorm.tasks.compilation import CompileOption, compile_network, compile_options
-from spikenorm.tasks.distillation import distillation_loss, fit_teacher, load_teacher_weights
+from spikenorm.config import is_config
+from spikenorm.tasks.argument_upgrades import upgrade_classifier_arguments
+from spikenorm.tasks.base import SpikingTask
+from spikenorm.tasks.compilation import CompileOption
+from spikenorm.tasks.data_time_steps import check_data_time_steps
+from spikenorm.tasks.distillation import Distillation, fit_teacher, load_teacher_weights
 from spikenorm.tasks.empty_splits import check_splits_not_empty
 from spikenorm.tasks.encoding import Encoding, encode
-from spikenorm.tasks.losses import mean_logit_ce, tet_loss
-from spikenorm.tasks.online import online_backward
-from spikenorm.tasks.run_config import build_object, is_unrecorded, network_differences, object_config, run_config
-from spikenorm.validation import check_finite
-
-#: checkpoint entry with the configs of the networks (see ``on_save_checkpoint``)
-NETWORK_KEY = "spikenorm_network"
-NETWORK_ARGUMENTS = ("model", "teacher")
-FACTORY_ARGUMENTS = ("optimizer", "lr_scheduler")
+from spikenorm.tasks.losses import Loss, mean_logit_ce, tet_loss
+from spikenorm.tasks.online import OnlineTraining
+from spikenorm.tasks.run_config import build_object, is_unrecorded
+from spikenorm.time_steps import check_time_steps_value
+from spikenorm.validation import check_choice
 
 
-class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
+class SpikingClassifier(SpikingTask):
     """Train and evaluate a spiking classifier on static images or event frames.
 
     The batch ``(x, y)`` is encoded at the boundary into ``[T, B, ...]`` (see
@@ -43,7 +37,9 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         model: any module mapping ``[T, B, ...]`` to ``[T, B, classes]`` (a spikenorm model, or your own), or
             the config that builds it (``{"class_path": ..., "init_args": ...}``).
         num_classes: number of classes; read from ``model.num_classes`` when omitted.
-        time_steps: ``T`` in training.
+        time_steps: ``T`` in training: the run's one ``T``. The task gives it to the network when it is built
+            (:func:`~spikenorm.time_steps.bind_time_steps`: norms with per-step parameters receive it, a network built
+            for another ``T`` is refused), and a datamodule whose frames have another ``T`` is refused at setup.
         eval_time_steps: ``T`` in validation, test and prediction when it differs from training's, e.g.
             DVS128 Gesture trained on 14 of 20 frames by random temporal deletion and tested on all 20 (the
             setting of Zhu et al., "Online Stabilization of Spiking Neural Networks", ICLR 2024); ``None``: the
@@ -54,29 +50,15 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         tet_mse_weight: the MSE weight ``eps`` of the ``tet`` loss.
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``); Adam(lr=1e-3) if omitted.
         lr_scheduler: LR scheduler factory, stepped every epoch; none if omitted.
+        online: train one step at a time (:class:`~spikenorm.tasks.OnlineTraining`: OTTT, Xiao et al., "Online
+            Training Through Time for Spiking Neural Networks", NeurIPS 2022, and OSR, Zhu et al., ICLR 2024;
+            memory flat in ``T``; manual optimization, per-step loss). ``None``: BPTT (one multi-step forward and
+            backward).
+        distillation: knowledge distillation from a frozen teacher (:class:`~spikenorm.tasks.Distillation`, BPTT
+            only). ``None``: no KD.
         check_finite: stop at the first batch whose input or training loss holds NaN/Inf, with a ValueError
             naming the stage, batch index, epoch, tensor and counts (on by default; one pass over the input
-            and one scalar check per batch, cost measured in ``benchmarks/finite_check.py``).
-        training_mode: ``bptt`` (one multi-step forward and backward) or ``online`` (as in OTTT, Xiao et al.,
-            "Online Training Through Time for Spiking Neural Networks", NeurIPS 2022, and OSR, Zhu et al., ICLR
-            2024: one step at a time, ``loss_t / T`` back-propagated at once with the temporal path detached,
-            memory flat in ``T``; :func:`spikenorm.tasks.online.online_backward`). Online uses manual
-            optimization; the loss is per step (``ce``: cross-entropy of each step's logits).
-        online_update: ``batch`` (gradients accumulate over the T steps, one optimizer step per batch, OTTT_A)
-            or ``step`` (an optimizer step after every time step, OTTT_O).
-        teacher: a frozen teacher for knowledge distillation (any module: an ANN on the raw batch or an SNN
-            on the encoded one, see ``teacher_input``); always in eval mode, never optimized. ``None``: no KD.
-        teacher_checkpoint: weights for ``teacher``: a Lightning checkpoint of a SpikingClassifier (its
-            ``model.*`` entries, e.g. from a full-precision recipe's run) or a plain state_dict file.
-        teacher_input: ``encoded`` (the teacher gets ``[T, B, ...]`` like the student and returns ``[T, B, C]``)
-            or ``raw`` (the un-encoded batch, returns ``[B, C]``).
-        teacher_epochs: train the teacher on the fly at fit start for this many epochs over the datamodule's
-            training data (Adam, ``teacher_lr``, cross-entropy) when no ``teacher_checkpoint`` is given; its
-            trained state is saved in checkpoints, so a resumed run does not train it again.
-        kd_weight: ``alpha`` of ``loss = (1 - alpha) task_loss + alpha KD`` (1: distillation only, ReActNet).
-        kd_temperature: softening temperature ``tau`` of :func:`~spikenorm.tasks.distillation.distillation_loss`.
-        kd_per_step: distil every time step's logits (each step a self-ensemble member) instead of the
-            time-averaged ones.
+            and one scalar check per batch).
         record_firing_rates: log ``val/firing_rate`` and ``test/firing_rate``, the mean firing rate of the
             model's spiking neurons (:meth:`spikenorm.monitoring.FiringRateRecorder.mean_rate`, each batch's rate
             weighted by its size). ``None`` (default): when the model has neurons spikenorm recognises, else
@@ -90,10 +72,15 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
             that default, checked here. CLI: ``--model.init_args.compile=true``. See ``docs/guides/compile.md``.
 
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/firing_rate`` (see
-    ``record_firing_rates``) and the same under ``test/``; with a teacher also ``train/kd_loss`` and
+    ``record_firing_rates``) and the same under ``test/``; with distillation also ``train/kd_loss`` and
     ``val/teacher_acc``.
 
-    Callbacks see it as a :class:`~spikenorm.callbacks.plumbing.ClassificationTaskLike`: the network as
+    Configs and checkpoints of spikenorm 0.1.0, which spelled ``online`` and ``distillation`` as flat flags
+    (``training_mode``, ``online_update``, ``teacher``, ``teacher_checkpoint``, ``teacher_input``, ``teacher_epochs``,
+    ``teacher_lr``, ``kd_weight``, ``kd_temperature``, ``kd_per_step``), load as the parts
+    (:meth:`upgrade_arguments`).
+
+    Callbacks see it as a :class:`~spikenorm.callbacks.task_protocols.ClassificationTaskLike`: the network as
     ``model``, ``encode(x)`` and ``time_steps``.
 
     Checkpoints rebuild their network by themselves: the hyperparameters hold each constructor object's
@@ -105,12 +92,13 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
     (:class:`spikenorm.config.RecordsInit`); otherwise pass it again.
 
     Every run logs its complete configuration as flat keys (``task.*``, ``model.*``, ``optimizer.*``,
-    ``lr_scheduler.*``, ``teacher.*``, ``data.*``, ``trainer.*``, ``seed``, ``versions.*``; see
+    ``lr_scheduler.*``, ``distillation.*``, ``data.*``, ``trainer.*``, ``seed``, ``versions.*``; see
     :func:`~spikenorm.tasks.run_config.run_config`) to every logger, in ``setup``.
     """
 
-    #: constructor arguments that are objects: stored as configs, logged under their own prefix
-    OBJECT_ARGUMENTS = ("model", "teacher", "optimizer", "lr_scheduler")
+    OBJECT_ARGUMENTS = ("model", "distillation", "optimizer", "lr_scheduler")
+    NETWORK_ARGUMENTS = ("model", "teacher")
+    FACTORY_ARGUMENTS = ("optimizer", "lr_scheduler")
 
     def __init__(
         self,
@@ -119,29 +107,35 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         time_steps: int = 4,
         eval_time_steps: int | None = None,
         encoding: Encoding = "repeat",
-        loss: Literal["ce", "tet"] = "ce",
+        loss: Loss = "ce",
         tet_mse_weight: float = 0.05,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        online: OnlineTraining | None = None,
+        distillation: Distillation | None = None,
         check_finite: bool = True,
-        training_mode: Literal["bptt", "online"] = "bptt",
-        online_update: Literal["batch", "step"] = "batch",
-        teacher: nn.Module | None = None,
-        teacher_checkpoint: str | None = None,
-        teacher_input: Literal["encoded", "raw"] = "encoded",
-        teacher_epochs: int = 0,
-        teacher_lr: float = 1e-3,
-        kd_weight: float = 0.5,
-        kd_temperature: float = 4.0,
-        kd_per_step: bool = False,
         record_firing_rates: bool | None = None,
         compile: CompileOption = False,
     ) -> None:
-        super().__init__()
-        self._compile_options = compile_options(compile, f"{type(self).__name__}(compile=...)")
+        super().__init__(compile)
+        check_time_steps_value(time_steps)
+        if eval_time_steps is not None:
+            check_time_steps_value(eval_time_steps, "eval_time_steps")
+        check_choice(loss, Loss, "loss")
+        check_choice(encoding, Encoding, "encoding")
+        if isinstance(online, Mapping):  # stored in checkpoints as the dict of its fields
+            online = OnlineTraining(**online)
+        if online is not None and not isinstance(online, OnlineTraining):
+            raise TypeError(f"online must be an OnlineTraining or None, got {type(online).__name__}")
         self.save_hyperparameters(ignore=list(self.OBJECT_ARGUMENTS), logger=False)
-        given = {name: value for name, value in (("model", model), ("teacher", teacher)) if is_config(value)}
-        model, teacher = build_object(model, "model"), build_object(teacher, "teacher")
+        given = {name: value for name, value in (("model", model), ("distillation", distillation)) if is_config(value)}
+        model, distillation = build_object(model, "model"), build_object(distillation, "distillation")
+        if distillation is not None and not isinstance(distillation, Distillation):
+            raise TypeError(f"distillation must be a Distillation or None, got {type(distillation).__name__}")
+        if distillation is not None and online is not None:
+            raise ValueError(
+                "knowledge distillation is implemented for BPTT training only: give online or distillation"
+            )
         # factories a checkpoint could not record are needed only to train: refused in configure_optimizers
         self._unrecorded = {
             name: value
@@ -152,22 +146,20 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         lr_scheduler = (
             None if "lr_scheduler" in self._unrecorded else build_object(lr_scheduler, "lr_scheduler", partial=True)
         )
-        self._store_object_configs(given, model=model, teacher=teacher, optimizer=optimizer, lr_scheduler=lr_scheduler)
-        if time_steps < 1:
-            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
-        if eval_time_steps is not None and eval_time_steps < 1:
-            raise ValueError(f"eval_time_steps must be >= 1 or None, got {eval_time_steps}")
-        if loss not in ("ce", "tet"):
-            raise ValueError(f"unknown loss {loss!r}; available: ce, tet")
-        if encoding not in ("repeat", "frames"):
-            raise ValueError(f"unknown encoding {encoding!r}; available: frames, repeat")
-        if training_mode not in ("bptt", "online"):
-            raise ValueError(f"unknown training_mode {training_mode!r}; available: bptt, online")
-        if online_update not in ("batch", "step"):
-            raise ValueError(f"unknown online_update {online_update!r}; available: batch, step")
-        self._check_distillation(teacher, teacher_checkpoint, teacher_input, teacher_epochs, kd_weight, training_mode)
-        self.automatic_optimization = training_mode == "bptt"
-        self._network_compiled = False
+        self.give_time_steps(model, time_steps, eval_time_steps)
+        if distillation is not None:
+            self.give_time_steps(distillation.teacher, time_steps, eval_time_steps)
+        self.record_hyperparameters(
+            given,
+            model=model,
+            distillation=distillation,
+            optimizer=self._unrecorded.get("optimizer", optimizer),
+            lr_scheduler=self._unrecorded.get("lr_scheduler", lr_scheduler),
+            online=None if online is None else asdict(online),
+        )
+        self.online = online
+        self.distillation = distillation
+        self.automatic_optimization = online is None
         self._record_firing = record_firing_rates is not False  # setup() decides for None (see the docstring)
         if num_classes is None:
             num_classes = getattr(model, "num_classes", None)
@@ -180,52 +172,34 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
-        self.teacher = teacher
-        if teacher is not None:
+        self.teacher = None if distillation is None else distillation.teacher
+        if distillation is not None:
             self.teacher_acc = MulticlassAccuracy(self.num_classes, average="micro")
-            self.register_buffer("teacher_trained", torch.tensor(teacher_epochs == 0 or teacher_checkpoint is not None))
-            if teacher_checkpoint is not None:
-                load_teacher_weights(teacher, teacher_checkpoint)
-            teacher.requires_grad_(False).eval()
-        if eval_time_steps is not None:  # networks built for time_steps also run at eval_time_steps
-            accept_time_steps(self, eval_time_steps)
+            self.register_buffer("teacher_trained", torch.tensor(not distillation.needs_training))
+            if distillation.checkpoint is not None:
+                load_teacher_weights(distillation.teacher, distillation.checkpoint)
+            distillation.teacher.requires_grad_(False).eval()
 
-    def _store_object_configs(self, given: dict[str, Any], **objects: Any) -> None:
-        """Put each constructor object's config into the hyperparameters (see :func:`object_config`); ``given``:
-        configs the objects were built from, used for objects that do not record their own. Factories
-        (optimizer, scheduler) keep only their non-default arguments, so a checkpoint loads under another torch."""
-        given = {**(_given_hyperparameters.get() or {}), **given}  # LightningCLI's parsed config, if it built us
-        self._hparams.setdefault("_class_path", class_path_of(type(self)))  # the CLI rebuilds the task from it
-        for name, obj in objects.items():
-            config = self._unrecorded.get(name) or object_config(obj, given.get(name))
-            if name in FACTORY_ARGUMENTS and is_config(config):
-                config = without_defaults(config)
-            self._hparams[name] = config
-            self._hparams_initial[name] = config
+    @classmethod
+    def upgrade_arguments(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """spikenorm 0.1.0's flat flags (``training_mode``, ``teacher``, ``kd_weight``, ...) -> the ``online`` and
+        ``distillation`` parts (:func:`~spikenorm.tasks.argument_upgrades.upgrade_classifier_arguments`)."""
+        return upgrade_classifier_arguments(arguments)
 
-    @staticmethod
-    def _check_distillation(
-        teacher: nn.Module | None,
-        checkpoint: str | None,
-        teacher_input: str,
-        epochs: int,
-        kd_weight: float,
-        training_mode: str,
-    ) -> None:
-        if teacher is None:
-            if checkpoint is not None or epochs:
-                raise ValueError("teacher_checkpoint / teacher_epochs need a teacher module")
-            return
-        if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-        if teacher_input not in ("encoded", "raw"):
-            raise ValueError(f"unknown teacher_input {teacher_input!r}; available: encoded, raw")
-        if not 0.0 <= kd_weight <= 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
-        if epochs < 0:
-            raise ValueError(f"teacher_epochs must be >= 0, got {epochs}")
-        if training_mode != "bptt":
-            raise ValueError("knowledge distillation is implemented for training_mode='bptt' only")
+    @property
+    def training_mode(self) -> Literal["bptt", "online"]:
+        """``online`` when the task trains one step at a time (it was given ``online``), else ``bptt``."""
+        return "bptt" if self.online is None else "online"
+
+    def compiled_networks(self) -> list[nn.Module]:
+        """The network (not the teacher)."""
+        return [self.model]
+
+    def network_configs(self) -> dict[str, Any]:
+        """The configs of the network and of the distillation teacher (None without distillation)."""
+        distillation = self.hparams.get("distillation")
+        teacher = distillation.get("init_args", {}).get("teacher") if is_config(distillation) else None
+        return {"model": self.hparams.get("model"), "teacher": teacher}
 
     def train(self, mode: bool = True) -> SpikingClassifier:
         """Lightning's ``train()`` on the task; the teacher stays in eval mode."""
@@ -234,55 +208,26 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
             self.teacher.eval()
         return self
 
-    def configure_model(self) -> None:
-        """With ``compile``: compile the network in place, once (Lightning calls this before every fit, validate,
-        test and predict)."""
-        if self._compile_options is not None and not self._network_compiled:
-            compile_network(self.model, self._compile_options)
-            self._network_compiled = True
-
     # -- run configuration and checkpoints ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Refuse an empty split the stage runs (:func:`~spikenorm.tasks.empty_splits.check_splits_not_empty`); log
-        the run's complete configuration (flat keys) to every logger; check that firing rates can be recorded
-        (``record_firing_rates``: a network without neurons spikenorm recognises is refused when it is True, gets
-        one warning and no ``*/firing_rate`` when it is None)."""
+        """Refuse an empty split the stage runs (:func:`~spikenorm.tasks.empty_splits.check_splits_not_empty`) and
+        a datamodule whose ``T`` is not the task's (:func:`~spikenorm.tasks.data_time_steps.check_data_time_steps`);
+        log the run's complete configuration (flat keys) to every logger; decide whether firing rates are recorded
+        (``record_firing_rates``)."""
         check_splits_not_empty(self.trainer, self, stage)
-        config = run_config(type(self), self.hparams, self.OBJECT_ARGUMENTS, self.trainer)
-        for logger in self.trainer.loggers:
-            logger.log_hyperparams(config)
-        if self.hparams.record_firing_rates is False:
-            return
-        try:
-            recognised_neurons(self.model)
-            self._record_firing = True
-        except ValueError as error:
-            if self.hparams.record_firing_rates:
-                raise ValueError(
-                    f"{type(self).__name__}(record_firing_rates=True): {error}; pass "
-                    "record_firing_rates=None to skip the rate for such a model, or False"
-                ) from error
-            rank_zero_warn(f"{error}. {type(self).__name__} logs no firing rate for it.")
-            self._record_firing = False
+        check_data_time_steps(
+            self.trainer, self.hparams.time_steps, self.hparams.eval_time_steps, self.hparams.encoding
+        )
+        self.log_run_config()
+        self.decide_firing_rates(self.model, self.hparams.record_firing_rates)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the network's config apart from the hyperparameters, which ``load_from_checkpoint`` overwrites
-        with the objects passed to it."""
-        checkpoint[NETWORK_KEY] = {name: self.hparams[name] for name in NETWORK_ARGUMENTS}
-        if "hyper_parameters" in checkpoint:  # the teacher's weights are in the state dict: no file needed to load
-            checkpoint["hyper_parameters"]["teacher_checkpoint"] = None
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose network (or teacher) config differs from this task's."""
-        lines = network_differences(checkpoint.get(NETWORK_KEY, {}), self.hparams, NETWORK_ARGUMENTS)
-        if lines:
-            raise ValueError(
-                "the checkpoint was trained with a different network than the one it is loaded into "
-                "(checkpoint -> current):\n  "
-                + "\n  ".join(lines)
-                + "\nLoad it without a model (or without the CLI's model settings) to rebuild the network it "
-                "was trained with."
-            )
+        """The networks' configs apart (:meth:`SpikingTask.on_save_checkpoint`); the teacher's weights are in the state
+        dict, so the stored hyperparameters need no teacher checkpoint file to load."""
+        super().on_save_checkpoint(checkpoint)
+        distillation = checkpoint.get("hyper_parameters", {}).get("distillation")
+        if is_config(distillation) and distillation.get("init_args", {}).get("checkpoint") is not None:
+            distillation["init_args"] = {**distillation["init_args"], "checkpoint": None}
 
     # -- forward ------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -292,16 +237,12 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
     def check_batch(self, x: Tensor, stage: str, batch_idx: int) -> None:
         """With ``check_finite``: raise if the batch's input holds NaN/Inf, naming stage, batch and epoch."""
         if self.hparams.check_finite:
-            check_finite(x, f"{stage} batch {batch_idx} (epoch {self.current_epoch}): the input tensor")
+            self.check_input_finite(x, f"{stage} batch {batch_idx} (epoch {self.current_epoch})")
 
     def check_loss(self, loss: Tensor, batch_idx: int) -> None:
         """With ``check_finite``: raise if the training loss is NaN/Inf (before the optimizer step)."""
         if self.hparams.check_finite:
-            check_finite(
-                loss.detach(),
-                f"train batch {batch_idx} (epoch {self.current_epoch}): the loss, "
-                "from a finite input, (exploding activations or learning rate?)",
-            )
+            self.check_loss_finite(loss, f"train batch {batch_idx} (epoch {self.current_epoch})")
 
     @property
     def time_steps(self) -> int:
@@ -321,8 +262,9 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         return logits
 
     def teacher_forward(self, x: Tensor) -> Tensor:
-        """The teacher's logits for an un-encoded batch (``[B, C]`` or ``[T, B, C]``), fed as ``teacher_input`` says."""
-        return self.teacher(self.encode(x) if self.hparams.teacher_input == "encoded" else x)
+        """The teacher's logits for an un-encoded batch (``[B, C]`` or ``[T, B, C]``), fed as the distillation's
+        ``inputs`` says."""
+        return self.teacher(self.encode(x) if self.distillation.inputs == "encoded" else x)
 
     def teacher_logits(self, x: Tensor) -> Tensor:
         """The frozen teacher's logits, without gradient."""
@@ -338,16 +280,13 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         self.check_batch(x, "train", batch_idx)
-        if self.hparams.training_mode == "online":
+        if self.online is not None:
             loss, logits = self._online_step(x, y, batch_idx)
         else:
             logits = self(x)
             loss = self.loss(logits, y)
-            if self.teacher is not None:
-                kd = distillation_loss(
-                    logits, self.teacher_logits(x), self.hparams.kd_temperature, self.hparams.kd_per_step
-                )
-                loss = (1 - self.hparams.kd_weight) * loss + self.hparams.kd_weight * kd
+            if self.distillation is not None:
+                loss, kd = self.distillation.mixed_loss(loss, logits, self.teacher_logits(x))
                 self.log("train/kd_loss", kd)
             self.check_loss(loss, batch_idx)
         self.train_acc(logits.mean(0), y)
@@ -356,26 +295,15 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         return loss
 
     def _online_step(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
-        optimizer = self.optimizers()
         inputs = self.encode(x)
         steps = inputs.shape[0]
-        per_step = self.hparams.online_update == "step"
-
-        def after_step(t: int) -> None:
-            if per_step:
-                optimizer.step()
-                optimizer.zero_grad()
 
         def step_loss(out: Tensor) -> Tensor:
             loss_t = self.loss(out, y) / steps
-            self.check_loss(loss_t, batch_idx)  # before its backward and (online_update="step") optimizer step
+            self.check_loss(loss_t, batch_idx)  # before its backward and (update="step") optimizer step
             return loss_t
 
-        optimizer.zero_grad()
-        loss, logits = online_backward(self.model, inputs, step_loss, self.manual_backward, after_step)
-        if not per_step:
-            optimizer.step()
-        return loss, logits
+        return self.online.train_batch(self.model, inputs, step_loss, self.manual_backward, self.optimizers())
 
     def on_fit_start(self) -> None:
         if self.teacher is None or bool(self.teacher_trained):
@@ -383,7 +311,7 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise ValueError(
-                "teacher_epochs trains the teacher on the datamodule's training data: fit with a datamodule"
+                "Distillation(epochs=...) trains the teacher on the datamodule's training data: fit with a datamodule"
             )
 
         def batches() -> Any:
@@ -391,7 +319,7 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
                 yield x.to(self.device), y.to(self.device)
 
         self.teacher.requires_grad_(True)
-        fit_teacher(self.teacher, batches, self.teacher_forward, self.hparams.teacher_epochs, self.hparams.teacher_lr)
+        fit_teacher(self.teacher, batches, self.teacher_forward, self.distillation.epochs, self.distillation.lr)
         self.teacher.requires_grad_(False).eval()
         self.teacher_trained.fill_(True)
 
@@ -402,8 +330,7 @@ class SpikingClassifier(ChecksCheckpointFiles, LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         self.check_batch(x, stage, batch_idx)
-        recorder = FiringRateRecorder(self.model) if self._record_firing else None
-        with recorder or contextlib.nullcontext():
+        with self.firing_rate_recorder(self.model) as recorder:
             logits = self(x)
         metric(logits.mean(0), y)
         if self.teacher is not None and stage == "val":

@@ -3,7 +3,7 @@ them, the forwards of its eval and train passes, and the kind of output.
 
 Shared by ``spikenorm diagnose`` (:mod:`spikenorm.cli`) and the callbacks that diagnose during a fit. Every
 function reads the task by what it offers (duck typing, as the task Protocols of
-:mod:`spikenorm.callbacks.plumbing`), never by its class:
+:mod:`spikenorm.callbacks.task_protocols`), never by its class:
 
 * a classifier (``model``, ``encode(x)``, ``time_steps``; :class:`~spikenorm.tasks.SpikingClassifier`):
   :func:`classifier_forwards` gives the eval forward (one multi-step call, as validation runs the network) and
@@ -38,8 +38,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from spikenorm.diagnostics import stepwise_forward
+from spikenorm.diagnostics import DiagnosisOutput, stepwise_forward
 from spikenorm.modes import eval_mode
+from spikenorm.validation import check_choice
 
 __all__ = [
     "SPLITS",
@@ -56,6 +57,8 @@ __all__ = [
 Forward = Callable[[nn.Module, Any], Any]
 #: the splits a datamodule's batches can come from, and the loader each one is read from
 SPLITS = {"val": "val_dataloader", "test": "test_dataloader", "train": "train_dataloader"}
+#: where an RL task's diagnosis states come from: the replay buffer if it holds any (auto), it, or a rollout
+StateSource = Literal["auto", "replay", "rollout"]
 #: the datamodule stage that sets each split up
 _STAGES = {"val": "validate", "test": "test", "train": "fit"}
 
@@ -74,12 +77,13 @@ def classifier_forwards(task: Any) -> tuple[Forward, Forward]:
     """``(forward, train_forward)`` for ``diagnose(task.model, encoded batches, ...)``.
 
     The eval pass runs the network as validation does: one multi-step call. The train pass runs it as training
-    does: the same call for ``training_mode="bptt"`` (the default, and any task without the option), one step at a
-    time inside :func:`~spikenorm.neurons.stateful` for ``training_mode="online"``
+    does: the same call for BPTT (the default, and any task without a ``training_mode``), one step at a time inside
+    :func:`~spikenorm.neurons.stateful` for a task whose ``training_mode`` is ``"online"`` (given
+    :class:`~spikenorm.tasks.OnlineTraining`)
     (:func:`spikenorm.diagnostics.stepwise_forward`, as :func:`~spikenorm.tasks.online.online_backward` runs it,
     without the backward).
     """
-    if _hparam(task, "training_mode", "bptt") == "online":
+    if getattr(task, "training_mode", "bptt") == "online":
         return multi_step_forward, stepwise_forward
     return multi_step_forward, multi_step_forward
 
@@ -199,7 +203,7 @@ class DiagnosisInputs:
     batches: list[Any]
     forward: Forward | None
     train_forward: Forward | None
-    output: Literal["logits", "actions"]
+    output: DiagnosisOutput
     source: str
     batch_size: int
     note: str | None = None
@@ -224,7 +228,7 @@ def diagnosis_inputs(
     datamodule: Any = None,
     split: str | None = None,
     num_batches: int = 4,
-    states: Literal["auto", "replay", "rollout"] = "auto",
+    states: StateSource = "auto",
 ) -> DiagnosisInputs:
     """Everything ``diagnose`` needs for ``task``.
 
@@ -250,8 +254,7 @@ def diagnosis_inputs(
                 f"{type(task).__name__} has no data splits (split={split!r}): its states come from the replay "
                 "buffer, or from the env driven by the actor"
             )
-        if states not in ("auto", "replay", "rollout"):
-            raise ValueError(f"unknown states {states!r}; available: auto, replay, rollout")
+        check_choice(states, StateSource, "states")
         batch_size = int(_hparam(task, "batch_size", 256))
         batches = [] if states == "rollout" else replay_observations(task, num_batches, batch_size)
         source = "replay"

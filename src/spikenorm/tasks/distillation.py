@@ -1,5 +1,6 @@
 """Knowledge distillation for spiking classifiers (the KD-based training of SEI-BWSNN: Meng et al., "A Self-Ensemble
-Inspired Approach for Effective Training of Binary-Weight Spiking Neural Networks", arXiv 2508.12609, 2025).
+Inspired Approach for Effective Training of Binary-Weight Spiking Neural Networks", arXiv 2508.12609, 2025): the
+:class:`Distillation` part a :class:`~spikenorm.tasks.SpikingClassifier` is given, and its loss.
 
 The SEI-BWSNN abstract fixes only that training is "knowledge-distillation based"; the loss below (a
 ReActNet/Hinton-style KL on softened outputs from a frozen full-precision teacher) is spikenorm's
@@ -10,11 +11,80 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+
+from spikenorm.config import RecordsInit
+from spikenorm.validation import check_choice
+
+#: what the teacher is fed: the encoded batch ``[T, B, ...]`` like the student, or the raw batch
+TeacherInput = Literal["encoded", "raw"]
+
+
+class Distillation(RecordsInit):
+    """Knowledge distillation from a frozen teacher: ``loss = (1 - weight) task_loss + weight KD`` with
+    ``KD`` = :func:`distillation_loss`.
+
+    A :class:`~spikenorm.tasks.SpikingClassifier` given this part (``distillation=Distillation(...)``; CLI: the
+    ``distillation:`` section of the task's ``init_args``) holds the teacher as its ``teacher`` submodule (always in
+    eval mode, never optimized), logs ``train/kd_loss`` and ``val/teacher_acc``, and implements BPTT training only.
+
+    Args:
+        teacher: the teacher (any module: an ANN on the raw batch or an SNN on the encoded one, see ``inputs``).
+        checkpoint: weights for the teacher: a Lightning checkpoint of a SpikingClassifier (its ``model.*`` entries,
+            e.g. from a full-precision recipe's run) or a plain state_dict file (:func:`load_teacher_weights`).
+        inputs: ``encoded`` (the teacher gets ``[T, B, ...]`` like the student and returns ``[T, B, C]``) or ``raw``
+            (the un-encoded batch, returns ``[B, C]``).
+        epochs: train the teacher at fit start for this many epochs over the datamodule's training data
+            (:func:`fit_teacher`: Adam with ``lr``, cross-entropy) when no ``checkpoint`` is given; its trained
+            state is saved in the task's checkpoints, so a resumed run does not train it again.
+        lr: the teacher's learning rate for ``epochs``.
+        weight: ``alpha`` of ``loss = (1 - alpha) task_loss + alpha KD`` (1: distillation only, ReActNet).
+        temperature: softening temperature ``tau`` of :func:`distillation_loss`.
+        per_step: distil every time step's logits (each step a self-ensemble member) instead of the time-averaged
+            ones.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        checkpoint: str | None = None,
+        inputs: TeacherInput = "encoded",
+        epochs: int = 0,
+        lr: float = 1e-3,
+        weight: float = 0.5,
+        temperature: float = 4.0,
+        per_step: bool = False,
+    ) -> None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"Distillation(teacher=...) must be a torch.nn.Module, got {type(teacher).__name__}")
+        check_choice(inputs, TeacherInput, "Distillation inputs")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"Distillation weight must be in [0, 1], got {weight}")
+        if epochs < 0:
+            raise ValueError(f"Distillation epochs must be >= 0, got {epochs}")
+        self.teacher = teacher
+        self.checkpoint = checkpoint
+        self.inputs = inputs
+        self.epochs = epochs
+        self.lr = lr
+        self.weight = weight
+        self.temperature = temperature
+        self.per_step = per_step
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether the teacher is trained at fit start (``epochs`` > 0 and no ``checkpoint``)."""
+        return self.epochs > 0 and self.checkpoint is None
+
+    def mixed_loss(self, task_loss: Tensor, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+        """``((1 - weight) task_loss + weight KD, KD)`` for the student's per-step logits and the teacher's."""
+        kd = distillation_loss(student, teacher, self.temperature, self.per_step)
+        return (1 - self.weight) * task_loss + self.weight * kd, kd
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float = 4.0, per_step: bool = False) -> Tensor:

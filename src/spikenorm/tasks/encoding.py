@@ -6,6 +6,8 @@ from typing import Literal
 
 from torch import Tensor
 
+from spikenorm.validation import check_choice
+
 Encoding = Literal["repeat", "frames"]
 
 
@@ -16,17 +18,16 @@ def encode(x: Tensor, time_steps: int, encoding: Encoding) -> Tensor:
     * ``frames``: event frames arrive ``[B, T, ...]`` (tonic's layout) and are transposed once; their
       ``T`` must equal ``time_steps``.
     """
+    check_choice(encoding, Encoding, "encoding")
     if encoding == "repeat":
         if x.ndim < 2:
             raise ValueError(f"repeat encoding expects a batch [B, ...] with rank >= 2, got shape {tuple(x.shape)}")
         return x.unsqueeze(0).expand(time_steps, *x.shape)
-    if encoding == "frames":
-        if x.ndim < 3:
-            raise ValueError(f"frames encoding expects [B, T, ...] frames, got shape {tuple(x.shape)}")
-        if x.shape[1] != time_steps:
-            raise ValueError(
-                f"frames encoding expects [B, T, ...] with T={time_steps} (the task's time_steps), "
-                f"got shape {tuple(x.shape)} with T={x.shape[1]}"
-            )
-        return x.transpose(0, 1)
-    raise ValueError(f"unknown encoding {encoding!r}; available: frames, repeat")
+    if x.ndim < 3:
+        raise ValueError(f"frames encoding expects [B, T, ...] frames, got shape {tuple(x.shape)}")
+    if x.shape[1] != time_steps:
+        raise ValueError(
+            f"frames encoding expects [B, T, ...] with T={time_steps} (the task's time_steps), "
+            f"got shape {tuple(x.shape)} with T={x.shape[1]}"
+        )
+    return x.transpose(0, 1)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor
+
+#: the classification losses a task offers: ``ce`` (:func:`mean_logit_ce`) or ``tet`` (:func:`tet_loss`)
+Loss = Literal["ce", "tet"]
 
 
 def mean_logit_ce(logits: Tensor, target: Tensor) -> Tensor:

@@ -9,7 +9,6 @@ from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -37,8 +36,9 @@ from spikenorm.rl import (
     observation_dim,
     soft_update,
 )
-from spikenorm.tasks.checkpoint_loading import ChecksCheckpointFiles
-from spikenorm.tasks.compilation import CompileOption, compile_network, compile_options
+from spikenorm.tasks.base import SpikingTask
+from spikenorm.tasks.compilation import CompileOption
+from spikenorm.validation import check_choice
 
 
 class _Ticks(IterableDataset):
@@ -54,10 +54,15 @@ class _Ticks(IterableDataset):
         return iter(self.remaining())
 
 
-ACTORS = ("ann", "spiking")
+#: the off-policy algorithms: TD3 (twin critics, target noise, delayed actor) or DDPG
+Algorithm = Literal["td3", "ddpg"]
+#: the actor: PopSAN (spiking) or TD3's ReLU MLP (the ANN baseline)
+Actor = Literal["spiking", "ann"]
+#: how the targets follow: Polyak averaging every update, or a hard copy every ``hard_update_every`` updates
+TargetUpdate = Literal["soft", "hard"]
 
 
-class SpikingTD3(ChecksCheckpointFiles, LightningModule):
+class SpikingTD3(SpikingTask):
     """TD3 (or DDPG) with a spiking actor, trained online on a gymnasium MuJoCo env (the CaRe-BN setting).
 
     The actor is the population-coded spiking actor (:class:`~spikenorm.models.PopSANActor`, ``actor="spiking"``)
@@ -141,8 +146,8 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         env_name: str = "InvertedPendulum-v5",
         total_env_steps: int = 50_000,
         warmup_steps: int = 5_000,
-        algorithm: Literal["td3", "ddpg"] = "td3",
-        actor: Literal["spiking", "ann"] = "spiking",
+        algorithm: Algorithm = "td3",
+        actor: Actor = "spiking",
         actor_layers: LayerSpec | None = POPSAN_LAYERS,
         time_steps: int = 5,
         hidden: tuple[int, ...] = (256, 256),
@@ -152,7 +157,7 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         updates_per_step: int = 1,
         gamma: float = 0.99,
         tau: float | None = None,
-        target_update: Literal["soft", "hard"] = "soft",
+        target_update: TargetUpdate = "soft",
         hard_update_every: int = 1000,
         policy_delay: int = 2,
         exploration_noise: float = 0.1,
@@ -166,11 +171,9 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         seed: int = 0,
         compile: CompileOption = False,
     ) -> None:
-        super().__init__()
-        if algorithm not in ("td3", "ddpg"):
-            raise ValueError(f"unknown algorithm {algorithm!r}; available: ddpg, td3")
-        if actor not in ACTORS:
-            raise ValueError(f"unknown actor {actor!r}; available: {', '.join(ACTORS)}")
+        super().__init__(compile)
+        check_choice(algorithm, Algorithm, "algorithm")
+        check_choice(actor, Actor, "actor")
         if isinstance(actor_layers, Mapping):  # a checkpoint's hyperparameters, or some fields given in Python
             actor_layers = replace(POPSAN_LAYERS, **actor_layers)
         if actor == "ann" and actor_layers not in (None, POPSAN_LAYERS):
@@ -183,16 +186,13 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
                 "SpikingTD3(actor='spiking') needs actor_layers (a LayerSpec; the default is POPSAN_LAYERS); "
                 "actor_layers=None is for actor='ann'"
             )
-        if target_update not in ("soft", "hard"):
-            raise ValueError(f"unknown target_update {target_update!r}; available: hard, soft")
+        check_choice(target_update, TargetUpdate, "target_update")
         if warmup_steps % frames_per_batch:
             raise ValueError(
                 f"warmup_steps ({warmup_steps}) must be a multiple of frames_per_batch ({frames_per_batch})"
             )
         if warmup_steps >= total_env_steps:
             raise ValueError(f"warmup_steps ({warmup_steps}) must be below total_env_steps ({total_env_steps})")
-        self._compile_options = compile_options(compile, f"{type(self).__name__}(compile=...)")
-        self._actor_compiled = False
         ddpg = algorithm == "ddpg"
         defaults = {
             "tau": 0.001 if ddpg else 0.005,
@@ -203,8 +203,7 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         self.save_hyperparameters()
         # plain data, so that checkpoints load without unpickling code and loggers get actor_layers/<field> keys;
         # None for the ANN actor, which has no spiking layers
-        layers_record = asdict(actor_layers) if actor == "spiking" else None
-        self._hparams["actor_layers"] = self._hparams_initial["actor_layers"] = layers_record
+        self.record_hyperparameters(actor_layers=asdict(actor_layers) if actor == "spiking" else None)
         for key, value in defaults.items():
             if self.hparams[key] is None:
                 self.hparams[key] = value
@@ -222,6 +221,7 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
             self.actor = PopSANActor(
                 obs_dim, act_dim, max_action=max_action, hidden=hidden, time_steps=time_steps, layers=actor_layers
             )
+            self.give_time_steps(self.actor, time_steps)
         self.critic = DDPGCritic(obs_dim, act_dim) if ddpg else TwinQCritic(obs_dim, act_dim, hidden=hidden)
         self.actor_target = make_target(self.actor)  # pinned to eval mode, whatever Lightning sets
         self.critic_target = make_target(self.critic)
@@ -245,11 +245,9 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         return self.hparams.total_env_steps
 
     # -- Lightning plumbing -----------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        """With ``compile``: compile the actor in place, once."""
-        if self._compile_options is not None and not self._actor_compiled:
-            compile_network(self.actor, self._compile_options)
-            self._actor_compiled = True
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        """The actor (the critics and the target actor stay uncompiled)."""
+        return [self.actor]
 
     def setup(self, stage: str) -> None:
         """Refuse ``Trainer(max_steps=...)`` for fitting: the budget is ``total_env_steps``."""
@@ -439,6 +437,7 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         step (observation, episode return and step count), all as plain data (``weights_only`` loading).
         A weights-only checkpoint (Lightning's ``save_weights_only``, which cannot resume a fit) keeps only the
         counters and evaluations, so it stays small."""
+        super().on_save_checkpoint(checkpoint)
         state: dict[str, Any] = {
             "env_steps": self.env_steps,
             "updates": self.updates,
@@ -468,6 +467,7 @@ class SpikingTD3(ChecksCheckpointFiles, LightningModule):
         """Restore what :meth:`on_save_checkpoint` stored: counters and replay buffer now, the envs and the
         collector when the fit starts, torch's RNG at the first training step. Checkpoints of older versions
         (counters only) load too; a fit resumed from them starts a new episode with an empty buffer."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("spikenorm_rl", {})
         self.env_steps = state.get("env_steps", 0)
         self.updates = state.get("updates", 0)

@@ -1,4 +1,4 @@
-"""The callback plumbing: task Protocols and their setup check, batch inputs, output folders, due-ness."""
+"""What every callback shares: task Protocols and their setup check, batch inputs, output folders, due-ness."""
 
 from __future__ import annotations
 
@@ -15,21 +15,18 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from spikenorm.callbacks.plumbing import (
+from spikenorm.callbacks.batches import batch_inputs, model_inputs
+from spikenorm.callbacks.output_folders import output_folder
+from spikenorm.callbacks.schedules import check_every_n_epochs, validation_due
+from spikenorm.callbacks.task_network import monitored_network, task_module
+from spikenorm.callbacks.task_protocols import (
     ClassificationTaskLike,
     EncodingTask,
     NetworkTask,
     ReplayTaskLike,
     TimeStepsTask,
-    batch_inputs,
-    check_every_n_epochs,
-    model_inputs,
-    monitored_network,
-    output_folder,
     protocol_members,
     require_task,
-    task_module,
-    validation_due,
 )
 from spikenorm.tasks import SpikingClassifier
 
