@@ -17,11 +17,11 @@ def bench(monkeypatch):
 # default suite (tests/test_nonfinite.py), and the report's arithmetic below
 @pytest.mark.slow
 def test_steps_alternate_the_check_and_leave_it_on(bench, monkeypatch):
-    import spikenorm.tasks.classification as classification
+    import spikenorm.tasks.base as task_base
 
     calls = []
-    real = classification.check_finite
-    monkeypatch.setattr(classification, "check_finite", lambda x, where: calls.append(where) or real(x, where))
+    real = task_base.check_finite
+    monkeypatch.setattr(task_base, "check_finite", lambda x, where: calls.append(where) or real(x, where))
     task, data = bench.quickstart()
     assert task.hparams.time_steps == 4 and data.hparams.batch_size == 64
     assert bench.full_batches(data) == 1257 // 64
