@@ -194,9 +194,11 @@ class SpikingTask(LightningModule):
 
 def _upgraded_checkpoint(cls: type[SpikingTask], path: Any) -> Any:
     """``path``, or an in-memory copy of the checkpoint with its hyperparameters upgraded when an earlier release
-    wrote them (:meth:`SpikingTask.upgrade_arguments`). A checkpoint that needs unpickling is left to Lightning."""
+    wrote them (:meth:`SpikingTask.upgrade_arguments`). The file is memory-mapped, so a checkpoint that needs no
+    upgrade (every one written by this release) costs no second read of its tensors. A checkpoint that needs
+    unpickling, or is not in the zip format, is left to Lightning."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not loadable as plain data: Lightning's loader decides (and names the problem)
         return path
     stored = checkpoint.get(LightningModule.CHECKPOINT_HYPER_PARAMS_KEY)
