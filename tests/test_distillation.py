@@ -109,6 +109,16 @@ def test_teacher_trained_on_the_fly_once_and_loaded_from_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         SpikingClassifier(mlp(0), time_steps=2, distillation=Distillation(mlp(0), checkpoint=str(path)))
 
+    # the student's checkpoint needs no teacher file (its weights are in the state dict); the live record keeps it
+    trainer.strategy.connect(student)
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    stored = torch.load(tmp_path / "student.ckpt", weights_only=True)["hyper_parameters"]["distillation"]
+    assert stored["init_args"]["checkpoint"] is None
+    assert student.hparams.distillation["init_args"]["checkpoint"] == str(path)
+    path.unlink()
+    reloaded = SpikingClassifier.load_from_checkpoint(tmp_path / "student.ckpt")
+    assert all(torch.equal(trained[k], v) for k, v in reloaded.teacher.state_dict().items())
+
 
 def test_distillation_options_are_checked():
     with pytest.raises(TypeError, match="torch.nn.Module"):

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from spikenorm import fused
-from spikenorm.norm.stats import accumulation_dtype
+from spikenorm.precision import accumulation_dtype
 from spikenorm.recurrence import LinearCharge
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
@@ -237,7 +237,7 @@ class SpikingNeuron(nn.Module):
     def state_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of the state, charge, membrane norm and threshold comparison for inputs of ``dtype``: float32
         for half precision (bfloat16, float16), ``dtype`` itself otherwise
-        (:func:`~spikenorm.norm.stats.accumulation_dtype`). The fused kernels read it from here."""
+        (:func:`~spikenorm.precision.accumulation_dtype`). The fused kernels read it from here."""
         return accumulation_dtype(dtype)
 
     def init_state(self, x: Tensor) -> State:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from spikenorm.norm import TimeMajorNorm, accumulate_over_steps, unbiased_accumulated
-from spikenorm.norm.stats import PooledMoments, accumulation_dtype
+from spikenorm.norm.stats import PooledMoments
+from spikenorm.precision import accumulation_dtype
 from spikenorm.validation import check_time_steps
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spikenorm.norm.stats import accumulation_dtype
+from spikenorm.precision import accumulation_dtype
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
 from spikenorm.time_steps import check_time_steps_value
@@ -210,7 +210,7 @@ class TimeMajorNorm(nn.Module):
         kernels cannot stand in for this layer: training mode, a forward, normalize, affine_transform or
         feature_view of a subclass, statistics not per feature (per step, like BNTT), parameters that want a
         gradient, or tensors that do not fit ``x`` (feature shape, device, or a dtype other than that of the
-        membrane, which is :func:`~spikenorm.norm.stats.accumulation_dtype` of ``x``: float32 for a half-precision
+        membrane, which is :func:`~spikenorm.precision.accumulation_dtype` of ``x``: float32 for a half-precision
         input)."""
         for name in ("forward", "normalize", "affine_transform", "feature_view"):
             if getattr(type(self), name) is not getattr(TimeMajorNorm, name):

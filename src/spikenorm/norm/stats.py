@@ -17,8 +17,8 @@ concatenated data). The reduction uses the two-pass form ``mean = sum(x)/N``, ``
 sums all-reduced), which avoids the cancellation of ``E[x^2] - E[x]^2`` in float32.
 
 Mixed precision: half-precision inputs (bfloat16, float16; what a convolution returns under ``torch.autocast``)
-are upcast to float32 before any reduction (:func:`accumulation_dtype`), so the statistics, and the running
-buffers they update, are float32 whatever the input precision. The upcast is exact; summing ``B T H W``
+are upcast to float32 before any reduction (:func:`~spikenorm.precision.accumulation_dtype`), so the statistics,
+and the running buffers they update, are float32 whatever the input precision. The upcast is exact; summing ``B T H W``
 values in bfloat16 (8 significant bits) would not be.
 """
 
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from spikenorm.distributed import distributed_world_size
+from spikenorm.precision import accumulation_dtype
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -51,12 +52,6 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype spikenorm computes statistics and neuron state in for inputs of ``dtype``: float32 for the half
-    precisions (bfloat16, float16), ``dtype`` itself otherwise (float32 stays float32, float64 float64)."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
 def _all_reduce_sum(t: Tensor) -> Tensor:
     return _AllReduceSum.apply(t)
 
@@ -65,14 +60,14 @@ def batch_moments(x: Tensor, dims: Sequence[int], sync: bool = True) -> tuple[Te
     """Mean and biased variance of ``x`` over ``dims`` and the number of samples they pool.
 
     Args:
-        x: input tensor; half precision is reduced in float32 (:func:`accumulation_dtype`; the gradient flows
-            back through the upcast).
+        x: input tensor; half precision is reduced in float32 (:func:`~spikenorm.precision.accumulation_dtype`;
+            the gradient flows back through the upcast).
         dims: axes to reduce; the remaining axes index the statistics.
         sync: pool over all processes when distributed (requires equal shapes on every rank).
 
     Returns:
-        ``(mean, var, count)``, in :func:`accumulation_dtype` of ``x``; ``mean`` and ``var`` have the shape of
-        ``x`` with ``dims`` removed.
+        ``(mean, var, count)``, in :func:`~spikenorm.precision.accumulation_dtype` of ``x``; ``mean`` and ``var``
+        have the shape of ``x`` with ``dims`` removed.
     """
     x = x.to(accumulation_dtype(x.dtype))
     dims = tuple(d % x.ndim for d in dims)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from spikenorm.norm.base import NORMS, FoldTarget, StepIndexedNorm
 from spikenorm.norm.batchnorm import channelwise_single_process, pooled_batch_statistics
-from spikenorm.norm.stats import accumulation_dtype
+from spikenorm.precision import accumulation_dtype
 
 
 @NORMS.register("tebn")

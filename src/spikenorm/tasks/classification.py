@@ -227,7 +227,8 @@ class SpikingClassifier(SpikingTask):
         super().on_save_checkpoint(checkpoint)
         distillation = checkpoint.get("hyper_parameters", {}).get("distillation")
         if is_config(distillation) and distillation.get("init_args", {}).get("checkpoint") is not None:
-            distillation["init_args"] = {**distillation["init_args"], "checkpoint": None}
+            init_args = {**distillation["init_args"], "checkpoint": None}  # a copy: the task's own record stays
+            checkpoint["hyper_parameters"]["distillation"] = {**distillation, "init_args": init_args}
 
     # -- forward ------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
