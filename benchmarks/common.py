@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
-import multiprocessing
 import os
 import platform
 import statistics
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
 from torch import Tensor
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -181,40 +176,3 @@ def quiet_trainer(**options: Any) -> Trainer:
         "accelerator": "cpu",
     }
     return Trainer(**{**quiet, **options})
-
-
-def fit_and_test(
-    task: LightningModule, data: LightningDataModule, epochs: int, callbacks: Sequence[Callback] = ()
-) -> dict[str, float]:
-    """Train on CPU deterministically, then test the best-validation checkpoint; returns the test metrics."""
-    with tempfile.TemporaryDirectory() as root:
-        checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")
-        trainer = quiet_trainer(
-            max_epochs=epochs,
-            enable_checkpointing=True,
-            deterministic=True,
-            default_root_dir=root,
-            callbacks=[checkpoint, *callbacks],
-        )
-        trainer.fit(task, data)
-        return trainer.test(task, data, ckpt_path="best", verbose=False)[0]
-
-
-def run_each(
-    todo: Iterable[Any],
-    run: Callable[[Any, int], Any],
-    jobs: int,
-    threads: int,
-    keep: Callable[[Any, Callable[[], Any]], None],
-) -> None:
-    """Run ``run(spec, threads)`` for every spec of ``todo`` and hand each to ``keep(spec, result)``, where
-    ``result()`` returns the run's record or raises its error: in this process when ``jobs == 1``, else ``jobs`` at
-    a time in spawned processes, each as it finishes (so a store written by ``keep`` loses no finished run)."""
-    if jobs == 1:
-        for spec in todo:
-            keep(spec, functools.partial(run, spec, threads))
-        return
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run, spec, threads): spec for spec in todo}
-        for future in as_completed(futures):
-            keep(futures[future], future.result)

@@ -1,254 +1,236 @@
 """The mechanisms, measured: does each paper's argument show in what :func:`spikenorm.diagnostics.diagnose` measures?
 
-Parts (``--part``; all by default), each a set of runs on seeds ``0..--seeds - 1``:
+The runs are five studies (``benchmarks/studies/mechanisms_<part>.yaml``), each run an ordinary ``spikenorm fit``
+with :class:`~spikenorm.callbacks.NormDiagnostics` attached, run by ``spikenorm study`` (parallel, resumable):
 
-* ``carebn`` (CaRe-BN, Xu et al., ICLR 2026): TD3 with the PopSAN actor (CLIF, T = 5) on Hopper-v5, actor norm
-  BN (``tdbn``: pooled over batch and time, EMA running statistics, the paper's standard-BN / tdBN baseline),
-  Ca-BN (``carebn``) and Ca-BN + Re-BN (``carebn`` + ``ReplayRecalibration`` every 5000 env steps). Every 1000 env
-  steps :class:`~spikenorm.callbacks.NormDiagnostics` measures the actor's statistics error against the recent
-  replay states and the eval/train action gap (:mod:`mechanisms_rl`);
-* ``osr`` (OSR / OTS, Zhu et al., ICLR 2024): online training on digits with per-step vanilla BN, OSR and
-  OSR + OTS (the settings of ``osr_digits.py``); train/eval gap and statistics error at every epoch end
-  (``NormDiagnostics`` on the validation batches, train pass one step at a time);
-* ``mpbn`` (MPBN, Guo et al., ICCV 2023): tdBN vs tdBN + MPBN at T = 1, 2, 4 (the settings of ``mpbn_digits.py``):
-  the membrane relative to the threshold per spiking layer, firing and accuracy;
-* ``temporal`` (TEBN, NeurIPS 2022; TAB, ICLR 2024): tdBN vs TEBN vs TAB at T = 4: how far each step's statistics
-  sit from the pooled ones (``step_shift``) and each norm's statistics error per step (``step_stat_w2``);
-* ``attach``: the same diagnostics on the SpikingJelly and snnTorch example networks (``examples/*_digits.py``).
+* ``carebn`` (CaRe-BN, Xu et al., ICLR 2026): TD3 on Hopper-v5 with BN (tdBN), Ca-BN and Ca-BN + Re-BN; the actor
+  diagnosed every 1000 env steps on recent replay states (``metrics.csv``);
+* ``osr`` (OSR / OTS, Zhu et al., ICLR 2024): online training on digits with vanilla BN, OSR and OSR + OTS; train/eval
+  gap and statistics error at every epoch end (``metrics.csv``);
+* ``mpbn`` (MPBN, Guo et al., ICCV 2023) and ``temporal`` (TEBN, TAB): digits, BPTT; the final network diagnosed on
+  the test split at the post-fit test (``diagnostics/test-*.json`` in the run folder, membrane histograms included);
+* ``attach``: the SpikingJelly and snnTorch example networks (``examples/*_digits.py``), diagnosed likewise.
 
-Runs are resumable: each finished run is appended as one JSON line to ``mechanisms_runs.jsonl`` in the results
-folder, keyed by part, variant, seed and settings; a stored run is not run again. Every invocation rebuilds the
-whole report (``mechanisms.md``, figures ``mechanisms_<part>.png``, copied to ``docs/benchmarks/`` when writing to
-``benchmarks/results``) from the stored runs of the current settings. ``--jobs 2`` runs two runs at a time in
-spawned processes with ``--threads`` (1) torch threads each. ``--smoke`` uses tiny budgets (seconds per run) and, unless
-``--results-dir`` is given, a temporary results folder.
+This script reads the studies' run folders back (:func:`spikenorm.studies.run_records.find_runs`), turns each finished
+run into the record its part's section reads (:func:`part_runs`) and writes the report (``mechanisms.md``, figures
+``mechanisms_<part>.png``, copied to ``docs/benchmarks/`` when writing to ``benchmarks/results``)::
 
-    python benchmarks/mechanisms.py --part carebn --jobs 2       # 9 TD3 runs, about 45 min on 2 cores
-    python benchmarks/mechanisms.py --part osr mpbn temporal attach --jobs 2
-    python benchmarks/mechanisms.py --report-only                 # the report of what is stored
-    python benchmarks/mechanisms.py --smoke --part mpbn --seeds 1 --no-save
+    spikenorm study benchmarks/studies/mechanisms_carebn.yaml          # 9 TD3 runs, about 45 min on 2 cores
+    spikenorm study benchmarks/studies/mechanisms_osr.yaml             # ... and mpbn, temporal, attach
+    python benchmarks/mechanisms.py --studies studies                  # the report of what is there
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import shutil
 import statistics
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from common import RESULTS_DIR, benchmark_parser, run_each, stamp
-from mechanisms_report import HEADLINES, SECTIONS
+from common import RESULTS_DIR, benchmark_parser, stamp
+from mechanisms_report import HEADLINES, PART_VARIANTS, SECTIONS, PartRuns, coarse_histogram
+
+from spikenorm.run_status import read_run_status
+from spikenorm.studies.run_records import RunRecord, find_runs
 
 NAME = "mechanisms"
 PARTS = ("carebn", "osr", "mpbn", "temporal", "attach")
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
-DEFAULT_SEEDS = {"carebn": 3, "osr": 5, "mpbn": 5, "temporal": 5, "attach": 5}
+#: the flat config keys the parts read (the spikenorm CLI's resolved ``config.yaml``)
+TASK = "model.init_args."
+LAYERS = f"{TASK}model.init_args.layers."
 
 
-def part_settings(part: str, smoke: bool) -> list[tuple[str, dict[str, Any]]]:
-    """The ``(variant, settings)`` cells of ``part``: the full budget, or the smoke test's tiny one."""
+# -- what a run is: its part's variant and settings, from its configuration -------------------------------------
+def callback_args(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The ``init_args`` of each callback of class ``name`` (by its last dotted part) in the run's flat config."""
+    out = []
+    index = 0
+    while f"trainer.callbacks[{index}].class_path" in config:
+        if str(config[f"trainer.callbacks[{index}].class_path"]).rsplit(".", 1)[-1] == name:
+            prefix = f"trainer.callbacks[{index}].init_args."
+            out.append({k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)})
+        index += 1
+    return out
+
+
+def variant_of(part: str, config: dict[str, Any]) -> str | None:
+    """The name of the part's variant the run's configuration is (None: none of the part's variants)."""
     if part == "carebn":
-        from mechanisms_rl import VARIANTS
+        key = (config.get(f"{TASK}actor_layers.norm"), bool(callback_args(config, "ReplayRecalibration")))
+    elif part == "osr":
+        key = (config.get(f"{LAYERS}norm"), bool(config.get(f"{LAYERS}neuron_kwargs.ots", False)))
+    elif part == "mpbn":
+        key = (config.get(f"{LAYERS}norm"), config.get(f"{LAYERS}membrane_norm"))
+    elif part == "temporal":
+        key = config.get(f"{LAYERS}norm")
+    else:
+        key = config.get("model.class_path")
+    return next((name for name, k in PART_VARIANTS[part].items() if k == key), None)
 
-        if smoke:
-            budget = {"env": "Hopper-v5", "steps": 300, "warmup": 300, "eval_every": 600, "eval_episodes": 1}
-            budget |= {"diag_every": 150, "rebn_every": 300, "diag_batches": 1, "diag_batch_size": 32, "recent": 1000}
-        else:
-            budget = {"env": "Hopper-v5", "steps": 10_000, "warmup": 2_500, "eval_every": 2_500, "eval_episodes": 10}
-            budget |= {"diag_every": 1000, "rebn_every": 5000, "diag_batches": 4, "diag_batch_size": 256}
-            budget |= {"recent": 10_000}
-        return [(variant, budget) for variant in VARIANTS]
-    from mechanisms_digits import ATTACH_VARIANTS, MPBN_VARIANTS, TEMPORAL_VARIANTS, osr_variants
 
-    budget = {"epochs": 1, "limit_train_batches": 2, "diagnose_batches": 1} if smoke else {"epochs": 10}
+def settings_of(part: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings the part's section reports, from the run's configuration."""
+    if part == "carebn":
+        diag = callback_args(config, "NormDiagnostics")[0]
+        warmup = int(config[f"{TASK}warmup_steps"])
+        settings = {
+            "env": config[f"{TASK}env_name"],
+            "warmup": warmup,
+            "steps": int(config[f"{TASK}total_env_steps"]) - warmup,
+            "eval_every": int(config[f"{TASK}eval_every"]),
+            "eval_episodes": int(config[f"{TASK}eval_episodes"]),
+            "diag_every": int(diag["every_n_env_steps"]),
+            "diag_batches": int(diag["num_batches"]),
+            "diag_batch_size": int(diag["batch_size"]),
+            "recent": int(diag["recent"]),
+        }
+        rebn = callback_args(config, "ReplayRecalibration")
+        return settings | ({"rebn_every": int(rebn[0]["every_n_env_steps"])} if rebn else {})
+    settings: dict[str, Any] = {"epochs": int(config["trainer.max_epochs"])}
+    if part in ("osr", "mpbn", "temporal"):
+        settings["time_steps"] = int(config[f"{TASK}time_steps"])
     if part == "osr":
-        return [(v, {**budget, "time_steps": 4, "diagnose_batches": 1 if smoke else 3}) for v in osr_variants()]
-    if part == "mpbn":
-        steps = (1, 2) if smoke else (1, 2, 4)
-        return [(v, {**budget, "time_steps": t}) for t in steps for v in MPBN_VARIANTS]
-    if part == "temporal":
-        return [(v, {**budget, "time_steps": 2 if smoke else 4}) for v in TEMPORAL_VARIANTS]
-    if part == "attach":
-        return [(v, budget) for v in ATTACH_VARIANTS]
-    raise ValueError(f"unknown part {part!r}; available: {', '.join(PARTS)}")
+        settings["diagnose_batches"] = int(callback_args(config, "NormDiagnostics")[0]["num_batches"])
+    return settings
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What identifies a stored run."""
-
-    part: str
-    variant: str
-    seed: int
-    settings: str  # the settings as canonical JSON
-
-    @classmethod
-    def of(cls, part: str, variant: str, seed: int, settings: dict[str, Any]) -> RunSpec:
-        return cls(part, variant, seed, json.dumps(settings, sort_keys=True))
-
-    @classmethod
-    def of_record(cls, record: dict[str, Any]) -> RunSpec:
-        return cls.of(record["part"], record["variant"], record["seed"], record["settings"])
+# -- what a run measured, as its part's section reads it -----------------------------------------------------------
+def logged_rows(run: RunRecord, prefix: str) -> list[tuple[int, dict[str, float]]]:
+    """The rows of the keys starting with ``prefix``, in logging order: the n-th value of every key at a step makes
+    that step's n-th row (a step logged twice, as the Re-BN runs' diagnostics at a re-calibration, gives two)."""
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for key, points in run.histories.items():
+        if not key.startswith(prefix):
+            continue
+        seen: dict[int, int] = {}
+        for step, value in points:
+            n = seen[int(step)] = seen.get(int(step), -1) + 1
+            rows.setdefault((int(step), n), {})[key] = value
+    return [(step, row) for (step, _), row in sorted(rows.items())]
 
 
-def runner(part: str) -> Callable[[str, int, dict[str, Any], int], dict[str, Any]]:
+def rl_measurements(run: RunRecord) -> dict[str, Any]:
+    """Evaluation returns, the scheduled diagnostics, those right after each Re-BN, and Re-BN's own rows: at a
+    re-calibration's env step the last diagnostics row is the one taken right after it (its NormDiagnostics comes
+    after ReplayRecalibration in the callback list), an earlier one the scheduled measurement before it."""
+    recalibrations = [{"env_step": step, **row} for step, row in logged_rows(run, "recalibration/")]
+    recalibrated = {r["env_step"] for r in recalibrations}
+    rows = logged_rows(run, "diagnostics/")
+    diagnostics, after_rebn = [], []
+    for i, (step, row) in enumerate(rows):
+        last_at_step = i + 1 == len(rows) or rows[i + 1][0] != step
+        (after_rebn if step in recalibrated and last_at_step else diagnostics).append({"env_step": step, **row})
+    return {
+        "eval_history": [[int(step), value] for step, value in run.histories.get("rl/eval_return", [])],
+        "diagnostics": diagnostics,
+        "after_rebn": after_rebn,
+        "recalibrations": recalibrations,
+    }
+
+
+def diagnosis_at_test(run: RunRecord) -> dict[str, Any]:
+    """The diagnosis NormDiagnostics wrote at the run's (last) test, its membrane histograms made coarse."""
+    files = sorted((run.path / "diagnostics").glob("test-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"{run.path}: no diagnostics/test-*.json (NormDiagnostics with records at test)")
+    diagnosis = json.loads(files[-1].read_text())
+    diagnosis.pop("seconds", None)
+    diagnosis["histograms"] = {
+        name: coarse_histogram(torch.tensor([counts], dtype=torch.float64))
+        for name, counts in diagnosis.get("histograms", {}).items()
+    }
+    return diagnosis
+
+
+def run_record(part: str, run: RunRecord) -> dict[str, Any]:
+    """The record of one finished run as the part's section reads it, with its seed and timing."""
     if part == "carebn":
-        from mechanisms_rl import run_carebn
-
-        return run_carebn
-    from mechanisms_digits import RUNNERS
-
-    return RUNNERS[part]
-
-
-def run(spec: RunSpec, threads: int) -> dict[str, Any]:
-    """One run (in this process or a spawned one): its record, with the spec's fields."""
-    settings = json.loads(spec.settings)
-    record = runner(spec.part)(spec.variant, spec.seed, settings, threads)
-    return {"part": spec.part, "variant": spec.variant, "seed": spec.seed, "settings": settings, **record}
-
-
-def stored_runs(path: Path) -> dict[RunSpec, dict[str, Any]]:
-    """The runs stored in ``path`` (JSON lines) by their key; the last record of a key wins."""
-    if not path.exists():
-        return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {RunSpec.of_record(r): r for r in records}
+        record = rl_measurements(run)
+    elif part == "osr":
+        record = {"acc": run.final["test/acc"], "epochs": [row for _, row in logged_rows(run, "diagnostics/")]}
+    else:
+        record = {"acc": run.final["test/acc"], "diagnosis": diagnosis_at_test(run)}
+    status = read_run_status(run.path)
+    wall = float("nan")
+    if status is not None and status.ended:
+        wall = (dt.datetime.fromisoformat(status.ended) - dt.datetime.fromisoformat(status.started)).total_seconds()
+    return {
+        **record,
+        "seed": run.seed,
+        "wall_s": wall,
+        "machine": status.host if status else "",
+        "finished": status.ended if status else "",
+    }
 
 
-def compact(value: Any) -> Any:
-    """``value`` with every float rounded to 6 significant digits (the stored records stay small)."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: compact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [compact(v) for v in value]
-    return value
+def part_runs(part: str, folder: Path) -> tuple[PartRuns, list[str]]:
+    """The finished runs under ``folder`` (a study's output) as the part's :class:`PartRuns`, and a line for each
+    run left out (not finished, or of none of the part's variants)."""
+    runs = PartRuns(part)
+    left_out = []
+    found = find_runs([folder]) if folder.exists() else []
+    for run in sorted(found, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))):
+        variant = variant_of(part, run.config)
+        if run.status != "finished" or variant is None:
+            why = run.status if run.status != "finished" else "not one of the part's variants"
+            left_out.append(f"{run.path} ({why})")
+            continue
+        runs.add(variant, settings_of(part, run.config), run_record(part, run))
+    return runs, left_out
 
 
-def run_missing(
-    todo: list[RunSpec], jobs: int, threads: int, store: Path | None
-) -> tuple[dict[RunSpec, dict[str, Any]], dict[RunSpec, str]]:
-    """Run ``todo`` (``jobs`` at a time in spawned processes; 1: here), appending each finished run to ``store``."""
-    records: dict[RunSpec, dict[str, Any]] = {}
-    errors: dict[RunSpec, str] = {}
-
-    def keep(spec: RunSpec, result: Callable[[], dict[str, Any]]) -> None:
-        try:
-            record = result()
-        except Exception as error:  # noqa: BLE001 - one failed run must not lose the others
-            errors[spec] = f"{type(error).__name__}: {error}"
-            print(f"{spec.part} {spec.variant} seed {spec.seed}: FAILED {errors[spec]}", flush=True)
-            return
-        records[spec] = record
-        if store is not None:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            line = (json.dumps(compact(record)) + "\n").encode()
-            fd = os.open(store, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:  # one write() with O_APPEND: two invocations may append to the same file at once
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-        print(f"{spec.part} {spec.variant} seed {spec.seed}: done in {record['wall_s']:.0f} s", flush=True)
-
-    run_each(todo, run, jobs, threads, keep)
-    return records, errors
-
-
-@dataclass
-class PartRuns:
-    """The stored runs of one part under the current settings, per variant (in the part's order) and seed."""
-
-    part: str
-    cells: list[tuple[str, dict[str, Any]]]
-    seeds: int
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-
-    def of(self, variant: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.runs.get((variant, json.dumps(settings, sort_keys=True)), [])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = benchmark_parser(__doc__)
-    parser.add_argument("--part", nargs="+", default=list(PARTS), choices=PARTS, help="which mechanisms to run")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 3 for carebn, 5 otherwise)")
-    parser.add_argument("--smoke", action="store_true", help="tiny budgets: the whole machinery in seconds")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1: in this process)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
-    parser.add_argument("--results-dir", type=Path, default=None, help="where the report, figures and runs go")
-    parser.add_argument("--report-only", action="store_true", help="make no run: rebuild the report from the stored")
-    args = parser.parse_args(argv)
-    results_dir = args.results_dir or (Path(tempfile.gettempdir()) / "mechanisms_smoke" if args.smoke else RESULTS_DIR)
-    store = results_dir / f"{NAME}_runs.jsonl"
-    done = stored_runs(store)
-    parts = {}
-    todo = []
-    for part in PARTS:
-        seeds = args.seeds or DEFAULT_SEEDS[part]
-        cells = part_settings(part, args.smoke)
-        parts[part] = PartRuns(part, cells, seeds)
-        if part in args.part and not args.report_only:
-            todo += [
-                spec
-                for variant, settings in cells
-                for seed in range(seeds)
-                if (spec := RunSpec.of(part, variant, seed, settings)) not in done
-            ]
-    print(f"{len(todo)} run(s) to make; {len(done)} stored in {store}", flush=True)
-    records, errors = run_missing(todo, args.jobs, args.threads, None if args.no_save else store)
-    done.update(records)
-    for part, runs in parts.items():
-        for variant, settings in runs.cells:
-            key = (variant, json.dumps(settings, sort_keys=True))
-            runs.runs[key] = [
-                done[spec] for seed in range(runs.seeds) if (spec := RunSpec.of(part, variant, seed, settings)) in done
-            ]
-    figures = results_dir if not args.no_save else None
-    HEADLINES.clear()
-    sections = [SECTIONS[part](parts[part], figures) for part in PARTS]
-    summary = "## Summary\n\n" + "\n".join(f"- {HEADLINES[part]}" for part in PARTS if part in HEADLINES)
+# -- the report ----------------------------------------------------------------------------------------------------
+def header(parts: dict[str, PartRuns], folders: dict[str, Path]) -> str:
+    """The report's heading: machine and CPU flags, where the runs ran and when, their total and median wall time."""
     stored = [r for p in parts.values() for rs in p.runs.values() for r in rs]
-    wall = sum(float(r["wall_s"]) for r in stored)
-    machines = sorted({str(r["machine"]) for r in stored})
-    threads = ", ".join(str(t) for t in sorted({int(r["threads"]) for r in stored})) or "—"
+    wall = sum(float(r["wall_s"]) for r in stored if r["wall_s"] == r["wall_s"])
+    hosts = sorted({str(r["machine"]) for r in stored if r["machine"]})
+    finished = sorted(str(r["finished"]) for r in stored if r["finished"])
     per_part = ", ".join(
         f"{part} {statistics.median(float(r['wall_s']) for rs in p.runs.values() for r in rs) / 60:.1f}"
         for part, p in parts.items()
         if any(p.runs.values())
     )
-    finished = sorted(str(r["finished"]) for r in stored)
-    header = (
+    where = ", ".join(f"`{folder}`" for folder in folders.values())
+    return (
         f"{stamp(torch.device('cpu'))}\n\n"
-        f"Runs on {'; '.join(machines) or 'no machine yet'}, finished {finished[0] if finished else '—'} to "
-        f"{finished[-1] if finished else '—'}; {len(stored)} stored runs, {wall / 3600:.2f} h of run time in all "
-        f"(sum of the runs' wall times; {threads} torch thread(s) per run; median minutes per run: {per_part}). "
-        "The machine was shared with other jobs, so wall times vary (the first CaRe-BN runs waited most). Stored in "
-        f"`{store.name}`{' (smoke budgets)' if args.smoke else ''}. Nothing here was tuned: every setting is the "
-        "one the benchmark named below uses, and every number is reported whatever its sign."
+        f"Runs on {'; '.join(hosts) or 'no machine yet'}, finished {finished[0] if finished else '—'} to "
+        f"{finished[-1] if finished else '—'}; {len(stored)} finished runs, {wall / 3600:.2f} h of run time in all "
+        f"(sum of the runs' wall times; median minutes per run: {per_part or '—'}), read from the studies' run "
+        f"folders {where}. Nothing here was tuned: every setting is the one the benchmark named below uses, and "
+        "every number is reported whatever its sign."
     )
-    report = "\n\n".join([header, summary, *sections])
-    if errors:
-        report += (
-            "\n\n"
-            + f"{len(errors)} run(s) failed: "
-            + "; ".join(f"{s.part} {s.variant} seed {s.seed}: {e}" for s, e in errors.items())
-        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--studies", type=Path, default=Path("studies"), help="the folder holding the studies' outputs")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the report and figures go")
+    args = parser.parse_args(argv)
+    folders = {part: args.studies / f"{NAME}_{part}" for part in PARTS}
+    parts, left_out = {}, []
+    for part, folder in folders.items():
+        parts[part], skipped = part_runs(part, folder)
+        left_out += skipped
+    figures = None if args.no_save else args.results_dir
+    HEADLINES.clear()
+    sections = [SECTIONS[part](parts[part], figures) for part in PARTS]
+    summary = "## Summary\n\n" + "\n".join(f"- {HEADLINES[part]}" for part in PARTS if part in HEADLINES)
+    report = "\n\n".join([header(parts, folders), summary, *sections])
+    if left_out:
+        report += f"\n\nLeft out ({len(left_out)} run(s)): " + "; ".join(left_out)
     print(report)
     if not args.no_save:
-        path = results_dir / f"{NAME}.md"
+        path = args.results_dir / f"{NAME}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# The mechanisms, measured\n\n{report.rstrip()}\n")
-        if results_dir.resolve() == RESULTS_DIR.resolve():
-            for png in sorted(results_dir.glob(f"{NAME}_*.png")):
+        if args.results_dir.resolve() == RESULTS_DIR.resolve():
+            for png in sorted(args.results_dir.glob(f"{NAME}_*.png")):
                 shutil.copyfile(png, DOCS_DIR / png.name)
-    if errors:
-        raise SystemExit(f"{len(errors)} run(s) failed; the others are stored, run again to retry")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,78 @@
-"""The report of ``benchmarks/mechanisms.py``: one Markdown section (and figure) per part, from the stored runs.
+"""The report of ``benchmarks/mechanisms.py``: one Markdown section (and figure) per part, from the studies' runs.
 
-Each ``section_<part>(runs, figures)`` takes the part's :class:`~mechanisms.PartRuns` and, unless ``figures`` is
-None, writes ``mechanisms_<part>.png`` there; it returns the section's Markdown.
+Each ``section_<part>(runs, figures)`` takes the part's :class:`PartRuns` and, unless ``figures`` is None, writes
+``mechanisms_<part>.png`` there; it returns the section's Markdown.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
 from common import markdown_table
 
 NAME = "mechanisms"
 #: one line per part, filled by its section (the report's summary at the top)
 HEADLINES: dict[str, str] = {}
+#: per part, its variants (the cells of its study, in the report's order) and what identifies each in a run's config:
+#: carebn (actor norm, Re-BN), osr (norm, OTS), mpbn (norm, membrane norm), temporal norm, attach task class.
+#: "BN" is BN pooled over batch and time with EMA running statistics (spikenorm's ``tdbn``, the CaRe-BN paper's
+#: tdBN row); "vanilla BN" is ``bn`` with per-step batch statistics (the OSR code's baseline)
+PART_VARIANTS: dict[str, dict[str, Any]] = {
+    "carebn": {"BN (tdBN, EMA)": ("tdbn", False), "Ca-BN": ("carebn", False), "Ca-BN + Re-BN": ("carebn", True)},
+    "osr": {"vanilla BN": ("bn", False), "OSR": ("osr", False), "OSR + OTS": ("osr", True)},
+    "mpbn": {"tdBN": ("tdbn", None), "tdBN + MPBN": ("tdbn", "mpbn")},
+    "temporal": {"tdBN": "tdbn", "TEBN": "tebn", "TAB": "tab"},
+    "attach": {
+        "SpikingJelly (examples/spikingjelly_digits.py)": "spikingjelly_digits.DigitsSNN",
+        "snnTorch (examples/snntorch_digits.py)": "snntorch_digits.DigitsSNN",
+    },
+}
+VARIANTS = PART_VARIANTS["carebn"]
+BASELINE = "BN (tdBN, EMA)"
+#: the coarse membrane histogram of the MPBN figure: (u - theta) / theta on [-HIST_RANGE, HIST_RANGE], bins of HIST_BIN
+HIST_RANGE, HIST_BIN = 4.0, 0.1
+
+
+@dataclass
+class PartRuns:
+    """The finished runs of one part, per cell ``(variant, settings)`` (in the part's order, then by ``T``), each
+    cell's records in the order added (by seed)."""
+
+    part: str
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    _settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, variant: str, settings: dict[str, Any], record: dict[str, Any]) -> None:
+        key = json.dumps(settings, sort_keys=True)
+        self._settings[key] = settings
+        self.runs.setdefault((variant, key), []).append(record)
+
+    @property
+    def cells(self) -> list[tuple[str, dict[str, Any]]]:
+        order = list(PART_VARIANTS[self.part])
+        keys = sorted(self.runs, key=lambda k: (self._settings[k[1]].get("time_steps", 0), order.index(k[0])))
+        return [(variant, self._settings[key]) for variant, key in keys]
+
+    def of(self, variant: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.runs.get((variant, json.dumps(settings, sort_keys=True)), [])
+
+
+def coarse_histogram(counts: torch.Tensor) -> list[float]:
+    """A ``[steps, bins]`` histogram of :mod:`spikenorm.membrane` (bins of ``BIN_WIDTH`` on ``[-RANGE, RANGE]``)
+    summed over steps and re-binned to ``HIST_BIN`` on ``[-HIST_RANGE, HIST_RANGE]`` (values beyond in the edge
+    bins), as fractions of all values."""
+    from spikenorm.membrane import BIN_WIDTH, RANGE
+
+    total = counts.sum(0).double()
+    edges = torch.arange(total.numel(), dtype=torch.float64) * BIN_WIDTH - RANGE + BIN_WIDTH / 2  # bin centres
+    index = ((edges.clamp(-HIST_RANGE, HIST_RANGE - 1e-9) + HIST_RANGE) / HIST_BIN).floor().long()
+    out = torch.zeros(round(2 * HIST_RANGE / HIST_BIN), dtype=torch.float64).index_add_(0, index, total)
+    return (out / total.sum()).tolist()
 
 
 # -- small helpers ---------------------------------------------------------------------------------------------------
@@ -75,21 +132,10 @@ def save(fig: Any, figures: Path | None, part: str) -> str:
     return f"![{part}]({name})"
 
 
-def settings_of(runs: Any) -> list[dict[str, Any]]:
-    """The distinct settings of the part's cells, in order."""
-    seen, out = set(), []
-    for _, settings in runs.cells:
-        key = json.dumps(settings, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(settings)
-    return out
-
-
 def no_runs(title: str, runs: Any) -> str | None:
     if any(runs.runs.values()):
         return None
-    return f"## {title}\n\nNo stored runs for the current settings yet (`--part {runs.part}`)."
+    return f"## {title}\n\nNo finished runs yet (`spikenorm study benchmarks/studies/{NAME}_{runs.part}.yaml`)."
 
 
 # -- CaRe-BN ---------------------------------------------------------------------------------------------------------
@@ -100,15 +146,13 @@ def run_median(record: dict[str, Any], key: str, after: int) -> float:
 
 
 def section_carebn(runs: Any, figures: Path | None) -> str:
-    from mechanisms_rl import BASELINE, VARIANTS
-
     title = "CaRe-BN: statistics error of the actor's BN in online RL"
     empty = no_runs(title, runs)
     if empty:
         return empty
-    settings = runs.cells[0][1]
+    settings = {"rebn_every": 0} | {k: v for _, cell in runs.cells for k, v in cell.items()}  # Re-BN's from its cell
     warmup = settings["warmup"]
-    by_variant = {variant: runs.of(variant, s) for variant, s in runs.cells}
+    by_variant = {v: [] for v in VARIANTS} | {variant: runs.of(variant, s) for variant, s in runs.cells}
     keys = {
         "stat_w2": "diagnostics/stat_w2",
         "mean_error": "diagnostics/mean_error",
@@ -234,8 +278,8 @@ def section_carebn(runs: Any, figures: Path | None) -> str:
         f"## {title}",
         "",
         f"TD3 on **{settings['env']}**, PopSAN actor (CLIF, T = 5, population 10, 256-256; the settings of "
-        f"`rl_returns.py`), **{settings['steps']} env steps after {settings['warmup']} random warm-up steps** (the "
-        "paper: 1M after 25k), evaluation of "
+        f"`studies/rl_returns.yaml`), **{settings['steps']} env steps after {settings['warmup']} random warm-up "
+        "steps** (the paper: 1M after 25k), evaluation of "
         f"{settings['eval_episodes']} episodes every {settings['eval_every']} env steps, "
         f"seeds {seeds_of(by_variant[BASELINE])}. "
         "Actor norm: **BN** = `tdbn` (statistics pooled over batch and time, EMA running statistics with momentum "
@@ -333,7 +377,8 @@ def plot_carebn(by_variant: dict[str, list[dict[str, Any]]], settings: dict[str,
                 xs = [s for s, _ in after[0]]
                 ys = [statistics.median(a[i][1] for a in after if len(a) > i) for i in range(len(xs))]
                 ax.scatter(xs, ys, marker="v", color=line.get_color(), zorder=3, label=f"{variant}, right after Re-BN")
-        for x in range(settings["rebn_every"], settings["warmup"] + settings["steps"] + 1, settings["rebn_every"]):
+        every, end = settings["rebn_every"], settings["warmup"] + settings["steps"]
+        for x in range(every, end + 1, every) if every else ():
             ax.axvline(x, color="grey", lw=0.6, ls=":")
         ax.axvline(settings["warmup"], color="black", lw=0.8, ls="--")
         ax.set_xlabel("env steps (dashed: end of warm-up; dotted: Re-BN)")
@@ -362,7 +407,7 @@ def section_osr(runs: Any, figures: Path | None) -> str:
     if empty:
         return empty
     settings = runs.cells[0][1]
-    by_variant = {variant: runs.of(variant, s) for variant, s in runs.cells}
+    by_variant = {v: [] for v in PART_VARIANTS[runs.part]} | {variant: runs.of(variant, s) for variant, s in runs.cells}
 
     def series(record: dict[str, Any], key: str) -> list[float]:
         return [e.get(key, float("nan")) for e in record["epochs"]]
@@ -437,8 +482,8 @@ def section_osr(runs: Any, figures: Path | None) -> str:
     text = [
         f"## {title}",
         "",
-        f"Online training on digits (the settings of `osr_digits.py`: SpikingVGG `small`, LIF tau 2, threshold 1, "
-        f"soft reset, sigmoid surrogate, T = {settings['time_steps']}, TET loss, Adam 5e-3 cosine), "
+        "Online training on digits (the settings of `studies/osr_digits.yaml`: SpikingVGG `small`, LIF tau 2, "
+        f"threshold 1, soft reset, sigmoid surrogate, T = {settings['time_steps']}, TET loss, Adam 5e-3 cosine), "
         f"**{settings['epochs']} epochs**, seeds {seeds_of(next(iter(by_variant.values())))}. Variants: vanilla BN "
         '(`bn`, per-step batch statistics, `running_update="per_batch"`, the OSR code\'s baseline), OSR, OSR + '
         "OTS. At every epoch end `NormDiagnostics` runs `diagnose` on the first "
@@ -626,8 +671,8 @@ def section_mpbn(runs: Any, figures: Path | None) -> str:
     text = [
         f"## {title}",
         "",
-        "Digits, BPTT, the settings of `mpbn_digits.py` (SpikingVGG `small`, tdBN after every conv, LIF decay "
-        "0.25, threshold 0.5, hard reset, Dspike; Adam 5e-3 cosine), "
+        "Digits, BPTT, the settings of `studies/mpbn_digits.yaml` (SpikingVGG `small`, tdBN after every conv, LIF "
+        "decay 0.25, threshold 0.5, hard reset, Dspike; Adam 5e-3 cosine), "
         f"**{settings['epochs']} epochs**, T = {', '.join(str(s['time_steps']) for v, s in runs.cells if v == 'tdBN')}"
         "; tdBN vs tdBN + MPBN (channel-wise BN of the membrane before firing). After training `diagnose` runs "
         "the last epoch's network on the test set (360 images) and records per spiking layer the distribution of "
@@ -657,8 +702,6 @@ def spread_note(summary: dict[tuple[str, int], dict[str, float]], steps: list[in
 
 
 def plot_mpbn(runs: Any, figures: Path | None) -> str:
-    from mechanisms_digits import HIST_BIN, HIST_RANGE
-
     plt = pyplot()
     steps = sorted({s["time_steps"] for _, s in runs.cells})
     first = next(rs for rs in runs.runs.values() if rs)
@@ -702,7 +745,7 @@ def section_temporal(runs: Any, figures: Path | None) -> str:
     if empty:
         return empty
     settings = runs.cells[0][1]
-    by_variant = {variant: runs.of(variant, s) for variant, s in runs.cells}
+    by_variant = {v: [] for v in PART_VARIANTS[runs.part]} | {variant: runs.of(variant, s) for variant, s in runs.cells}
     rows = []
     summary = {}
     for variant, records in by_variant.items():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -18,10 +20,15 @@ from spikenorm.diagnostics import AREA, NormDiagnosis, diagnose, stepwise_forwar
 from spikenorm.membrane import BIN_WIDTH, RANGE
 from spikenorm.plots import diagnosis_figure
 from spikenorm.run_dirs import free_path
+from spikenorm.validation import check_choice
 
 HISTOGRAM_BINS = round(2 * RANGE / BIN_WIDTH)
 #: bins of the W&B membrane histograms (W&B accepts at most 512): the recorded bins merged in fours
 WANDB_BINS = HISTOGRAM_BINS // 4
+#: when a supervised task is diagnosed: at validations (of a fit, and ``trainer.validate``) and/or at tests
+Stage = Literal["validate", "test"]
+#: what the passes run: the task's network on the encoded inputs, or the task's own forward on the batch inputs
+DiagnosisForward = Literal["network", "task"]
 
 
 class NormDiagnostics(Callback):
@@ -32,7 +39,11 @@ class NormDiagnostics(Callback):
       ``num_batches`` validation batches of each process (encoded as the task encodes them), after the loop. A task
       trained online (an :class:`~spikenorm.tasks.OnlineTraining` part) gets the train pass it trains with: one step
       at a time (:func:`~spikenorm.diagnostics.stepwise_forward`). Logged with ``self.log`` at the trainer's global
-      step.
+      step. With ``"test"`` in ``stages``, also at every ``trainer.test`` (the CLI's post-fit test included), on the
+      first ``num_batches`` test batches, logged as ``test/diagnostics/...``. With ``forward="task"`` both passes run
+      the LightningModule's own forward on the batch inputs (a task of your own whose ``forward`` wraps its network
+      ``self.model``, e.g. resets SpikingJelly state and repeats the image over time), while the layers measured are
+      those of ``self.model``.
     * Online RL (a :class:`~spikenorm.callbacks.task_protocols.ReplayTaskLike` such as ``SpikingTD3``): every
       ``every_n_env_steps`` environment steps, on the actor, with ``num_batches`` batches of ``batch_size`` states
       drawn uniformly from the ``recent`` newest replay-buffer states (the current policy's distribution, as
@@ -44,9 +55,13 @@ class NormDiagnostics(Callback):
     Logs the keys of :meth:`~spikenorm.diagnostics.NormDiagnosis.scalars` (area ``diagnostics``;
     docs/reference/log-keys.md), with ``per_step`` also the per-step ones; with ``histograms``, each spiking layer's
     ``(u - theta) / theta`` histogram to every W&B logger (``diagnostics/membrane/<layer>``, :data:`WANDB_BINS` bins
-    of width 0.04 on ``[-10, 10]``, at the step of the scalars); with ``plots``, a PNG
+    of width 0.04 on ``[-10, 10]``, at the step of the scalars); with ``records``, the diagnosis as JSON
+    (:meth:`~spikenorm.diagnostics.NormDiagnosis.to_dict` plus ``histograms``: per spiking layer the
+    ``(u - theta) / theta`` counts summed over steps, :data:`HISTOGRAM_BINS` bins of width 0.01 on ``[-10, 10]``) in
+    ``<run folder>/diagnostics/`` (or ``dirpath``), named as the PNGs; with ``plots``, a PNG
     per call (:func:`spikenorm.plots.diagnosis_figure`) in ``<run folder>/diagnostics/`` (the run's log folder, or
-    ``dirpath``), named by epoch and step (or env step), never overwriting a file. Rank zero writes files.
+    ``dirpath``), named by epoch and step (or env step; ``test-step<n>`` at a test), never overwriting a file. Rank
+    zero writes files.
 
     Read-only: a fit with this callback gives bit-identical weights to one without (``diagnose`` restores state,
     modes and RNG).
@@ -60,12 +75,16 @@ class NormDiagnostics(Callback):
         per_step: log the per-step scalars too.
         histograms: log membrane histograms to W&B.
         plots: write a PNG per call.
+        records: write the diagnosis as JSON per call.
+        stages: supervised: diagnose at validations (``"validate"``) and/or tests (``"test"``).
+        forward: supervised: ``"network"`` (the task's network on the encoded inputs) or ``"task"`` (the task's own
+            forward on the batch inputs).
         dirpath: the folder for the PNGs (default: the run's log folder).
         near: half width of the near-threshold band, relative to the threshold.
 
     Raises:
-        ValueError: a count below 1 or ``near`` outside ``(0, 10)``; at setup of an RL task, an actor that is
-            not a module.
+        ValueError: a count below 1, ``near`` outside ``(0, 10)``, an unknown stage or forward; at setup of an RL
+            task, an actor that is not a module.
     """
 
     def __init__(
@@ -80,6 +99,9 @@ class NormDiagnostics(Callback):
         plots: bool = True,
         dirpath: str | Path | None = None,
         near: float = 0.1,
+        records: bool = False,
+        stages: Sequence[Stage] = ("validate",),
+        forward: DiagnosisForward = "network",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -93,6 +115,9 @@ class NormDiagnostics(Callback):
                 raise ValueError(f"NormDiagnostics: {name} must be an integer >= 1, got {value!r}")
         if not 0 < near < RANGE:
             raise ValueError(f"NormDiagnostics: near must be in (0, {RANGE}), got {near}")
+        for stage in stages:
+            check_choice(stage, Stage, "NormDiagnostics stages entry")
+        check_choice(forward, DiagnosisForward, "NormDiagnostics forward")
         self.every_n_validations = every_n_validations
         self.num_batches = num_batches
         self.every_n_env_steps = every_n_env_steps
@@ -103,6 +128,9 @@ class NormDiagnostics(Callback):
         self.plots = plots
         self.dirpath = dirpath
         self.near = near
+        self.records = records
+        self.stages = tuple(stages)
+        self.forward = forward
         self.validations = 0  # validations of fits seen (the schedule's counter, checkpointed)
         self.last_env_steps = 0
         self.calls = 0
@@ -120,7 +148,7 @@ class NormDiagnostics(Callback):
     # -- supervised ------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._inputs = None
-        if trainer.sanity_checking or isinstance(pl_module, ReplayTaskLike):
+        if trainer.sanity_checking or isinstance(pl_module, ReplayTaskLike) or "validate" not in self.stages:
             return
         fitting = trainer.state.fn == "fit"
         if fitting:
@@ -137,10 +165,35 @@ class NormDiagnostics(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._inputs is not None and len(self._inputs) < self.num_batches:
-            self._inputs.append(model_inputs(pl_module, batch_inputs(batch)).detach())
+        self._collect(pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._diagnose_collected(trainer, pl_module, "", f"epoch{trainer.current_epoch:03d}-step{trainer.global_step}")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._inputs = [] if "test" in self.stages and not isinstance(pl_module, ReplayTaskLike) else None
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._collect(pl_module, batch)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._diagnose_collected(trainer, pl_module, "test/", f"test-step{trainer.global_step}")
+
+    def _collect(self, pl_module: LightningModule, batch: Any) -> None:
+        """Keep the batch's inputs (encoded, unless the task's own forward runs) while a diagnosis is due."""
+        if self._inputs is not None and len(self._inputs) < self.num_batches:
+            x = batch_inputs(batch)
+            self._inputs.append((x if self.forward == "task" else model_inputs(pl_module, x)).detach())
+
+    def _diagnose_collected(self, trainer: Trainer, pl_module: LightningModule, prefix: str, name: str) -> None:
         inputs, self._inputs = self._inputs, None
         if not inputs:
             return
@@ -149,13 +202,15 @@ class NormDiagnostics(Callback):
         diagnosis = diagnose(
             network,
             inputs,
+            forward=(lambda model, x: pl_module(x)) if self.forward == "task" else None,
             train_forward=(lambda model, x: stepwise_forward(model, x)) if online else None,
             exclude=exclude,
             near=self.near,
         )
         for key, value in diagnosis.scalars(self.per_step).items():
-            pl_module.log(key, value, sync_dist=True)  # identical on every rank (diagnose reduces over processes)
-        self._publish(trainer, diagnosis, f"epoch{trainer.current_epoch:03d}-step{trainer.global_step}")
+            # identical on every rank (diagnose reduces over processes)
+            pl_module.log(f"{prefix}{key}", value, sync_dist=True)
+        self._publish(trainer, diagnosis, name)
 
     # -- online RL --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -199,11 +254,17 @@ class NormDiagnostics(Callback):
             return
         if self.histograms and diagnosis.histograms:
             self._log_histograms(trainer, diagnosis)
-        if self.plots and (diagnosis.neurons or diagnosis.layers):
-            folder = output_folder(trainer, self.dirpath, beside="logs") / ("" if self.dirpath else AREA)
-            folder.mkdir(parents=True, exist_ok=True)
+        if not (self.plots or self.records) or not (diagnosis.neurons or diagnosis.layers):
+            return
+        folder = output_folder(trainer, self.dirpath, beside="logs") / ("" if self.dirpath else AREA)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.plots:
             path = free_path(folder / f"{name}.png")  # a resumed run never overwrites a figure
             diagnosis_figure(diagnosis, title=f"norm diagnostics, {name}").savefig(path, dpi=90)
+        if self.records:
+            record = diagnosis.to_dict()
+            record["histograms"] = {layer: counts.sum(0).tolist() for layer, counts in diagnosis.histograms.items()}
+            free_path(folder / f"{name}.json").write_text(json.dumps(record, allow_nan=True), encoding="utf-8")
 
     def _log_histograms(self, trainer: Trainer, diagnosis: NormDiagnosis) -> None:
         """Each spiking layer's histogram over all steps, its bins merged in fours (W&B takes at most 512), at the

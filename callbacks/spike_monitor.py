@@ -1,10 +1,12 @@
-"""SpikeMonitor: firing rates, dead and saturated neurons of any spiking model during validation."""
+"""SpikeMonitor: firing rates, dead and saturated neurons of any spiking model during validation (and, per time step,
+in test)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -34,6 +36,14 @@ class SpikeMonitor(Callback):
       (:func:`spikenorm.plots.firing_rate_heatmap`), to every W&B logger (``log_image``) and every logger whose
       ``experiment`` has ``add_figure`` (TensorBoard).
 
+    With ``test_step_rates``, every test epoch is recorded too and logged as the shape of firing over time (Fig. 2b
+    of Lin et al., "Online Spiking Renormalization and Threshold Stabilization", the OSR paper): with ``r_l(t)``
+    layer ``l``'s step rate over the test epoch and ``L`` spiking layers,
+
+    * ``test/spikes/step_rate/t<t>``: ``r(t) = (1/L) sum_l r_l(t)``, the step rate averaged over the layers;
+    * ``test/spikes/first_step_ratio`` (``T > 1``): ``r(0) / ((1/(T-1)) sum_{t>0} r(t))``, below 1 when the first
+      step fires less than the later ones.
+
     Args:
         every_n_epochs: record every n-th validation epoch of a fit (every ``trainer.validate`` is recorded).
         log_step_scalars: log the per-step rates as scalars.
@@ -41,6 +51,7 @@ class SpikeMonitor(Callback):
         heatmap_key: the key (W&B) or tag (TensorBoard) of the heatmap.
         neuron_types: neuron classes of your own to record too, e.g. ``[MyLIF]`` (YAML: import paths,
             ``[mypackage.neurons.MyLIF]``); one call per time step unless the neuron has ``step_mode = "m"``.
+        test_step_rates: also record every test epoch and log its per-step rates (see above).
 
     Raises:
         ValueError: ``every_n_epochs < 1``; at setup (before any step of fit, validate, test or predict), a
@@ -55,6 +66,7 @@ class SpikeMonitor(Callback):
         heatmap: bool = True,
         heatmap_key: str = "spikes/heatmap",
         neuron_types: Sequence[type[nn.Module]] | None = None,
+        test_step_rates: bool = False,
     ) -> None:
         super().__init__()
         self.neuron_types = check_neuron_types(neuron_types)
@@ -62,6 +74,7 @@ class SpikeMonitor(Callback):
         self.log_step_scalars = log_step_scalars
         self.heatmap = heatmap
         self.heatmap_key = heatmap_key
+        self.test_step_rates = test_step_rates
         self._recorder: FiringRateRecorder | None = None
 
     def _new_recorder(self, pl_module: LightningModule) -> FiringRateRecorder:
@@ -89,10 +102,7 @@ class SpikeMonitor(Callback):
         recorder.all_reduce()
         rates = recorder.layer_rates()
         if not rates:
-            rank_zero_warn(
-                f"SpikeMonitor recorded no spikes: none of the neurons of {type(recorder.model).__name__} ran "
-                "during validation"
-            )
+            _warn_none_ran(recorder, "validation")
             return
         metrics = {"spikes/mean_rate": recorder.mean_rate()}
         for prefix, values in (
@@ -110,6 +120,33 @@ class SpikeMonitor(Callback):
             pl_module.log(key, value, sync_dist=True)
         if self.heatmap and trainer.is_global_zero:
             self._log_heatmap(trainer, step_rates)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._release()
+        if self.test_step_rates:
+            self._recorder = self._new_recorder(pl_module).start()
+
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._recorder is not None:
+            self._recorder.new_sequence()
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        recorder = self._release()
+        if recorder is None:
+            return
+        recorder.all_reduce()
+        step_rates = recorder.step_rates()
+        if not step_rates:
+            _warn_none_ran(recorder, "test")
+            return
+        mean = torch.stack(list(step_rates.values())).mean(0)  # [T]: the step rate averaged over the layers
+        metrics = {f"test/spikes/step_rate/t{t}": float(r) for t, r in enumerate(mean)}
+        if len(mean) > 1:
+            metrics["test/spikes/first_step_ratio"] = float(mean[0] / mean[1:].mean())
+        for key, value in metrics.items():
+            pl_module.log(key, value, sync_dist=True)
 
     def _log_heatmap(self, trainer: Trainer, step_rates: dict[str, Tensor]) -> None:
         wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -131,3 +168,9 @@ class SpikeMonitor(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
+
+
+def _warn_none_ran(recorder: FiringRateRecorder, loop: str) -> None:
+    rank_zero_warn(
+        f"SpikeMonitor recorded no spikes: none of the neurons of {type(recorder.model).__name__} ran during {loop}"
+    )

@@ -32,6 +32,10 @@ class DigitsTask(L.LightningModule):
         x, y = batch
         self.log("val/acc", (self(x).argmax(1) == y).float().mean(), prog_bar=True)
 
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test/acc", (self(x).argmax(1) == y).float().mean())
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 

@@ -88,15 +88,15 @@ def short_trainer(train_batches: int, val_batches: int, callbacks: Sequence[Call
 
 
 def spikenorm_cli(folder: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """``python -m spikenorm.cli *args`` as a user runs it: a fresh process in ``folder`` with W&B offline under
-    ``folder`` and ``env`` added to the environment; with ``check``, assert that it succeeded.
+    """``python -m spikenorm.commands *args`` (the console script) as a user runs it: a fresh process in ``folder``
+    with W&B offline under ``folder`` and ``env`` added to the environment; with ``check``, assert that it succeeded.
 
     No ``WANDB_*`` variable is inherited: ``WANDB_SERVICE`` would attach the child to this process's W&B service,
     which writes run records relative to the directory it started in.
     """
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     done = subprocess.run(
-        [sys.executable, "-m", "spikenorm.cli", *args],
+        [sys.executable, "-m", "spikenorm.commands", *args],
         cwd=folder,
         env={**inherited, "WANDB_MODE": "offline", "WANDB_DIR": str(folder), **env},
         capture_output=True,

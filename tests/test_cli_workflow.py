@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from spikenorm.datamodules import DigitsDataModule
 from spikenorm.models import LayerSpec, SpikingVGG
+from spikenorm.run_status import read_run_status
 from spikenorm.tasks import SpikingClassifier
 from spikenorm.wandb_runs import read_offline_run
 
@@ -231,6 +232,17 @@ def test_fit_keeps_the_users_config_and_prints_a_syncable_wandb_folder(run):
     assert list((run["folder"] / printed.group(1)).glob("run-*.wandb"))
 
 
+def test_fit_marks_its_run_folder_finished_with_the_test_results_and_checkpoints(run):
+    """run.json (spikenorm.run_status): written by the fit, `finished` only after the post-fit test, with the
+    printed test accuracy, the best checkpoint that was tested and the last.ckpt."""
+    status = read_run_status(run["version"])
+    assert status is not None and status.status == "finished" and status.error is None
+    assert status.results["test/acc"] == pytest.approx(_printed_metric(run["stdout"], "test accuracy"), abs=1e-4)
+    assert Path(status.best_checkpoint).is_file() and Path(status.best_checkpoint).parent == run["ckpt"].parent
+    assert Path(status.last_checkpoint) == run["ckpt"].resolve() and status.resumes == 0
+    assert status.ended >= status.started and status.pid > 0 and "fit" in status.command
+
+
 KILLER = """
 import os, signal
 from lightning.pytorch import Callback
@@ -277,6 +289,7 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     killed_at = int(torch.load(last, weights_only=True)["global_step"])
     assert killed_at == 6  # the last step save before the kill at step 7, mid-epoch 0 (10 steps an epoch)
+    assert read_run_status(last.parent.parent).status == "running"  # nothing could write after SIGKILL
 
     resumed = _spikenorm(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
     assert f"resuming {Path('logs/quickstart/version_0/checkpoints/last.ckpt')}" in resumed.stderr
@@ -294,6 +307,8 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
     with (crashed / "logs" / "quickstart" / "version_0" / "metrics.csv").open() as file:
         steps = [int(row["step"]) for row in csv.DictReader(file)]
     assert min(steps) < killed_at and max(steps) >= 19  # rows from before the crash were kept
+    status = read_run_status(last.parent.parent)
+    assert (status.status, status.resumes) == ("finished", 1)
 
 
 DVS_GESTURE = Path(__file__).resolve().parents[1] / "recipes" / "dvsgesture_vggsnn_osr.yaml"

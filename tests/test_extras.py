@@ -39,6 +39,11 @@ FEATURES = [
     ("import spikenorm.export", "export"),
     ("from spikenorm.callbacks import NIRExport", "export"),
     (
+        "from pathlib import Path; from spikenorm.studies.executors import submitit_executor;"
+        " submitit_executor('slurm', Path('.'), 'study', None)",
+        "studies",
+    ),
+    (
         "import numpy as np; from spikenorm.neurons import LIF; LIF().nir_node(np.ones(2), np.zeros(2), 1.0, {})",
         "export",
     ),

@@ -14,7 +14,14 @@ else:  # pytest depends on tomli below Python 3.11
     import tomli as tomllib
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-NOT_CORE = {"spikenorm.tasks", "spikenorm.callbacks", "spikenorm.datamodules", "spikenorm.cli"}
+NOT_CORE = {
+    "spikenorm.tasks",
+    "spikenorm.callbacks",
+    "spikenorm.datamodules",
+    "spikenorm.cli",
+    "spikenorm.commands",
+    "spikenorm.studies",
+}
 
 
 def _contract(name_start: str) -> dict:

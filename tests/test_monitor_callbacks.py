@@ -104,6 +104,34 @@ def test_spiking_classifier_logs_to_wandb_and_tensorboard(tmp_path: Path) -> Non
     assert {"spikes/rate/features.0.2", "energy/uj", "energy/uj_folded"} <= set(tags["scalars"])
 
 
+def test_test_step_rates_are_the_per_step_rates_averaged_over_layers(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = SpikingMLP(8, 2, hidden=(16, 12))
+    task = SpikingClassifier(model, time_steps=T)
+    monitor = SpikeMonitor(heatmap=False, test_step_rates=True)
+    trainer = _trainer(tmp_path, [monitor])
+    trainer.validate(task, _data())
+    assert not any(k.startswith("test/spikes/") for k in trainer.callback_metrics)  # validation: spikes/ only
+    trainer.test(task, _data())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    # the same rates computed here with numpy: per layer and step, then averaged over the two layers
+    task.eval()
+    with torch.no_grad():
+        first = [model.features[0](task.encode(x)) for x, _ in _data()]  # spikes [T, batch, 16]
+        second = [model.features[1](spikes) for spikes in first]  # [T, batch, 12]
+    per_step = np.mean([torch.cat(spikes, 1).mean((1, 2)).numpy() for spikes in (first, second)], axis=0)
+    assert per_step.min() > 0
+    for t in range(T):
+        assert metrics[f"test/spikes/step_rate/t{t}"] == pytest.approx(per_step[t], rel=1e-6)
+    assert f"test/spikes/step_rate/t{T}" not in metrics
+    assert metrics["test/spikes/first_step_ratio"] == pytest.approx(per_step[0] / per_step[1:].mean(), rel=1e-6)
+
+    trainer = _trainer(tmp_path, [SpikeMonitor(heatmap=False)])  # off by default
+    trainer.test(task, _data())
+    assert not any(k.startswith("test/spikes/") for k in trainer.callback_metrics)
+
+
 class SnnTorchClassifier(nn.Module):
     """fc -> Leaky(init_hidden) -> fc -> Leaky, one call per time step over a static input."""
 

@@ -4,6 +4,7 @@ W&B histograms, online RL (replay draws) and resume."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -468,3 +469,45 @@ def test_bad_options_are_refused_at_construction(options: dict[str, Any]) -> Non
     (name,) = options
     with pytest.raises(ValueError, match=name):
         NormDiagnostics(**options)
+
+
+# -- at tests, as JSON records, through the task's own forward ------------------------------------------------------
+
+
+def _first_test_inputs(task: SpikingClassifier, data: DigitsDataModule, k: int) -> list[torch.Tensor]:
+    task.eval()
+    loader = iter(data.test_dataloader())
+    return [next(loader)[0] for _ in range(k)]
+
+
+def test_at_a_test_it_logs_test_keys_and_writes_a_json_record_equal_to_diagnose(tmp_path: Path) -> None:
+    """stages=("test",): nothing at validations; at trainer.test the keys `test/diagnostics/...` hold diagnose's
+    numbers on the first test batches, and records=True writes them (plus per-layer histograms summed over steps)
+    as JSON; forward="task" diagnoses through the task's own forward on the raw batch inputs, the same numbers."""
+    data = DigitsDataModule(batch_size=BATCH)
+    results = {}
+    for forward in ("network", "task"):
+        task = _task()
+        callback = NormDiagnostics(
+            num_batches=2, stages=["test"], records=True, plots=False, forward=forward, dirpath=tmp_path / forward
+        )
+        trainer = short_trainer(2, 1, [callback], logger=CSVLogger(tmp_path, name=forward), limit_test_batches=3)
+        trainer.fit(task, data)
+        assert not _diagnostic_rows(_csv_rows(trainer.log_dir))  # not at validations
+        logged = trainer.test(task, data, verbose=False)[0]
+        results[forward] = {k: v for k, v in logged.items() if k.startswith("test/diagnostics/")}
+        expected = diagnose(task.model, [task.encode(x) for x in _first_test_inputs(task, data, 2)])
+        assert results[forward] == pytest.approx({f"test/{k}": v for k, v in expected.scalars().items()}, rel=1e-6)
+        (record,) = (tmp_path / forward).glob("test-step*.json")
+        stored = json.loads(record.read_text())
+        assert stored["histograms"].keys() == expected.histograms.keys()
+        for layer, counts in expected.histograms.items():
+            assert stored["histograms"][layer] == counts.sum(0).tolist()
+    assert results["network"] == results["task"]
+
+
+def test_unknown_stages_and_forwards_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="unknown NormDiagnostics stages entry 'fit'"):
+        NormDiagnostics(stages=["fit"])
+    with pytest.raises(ValueError, match="unknown NormDiagnostics forward 'model'"):
+        NormDiagnostics(forward="model")

@@ -1,7 +1,7 @@
 """spikenorm: normalization for spiking neural networks, as PyTorch Lightning plugins.
 
 Core modules (importing ``spikenorm`` itself imports nothing heavy; the core never imports tasks, callbacks,
-datamodules or the CLI):
+datamodules, the CLI or studies):
 
 * :mod:`spikenorm.neurons`: multi-step IF/LIF/CLIF neurons over ``[T, B, ...]``, single-step scope; each neuron
   declares its charge (:mod:`spikenorm.recurrence`), which gives it the fused kernels (:mod:`spikenorm.fused`)
@@ -29,6 +29,7 @@ datamodules or the CLI):
   missing one
 * :mod:`spikenorm.config`, :mod:`spikenorm.loggers`, :mod:`spikenorm.wandb_runs`: run configs, loggers, reading
   offline W&B runs back
+* :mod:`spikenorm.run_status`: ``run.json``, whether a run finished, crashed or is still running
 
 Built on the core:
 
@@ -36,6 +37,8 @@ Built on the core:
   distillation as parts, ``SpikingTD3``)
 * :mod:`spikenorm.datamodules`, :mod:`spikenorm.callbacks`: Lightning plugins
 * :mod:`spikenorm.cli`: the ``spikenorm`` console script (LightningCLI)
+* :mod:`spikenorm.studies`: ``spikenorm study`` (a grid of fits, locally or as a SLURM job array) and
+  ``spikenorm compare`` (tables of any finished runs)
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -80,6 +80,7 @@ from spikenorm.run_dirs import (
     result_config,
     run_folders,
 )
+from spikenorm.run_status import RunStatusRecorder
 from spikenorm.tasks.argument_upgrades import upgrade_task_configs
 from spikenorm.tasks.diagnosis_inputs import SPLITS, diagnosis_inputs
 from spikenorm.tasks.run_config import is_unrecorded
@@ -88,7 +89,9 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: ``spikenorm --help``'s description, which names the one command that is not a LightningCLI subcommand
 MAIN_DESCRIPTION = (
     "spikenorm: fit, validate, test and predict spikenorm tasks (LightningCLI). Also: spikenorm diagnose "
-    "--ckpt_path X, the norm health of a checkpoint's network (spikenorm diagnose --help)."
+    "--ckpt_path X, the norm health of a checkpoint's network (spikenorm diagnose --help); spikenorm study "
+    "STUDY.yaml, a grid of fits (spikenorm study --help); spikenorm compare RUNS..., tables of finished runs "
+    "(spikenorm compare --help)."
 )
 #: keys the links set; a checkpoint's stored values of these are not used as defaults (the links recompute them)
 LINKED_KEYS = ("data.init_args.time_bins",)
@@ -323,13 +326,17 @@ class SpikenormCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
             trainer.callbacks.append(RecordLoggerVersions(result_config(self.config[self.subcommand].as_dict())))
+            trainer.callbacks.append(RunStatusRecorder())
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
         return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.interrupted or trainer.fast_dev_run:
+        if trainer.interrupted:
+            return
+        if trainer.fast_dev_run:
+            _record_finished(trainer, {})
             return
         checkpoint = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path else None
@@ -337,6 +344,7 @@ class SpikenormCLI(LightningCLI):
             results = [{k: float(v) for k, v in trainer.callback_metrics.items()}]
         else:
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        _record_finished(trainer, results[0] if results else {})
         if trainer.is_global_zero:
             weights = checkpoint.best_model_path if ckpt_path == "best" else "the final weights"
             print(
@@ -352,6 +360,13 @@ class SpikenormCLI(LightningCLI):
     def after_predict(self) -> None:
         if self.trainer.is_global_zero:
             print(summary({}, self.trainer.loggers, _callback_lines(self.trainer)))
+
+
+def _record_finished(trainer: Trainer, results: Mapping[str, Any]) -> None:
+    """Mark the run ``finished`` in its ``run.json`` (:class:`~spikenorm.run_status.RunStatusRecorder`)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunStatusRecorder):
+            callback.finish(trainer, results)
 
 
 def _callback_lines(trainer: Trainer) -> list[str]:
@@ -665,6 +680,7 @@ def main(args: list[str] | None = None) -> None:
     peak); ``SPIKENORM_MALLOC=default`` in the environment keeps glibc's defaults.
 
     ``spikenorm diagnose ...`` is not a LightningCLI subcommand (it runs no trainer): :func:`diagnose_command`.
+    The console script is :func:`spikenorm.commands.main`, which also dispatches ``study`` and ``compare``.
     """
     if os.environ.get("SPIKENORM_MALLOC", "retain") != "default":
         retain_freed_memory()

@@ -1,11 +1,13 @@
 """Optional features and the extras that install them.
 
 The core (neurons, norms, models, folding, re-calibration, the classifier, the CLI) needs only the dependencies
-``pip install spikenorm`` brings. Three features need more, installed as extras:
+``pip install spikenorm`` brings. Four features need more, installed as extras:
 
 * ``rl``: online RL (:mod:`spikenorm.rl`, :class:`~spikenorm.tasks.SpikingTD3`): torchrl, tensordict, gymnasium;
 * ``dvs``: neuromorphic datasets (tonic's DVS readers, the event-frame cache): tonic, aedat, h5py;
-* ``export``: NIR export and import (:mod:`spikenorm.export`): nir.
+* ``export``: NIR export and import (:mod:`spikenorm.export`): nir;
+* ``studies``: studies on a cluster (``spikenorm study`` with a submitit executor, :mod:`spikenorm.studies`):
+  submitit. Local studies need no extra.
 
 A feature module imports its third-party modules inside :func:`needs_extra`, so that a missing extra is reported
 by name when the module is imported::
@@ -32,6 +34,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "rl": ("torchrl", "tensordict", "gymnasium"),
     "dvs": ("tonic", "aedat", "h5py"),
     "export": ("nir",),
+    "studies": ("submitit",),
 }
 
 

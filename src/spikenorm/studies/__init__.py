@@ -1,0 +1,1 @@
+"""Studies: run grids of spikenorm fits and tabulate any set of runs."""
