@@ -66,3 +66,16 @@ def test_status_files_round_trip_refuse_garbage_and_ignore_unknown_keys(tmp_path
     (tmp_path / RUN_STATUS_FILE).write_text("{")
     with pytest.raises(ValueError, match="not a spikenorm run status file"):
         read_run_status(tmp_path)
+
+
+def test_a_fast_dev_run_leaves_no_status_file(tmp_path):
+    trainer = Trainer(
+        fast_dev_run=True,
+        default_root_dir=tmp_path,
+        callbacks=[RunStatusRecorder()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    assert not list(tmp_path.rglob(RUN_STATUS_FILE))

@@ -333,10 +333,7 @@ class SpikenormCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.interrupted:
-            return
-        if trainer.fast_dev_run:
-            _record_finished(trainer, {})
+        if trainer.interrupted or trainer.fast_dev_run:
             return
         checkpoint = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path else None

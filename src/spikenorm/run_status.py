@@ -97,7 +97,7 @@ class RunStatusRecorder(Callback):
 
     ``running`` at setup (a resume keeps ``started`` and counts ``resumes``), ``crashed``/``interrupted`` when fit
     or test raise; :meth:`finish`, called by the CLI after its post-fit test, writes ``finished``. Only the global
-    rank zero writes.
+    rank zero writes; a ``fast_dev_run`` writes nothing.
     """
 
     def __init__(self) -> None:
@@ -105,10 +105,10 @@ class RunStatusRecorder(Callback):
         self.checkpoints: dict[str, str | None] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.folder is not None or getattr(stage, "value", stage) != "fit":
-            return
+        if self.folder is not None or getattr(stage, "value", stage) != "fit" or trainer.fast_dev_run:
+            return  # a fast_dev_run writes no files (Lightning gives it no loggers and no checkpoints)
         log_dir = trainer.log_dir  # a collective call: every process asks
-        self.folder = Path(log_dir if trainer.loggers else trainer.default_root_dir)
+        self.folder = Path(log_dir if trainer.loggers and log_dir is not None else trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         previous = read_run_status(self.folder)
