@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
 from spikenorm.callbacks.batches import batch_inputs, model_inputs
+from spikenorm.callbacks.evaluation_batches import EvaluationBatchCallback, EvaluationStage
 from spikenorm.callbacks.output_folders import output_folder
 from spikenorm.callbacks.task_network import monitored_network
 from spikenorm.callbacks.task_protocols import ReplayBufferLike, ReplayTaskLike, require_task
@@ -31,7 +32,7 @@ Stage = Literal["validate", "test"]
 DiagnosisForward = Literal["network", "task"]
 
 
-class NormDiagnostics(Callback):
+class NormDiagnostics(EvaluationBatchCallback):
     """Run :func:`spikenorm.diagnostics.diagnose` on the model as it trains and log what it measures.
 
     * Supervised tasks (a ``SpikingClassifier``, or any LightningModule with ``(x, y)`` batches): at every
@@ -156,38 +157,18 @@ class NormDiagnostics(Callback):
         if not fitting or self.validations % self.every_n_validations == 0:
             self._inputs = []
 
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._collect(pl_module, batch)
-
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._diagnose_collected(trainer, pl_module, "", f"epoch{trainer.current_epoch:03d}-step{trainer.global_step}")
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._inputs = [] if "test" in self.stages and not isinstance(pl_module, ReplayTaskLike) else None
 
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._collect(pl_module, batch)
-
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._diagnose_collected(trainer, pl_module, "test/", f"test-step{trainer.global_step}")
 
-    def _collect(self, pl_module: LightningModule, batch: Any) -> None:
+    def on_evaluation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, stage: EvaluationStage
+    ) -> None:
         """Keep the batch's inputs (encoded, unless the task's own forward runs) while a diagnosis is due."""
         if self._inputs is not None and len(self._inputs) < self.num_batches:
             x = batch_inputs(batch)

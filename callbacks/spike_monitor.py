@@ -95,15 +95,23 @@ class SpikeMonitor(Callback):
         if self._recorder is not None:
             self._recorder.new_sequence()
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _recorded(self, stage: str) -> FiringRateRecorder | None:
+        """The epoch's recorder, its counts summed over processes; None (with a warning where neurons were expected
+        but none ran) when there is nothing to log."""
         recorder = self._release()
         if recorder is None:
-            return
+            return None
         recorder.all_reduce()
-        rates = recorder.layer_rates()
-        if not rates:
-            _warn_none_ran(recorder, "validation")
+        if not recorder.layer_rates():
+            _warn_none_ran(recorder, stage)
+            return None
+        return recorder
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        recorder = self._recorded("validation")
+        if recorder is None:
             return
+        rates = recorder.layer_rates()
         metrics = {"spikes/mean_rate": recorder.mean_rate()}
         for prefix, values in (
             ("rate", rates),
@@ -126,21 +134,13 @@ class SpikeMonitor(Callback):
         if self.test_step_rates:
             self._recorder = self._new_recorder(pl_module).start()
 
-    def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if self._recorder is not None:
-            self._recorder.new_sequence()
+    on_test_batch_start = on_validation_batch_start  # a new sequence per batch, as in validation
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        recorder = self._release()
+        recorder = self._recorded("test")
         if recorder is None:
             return
-        recorder.all_reduce()
         step_rates = recorder.step_rates()
-        if not step_rates:
-            _warn_none_ran(recorder, "test")
-            return
         mean = torch.stack(list(step_rates.values())).mean(0)  # [T]: the step rate averaged over the layers
         metrics = {f"test/spikes/step_rate/t{t}": float(r) for t, r in enumerate(mean)}
         if len(mean) > 1:
