@@ -46,9 +46,11 @@ class NormDiagnostics(EvaluationBatchCallback):
       ``self.model``, e.g. resets SpikingJelly state and repeats the image over time), while the layers measured are
       those of ``self.model``.
     * Online RL (a :class:`~spikenorm.callbacks.task_protocols.ReplayTaskLike` such as ``SpikingTD3``): every
-      ``every_n_env_steps`` environment steps, on the actor, with ``num_batches`` batches of ``batch_size`` states
+      ``every_n_env_steps`` environment steps, on the policy network (TD3's actor, DQN's Q-network), with
+      ``num_batches`` batches of ``batch_size`` states
       drawn uniformly from the ``recent`` newest replay-buffer states (the current policy's distribution, as
-      CaRe-BN argues), ``output="actions"``; logged at the env step (``spikenorm.rl.log_event``). The draw uses its
+      CaRe-BN argues), ``output="actions"`` (a Q-network: ``"logits"``, whose top-1 agreement is the greedy-action
+      agreement of the train and eval passes); logged at the env step (``spikenorm.rl.log_event``). The draw uses its
       own generator (seeded with the env step), so the training RNG is untouched. Place it before
       ``ReplayRecalibration`` in the callback list to measure the statistics before a re-calibration due at the
       same step.
@@ -207,9 +209,11 @@ class NormDiagnostics(EvaluationBatchCallback):
         if steps - self.last_env_steps < self.every_n_env_steps or len(pl_module.replay_buffer) == 0:
             return
         self.last_env_steps = steps
-        actor: nn.Module = pl_module.actor
-        device = next(actor.parameters()).device
-        diagnosis = diagnose(actor, self.draw(pl_module.replay_buffer, steps, device), output="actions", near=self.near)
+        network: nn.Module = pl_module.policy_network
+        device = next(network.parameters()).device
+        batches = self.draw(pl_module.replay_buffer, steps, device)
+        output = getattr(pl_module, "diagnosis_output", "actions")
+        diagnosis = diagnose(network, batches, output=output, near=self.near)
         from spikenorm.rl import log_event  # the rl extra; only an RL task gets here
 
         log_event(trainer, diagnosis.scalars(self.per_step), steps)

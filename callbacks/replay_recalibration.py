@@ -15,27 +15,38 @@ from spikenorm.rl import log_event
 from spikenorm.validation import check_choice
 
 Unusable = Literal["error", "warn"]
+#: when Re-BN runs: on its own schedule (every ``every_n_env_steps``, after the iteration's evaluation; the
+#: continuous-control setting) or right before every evaluation of the task (the discrete-control code's order)
+RecalibrationTiming = Literal["every_n_env_steps", "before_evaluation"]
 
 
 class ReplayRecalibration(Callback):
-    """Every ``every_n_env_steps`` environment steps, re-calibrate the actor's BN statistics from replay.
+    """Every ``every_n_env_steps`` environment steps, or before every evaluation, re-calibrate the BN statistics of
+    the task's policy network (TD3's actor, DQN's Q-network) from replay.
 
     Draws ``num_batches`` batches of ``batch_size`` states (uniform, with replacement, whatever sampler the
     buffer itself uses) from the task's replay buffer and calls :func:`spikenorm.recalibrate.recalibrate_bn`
-    on its actor, which overwrites the running statistics of every norm layer with the exact statistics
+    on the policy network, which overwrites the running statistics of every norm layer with the exact statistics
     pooled over all batches and time steps (the CaRe-BN paper's setting: 100 batches of 256 states every 5000 env
-    steps). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
+    steps; the discrete-control code: 100 batches of 128 right before every evaluation, ``mode="single_pass"``,
+    ``when="before_evaluation"``). Logs, once per re-calibration and against the env step at which it ran (the x-axis of
     :class:`~spikenorm.tasks.SpikingTD3`'s logs), per layer ``recalibration/stat_error/<layer>`` (mean W2
     distance between the running estimate before re-calibration and the exact pooled statistics) and
     ``recalibration/seconds``. The step counter is saved in checkpoints.
 
     The LightningModule must be a :class:`~spikenorm.callbacks.task_protocols.ReplayTaskLike`. Before the first
     training step the callback checks that it is (``TypeError`` otherwise, e.g. for an actor that is not a
-    module), that the actor has BN layers with running statistics, and that the schedule runs at least once
+    module), that the policy network has BN layers with running statistics, and that the schedule runs at least once
     within the task's ``total_env_steps``. When one of the last two fails, ``unusable`` decides: ``"error"``
     (the default) raises ``ValueError``; ``"warn"`` warns once, the callback does nothing for the rest of the
     fit, and :meth:`summary_line` says why (so a recipe can switch to ``actor: ann`` or a short run with one
     flag).
+
+    ``when="every_n_env_steps"`` (default) runs after each training iteration once ``every_n_env_steps`` have
+    passed since the last run, i.e. after an evaluation due at the same env step. ``when="before_evaluation"``
+    runs right before every evaluation the task makes (its ``eval_every`` schedule and the final one), so each
+    evaluation sees freshly re-calibrated statistics, as in the CaRe-BN discrete-control code
+    (``dsqn_carebn.py``); ``every_n_env_steps`` is then not used.
     """
 
     def __init__(
@@ -45,6 +56,7 @@ class ReplayRecalibration(Callback):
         batch_size: int = 256,
         mode: RecalibrationMode = "exact",
         unusable: Unusable = "error",
+        when: RecalibrationTiming = "every_n_env_steps",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -56,6 +68,8 @@ class ReplayRecalibration(Callback):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         check_choice(mode, RecalibrationMode, "recalibration mode")
         check_choice(unusable, Unusable, "unusable")
+        check_choice(when, RecalibrationTiming, "when")
+        self.when = when
         self.every_n_env_steps = every_n_env_steps
         self.num_batches = num_batches
         self.batch_size = batch_size
@@ -82,15 +96,16 @@ class ReplayRecalibration(Callback):
         replay task; see the class doc)."""
         name = type(pl_module).__name__
         require_task(pl_module, ReplayTaskLike, "ReplayRecalibration")
-        if not statistics_layers(pl_module.actor):
+        network = pl_module.policy_network
+        if not statistics_layers(network):
             raise ValueError(
-                f"ReplayRecalibration: the actor of {name} ({type(pl_module.actor).__name__}) has no BN layer with "
-                "running statistics to re-calibrate (the ANN actor, actor='ann', has none); give it one "
-                "(SpikingTD3(actor='spiking', actor_layers=LayerSpec(norm='carebn'), or 'bn', 'tdbn', 'tebn', "
-                "'tab')) or remove the callback"
+                f"ReplayRecalibration: the policy network of {name} ({type(network).__name__}) has no BN layer with "
+                "running statistics to re-calibrate (the ANN networks, actor='ann' / q_network='ann', have none); "
+                "give it one (e.g. SpikingTD3(actor_layers=LayerSpec(norm='carebn')), or 'bn', 'tdbn', 'tebn', 'tab'; "
+                "SpikingDQN(layers=...)) or remove the callback"
             )
         total = getattr(pl_module, "total_env_steps", None)
-        if total is not None and self.every_n_env_steps > total:
+        if self.when == "every_n_env_steps" and total is not None and self.every_n_env_steps > total:
             raise ValueError(
                 f"ReplayRecalibration(every_n_env_steps={self.every_n_env_steps}) would never run: {name} trains "
                 f"for total_env_steps={total}; set every_n_env_steps to at most {total}"
@@ -104,16 +119,23 @@ class ReplayRecalibration(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.when == "every_n_env_steps" and pl_module.env_steps - self.last_env_steps >= self.every_n_env_steps:
+            self.recalibrate(trainer, pl_module)
+
+    def before_policy_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Called by the task right before each evaluation: re-calibrate when ``when="before_evaluation"``."""
+        if self.when == "before_evaluation":
+            self.recalibrate(trainer, pl_module)
+
+    def recalibrate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Re-calibrate the policy network now (nothing when turned off or the buffer is empty) and log it."""
         steps = pl_module.env_steps
-        if (
-            self.unusable_reason is not None
-            or steps - self.last_env_steps < self.every_n_env_steps
-            or len(pl_module.replay_buffer) == 0
-        ):
+        if self.unusable_reason is not None or len(pl_module.replay_buffer) == 0:
             return
         self.last_env_steps = steps
-        device = next(pl_module.actor.parameters()).device
-        report = recalibrate_bn(pl_module.actor, self.draw(pl_module.replay_buffer, device), mode=self.mode)
+        network = pl_module.policy_network
+        device = next(network.parameters()).device
+        report = recalibrate_bn(network, self.draw(pl_module.replay_buffer, device), mode=self.mode)
         self.recalibrations += 1
         metrics = {f"recalibration/stat_error/{name}": layer.stat_error for name, layer in report.layers.items()}
         log_event(trainer, {**metrics, "recalibration/seconds": report.seconds}, steps)

@@ -2,8 +2,9 @@
 
 :class:`NetworkTask` (the network as ``model``), :class:`EncodingTask` (``encode(x)``), :class:`TimeStepsTask`
 (``time_steps``), :class:`ClassificationTaskLike` (all three; what :class:`~spikenorm.tasks.SpikingClassifier`
-offers) and :class:`ReplayTaskLike` (``actor``, ``replay_buffer``, ``env_steps``; what
-:class:`~spikenorm.tasks.SpikingTD3` offers); :func:`require_task` checks one at setup and names what is missing.
+offers) and :class:`ReplayTaskLike` (``policy_network``, ``replay_buffer``, ``env_steps``; what the online RL
+tasks :class:`~spikenorm.tasks.SpikingTD3` and :class:`~spikenorm.tasks.SpikingDQN` offer); :func:`require_task`
+checks one at setup and names what is missing.
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ class ReplayBufferLike(Protocol):
 
 @runtime_checkable
 class ReplayTaskLike(Protocol):
-    """What :class:`~spikenorm.tasks.SpikingTD3` offers callbacks: the ``actor`` network, the ``replay_buffer``
-    and the ``env_steps`` taken so far (the x-axis of its logs). An optional integer ``total_env_steps`` lets
-    :class:`~spikenorm.callbacks.ReplayRecalibration` check its schedule at setup."""
+    """What the online RL tasks (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`: ``SpikingTD3``, ``SpikingDQN``)
+    offer callbacks: the ``policy_network`` that acts (TD3's actor, DQN's Q-network), the ``replay_buffer`` and the
+    ``env_steps`` taken so far (the x-axis of its logs). An optional integer ``total_env_steps`` lets
+    :class:`~spikenorm.callbacks.ReplayRecalibration` check its schedule at setup; an optional
+    ``diagnosis_output`` (``"actions"``, the default, or ``"logits"`` for Q-values) tells
+    :class:`~spikenorm.callbacks.NormDiagnostics` how to compare the network's outputs."""
 
-    actor: nn.Module
+    policy_network: nn.Module
     replay_buffer: ReplayBufferLike
     env_steps: int
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import importlib.util
 import os
 import socket
@@ -146,3 +147,70 @@ def eager_and_fused(
     x = (scale * torch.randn(shape, generator=gen)).to(dtype)
     grad_out = torch.randn(shape, generator=gen).to(dtype)
     return fast, x, grad_out
+
+
+#: a callback module for CLI runs: ``KillAtEnvStep(env_steps)`` SIGKILLs the fit's process after the iteration that
+#: reaches that env step (no cleanup at all), for the RL resume tests
+RL_KILLER = """
+import os, signal
+from lightning.pytorch import Callback
+
+
+class KillAtEnvStep(Callback):
+    # SIGKILL this process after the iteration that reaches env step ``env_steps``: no cleanup at all
+
+    def __init__(self, env_steps: int) -> None:
+        self.env_steps = env_steps
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.env_steps == self.env_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def cli_killed_and_resumed(root: Path, recipe: dict, kill_at: int) -> tuple[Path, Path]:
+    """Run ``recipe`` (a parsed RL recipe) through the CLI twice under ``root``: straight through in ``straight/``,
+    and in ``crashed/`` SIGKILLed after the iteration that reaches env step ``kill_at`` (:data:`RL_KILLER`) and then
+    resumed with ``--ckpt_path last``. Returns the two folders."""
+    import signal
+
+    import yaml
+
+    straight, crashed = root / "straight", root / "crashed"
+    for folder in (straight, crashed):
+        folder.mkdir()
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    spikenorm_cli(straight, "fit", "--config", "recipe.yaml")
+    (crashed / "rl_killer.py").write_text(RL_KILLER)
+    killed = spikenorm_cli(
+        crashed,
+        "fit",
+        "--config",
+        "recipe.yaml",
+        "--trainer.callbacks+=rl_killer.KillAtEnvStep",
+        f"--trainer.callbacks.env_steps={kill_at}",
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    spikenorm_cli(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
+    return straight, crashed
+
+
+#: the logged keys that time something: never equal between two runs
+TIMING_KEYS = frozenset({"rl/env_steps_per_s", "recalibration/seconds"})
+
+
+def logged_rows(folder: Path, version: int = 0) -> list[tuple[int, dict[str, float]]]:
+    """The rows of ``CSVLogger(folder, name="csv", version=version)``'s ``metrics.csv`` as ``(step, {key: value})``,
+    without empty cells and timings."""
+    with open(folder / "csv" / f"version_{version}" / "metrics.csv", newline="") as f:
+        return [
+            (int(row["step"]), {k: float(v) for k, v in row.items() if v != "" and k not in TIMING_KEYS | {"step"}})
+            for row in csv.DictReader(f)
+        ]
+
+
+def cli_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a CLI run folder's ``metrics.csv`` as written (empty cells included), without timings."""
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in csv.DictReader(f)]

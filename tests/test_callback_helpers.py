@@ -34,7 +34,7 @@ from spikenorm.tasks import SpikingClassifier
 class ReplayTask(LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.actor = nn.Linear(3, 1)
+        self.policy_network = nn.Linear(3, 1)
         self.replay_buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(8))
         self.replay_buffer.extend(TensorDict({"observation": torch.randn(4, 3)}, [4]))
         self.env_steps = 4
@@ -54,7 +54,7 @@ def test_the_spikenorm_tasks_offer_what_their_protocols_declare():
     assert isinstance(task, ClassificationTaskLike) and isinstance(task, NetworkTask)
     require_task(task, ClassificationTaskLike, "test")
     assert set(protocol_members(ClassificationTaskLike)) == {"model", "encode", "time_steps"}
-    assert protocol_members(ReplayTaskLike)["actor"] is nn.Module
+    assert protocol_members(ReplayTaskLike)["policy_network"] is nn.Module
     require_task(ReplayTask(), ReplayTaskLike, "test")
     assert not isinstance(ReplayTask(), NetworkTask)
 
@@ -65,7 +65,7 @@ def test_a_missing_member_is_named_with_the_protocol():
     task.env_steps = None
     with pytest.raises(
         ValueError,
-        match=r"^MyCallback needs a LightningModule that offers ReplayTaskLike \(`actor`, "
+        match=r"^MyCallback needs a LightningModule that offers ReplayTaskLike \(`policy_network`, "
         r"`replay_buffer`, `env_steps`; .*ReplayTask has no `replay_buffer`, "
         r"`env_steps`$",
     ):
@@ -74,11 +74,11 @@ def test_a_missing_member_is_named_with_the_protocol():
 
 def test_a_member_of_the_wrong_type_is_refused():
     task = ReplayTask()
-    del task.actor
-    task.actor = lambda obs: obs
+    del task.policy_network
+    task.policy_network = lambda obs: obs
     with pytest.raises(
         TypeError,
-        match=r"^MyCallback: ReplayTask.actor must be a torch.nn.Module \(ReplayTaskLike\), "
+        match=r"^MyCallback: ReplayTask.policy_network must be a torch.nn.Module \(ReplayTaskLike\), "
         r"got function$",
     ):
         require_task(task, ReplayTaskLike, "MyCallback")

@@ -33,7 +33,10 @@ SOURCES = ("pyproject.toml", "README.md", "src", "callbacks", "datamodules")
 #: installed alone (torchvision >= 0.29 is built on torch's stable ABI and accepts it)
 ENVIRONMENTS = [("2.4.0", "0.19.0", False), ("2.11.0", "0.26.0", True), ("2.15.0", None, True)]
 
-FEATURE_IMPORTS = "import spikenorm.rl, spikenorm.tasks.td3, spikenorm.export, spikenorm.datamodules.neuromorphic"
+FEATURE_IMPORTS = (
+    "import spikenorm.rl, spikenorm.tasks.td3, spikenorm.tasks.dqn, spikenorm.export, "
+    "spikenorm.datamodules.neuromorphic, ale_py"
+)
 
 
 def timed(command: list[str], timeout: float, **kwargs) -> tuple[subprocess.CompletedProcess, float]:

@@ -420,11 +420,12 @@ def test_two_instances_on_different_schedules_keep_their_own_state(tmp_path: Pat
 
 
 class _FakeReplayTask:
-    """What NormDiagnostics reads of an RL task (ReplayTaskLike): an actor with BN, a replay buffer, env_steps."""
+    """What NormDiagnostics reads of an RL task (ReplayTaskLike): a policy network with BN, a replay buffer,
+    env_steps."""
 
     def __init__(self, env_steps: int) -> None:
         torch.manual_seed(0)
-        self.actor = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh())
+        self.policy_network = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh())
         self.replay_buffer = _replay_buffer(64, 40)
         self.env_steps = env_steps
 

@@ -9,12 +9,11 @@ Every fit ends with an evaluation of its final policy, logged once; ``Trainer(ma
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHORT_TD3_RUN, quiet_trainer
+from helpers import SHORT_TD3_RUN, cli_rows, logged_rows, quiet_trainer
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 
@@ -35,7 +34,6 @@ RUN = {
     "eval_episodes": 1,
 }
 CRASH_AT = 160
-TIMING_KEYS = {"rl/env_steps_per_s", "recalibration/seconds"}
 
 
 class _Crash(Exception):
@@ -75,15 +73,6 @@ def _fit(folder: Path, ckpt_path: Path | None = None, crash_at: int | None = Non
     return task, trainer
 
 
-def _rows(folder: Path, version: int = 0) -> list[tuple[int, dict[str, float]]]:
-    """The logged rows as ``(step, {key: value})``, without empty cells and timings."""
-    with open(folder / "csv" / f"version_{version}" / "metrics.csv", newline="") as f:
-        return [
-            (int(row["step"]), {k: float(v) for k, v in row.items() if v != "" and k not in TIMING_KEYS | {"step"}})
-            for row in csv.DictReader(f)
-        ]
-
-
 def test_a_fit_stopped_mid_episode_resumes_to_the_uninterrupted_result(tmp_path):
     full, full_trainer = _fit(tmp_path / "full")
 
@@ -94,7 +83,7 @@ def test_a_fit_stopped_mid_episode_resumes_to_the_uninterrupted_result(tmp_path)
     assert saved["env_steps"] == 130
     observations = saved["replay"]["rows"]["observation"]
     assert observations.untyped_storage().nbytes() == observations.nbytes == 130 * 3 * 4  # the filled rows only
-    before = [row for row in _rows(tmp_path / "crashed") if row[0] <= saved["env_steps"]]  # later rows are redone
+    before = [row for row in logged_rows(tmp_path / "crashed") if row[0] <= saved["env_steps"]]  # later rows are redone
 
     resumed, resumed_trainer = _fit(tmp_path / "crashed", ckpt_path=last)
 
@@ -102,10 +91,10 @@ def test_a_fit_stopped_mid_episode_resumes_to_the_uninterrupted_result(tmp_path)
     assert resumed.eval_history == full.eval_history
     assert resumed_trainer.global_step == full_trainer.global_step
     assert resumed_trainer.callbacks[0].recalibrations == full_trainer.callbacks[0].recalibrations == 2
-    full_rows = _rows(tmp_path / "full")
+    full_rows = logged_rows(tmp_path / "full")
     assert max(step for step, _ in full_rows) == 200  # no row past the budget
     assert [step for step, row in full_rows if "rl/eval_return" in row] == [100, 200]  # the last one once, not twice
-    assert before + _rows(tmp_path / "crashed", version=1) == full_rows
+    assert before + logged_rows(tmp_path / "crashed", version=1) == full_rows
     assert saved["env"]["episode"]["actions"].shape[0] == 130  # it resumed mid-episode
     expected, got = full.state_dict(), resumed.state_dict()
     assert expected.keys() == got.keys()
@@ -121,7 +110,7 @@ def test_every_fit_ends_with_an_evaluation_of_the_final_policy(tmp_path):
     trainer.fit(task)
     assert [steps for steps, _ in task.eval_history] == [100, 150]  # the periodic one and the final one
     assert trainer.current_epoch == 1  # the budget ends the fit, not max_epochs
-    evaluations = [(step, row) for step, row in _rows(tmp_path) if "rl/eval_return" in row]
+    evaluations = [(step, row) for step, row in logged_rows(tmp_path) if "rl/eval_return" in row]
     assert [(step, row["rl/eval_return"]) for step, row in evaluations] == task.eval_history
     assert evaluations[-1][1]["rl/best_eval_return"] == max(r for _, r in task.eval_history)
     assert trainer.callback_metrics["rl/eval_return"].item() == task.eval_history[-1][1]  # the CLI summary's value
@@ -135,36 +124,12 @@ def test_max_steps_is_refused_for_the_env_step_budget(tmp_path):
     assert task.env_steps == 0
 
 
-RL_KILLER = """
-import os, signal
-from lightning.pytorch import Callback
-
-
-class KillAtEnvStep(Callback):
-    # SIGKILL this process after the iteration that reaches env step ``env_steps``: no cleanup at all
-
-    def __init__(self, env_steps: int) -> None:
-        self.env_steps = env_steps
-
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        if pl_module.env_steps == self.env_steps:
-            os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-def _cli_rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in csv.DictReader(f)]
-
-
 @pytest.mark.slow  # three CLI processes, ~45 s; the in-process stop above covers the same resume by default
 def test_cli_sigkill_then_resume_last_equals_the_uninterrupted_run(tmp_path):
     """quickstart_rl through the CLI, killed with SIGKILL mid-episode and resumed with ``--ckpt_path last``: the
     same env steps, eval rows, logged rows (each once) and final weights as an uninterrupted run."""
-    import signal
-
     import yaml
-    from helpers import spikenorm_cli
+    from helpers import cli_killed_and_resumed
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "quickstart_rl.yaml").read_text())
     recipe["model"]["init_args"].update({**RUN, "hidden": [16, 16]})
@@ -174,27 +139,11 @@ def test_cli_sigkill_then_resume_last_equals_the_uninterrupted_run(tmp_path):
             callback["init_args"] = {"every_n_env_steps": 65}
         if callback["class_path"].endswith("ReplayRecalibration"):
             callback["init_args"].update(every_n_env_steps=75, num_batches=2, batch_size=16)
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    for folder in (straight, crashed):
-        folder.mkdir()
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    spikenorm_cli(straight, "fit", "--config", "recipe.yaml")
-    (crashed / "rl_killer.py").write_text(RL_KILLER)
-    killed = spikenorm_cli(
-        crashed,
-        "fit",
-        "--config",
-        "recipe.yaml",
-        "--trainer.callbacks+=rl_killer.KillAtEnvStep",
-        f"--trainer.callbacks.env_steps={CRASH_AT}",
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    spikenorm_cli(crashed, "fit", "--config", "recipe.yaml", "--ckpt_path", "last")
+    straight, crashed = cli_killed_and_resumed(tmp_path, recipe, CRASH_AT)
 
     runs = [folder / "logs" / "quickstart_rl" / "version_0" for folder in (straight, crashed)]
-    assert _cli_rows(runs[1]) == _cli_rows(runs[0])  # every row once, none past the budget
-    evaluations = [int(row["step"]) for row in _cli_rows(runs[0]) if row["rl/eval_return"]]
+    assert cli_rows(runs[1]) == cli_rows(runs[0])  # every row once, none past the budget
+    evaluations = [int(row["step"]) for row in cli_rows(runs[0]) if row["rl/eval_return"]]
     assert evaluations == [100, 200]
     reference, final = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in runs)
     assert final["spikenorm_rl"]["env_steps"] == reference["spikenorm_rl"]["env_steps"] == 200

@@ -89,7 +89,7 @@ def test_quickstart_rl_with_the_ann_actor_is_one_flag(tmp_path, monkeypatch, cap
         finally:
             wandb.finish()
     stdout = capsys.readouterr().out
-    assert "not re-calibrated: the actor of SpikingTD3 (MLPActor) has no BN layer" in stdout
+    assert "not re-calibrated: the policy network of SpikingTD3 (MLPActor) has no BN layer" in stdout
     run = tmp_path / "logs" / "quickstart_rl" / "version_0"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["env_steps=240.ckpt", "last.ckpt"]
     with open(run / "metrics.csv", newline="") as f:

@@ -1,13 +1,15 @@
 """Optional features and the extras that install them.
 
 The core (neurons, norms, models, folding, re-calibration, the classifier, the CLI) needs only the dependencies
-``pip install spikenorm`` brings. Four features need more, installed as extras:
+``pip install spikenorm`` brings. Five features need more, installed as extras:
 
 * ``rl``: online RL (:mod:`spikenorm.rl`, :class:`~spikenorm.tasks.SpikingTD3`): torchrl, tensordict, gymnasium;
 * ``dvs``: neuromorphic datasets (tonic's DVS readers, the event-frame cache): tonic, aedat, h5py;
 * ``export``: NIR export and import (:mod:`spikenorm.export`): nir;
 * ``studies``: studies on a cluster (``spikenorm study`` with a submitit executor, :mod:`spikenorm.studies`):
-  submitit. Local studies need no extra.
+  submitit. Local studies need no extra;
+* ``atari``: Atari envs for online RL (``make_env("ALE/Pong-v5", obs_type="ram")``): ale-py (with its ROMs), on
+  top of the ``rl`` extra's packages.
 
 A feature module imports its third-party modules inside :func:`needs_extra`, so that a missing extra is reported
 by name when the module is imported::
@@ -35,6 +37,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dvs": ("tonic", "aedat", "h5py"),
     "export": ("nir",),
     "studies": ("submitit",),
+    "atari": ("ale_py",),
 }
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "VGG_CONFIGS",
 ]
 
+from spikenorm.models.q_networks import DSQN_LAYERS, MLPQNetwork, SpikingQNetwork
 from spikenorm.models.rl import (
     POPSAN_LAYERS,
     DDPGCritic,
@@ -28,11 +29,14 @@ from spikenorm.models.rl import (
 )
 
 __all__ += [
+    "DSQN_LAYERS",
     "DDPGCritic",
+    "MLPQNetwork",
     "MLPActor",
     "POPSAN_LAYERS",
     "PopSANActor",
     "PopulationDecoder",
     "PopulationEncoder",
+    "SpikingQNetwork",
     "TwinQCritic",
 ]

@@ -226,6 +226,33 @@ class PopulationDecoder(nn.Module):
 
 # --- actor -------------------------------------------------------------------------------------------
 
+
+def carebn_layer_factory(layers: LayerSpec, time_steps: int, owner: str, what: str) -> SpikingLayerFactory:
+    """The layer factory of the CaRe-BN reference networks (PopSAN actor, DSQN): ``layers`` with ``neuron_kwargs``'
+    ``threshold`` defaulting to 0.5 and, for ``lif``, ``decay`` to 0.75 (the reference's LIF), ``T = time_steps``,
+    and the neuron threshold given as ``v_th`` to every norm whose constructor takes it (``carebn``:
+    ``gamma = beta = v_th / 2``; ``tdbn``) unless ``norm_kwargs`` sets it.
+
+    Raises:
+        ValueError: ``binary_weights`` or ``shortcuts`` set (``owner``, ``what``: "the actor", is a plain stack of
+            full-precision linear layers), or ``layers.time_steps`` set to another ``T``.
+    """
+    layers.refuse(
+        owner, "binary_weights", "shortcuts", reason=f"{what} is a plain stack of full-precision linear layers"
+    )
+    if layers.time_steps not in (None, time_steps):
+        raise ValueError(f"{owner}: layers.time_steps={layers.time_steps} disagrees with time_steps={time_steps}")
+    neuron_kwargs = {
+        "threshold": 0.5,
+        **({"decay": 0.75} if layers.neuron.lower() == "lif" else {}),
+        **layers.neuron_kwargs,
+    }
+    layers = replace(layers, neuron_kwargs=neuron_kwargs, time_steps=time_steps)
+    threshold = neuron_kwargs["threshold"]
+    context = {"v_th": float(threshold)} if isinstance(threshold, (int, float)) else {}
+    return SpikingLayerFactory(layers, norm_context=context)
+
+
 #: The CaRe-BN reference actor's layers: CaRe-BN norms, CLIF neurons, rectangular surrogate (width 1).
 POPSAN_LAYERS = LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle")
 
@@ -284,25 +311,7 @@ class PopSANActor(nn.Module):
         self.time_steps = time_steps
         self.register_buffer("max_action", _action_bound(max_action, act_dim))
 
-        layers.refuse(
-            type(self).__name__,
-            "binary_weights",
-            "shortcuts",
-            reason="the actor is a plain stack of full-precision linear layers",
-        )
-        if layers.time_steps not in (None, time_steps):
-            raise ValueError(
-                f"PopSANActor: layers.time_steps={layers.time_steps} disagrees with time_steps={time_steps}"
-            )
-        neuron_kwargs = {
-            "threshold": 0.5,
-            **({"decay": 0.75} if layers.neuron.lower() == "lif" else {}),
-            **layers.neuron_kwargs,
-        }
-        layers = replace(layers, neuron_kwargs=neuron_kwargs, time_steps=time_steps)
-        threshold = neuron_kwargs["threshold"]
-        context = {"v_th": float(threshold)} if isinstance(threshold, (int, float)) else {}
-        factory = SpikingLayerFactory(layers, norm_context=context)
+        factory = carebn_layer_factory(layers, time_steps, type(self).__name__, "the actor")
 
         self.encoder = PopulationEncoder(obs_dim, pop_dim, mean_range, encoder_std, time_steps)
         widths = [self.encoder.out_features, *hidden, act_dim * pop_dim]

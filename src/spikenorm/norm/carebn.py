@@ -112,6 +112,14 @@ class CaReBN(TimeMajorNorm):
     ``gamma`` and ``beta`` start at ``v_th / 2`` (0.25 for the reference threshold 0.5), so the initial
     output is about N(0.25, 0.25^2). Initial state ``mu_hat = 0``, ``var_hat = 1``, ``P = 0``.
 
+    Discrete control (the DSQN code of the reference, ``discrete_control/dsqn_carebn.py``, used by
+    :class:`~spikenorm.models.SpikingQNetwork`): same filter, same constant 255 (although its batch is 128),
+    same noise at the batch variance, P updated before the gains; the update happens in the online Q-network's
+    loss forward on the sampled current states, once per gradient step. The defaults reproduce it (checked in
+    float64 over successive updates by ``tests/test_q_networks.py``), so no separate option is needed. The one
+    difference: the reference divides ``P / (P + R)`` unguarded, so a feature with zero batch variance and zero
+    innovation gets a NaN gain there and a gain of 0 here.
+
     Args:
         innovation_momentum: ``m`` of the innovation EMA (0.8 in the reference code).
         sample_count: ``N`` of the gains; ``None`` uses the pooled sample count of each batch (``B T``).

@@ -32,6 +32,7 @@ from spikenorm.rl.envs import (
     env_state,
     load_env_state,
     make_env,
+    num_actions,
     observation_dim,
 )
 from spikenorm.rl.events import log_event
@@ -55,6 +56,7 @@ __all__ = [
     "make_exploration_policy",
     "make_policy",
     "make_target",
+    "num_actions",
     "observation_dim",
     "soft_update",
 ]

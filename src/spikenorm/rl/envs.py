@@ -1,4 +1,4 @@
-"""Environment factory: TorchRL envs over gymnasium tasks (MuJoCo v5, classic control), plus spec helpers.
+"""Environment factory: TorchRL envs over gymnasium tasks (MuJoCo v5, classic control, Atari), plus spec helpers.
 
 :func:`make_env` builds a seeded ``TransformedEnv(GymWrapper(EpisodeRecorder(gymnasium.make(name))),
 Compose(DoubleToFloat(), StepCounter(), RewardSum(), InitTracker()))``. Every MuJoCo task returns float64
@@ -12,13 +12,22 @@ their state; its presence also keeps TorchRL 0.14 collectors from warning that t
 The gymnasium env inside is wrapped in :class:`EpisodeRecorder`, so that :func:`env_state` and
 :func:`load_env_state` can save and restore the env exactly (a checkpoint resumes mid-episode).
 
-The helpers :func:`observation_dim`, :func:`action_dim` and :func:`action_bounds` read the env's
-*unbatched* specs, so they give the same answer for a single env and for a batched one.
+Atari (the ``atari`` extra, ``pip install 'spikenorm[atari]'``): ids of the ``ALE/`` namespace, e.g.
+``make_env("ALE/Pong-v5", obs_type="ram")`` (the setting of the DSQN / CaRe-BN discrete code: frameskip 4, sticky
+actions with probability 0.25, the minimal action set, 128 RAM bytes per observation). ``ale_py``, which
+registers that namespace with gymnasium, is imported on the first such id; its wheels ship the ROMs, so no
+download happens. RAM observations stay **uint8** (``DoubleToFloat`` leaves integer entries alone): the network
+casts them (a replay buffer of uint8 observations is 4x smaller than one of float32). Discrete action specs
+are one-hot (TorchRL's ``GymWrapper`` default); :func:`num_actions` reads their size.
+
+The helpers :func:`observation_dim`, :func:`action_dim`, :func:`num_actions` and :func:`action_bounds` read the
+env's *unbatched* specs, so they give the same answer for a single env and for a batched one.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import Any
 
 import numpy as np
@@ -28,7 +37,7 @@ from spikenorm.extras import needs_extra
 
 with needs_extra("rl", __name__):
     import gymnasium
-    from torchrl.data import Bounded, TensorSpec
+    from torchrl.data import Binary, Bounded, Categorical, MultiCategorical, MultiOneHot, OneHot, TensorSpec
     from torchrl.envs import (
         Compose,
         DoubleToFloat,
@@ -41,6 +50,31 @@ with needs_extra("rl", __name__):
     )
 
 _MUJOCO_ENTRY_PREFIX = "gymnasium.envs.mujoco"
+_ALE_NAMESPACE = "ALE/"
+
+
+def _atari_env(env: gymnasium.Env) -> Any:
+    """The ``ale_py.env.AtariEnv`` under ``env``, or None for any other env (and whenever ale_py is not loaded: an
+    AtariEnv cannot exist without it)."""
+    ale_env_module = sys.modules.get("ale_py.env")
+    if ale_env_module is None:
+        return None
+    unwrapped = env.unwrapped
+    return unwrapped if isinstance(unwrapped, ale_env_module.AtariEnv) else None
+
+
+def _ale_state_tensor(atari: Any) -> torch.Tensor:
+    """The full state of an AtariEnv's emulator, ALE's system RNG included (the RNG of sticky actions), as the
+    bytes of ``ALEState.serialize()`` in a uint8 tensor (plain data for ``torch.load(weights_only=True)``)."""
+    raw = atari.clone_state(include_rng=True).serialize()
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
+
+
+def _restore_ale_state(atari: Any, state: torch.Tensor) -> None:
+    """Inverse of :func:`_ale_state_tensor`: emulator and ALE RNG as they were."""
+    import ale_py  # loaded: ``atari`` is an ale_py env
+
+    atari.restore_state(ale_py.ALEState(state.cpu().numpy().tobytes()))
 
 
 class EpisodeRecorder(gymnasium.Wrapper):
@@ -53,6 +87,14 @@ class EpisodeRecorder(gymnasium.Wrapper):
     :meth:`load_state_dict` on a fresh env of the same id repeats the reset and the actions and then sets the
     RNG, which leaves the env exactly where the recorded one was. Resets with ``options`` are not recorded
     (:meth:`state_dict` refuses them).
+
+    Atari envs (``ale_py``) have a second RNG: ALE's own system RNG draws the sticky actions
+    (``repeat_action_probability``, 0.25 in the v5 ids) and is reseeded only by ``reset(seed=...)``, so it runs on
+    across episodes and ``np_random`` does not cover it. For them the record also holds the emulator's full state
+    with that RNG (``clone_state(include_rng=True)``, serialised by ``ALEState.serialize()`` into a uint8 tensor of
+    about 14 kB): the state before the episode's reset (so that the replay retraces the episode exactly) and the
+    state now (restored last, also without replay). Replaying a long episode takes time (raw ALE steps at about
+    2500 steps/s on one core: a full 27 000-step Pong episode about 10 s).
     """
 
     def __init__(self, env: gymnasium.Env) -> None:
@@ -61,9 +103,13 @@ class EpisodeRecorder(gymnasium.Wrapper):
         self._reset_seed: int | None = None
         self._options_used = False
         self._actions: list[np.ndarray] = []
+        self._atari = _atari_env(env)
+        self._reset_ale: torch.Tensor | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         self._reset_rng = self.unwrapped.np_random.bit_generator.state
+        if self._atari is not None:
+            self._reset_ale = _ale_state_tensor(self._atari)
         self._reset_seed = seed
         self._options_used = options is not None
         self._actions = []
@@ -75,7 +121,9 @@ class EpisodeRecorder(gymnasium.Wrapper):
 
     def state_dict(self) -> dict[str, Any]:
         """``rng`` (the RNG's state now) and ``episode`` (None before the first reset, else the RNG state and seed
-        of the episode's reset and its actions as one tensor ``[steps, *action_shape]``)."""
+        of the episode's reset and its actions as one tensor ``[steps, *action_shape]``). For an Atari env also
+        ``ale`` (the ALE state now, uint8 tensor) and ``episode["ale"]`` (the ALE state before the episode's
+        reset)."""
         if self._options_used:
             raise ValueError("EpisodeRecorder cannot record an episode that was reset with options")
         episode = None
@@ -83,18 +131,37 @@ class EpisodeRecorder(gymnasium.Wrapper):
             shape = self.action_space.shape or ()
             actions = np.stack(self._actions) if self._actions else np.zeros((0, *shape), self.action_space.dtype)
             episode = {"rng": self._reset_rng, "seed": self._reset_seed, "actions": torch.from_numpy(actions)}
-        return {"rng": self.unwrapped.np_random.bit_generator.state, "episode": episode}
+            if self._atari is not None:
+                episode["ale"] = self._reset_ale
+        state = {"rng": self.unwrapped.np_random.bit_generator.state, "episode": episode}
+        if self._atari is not None:
+            state["ale"] = _ale_state_tensor(self._atari)
+        return state
 
     def load_state_dict(self, state: dict[str, Any], replay: bool = True) -> None:
         """Restore what :meth:`state_dict` returned: with ``replay``, reset as the recorded episode was reset and
         take its actions again; then set the RNG to its recorded state. Without ``replay`` (an env whose next use
-        starts with a reset, e.g. an evaluation env) only the RNG is set."""
+        starts with a reset, e.g. an evaluation env) only the RNG is set. An Atari env also gets its emulator and
+        ALE RNG back (with or without ``replay``).
+
+        Raises:
+            ValueError: the state is from an Atari env and this env is not one, or the other way round.
+        """
+        if ("ale" in state) != (self._atari is not None):
+            recorded, here = ("an Atari", "not one") if "ale" in state else ("a non-Atari", "an Atari env")
+            raise ValueError(
+                f"the state is from {recorded} env but this env is {here}; load it into an env of the same id"
+            )
         episode = state["episode"]
         if replay and episode is not None:
             self.unwrapped.np_random.bit_generator.state = episode["rng"]
+            if self._atari is not None:
+                _restore_ale_state(self._atari, episode["ale"])
             self.reset(seed=episode["seed"])
             for action in episode["actions"].numpy():
                 self.step(action)
+        if self._atari is not None:
+            _restore_ale_state(self._atari, state["ale"])
         self.unwrapped.np_random.bit_generator.state = state["rng"]
 
 
@@ -108,10 +175,23 @@ def available_mujoco_envs() -> list[str]:
     return sorted(names)
 
 
+def _register_namespace(env_name: str) -> None:
+    """Import the package that registers ``env_name``'s namespace with gymnasium: ``ale_py`` for ``ALE/`` ids.
+
+    Raises:
+        spikenorm.extras.MissingExtraError: an ``ALE/`` id without ale_py (the ``atari`` extra).
+    """
+    if env_name.startswith(_ALE_NAMESPACE):
+        with needs_extra("atari", __name__):
+            import ale_py  # noqa: F401  (registers the ALE/ ids)
+
+
 def _check_env_name(env_name: str) -> None:
-    """Raise a ValueError for a name gymnasium does not know, or a MuJoCo task without mujoco."""
+    """Raise a ValueError for a name gymnasium does not know, or a MuJoCo task without mujoco (a MissingExtraError
+    for an Atari id without ale_py)."""
     if not isinstance(env_name, str) or not env_name:
         raise ValueError(f"env_name must be a non-empty string such as 'InvertedPendulum-v5', got {env_name!r}")
+    _register_namespace(env_name)
     try:
         spec = gymnasium.spec(env_name)
     except gymnasium.error.Error as err:
@@ -136,21 +216,24 @@ def make_env(
     """Build a seeded TorchRL env over a gymnasium task (MuJoCo v5 by default).
 
     Args:
-        env_name: a registered gymnasium id, e.g. ``"InvertedPendulum-v5"``, ``"HalfCheetah-v5"``.
+        env_name: a registered gymnasium id, e.g. ``"InvertedPendulum-v5"``, ``"HalfCheetah-v5"``,
+            ``"CartPole-v1"``, or an Atari id ``"ALE/Pong-v5"`` (with the ``atari`` extra; ``ale_py`` is imported
+            then).
         seed: seed of the environment's own RNG (initial states). Random warm-up actions drawn by a
             collector come from torch's global RNG: seed that too (``seed_everything``).
         device: device of the tensordicts the env returns.
-        **gym_kwargs: forwarded to ``gymnasium.make``.
+        **gym_kwargs: forwarded to ``gymnasium.make``, e.g. ``obs_type="ram"`` for an Atari id.
 
     Returns:
         ``TransformedEnv(GymWrapper(EpisodeRecorder(gymnasium.make(env_name))), Compose(DoubleToFloat(),
-        StepCounter(), RewardSum(), InitTracker()))`` with float32 ``"observation"``, ``"action"``,
-        ``("next", "reward")``, ``("next", "done")``, ``"step_count"``, ``"episode_reward"`` and ``"is_init"``
-        entries.
+        StepCounter(), RewardSum(), InitTracker()))`` with ``"observation"`` (float32, or the env's integer
+        dtype: uint8 for Atari RAM), ``"action"`` (one-hot int64 for discrete actions), ``("next", "reward")``,
+        ``("next", "done")``, ``"step_count"``, ``"episode_reward"`` and ``"is_init"`` entries.
 
     Raises:
         ValueError: unknown environment name (the message lists the MuJoCo v5 tasks), mujoco missing
             for a MuJoCo task, or a seed that is not a non-negative int.
+        spikenorm.extras.MissingExtraError: an ``ALE/`` id without the ``atari`` extra.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -208,6 +291,24 @@ def action_dim(env: EnvBase) -> int:
     if len(shape) != 1:
         raise ValueError(f"action must be a flat vector [act_dim], got spec shape {tuple(shape)}")
     return int(shape[0])
+
+
+def num_actions(env: EnvBase) -> int:
+    """Number of discrete actions of ``env``: ``n`` of its unbatched action spec, one-hot (``OneHot``, shape
+    ``[n]``, TorchRL's ``GymWrapper`` default) or an index (``Categorical``, shape ``[]``).
+
+    Raises:
+        ValueError: the action spec is not a single discrete choice (continuous, multi-discrete or binary); the
+            message shows the spec.
+    """
+    spec = _unbatched(env, "action_spec")
+    if isinstance(spec, (MultiOneHot, MultiCategorical, Binary)) or not isinstance(spec, (OneHot, Categorical)):
+        raise ValueError(f"num_actions needs a discrete action spec (OneHot or Categorical), got {spec!r}")
+    if (isinstance(spec, OneHot) and len(spec.shape) != 1) or (
+        isinstance(spec, Categorical) and spec.shape.numel() != 1
+    ):
+        raise ValueError(f"num_actions needs a single discrete action, got spec shape {tuple(spec.shape)}: {spec!r}")
+    return int(spec.space.n)
 
 
 def bounds_from_spec(spec: TensorSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,11 @@ function reads the task by what it offers (duck typing, as the task Protocols of
   :func:`~spikenorm.neurons.stateful`, as :func:`~spikenorm.tasks.online.online_backward` trains it);
   :func:`encoded_inputs` turns ``(x, y)`` batches into ``[T, B, ...]`` network inputs; :func:`split_batches`
   takes the first batches of a datamodule's split;
-* an actor task (``actor``, ``replay_buffer``, ``env``; :class:`~spikenorm.tasks.SpikingTD3`):
+* an RL task (``policy_network``, ``replay_buffer``, ``env``, ``acting_policy``; :class:`~spikenorm.tasks.SpikingTD3`,
+  :class:`~spikenorm.tasks.SpikingDQN`):
   :func:`replay_observations` (the most recent states of the replay buffer) and :func:`rollout_observations`
-  (states of the env driven by the deterministic actor), for ``output="actions"``;
+  (states of the env driven by the deterministic policy), for the task's ``diagnosis_output`` (``"actions"``;
+  Q-values: ``"logits"``);
 * :func:`diagnosis_inputs`: all of it for a task, as a :class:`DiagnosisInputs` whose :meth:`~DiagnosisInputs.kwargs`
   go straight into ``diagnose``.
 
@@ -170,7 +172,7 @@ def replay_observations(task: Any, num_batches: int, batch_size: int | None = No
     from spikenorm.rl.replay import newest_indices  # the rl extra: imported only for an actor task
 
     indices = newest_indices(buffer, num_batches * batch_size)
-    states = buffer[indices]["observation"].float().to(_device(task.actor))
+    states = buffer[indices]["observation"].float().to(_device(task.policy_network))
     return _chunks(states, num_batches, batch_size)
 
 
@@ -180,15 +182,13 @@ def rollout_observations(task: Any, num_batches: int, batch_size: int | None = N
     ``task.env`` driven by the deterministic actor in eval mode (no exploration noise; a new episode starts where
     one ends), in the order they were visited, on the actor's device. The rollout starts a new episode of the
     env, whose RNG continues from where it is (a freshly built task's env: from its seed)."""
-    from spikenorm.rl import make_policy  # the rl extra: imported only for an actor task
-
     batch_size = int(batch_size or _hparam(task, "batch_size", 256))
-    actor = task.actor
-    with eval_mode(actor):
+    network = task.policy_network
+    with eval_mode(network):
         rollout = task.env.rollout(
-            num_batches * batch_size, policy=make_policy(actor), break_when_any_done=False, auto_reset=True
+            num_batches * batch_size, policy=task.acting_policy(), break_when_any_done=False, auto_reset=True
         )
-    states = rollout["observation"].float().reshape(-1, rollout["observation"].shape[-1]).to(_device(actor))
+    states = rollout["observation"].float().reshape(-1, rollout["observation"].shape[-1]).to(_device(network))
     return _chunks(states, num_batches, batch_size)
 
 
@@ -236,10 +236,10 @@ def diagnosis_inputs(
     ``split`` (default ``val``), encoded by the task (:func:`encoded_inputs`; the training ``T`` for the train
     split), with :func:`classifier_forwards`; ``output="logits"``.
 
-    An actor task (with ``actor`` and ``replay_buffer``, such as :class:`~spikenorm.tasks.SpikingTD3`): observations
-    from the replay buffer (:func:`replay_observations`), or when it is empty (a weights-only checkpoint) or
-    ``states="rollout"``, from the env (:func:`rollout_observations`); ``output="actions"``. The actor's training
-    forward is its plain forward in training mode (CaRe-BN's update scope only changes buffers, which
+    An RL task (with ``policy_network`` and ``replay_buffer``, such as :class:`~spikenorm.tasks.SpikingTD3`):
+    observations from the replay buffer (:func:`replay_observations`), or when it is empty (a weights-only checkpoint)
+    or ``states="rollout"``, from the env (:func:`rollout_observations`); the task's ``diagnosis_output``. The
+    network's training forward is its plain forward in training mode (CaRe-BN's update scope only changes buffers, which
     ``diagnose`` undoes).
 
     Raises:
@@ -248,7 +248,7 @@ def diagnosis_inputs(
     """
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    if isinstance(getattr(task, "actor", None), nn.Module) and hasattr(task, "replay_buffer"):
+    if isinstance(getattr(task, "policy_network", None), nn.Module) and hasattr(task, "replay_buffer"):
         if split is not None:
             raise ValueError(
                 f"{type(task).__name__} has no data splits (split={split!r}): its states come from the replay "
@@ -266,11 +266,12 @@ def diagnosis_inputs(
                 )
             batches, source = rollout_observations(task, num_batches, batch_size), "rollout"
         note = _fewer(len(batches), num_batches, f"the {source} ({sum(len(b) for b in batches)} states)")
-        return DiagnosisInputs(task.actor, batches, None, None, "actions", source, batch_size, note)
+        output = getattr(task, "diagnosis_output", "actions")
+        return DiagnosisInputs(task.policy_network, batches, None, None, output, source, batch_size, note)
     if not (isinstance(getattr(task, "model", None), nn.Module) and callable(getattr(task, "encode", None))):
         raise ValueError(
-            f"{type(task).__name__} offers neither a network `model` with `encode(x)` (a classifier) nor an `actor` "
-            "with a `replay_buffer` (an RL task): nothing to diagnose"
+            f"{type(task).__name__} offers neither a network `model` with `encode(x)` (a classifier) nor a "
+            "`policy_network` with a `replay_buffer` (an RL task): nothing to diagnose"
         )
     if datamodule is None:
         raise ValueError(f"{type(task).__name__} is diagnosed on a datamodule's batches: give one")
