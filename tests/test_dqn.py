@@ -330,7 +330,6 @@ PONG_RAM = {
 }
 
 
-@pytest.mark.slow  # ~15 s; the ALE state round trip itself is tested by default in test_atari_envs.py
 def test_pong_ram_trains_on_uint8_states_and_resumes_exactly_with_sticky_actions(tmp_path):
     """The Atari RAM setting (ale-py, offline): uint8 states in the replay buffer, six Q-values, and an exact resume
     mid-episode (ALE's sticky actions draw from its own RNG, which the checkpoint keeps)."""

@@ -118,14 +118,7 @@ def fast_dev_run(recipe: str, root: Path, *options: str) -> None:
     main(["fit", "--config", str(RECIPES / recipe), "--trainer.fast_dev_run=true", *OVERRIDES[recipe], *options])
 
 
-#: recipes whose fast_dev_run is marked slow: quickstart_dvs generates its event streams first (about 25 s; the
-#: event-digits datamodule has its own default tests)
-FAST_DEV_RUN_SLOW = {"quickstart_dvs.yaml"}
-
-
-@pytest.mark.parametrize(
-    "recipe", [pytest.param(r, marks=pytest.mark.slow) if r in FAST_DEV_RUN_SLOW else r for r in sorted(OVERRIDES)]
-)
+@pytest.mark.parametrize("recipe", sorted(OVERRIDES))
 def test_recipe_fast_dev_run(recipe, offline_env):
     fast_dev_run(recipe, offline_env)
 

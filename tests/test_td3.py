@@ -218,7 +218,9 @@ def test_ann_actor_refuses_what_only_a_spiking_actor_has():
         SpikingTD3(**SMALL, actor_layers=None)
     # Re-BN has nothing to re-calibrate in an MLP: refused at setup, as for the BN-free pop-SAN
     for task in (SpikingTD3(**SMALL, actor="ann"), SpikingTD3(**SMALL, actor_layers={"norm": "none"})):
-        with pytest.raises(ValueError, match=r"has no BN layer with running statistics .*actor='ann', has none"):
+        with pytest.raises(
+            ValueError, match=r"has no BN layer with running statistics .*actor='ann' / q_network='ann', have none"
+        ):
             ReplayRecalibration(every_n_env_steps=100).check(task)
 
 
