@@ -214,3 +214,30 @@ def cli_rows(run: Path) -> list[dict[str, str]]:
     """The rows of a CLI run folder's ``metrics.csv`` as written (empty cells included), without timings."""
     with open(run / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in csv.DictReader(f)]
+
+
+class StoppedFit(Exception):
+    """Raised by :class:`StopAtEnvStep`: the fit stops as a crash would, leaving only its files behind."""
+
+
+def resumable_rl_fit(task, folder: Path, callbacks: list, ckpt_path: Path | None = None, stop_at: int | None = None):
+    """Fit an RL ``task`` with ``callbacks``, logging to ``CSVLogger(folder, name="csv")`` (version 1 when resumed from
+    ``ckpt_path``: the CSVLogger would rewrite the stopped fit's file), raising :class:`StoppedFit` after the iteration
+    that reaches env step ``stop_at`` (before any checkpoint of that iteration). Returns the trainer."""
+    from lightning.pytorch import Callback
+    from lightning.pytorch.loggers import CSVLogger
+
+    class StopAtEnvStep(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            if pl_module.env_steps == stop_at:
+                raise StoppedFit
+
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[*callbacks, *([StopAtEnvStep()] if stop_at is not None else [])],
+        logger=CSVLogger(folder, name="csv", version=int(ckpt_path is not None)),
+        enable_checkpointing=True,
+        log_every_n_steps=20,
+    )
+    trainer.fit(task, ckpt_path=ckpt_path)
+    return trainer

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_rows, logged_rows, quiet_trainer
+from helpers import StoppedFit, cli_rows, logged_rows, quiet_trainer, resumable_rl_fit
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 
@@ -61,13 +61,11 @@ class _TargetWatch(Callback):
 
     def __init__(self) -> None:
         self.equal_at: list[int] = []
-        self.updates_seen: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         online, target = pl_module.q_network.state_dict(), pl_module.q_target.state_dict()
         if all(torch.equal(online[k], target[k]) for k in online):
             self.equal_at.append(pl_module.updates)
-        self.updates_seen.append(pl_module.updates)
         assert not any(m.training for m in pl_module.q_target.modules())
 
 
@@ -276,10 +274,6 @@ def test_bad_arguments_are_refused_at_construction():
         SpikingDQN(**{**RUN, "warmup_steps": 160})
 
 
-class _Crash(Exception):
-    pass
-
-
 def _fit(folder: Path, ckpt_path: Path | None = None, crash_at: int | None = None, **options) -> SpikingDQN:
     seed_everything(0)
     task = SpikingDQN(**{**RUN, **options})
@@ -287,28 +281,13 @@ def _fit(folder: Path, ckpt_path: Path | None = None, crash_at: int | None = Non
         ReplayRecalibration(when="before_evaluation", num_batches=2, batch_size=16, mode="single_pass"),
         LastCheckpoint(every_n_env_steps=45, dirpath=folder / "checkpoints"),
     ]
-    if crash_at is not None:
-
-        class CrashAt(Callback):
-            def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-                if pl_module.env_steps == crash_at:
-                    raise _Crash
-
-        callbacks.append(CrashAt())
-    trainer = quiet_trainer(
-        max_epochs=1,
-        callbacks=callbacks,
-        logger=CSVLogger(folder, name="csv", version=int(ckpt_path is not None)),
-        enable_checkpointing=True,
-        log_every_n_steps=20,
-    )
-    trainer.fit(task, ckpt_path=ckpt_path)
+    resumable_rl_fit(task, folder, callbacks, ckpt_path, stop_at=crash_at)
     return task
 
 
 def test_a_stopped_fit_resumes_to_the_uninterrupted_result(tmp_path):
     full = _fit(tmp_path / "full")
-    with pytest.raises(_Crash):
+    with pytest.raises(StoppedFit):
         _fit(tmp_path / "crashed", crash_at=120)
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)["spikenorm_rl"]
@@ -338,7 +317,7 @@ def test_pong_ram_trains_on_uint8_states_and_resumes_exactly_with_sticky_actions
     assert full.replay_buffer[:4]["observation"].dtype == torch.uint8
     assert full.replay_buffer[:160]["next", "truncated"].sum() == 2  # episodes end at 70 and 140
     assert full.q_network.num_actions == 6 and full.q_network.obs_dim == 128
-    with pytest.raises(_Crash):
+    with pytest.raises(StoppedFit):
         _fit(tmp_path / "crashed", crash_at=120, **PONG_RAM)
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     resumed = _fit(tmp_path / "crashed", ckpt_path=last, **PONG_RAM)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHORT_TD3_RUN, cli_rows, logged_rows, quiet_trainer
-from lightning.pytorch import Callback, seed_everything
+from helpers import SHORT_TD3_RUN, StoppedFit, cli_rows, logged_rows, quiet_trainer, resumable_rl_fit
+from lightning.pytorch import seed_everything
 from lightning.pytorch.loggers import CSVLogger
 
 from spikenorm.callbacks import LastCheckpoint, ReplayRecalibration
@@ -36,21 +36,6 @@ RUN = {
 CRASH_AT = 160
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(Callback):
-    """Raise after the iteration that reaches ``env_steps`` (before any checkpoint of that iteration)."""
-
-    def __init__(self, env_steps: int) -> None:
-        self.env_steps = env_steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.env_steps == self.env_steps:
-            raise _Crash
-
-
 def _fit(folder: Path, ckpt_path: Path | None = None, crash_at: int | None = None):
     """The run of ``RUN`` with Re-BN every 75 env steps, saving last.ckpt under ``folder`` and logging to CSV there
     (a resumed fit in a folder of its own: Lightning's CSVLogger would rewrite the crashed fit's file)."""
@@ -60,23 +45,13 @@ def _fit(folder: Path, ckpt_path: Path | None = None, crash_at: int | None = Non
         ReplayRecalibration(every_n_env_steps=75, num_batches=2, batch_size=16),
         LastCheckpoint(every_n_env_steps=65, dirpath=folder / "checkpoints"),
     ]
-    if crash_at is not None:
-        callbacks.append(_CrashAt(crash_at))
-    trainer = quiet_trainer(
-        max_epochs=1,
-        callbacks=callbacks,
-        logger=CSVLogger(folder, name="csv", version=int(ckpt_path is not None)),
-        enable_checkpointing=True,
-        log_every_n_steps=20,
-    )
-    trainer.fit(task, ckpt_path=ckpt_path)
-    return task, trainer
+    return task, resumable_rl_fit(task, folder, callbacks, ckpt_path, stop_at=crash_at)
 
 
 def test_a_fit_stopped_mid_episode_resumes_to_the_uninterrupted_result(tmp_path):
     full, full_trainer = _fit(tmp_path / "full")
 
-    with pytest.raises(_Crash):
+    with pytest.raises(StoppedFit):
         _fit(tmp_path / "crashed", crash_at=CRASH_AT)
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)["spikenorm_rl"]  # plain data: no code is unpickled
