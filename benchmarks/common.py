@@ -9,7 +9,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 from lightning.pytorch import Trainer
@@ -50,6 +50,30 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) to finish its queued work; nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+Key = TypeVar("Key")
+
+
+def interleaved(fns: dict[Key, Callable[[], object]], device: torch.device, repeats: int) -> dict[Key, list[float]]:
+    """Seconds per call of each fn: ``repeats`` rounds in which every fn is timed once, the order rotated by one
+    each round (warm-up calls are the caller's)."""
+    names = list(fns)
+    times: dict[Key, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
     return times
 
 

@@ -87,10 +87,15 @@ round, so drift of the machine is shared; medians):
   elementwise floor ``torch.mul(x, 0.5)`` over the same tensor (as in benchmarks/neurons.py).
 
 Everything is reported also as ratios to spikenorm in the same mode and as ratios across modes (bf16 /
-fp32, compiled / eager), with the targets of the issue marked PASS or FAIL: spikenorm's bf16 training at
-least 2x its float32 training on a CPU with AMX (on AVX-512 BF16 without AMX the ratio is reported with what
-bounds it), and spikenorm at least 1.25x SpikingJelly and 1.5x snnTorch in training throughput in every
-mode. A torch.profiler table of one spikenorm training step per mode (top ops by self time) says where the
+fp32, compiled / eager), and fastest against fastest: each library's fastest configuration among those measured
+(any mode of ``--modes``; for spikenorm also any variant), chosen by the script for training and for inference
+separately, with spikenorm's fastest divided by each peer's. The targets are marked PASS or FAIL, issue 30's
+first: spikenorm's fastest at least 1.25x each peer's fastest in training and 1.0x in inference, and spikenorm's
+LIF within 1.5x the elementwise floor forward and 3x forward+backward (both divided by the same floor, one
+forward ``torch.mul``) in each dtype measured; then issue 18's: spikenorm's bf16 training at least 2x its
+float32 training on a CPU with AMX (on AVX-512 BF16 without AMX the ratio is reported with what bounds it),
+and spikenorm at least 1.25x SpikingJelly and 1.5x snnTorch in training throughput in every mode. A
+torch.profiler table of one spikenorm training step per mode (top ops by self time) says where the
 time goes, with the convolutions' share and the throughput bound it implies.
 
     python benchmarks/compare.py                      # cuda if available, else cpu; writes results
@@ -122,8 +127,10 @@ from common import (
     benchmark_parser,
     cpu_flag_set,
     forward_and_backward,
+    interleaved,
     markdown_table,
     stamp,
+    sync,
     write_report,
 )
 from torch import Tensor, nn
@@ -138,6 +145,7 @@ from spikenorm.synapse import TimeDistributed
 CFG: list[int | str] = [64, 128, "A", 256, 256, "A", 512, "A"]
 DECAY, THRESHOLD, ALPHA = 0.5, 1.0, 4.0
 LIBRARIES = ("spikenorm", "spikingjelly", "snntorch")
+PEERS = LIBRARIES[1:]
 Key = tuple[str, str]  # (mode, library)
 Name = TypeVar("Name", bound=Hashable)
 
@@ -421,7 +429,11 @@ MODES: dict[str, Mode] = {
 #: a compiler only reorders float32 sums
 AGREEMENT_TOLERANCE = {"bf16": 0.5, "compiled": 1e-3, "compiled-bf16": 0.5}
 
-#: the issue's targets: spikenorm bf16 / fp32 training on a CPU with AMX; spikenorm / peer training per mode
+#: issue 30's targets: spikenorm's fastest configuration / each peer's fastest, per workload (at least); the LIF
+#: alone against the elementwise floor, forward and forward+backward (at most)
+FASTEST_TARGETS = {"training": 1.25, "inference": 1.0}
+NEURON_FLOOR_TARGETS = {"fwd": 1.5, "fwd+bwd": 3.0}
+#: issue 18's targets: spikenorm bf16 / fp32 training on a CPU with AMX; spikenorm / peer training per mode
 BF16_SPEEDUP_TARGET = 2.0
 PEER_TARGETS = {"spikingjelly": 1.25, "snntorch": 1.5}
 
@@ -437,26 +449,6 @@ def parse_modes(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- measuring
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict[Name, Callable[[], object]], device: torch.device, repeats: int) -> dict[Name, list[float]]:
-    """Seconds per call of each fn: ``repeats`` rounds in which every fn is timed once, the order rotated by one
-    each round (warm-up calls are the caller's)."""
-    names = list(fns)
-    times: dict[Name, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def train_step_fn(net: nn.Module, x: Tensor, y: Tensor, mode: Mode = MODES["fp32"]) -> Callable[[], Tensor]:
     """One SGD training step of ``net`` on ``(x, y)``: forward and loss in the mode's autocast region, backward
     and optimizer step outside it; returns the detached train-mode output."""
@@ -658,6 +650,10 @@ def training_step_conv_flops(cfg: Sequence[int | str], in_channels: int, time_st
     return flops
 
 
+#: the name of the elementwise floor among :func:`neuron_fns`' callables
+FLOOR = "elementwise floor"
+
+
 def neuron_fns(
     shape: Sequence[int], device: torch.device, variants: Sequence[str] = (), dtype: torch.dtype = torch.float32
 ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
@@ -704,7 +700,7 @@ def neuron_fns(
             differ = (runs[name](x).float() != ref).float().mean().item()
             if differ:
                 print(f"{'warning: ' * (dtype == torch.float32)}{name} LIF on {dtype}: {differ:.2%} of spikes differ")
-    fns["elementwise floor"] = (lambda: torch.mul(x, 0.5), lambda: torch.mul(x, 0.5))
+    fns[FLOOR] = (lambda: torch.mul(x, 0.5), lambda: torch.mul(x, 0.5))
     return fns
 
 
@@ -804,34 +800,119 @@ def amx_kind(device: torch.device) -> str:
     return "avx512_bf16" if "avx512_bf16" in flags else "none"
 
 
-def target_rows(m: Measured, device: torch.device) -> list[str]:
-    """The issue's targets with the measured ratios and PASS / FAIL (or why a target does not apply)."""
+def library_of(network: str) -> str:
+    """The library a measured network belongs to: spikenorm's variants (``spikenorm[eager]``) are spikenorm."""
+    return network.split("[", 1)[0]
+
+
+def fastest(sps: dict[Key, float]) -> dict[str, Key]:
+    """Per library of :data:`LIBRARIES` with a measurement, in that order: the ``(mode, network)`` of its highest
+    throughput in ``sps``, over every measured mode and, for spikenorm, every variant (a network that failed has
+    no throughput)."""
+    best: dict[str, Key] = {}
+    for key, value in sps.items():
+        library = library_of(key[1])
+        if library not in best or value > sps[best[library]]:
+            best[library] = key
+    return {library: best[library] for library in LIBRARIES if library in best}
+
+
+def configuration(key: Key) -> str:
+    """A ``(mode, network)`` as the fastest-vs-fastest rows name it: the mode, and the variant if it is not the
+    library's default network."""
+    mode, network = key
+    return mode if network in LIBRARIES else f"{mode}, {network}"
+
+
+def fastest_rows(m: Measured) -> list[str]:
+    """Per library: its fastest measured configuration in training and in inference (:func:`fastest`), that
+    throughput, and spikenorm's fastest divided by it."""
+    winners = [(sps, fastest(sps)) for sps in (m.train_sps, m.infer_sps)]
     rows = []
+    for library in LIBRARIES:
+        cells = []
+        for sps, best in winners:
+            key, ours = best.get(library), best.get("spikenorm")
+            if key is None:
+                cells += ["not measured (every configuration failed)", "–", "–"]
+                continue
+            cells += [configuration(key), f"{sps[key]:.1f}", ratio_text(sps[ours] / sps[key] if ours else None)]
+        rows.append(f"| {library} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def verdict(ok: bool) -> str:
+    """A target's verdict from whether the measurement meets it."""
+    return "PASS" if ok else "FAIL"
+
+
+def fastest_target_rows(m: Measured) -> list[str]:
+    """Issue 30: spikenorm's fastest configuration against each peer's fastest, in training and in inference."""
+    rows = []
+    for workload, sps in (("training", m.train_sps), ("inference", m.infer_sps)):
+        target, best = FASTEST_TARGETS[workload], fastest(sps)
+        ours = best.get("spikenorm")
+        for peer in PEERS:
+            theirs, measured = best.get(peer), "–"
+            if ours is None:
+                result = "FAIL (no spikenorm configuration measured)"
+            elif theirs is None:
+                result = f"not measured (no {peer} configuration measured)"
+            else:
+                value = sps[ours] / sps[theirs]
+                measured = f"{value:.2f}x (spikenorm: {configuration(ours)}; {peer}: {configuration(theirs)})"
+                result = verdict(value >= target)
+            rows.append(
+                f"| 30 | spikenorm's fastest >= {target:g}x {peer}'s fastest, {workload} | {measured} | {result} |"
+            )
+    return rows
+
+
+def neuron_target_rows(m: Measured) -> list[str]:
+    """Issue 30: spikenorm's LIF (its default backend) against the elementwise floor, forward and forward+backward,
+    per dtype measured."""
+    rows = []
+    for dtype_name, (fwd, fb) in m.neuron.items():
+        floor = floor_seconds(fwd, fb)
+        for (part, limit), times in zip(NEURON_FLOOR_TARGETS.items(), (fwd, fb)):
+            value = times["spikenorm"] / floor
+            rows.append(
+                f"| 30 | spikenorm LIF {part} <= {limit:g}x the elementwise floor, {dtype_name} | {value:.2f}x "
+                f"| {verdict(value <= limit)} |"
+            )
+    return rows
+
+
+def target_rows(m: Measured, device: torch.device) -> list[str]:
+    """The issues' targets with the measured ratios and PASS / FAIL (or why a target does not apply): issue 30's
+    first (:func:`fastest_target_rows`, :func:`neuron_target_rows`), then issue 18's (bf16 / fp32 on a CPU with
+    AMX, spikenorm / each peer per mode)."""
+    rows = fastest_target_rows(m) + neuron_target_rows(m)
     sps = m.train_sps
     if "bf16" in m.modes:
         kind = amx_kind(device)
         value = sps.get(("bf16", "spikenorm"), math.nan) / sps.get(("fp32", "spikenorm"), math.nan)
-        verdict = {
-            "amx": "PASS" if value >= BF16_SPEEDUP_TARGET else "FAIL",
+        result = {
+            "amx": verdict(value >= BF16_SPEEDUP_TARGET),
             "avx512_bf16": "not applicable: AVX-512 BF16 without AMX (see where the time goes)",
             "none": "not applicable: no bf16 instructions on this CPU",
         }.get(kind, f"not applicable on {kind}")
         rows.append(
-            f"| spikenorm bf16 training >= {BF16_SPEEDUP_TARGET:g}x spikenorm fp32 (CPU with AMX; this machine: "
-            f"{kind}) | {ratio_text(value)}x | {verdict} |"
+            f"| 18 | spikenorm bf16 training >= {BF16_SPEEDUP_TARGET:g}x spikenorm fp32 (CPU with AMX; this machine: "
+            f"{kind}) | {ratio_text(value)}x | {result} |"
         )
     for mode in m.modes:
         for peer, target in PEER_TARGETS.items():
             ours, theirs = sps.get((mode, "spikenorm")), sps.get((mode, peer))
             if ours is None:
-                verdict, value = f"FAIL (spikenorm failed: {m.runs[(mode, 'spikenorm')].error})", None
+                result, value = f"FAIL (spikenorm failed: {m.runs[(mode, 'spikenorm')].error})", None
             elif theirs is None:
-                verdict, value = f"not measured ({peer} failed: {m.runs[(mode, peer)].error})", None
+                result, value = f"not measured ({peer} failed: {m.runs[(mode, peer)].error})", None
             else:
                 value = ours / theirs
-                verdict = "PASS" if value >= target else "FAIL"
-            rows.append(f"| spikenorm >= {target:g}x {peer}, training, {mode} | {ratio_text(value)}x | {verdict} |")
-    return markdown_table("target | measured | verdict", rows)
+                result = verdict(value >= target)
+            rows.append(f"| 18 | spikenorm >= {target:g}x {peer}, training, {mode} | {ratio_text(value)}x | {result} |")
+    return markdown_table("issue | target | measured | verdict", rows)
 
 
 def time_split_lines(m: Measured, conv_flops: int, batch: int) -> list[str]:
@@ -859,15 +940,21 @@ def time_split_lines(m: Measured, conv_flops: int, batch: int) -> list[str]:
     return lines
 
 
+def floor_seconds(fwd: dict[str, float], fb: dict[str, float]) -> float:
+    """The elementwise floor of one dtype: one ``torch.mul(x, 0.5)`` on the neuron tensor (a forward op only,
+    no backward), the mean of its medians in the forward and in the forward+backward rounds. The LIF's forward
+    and its forward+backward are both divided by this one floor."""
+    return (fwd[FLOOR] + fb[FLOOR]) / 2
+
+
 def neuron_rows(m: Measured) -> list[str]:
     """The LIF alone per dtype: forward and forward+backward ms, ratio to spikenorm and to the floor."""
     rows = []
     for dtype_name, (fwd, fb) in m.neuron.items():
-        floor = fwd["elementwise floor"] + fb["elementwise floor"]
-        for name in (n for n in fwd if n != "elementwise floor"):
+        floor = floor_seconds(fwd, fb)
+        for name in (n for n in fwd if n != FLOOR):
             cells = [
-                f"{d[name] * 1e3:.2f} ({d[name] / d['spikenorm']:.2f}; {d[name] / (floor / 2):.1f}x floor)"
-                for d in (fwd, fb)
+                f"{d[name] * 1e3:.2f} ({d[name] / d['spikenorm']:.2f}; {d[name] / floor:.1f}x floor)" for d in (fwd, fb)
             ]
             rows.append(f"| {dtype_name} | {name} | {cells[0]} | {cells[1]} |")
     return rows
@@ -898,7 +985,26 @@ def report(m: Measured, args: argparse.Namespace, eq: dict[str, float], allocato
         f"Equivalence after weight copy (max |diff| to spikenorm, float64, [T={t}, B=4] input): {eq_text}; first-layer "
         f"spike rate {eq['spike rate']:.2f}.",
         "",
+        "### Fastest vs fastest",
+        "",
+        f"Each library's fastest configuration among those measured in this run (modes {', '.join(m.modes)}; for "
+        "spikenorm also its variants, the `spikenorm[...]` rows of the per-mode table), chosen by the script from the "
+        "medians below, separately for training and for inference. `spikenorm / it`: spikenorm's fastest throughput "
+        "divided by this library's fastest (higher: spikenorm faster).",
+        "",
+        *markdown_table(
+            "library | fastest training | train samples/s | spikenorm / it "
+            "| fastest inference | inference samples/s | spikenorm / it",
+            fastest_rows(m),
+        ),
+        "",
         "### Targets",
+        "",
+        "Issue 30's targets first: spikenorm's fastest configuration against each peer's fastest (the table above); "
+        "spikenorm's LIF (its default backend) against the elementwise floor, its forward and its forward+backward "
+        "time both divided by the same floor, the time of one forward `torch.mul(x, 0.5)` on the neuron tensor of "
+        "that dtype (see the neuron alone). Then issue 18's: bf16 / fp32 on a CPU with AMX, and spikenorm against each "
+        "peer in the same mode.",
         "",
         *target_rows(m, args.device),
         "",
@@ -932,7 +1038,7 @@ def report(m: Measured, args: argparse.Namespace, eq: dict[str, float], allocato
         *markdown_table(neuron_header, neuron_rows(m)),
         "",
         "In brackets: ratio to spikenorm's LIF on the same dtype, and to the elementwise floor (`torch.mul(x, 0.5)` "
-        "on the neuron tensor of that dtype). Peak memory: "
+        "on the neuron tensor of that dtype, forward only: both columns are divided by it). Peak memory: "
         + (
             "`torch.cuda.max_memory_allocated` above the pre-step allocation."
             if args.device.type == "cuda"

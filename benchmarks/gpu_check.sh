@@ -4,7 +4,10 @@
 #   (a)      the gpu-marked tests (tests/test_gpu.py) and the CUDA runs of the device tests (the `device`
 #            fixture of tests/conftest.py) of neurons, fused kernels, norms, fold, recalibration, OSR/online;
 #   (b)      benchmarks/compare.py on CUDA in fp32, bf16 autocast and torch.compile (spikenorm, SpikingJelly,
-#            snnTorch side by side);
+#            snnTorch side by side), its report included: fastest vs fastest (each library's fastest of these
+#            modes, spikenorm's variants included, chosen by the script), the targets, the per-mode tables, the
+#            neuron alone against the elementwise floor in float32 and bfloat16 (compiled-bf16 is left out: its
+#            three compilations do not fit the step's time);
 #   (c)      one-epoch training throughput on synthetic CIFAR-10-shaped data of the CIFAR recipes' networks
 #            (SpikingResNet19 T=4 tdBN, SpikingResNet19 T=2 MPBN, SpikingVGG vggsnn OSR online), fp32 and
 #            bf16-mixed: benchmarks/gpu_throughput.py, each epoch cut after STEP_SECONDS (default 22) and

@@ -1,53 +1,55 @@
-"""SpikingTD3 throughput against a minimal plain-PyTorch TD3 loop, and Re-BN's share of training time.
+"""SpikingTD3 against a plain PyTorch TD3 loop and the CaRe-BN paper's script, with the ANN and the spiking actor.
 
-Two loops train the same networks with the same math on the same gymnasium env:
+Three loops train TD3 (batch 256, gamma 0.99, tau 0.005, policy delay 2, exploration / target / clip noise
+0.1 / 0.2 / 0.5 of ``max_action``, Adam 3e-4, twin-Q critic 256-256) on the same gymnasium env, each with two actors:
+TD3's ReLU MLP (``ann``) and the PopSAN actor with CaRe-BN (``spiking``: CLIF neurons, T = 5, populations of 10):
 
-* ``plain``: no Lightning, no TorchRL. ``gymnasium.make(env)`` stepped directly, a preallocated numpy
-  ring replay buffer, ``PopSANActor`` (CLIF, CaRe-BN, T = 5) and ``TwinQCritic`` with SpikingTD3's
-  defaults (batch 256, gamma 0.99, tau 0.005, policy delay 2, exploration / target / clip noise
-  0.1 / 0.2 / 0.5 of ``max_action``, Adam 3e-4 for both), the actor in eval mode under ``no_grad`` when
-  acting, uniform random actions for the warm-up steps, the actor loss under
-  :func:`spikenorm.norm.carebn.ca_bn_updates`, targets by :func:`spikenorm.rl.soft_update` (parameters
-  and BN buffers). One update per env step from the last warm-up step on, as SpikingTD3 does.
-* ``spikenorm``: :class:`spikenorm.tasks.SpikingTD3` under ``lightning.pytorch.Trainer(max_epochs=1,
-  logger=False, ...)`` (TorchRL ``Collector`` with the eval-mode policy, ``TensorDictReplayBuffer``,
-  ``self.log`` of losses and throughput), with the :class:`spikenorm.callbacks.ReplayRecalibration`
-  callback attached at the paper's rate (every 5000 env steps, 100 x 256; it fires only in runs that
-  long). Periodic evaluation is switched off (``eval_every`` beyond the run), the plain loop has none; the
-  evaluation of the final policy that ends every fit is one episode (``eval_episodes=1``), after the timed
-  post-warm-up part and inside the whole-run wall time.
-  Optional extra row ``spikenorm fpb=K`` (``--frames-per-batch K``): K env steps per training
-  iteration, then K updates (same number of updates per env step, coarser interleaving).
+* ``plain``: no Lightning, no TorchRL. ``gymnasium.make(env)`` stepped directly, a preallocated numpy ring
+  replay buffer, spikenorm's ``MLPActor`` / ``PopSANActor`` and ``TwinQCritic``, the actor in eval mode under
+  ``no_grad`` when acting, the actor loss under :func:`spikenorm.norm.carebn.ca_bn_updates`, targets by
+  :func:`spikenorm.rl.soft_update`. One update per env step from the last warm-up step on, as SpikingTD3 does.
+* ``spikenorm``: :class:`spikenorm.tasks.SpikingTD3` (``actor="ann"`` or the default PopSAN actor) under
+  ``lightning.pytorch.Trainer(max_epochs=1, logger=False, ...)``, with the
+  :class:`spikenorm.callbacks.ReplayRecalibration` callback attached at the paper's rate (every 5000 env steps,
+  100 x 256; it fires only in runs that long). Periodic evaluation is off (``eval_every`` beyond the run); the
+  evaluation of the final policy that ends every fit is one episode, after the timed part. With the ANN actor a
+  second row, ``spikenorm bpi=K`` (``--batches-per-iteration K``, default 10), runs K env steps (each with its
+  update, in the same order: the same numbers) per Lightning iteration, which saves Lightning's own per-iteration
+  cost; callbacks then see every K-th env step.
+* ``official``: the paper's ``continuous_control/main.py`` (xuzijie32/CaRe-BN), given with ``--official PATH``
+  (a folder outside this repository, e.g. ``git archive`` of a clone; its code is never copied here), run as a
+  subprocess through ``official_carebn.py`` with ``--policy TD3 --spiking_neurons ANN`` or ``CLIF`` (CaRe-BN on),
+  ``--start_timesteps`` = warm-up, ``--max_trainsteps`` = timed steps, ``--eval_freq`` beyond the run (its only
+  evaluation is the untrained policy's, 10 episodes before the first env step, outside the timed part) and
+  torch's threads set as for the other loops. ``official_carebn.py`` drops the ``BN=`` keyword the script passes
+  to its ``ANN_Actor`` (which takes none: ``--spiking_neurons ANN`` crashes with TD3 otherwise) and timestamps
+  every env step (after its replay ``add``, or after its update when it made one). Without ``--official`` the
+  loop is left out.
 
-Timing: every run does ``warmup + steps`` env steps. The headline is steps/s over the post-warm-up part
-only: from the end of the iteration of env step ``warmup`` (the first update included) to the end of the
-last iteration, i.e. ``steps`` env steps with the policy acting and ``steps`` updates. The whole-run wall
-time (construction of env, networks, trainer and collector included) is reported too. The loops alternate
-(plain, spikenorm, [spikenorm fpb=K], plain, ...) for ``--repeats`` repeats with seed = ``--seed`` +
-repeat in both, so drift from other load is shared; medians are reported. Acceptance: median
-spikenorm / plain steps/s >= 0.9.
+Timing: every run does ``warmup + steps`` env steps and records the time at the end of each env step (plain and
+official: in the loop; spikenorm: at the end of each Lightning iteration, which for ``bpi=K`` is the end of its
+K-th env step). Post-warm-up env steps/s (the headline)
+is ``steps`` / (end of env step ``warmup + steps`` - end of env step ``warmup``): ``steps`` env steps with the
+policy acting and ``steps`` updates in all three loops (spikenorm and plain make their first update at env step
+``warmup``, the official script one step later: in all three that update is outside the window). The loop's own
+cost is the mean time per env step over warm-up steps 100 .. ``warmup`` (random actions, no network call, no
+update): env step, bookkeeping, replay write and, for spikenorm, the Lightning loop. Loops and actors alternate
+(for each repeat: for each actor: plain, spikenorm, [spikenorm bpi=K], official) for ``--repeats`` repeats with
+seed = ``--seed`` + repeat, so drift from other load is shared; medians are reported.
 
-Re-BN share: after each spikenorm run, one re-calibration as the callback does it (sample 100 x 256
-observations from the replay buffer, then :func:`spikenorm.recalibrate.recalibrate_bn`) is timed in each
-mode (``exact`` and ``single_pass``) on the trained actor. At the paper's rate (every 5000 env steps):
+Re-BN share: after each spiking spikenorm run, one re-calibration as the callback does it (sample 100 x 256
+observations from the replay buffer, then :func:`spikenorm.recalibrate.recalibrate_bn`) is timed in each mode
+(``exact`` and ``single_pass``) on the trained actor; at the paper's rate (every 5000 env steps) its share of
+training time is ``t_recalibration / (5000 * t_env_step)``.
 
-    share = t_recalibration / (5000 * t_env_step)
+Threads: ``--threads 1`` by default (every loop, the subprocess too). More threads shrink the update, not the
+per-step plumbing. A breakdown run (not timed in the tables) wraps the parts of one SpikingTD3 run with the ANN
+actor with timers; ``--profile`` adds a cProfile top list of one.
 
-with ``t_env_step`` the median post-warm-up seconds per env step of the spikenorm run (collection and one
-update). Acceptance: share <= 3 % (exact mode, the default of the callback).
-
-Threads: ``--threads 1`` by default (both loops, same process). The machine these results come from has
-2 cores shared with other jobs; with torch's default of 2 intra-op threads, a concurrent process makes
-the OpenMP workers spin against each other (an actor update went from ~30 ms to over a second), so the
-numbers become noise. ``--threads 0`` keeps torch's default on an idle machine. More threads shrink the
-update, not the per-step plumbing, so the ratio is lower with more threads.
-
-A breakdown run (not timed in the table) wraps the collector iterator, replay-buffer extend/sample, the
-update, ``self.log`` and ``training_step`` of SpikingTD3 with timers, and the same parts of the plain
-loop, to show where the time per env step goes; ``--profile`` adds a cProfile top list of a spikenorm run.
-
-    python benchmarks/rl_throughput.py                          # writes results/rl_throughput.md
-    python benchmarks/rl_throughput.py --steps 300 --warmup 300 --repeats 1 --no-save
+    git clone https://github.com/xuzijie32/CaRe-BN /tmp/carebn   # outside the repository
+    python benchmarks/rl_throughput.py --official /tmp/carebn/CaRe-BN/continuous_control --official-version "<commit>"
+                                                                  # writes results/rl_throughput.md
+    python benchmarks/rl_throughput.py --steps 300 --warmup 300 --repeats 1 --actors ann --no-save
 """
 
 from __future__ import annotations
@@ -56,28 +58,33 @@ import contextlib
 import copy
 import cProfile
 import io
+import json
 import logging
 import os
 import pstats
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import benchmark_parser, publish, quiet_trainer, stamp
+import torchrl
+from common import benchmark_parser, markdown_table, publish, quiet_trainer, stamp
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
-from spikenorm.models import LayerSpec
-from spikenorm.models.rl import PopSANActor, TwinQCritic
+from spikenorm.models.rl import POPSAN_LAYERS, MLPActor, PopSANActor, TwinQCritic
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.recalibrate import recalibrate_bn
 from spikenorm.rl import soft_update
@@ -111,18 +118,40 @@ class HParams:
         return {**options, "actor_lr": lr, "critic_lr": lr}
 
 
+#: the actors every loop trains: TD3's ReLU MLP and the PopSAN actor with CaRe-BN
+ACTORS = ("ann", "spiking")
+#: warm-up env steps skipped before the loop's own cost is measured (start-up effects)
+COST_FROM = 100
+
+
 @dataclass
 class Run:
     loop: str
+    actor: str
     total_s: float  # whole run, construction included
-    post_s: float  # env steps warmup+1 .. warmup+steps (and their updates)
-    steps: int
+    step_ends: list[float]  # seconds at the end of env step 1, 2, ... (any origin)
+    warmup: int
     updates: int
     rebn_in_run_s: list[float] = field(default_factory=list)
 
     @property
+    def steps(self) -> int:
+        return len(self.step_ends) - self.warmup
+
+    @property
+    def post_s(self) -> float:
+        """Seconds from the end of env step ``warmup`` to the end of the last env step."""
+        return self.step_ends[-1] - self.step_ends[self.warmup - 1]
+
+    @property
     def steps_per_s(self) -> float:
         return self.steps / self.post_s
+
+    @property
+    def loop_cost_ms(self) -> float:
+        """Milliseconds per env step over warm-up steps ``COST_FROM`` .. ``warmup`` (random actions, no update)."""
+        first = min(COST_FROM, self.warmup // 2)
+        return (self.step_ends[self.warmup - 1] - self.step_ends[first - 1]) / (self.warmup - first) * 1e3
 
 
 class Timers:
@@ -185,7 +214,16 @@ class NumpyReplay:
         )
 
 
-def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, timers: Timers = NULL_TIMERS) -> Run:
+def make_actor(kind: str, obs_dim: int, act_dim: int, max_action: list[float], hp: HParams) -> torch.nn.Module:
+    """TD3's ReLU MLP (``ann``) or the PopSAN actor with CaRe-BN (``spiking``), SpikingTD3's defaults."""
+    if kind == "ann":
+        return MLPActor(obs_dim, act_dim, max_action=max_action, hidden=hp.hidden)
+    return PopSANActor(
+        obs_dim, act_dim, max_action=max_action, hidden=hp.hidden, time_steps=hp.time_steps, layers=POPSAN_LAYERS
+    )
+
+
+def run_plain(env_name: str, actor_kind: str, warmup: int, steps: int, seed: int, hp: HParams) -> Run:
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
     env = gym.make(env_name)
@@ -193,14 +231,7 @@ def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, ti
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
     high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-    actor = PopSANActor(
-        obs_dim,
-        act_dim,
-        max_action=high.tolist(),
-        hidden=hp.hidden,
-        time_steps=hp.time_steps,
-        layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
-    )
+    actor = make_actor(actor_kind, obs_dim, act_dim, high.tolist(), hp)
     critic = TwinQCritic(obs_dim, act_dim, hidden=hp.hidden)
     actor_target = copy.deepcopy(actor).eval().requires_grad_(False)
     critic_target = copy.deepcopy(critic).eval().requires_grad_(False)
@@ -211,82 +242,67 @@ def run_plain(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, ti
 
     def update() -> None:
         nonlocal updates
-        with timers.part("sample"):
-            obs, action, reward, next_obs, not_done = buffer.sample(hp.batch_size)
-        with timers.part("update"):
-            with torch.no_grad():
-                next_action = actor_target(next_obs)
-                noise = (torch.randn_like(next_action) * hp.policy_noise * high).clamp(
-                    -hp.noise_clip * high, hp.noise_clip * high
-                )
-                next_action = torch.maximum(torch.minimum(next_action + noise, high), low)
-                q1_next, q2_next = critic_target(next_obs, next_action)
-                target = reward + hp.gamma * not_done * torch.minimum(q1_next, q2_next)
-            q1, q2 = critic(obs, action)
-            critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-            critic_opt.zero_grad()
-            critic_loss.backward()
-            critic_opt.step()
-            updates += 1
-            if updates % hp.policy_delay == 0:
-                with ca_bn_updates(actor):
-                    policy_action = actor(obs)
-                actor_loss = -critic.q1(obs, policy_action).mean()
-                actor_opt.zero_grad()
-                actor_loss.backward()
-                actor_opt.step()
-                soft_update(actor_target, actor, hp.tau)
-                soft_update(critic_target, critic, hp.tau)
+        obs, action, reward, next_obs, not_done = buffer.sample(hp.batch_size)
+        with torch.no_grad():
+            next_action = actor_target(next_obs)
+            noise = (torch.randn_like(next_action) * hp.policy_noise * high).clamp(
+                -hp.noise_clip * high, hp.noise_clip * high
+            )
+            next_action = torch.maximum(torch.minimum(next_action + noise, high), low)
+            q1_next, q2_next = critic_target(next_obs, next_action)
+            target = reward + hp.gamma * not_done * torch.minimum(q1_next, q2_next)
+        q1, q2 = critic(obs, action)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        updates += 1
+        if updates % hp.policy_delay == 0:
+            with ca_bn_updates(actor):
+                policy_action = actor(obs)
+            actor_loss = -critic.q1(obs, policy_action).mean()
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            soft_update(actor_target, actor, hp.tau)
+            soft_update(critic_target, critic, hp.tau)
 
     obs, _ = env.reset(seed=seed)
-    post_start = time.perf_counter()
+    step_ends = []
     for t in range(1, warmup + steps + 1):
-        with timers.part("act"):
-            if t <= warmup:
-                action = env.action_space.sample()
-            else:
-                with torch.no_grad():
-                    actor.eval()
-                    a = actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0]
-                    actor.train()
-                    a = torch.maximum(torch.minimum(a + torch.randn_like(a) * hp.exploration_noise * high, high), low)
-                action = a.numpy()
-        with timers.part("env step"):
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-        with timers.part("buffer add"):
-            buffer.add(obs, action, reward, next_obs, terminated)
+        if t <= warmup:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                actor.eval()
+                a = actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0]
+                actor.train()
+                a = torch.maximum(torch.minimum(a + torch.randn_like(a) * hp.exploration_noise * high, high), low)
+            action = a.numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
-            with timers.part("env step"):
-                obs, _ = env.reset()
+            obs, _ = env.reset()
         if t >= warmup and buffer.size >= hp.batch_size:
             update()
-        if t == warmup:
-            post_start = time.perf_counter()
-            timers.enabled = True
-    end = time.perf_counter()
-    timers.enabled = False
+        step_ends.append(time.perf_counter())
     env.close()
-    return Run("plain", end - start, end - post_start, steps, updates)
+    return Run("plain", actor_kind, time.perf_counter() - start, step_ends, warmup, updates)
 
 
 # --- SpikingTD3 ------------------------------------------------------------------------------------------
 
 
 class StepClock(Callback):
-    """Timestamps the end of the iteration that reaches env step ``warmup`` and of the last iteration."""
+    """The time at the end of every iteration, once per env step it took (``frames_per_batch`` 1: one each)."""
 
-    def __init__(self, warmup: int, timers: Timers) -> None:
-        self.warmup, self.timers = warmup, timers
-        self.post_start: float | None = None
-        self.end = 0.0
+    def __init__(self) -> None:
+        self.step_ends: list[float] = []
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
-        if self.post_start is None and pl_module.env_steps >= self.warmup:
-            self.post_start = now
-            self.timers.enabled = True
-        self.end = now
+        self.step_ends += [now] * (pl_module.env_steps - len(self.step_ends))
 
 
 class TimedReplayRecalibration(ReplayRecalibration):
@@ -304,70 +320,97 @@ class TimedReplayRecalibration(ReplayRecalibration):
 
 
 def instrument(task: SpikingTD3, timers: Timers) -> None:
-    """Wrap the parts of one SpikingTD3 iteration with timers (instance attributes; the class is untouched)."""
-    task.replay_buffer.extend = timers.wrap("buffer extend", task.replay_buffer.extend)
-    task.replay_buffer.sample = timers.wrap("buffer sample", task.replay_buffer.sample)
-    task.update = timers.wrap("update (incl. self.log)", task.update)
+    """Wrap the parts of one SpikingTD3 iteration with timers (instance attributes and the task module's sampler;
+    the class is untouched). Timers start counting after the warm-up."""
+    task._collect = timers.wrap("collect (act, env step, replay write)", task._collect)
+    task._replay.sample = timers.wrap("replay sample", task._replay.sample)
+    task.update = timers.wrap("update", task.update)
     task.log = timers.wrap("self.log", task.log)
     task._log_episodes = timers.wrap("_log_episodes", task._log_episodes)
     task.training_step = timers.wrap("training_step", task.training_step)
-    on_fit_start = task.on_fit_start
 
-    def wrapped_on_fit_start() -> None:
-        on_fit_start()
-        iterator = task._collector_iter
 
-        class TimedIter:
-            def __iter__(self):
-                return self
+class TimersOn(Callback):
+    """Switch the timers on at the end of the iteration that reaches env step ``warmup``."""
 
-            def __next__(self):
-                with timers.part("collector next"):
-                    return next(iterator)
+    def __init__(self, warmup: int, timers: Timers) -> None:
+        self.warmup, self.timers = warmup, timers
 
-        task._collector_iter = TimedIter()
-
-    task.on_fit_start = wrapped_on_fit_start
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.timers.enabled = pl_module.env_steps >= self.warmup
 
 
 def run_spikenorm(
     env_name: str,
+    actor_kind: str,
     warmup: int,
     steps: int,
     seed: int,
     hp: HParams,
-    frames_per_batch: int = 1,
     timers: Timers = NULL_TIMERS,
-    label: str = "spikenorm",
+    batches_per_iteration: int = 1,
 ) -> tuple[Run, SpikingTD3]:
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
     total = warmup + steps
+    actor = {"actor": "ann", "actor_layers": None} if actor_kind == "ann" else {"actor_layers": POPSAN_LAYERS}
     task = SpikingTD3(
         env_name=env_name,
         total_env_steps=total,
         warmup_steps=warmup,
         algorithm="td3",
-        frames_per_batch=frames_per_batch,
         eval_every=total + 1,
         eval_episodes=1,
         seed=seed,
-        actor_layers=LayerSpec(norm="carebn", neuron="clif", surrogate="rectangle"),
+        batches_per_iteration=batches_per_iteration,
+        **actor,
         **hp.td3_options(),
     )
+    clock = StepClock()
+    callbacks: list[Callback] = [clock]
     if timers is not NULL_TIMERS:
         instrument(task, timers)
+        callbacks.append(TimersOn(warmup, timers))
     rebn = TimedReplayRecalibration(
         every_n_env_steps=PAPER_REBN_EVERY, num_batches=REBN_BATCHES, batch_size=REBN_BATCH_SIZE
     )
-    clock = StepClock(warmup, timers)
     # ReplayRecalibration refuses a schedule that never runs: attach it only to runs long enough to trigger it
-    callbacks = [rebn, clock] if total >= PAPER_REBN_EVERY else [clock]
+    if actor_kind == "spiking" and total >= PAPER_REBN_EVERY:
+        callbacks.insert(0, rebn)
     quiet_trainer(max_epochs=1, devices=1, callbacks=callbacks).fit(task)
-    end = time.perf_counter()
     timers.enabled = False
-    run = Run(label, end - start, clock.end - clock.post_start, task.env_steps - warmup, task.updates, rebn.durations)
+    loop = "spikenorm" if batches_per_iteration == 1 else f"spikenorm bpi={batches_per_iteration}"
+    run = Run(loop, actor_kind, time.perf_counter() - start, clock.step_ends, warmup, task.updates)
+    run.rebn_in_run_s = rebn.durations
     return run, task
+
+
+def run_official(folder: str, env_name: str, actor_kind: str, warmup: int, steps: int, seed: int) -> Run:
+    """The paper's ``main.py`` from ``folder`` through ``official_carebn.py``, in a temporary working folder."""
+    runner = Path(__file__).resolve().parent / "official_carebn.py"
+    arguments = [
+        *("--policy", "TD3", "--env", env_name, "--seed", str(seed)),
+        *("--spiking_neurons", "ANN" if actor_kind == "ann" else "CLIF"),
+        *("--start_timesteps", str(warmup), "--max_trainsteps", str(steps), "--eval_freq", str(10**9)),
+    ]
+    threads = str(torch.get_num_threads())
+    environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        done = subprocess.run(
+            [sys.executable, str(runner), folder, threads, *arguments],
+            cwd=work,
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(
+            f"the official script failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
+    result = json.loads(lines[-1][len("RESULT ") :])
+    return Run("official", actor_kind, time.perf_counter() - start, result["step_ends"], warmup, result["updates"])
 
 
 def time_rebn(task: SpikingTD3, mode: str) -> tuple[float, float]:
@@ -411,7 +454,7 @@ def breakdown_rows(label: str, timers: Timers, post_s: float, steps: int) -> lis
 def profile_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HParams, top: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    run_spikenorm(env_name, warmup, steps, seed, hp)
+    run_spikenorm(env_name, "ann", warmup, steps, seed, hp)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
@@ -419,163 +462,195 @@ def profile_spikenorm(env_name: str, warmup: int, steps: int, seed: int, hp: HPa
     return out.getvalue()
 
 
+def throughput_table(runs: dict[tuple[str, str], list[Run]], actors: list[str]) -> list[str]:
+    """One row per actor and loop: medians, per-repeat values, the loop's own cost and the ratios."""
+    median = {key: statistics.median(x.steps_per_s for x in v) for key, v in runs.items()}
+    rows = []
+    for actor in actors:
+        for loop in [loop for a, loop in runs if a == actor]:
+            v = runs[(actor, loop)]
+            sps = median[(actor, loop)]
+            ratios = [
+                f"{sps / median[(actor, other)]:.3f}x" if (actor, other) in median else "-"
+                for other in ("plain", "official")
+            ]
+            rows.append(
+                f"| {actor} | {loop} | {sps:.1f} | {', '.join(f'{x.steps_per_s:.1f}' for x in v)} | "
+                f"{1e3 / sps:.2f} | {statistics.median(x.loop_cost_ms for x in v):.3f} | "
+                f"{statistics.median(x.total_s for x in v):.1f} | {v[0].updates} | {' | '.join(ratios)} |"
+            )
+    return markdown_table(
+        "actor | loop | post-warm-up env steps/s (median) | per repeat | ms / env step | loop's own cost, ms / env "
+        "step (warm-up) | whole-run s (median) | updates | vs plain | vs official",
+        rows,
+    )
+
+
+def verdicts(runs: dict[tuple[str, str], list[Run]], actors: list[str]) -> list[str]:
+    """The acceptance lines: spikenorm / official (ANN >= 1.0, spiking ahead) and spikenorm / plain, per actor."""
+    median = {key: statistics.median(x.steps_per_s for x in v) for key, v in runs.items()}
+    lines = []
+    for actor in actors:
+        parts = []
+        for loop in [loop for a, loop in runs if a == actor and loop.startswith("spikenorm")]:
+            ours = median[(actor, loop)]
+            if (actor, "official") in median:
+                ratio = ours / median[(actor, "official")]
+                target = ">= 1.0" if actor == "ann" else "> 1.0"
+                passed = ratio >= 1.0 if actor == "ann" else ratio > 1.0
+                parts.append(f"{loop} / official = {ratio:.3f} (target {target}): {'PASS' if passed else 'FAIL'}")
+            parts.append(f"{loop} / plain = {ours / median[(actor, 'plain')]:.3f}")
+        loop_cost = {loop: statistics.median(x.loop_cost_ms for x in v) for (a, loop), v in runs.items() if a == actor}
+        costs = ", ".join(f"{loop} {ms:.3f}" for loop, ms in loop_cost.items())
+        lines.append(f"- **{actor} actor**: {'; '.join(parts)}. Loop's own cost (ms / env step): {costs}.")
+    return lines
+
+
+def rebn_lines(runs: list[Run], rebn: dict[str, list[tuple[float, float]]], repeats: int) -> list[str]:
+    """Re-BN's time per re-calibration and its share of training time at the paper's rate (spiking actor)."""
+    t_step = 1.0 / statistics.median(x.steps_per_s for x in runs)
+    lines = [
+        (
+            f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
+            f"observations from the replay buffer, then `recalibrate_bn` on the trained spiking actor), median of "
+            f"{repeats}. Share at the paper's rate = t_recalibration / ({PAPER_REBN_EVERY} x t_env_step), "
+            f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm spiking post-warm-up):"
+        ),
+        "",
+    ]
+    rows = []
+    for mode, v in rebn.items():
+        sec, inner = statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)
+        share = sec / (PAPER_REBN_EVERY * t_step)
+        rows.append(f"| {mode} | {sec:.3f} | {inner:.3f} | {share:.2%} | {'PASS' if share <= 0.03 else 'FAIL'} |")
+    lines += markdown_table(
+        "mode | s / re-calibration | of which recalibrate_bn | share of training time | target <= 3%", rows
+    )
+    in_run = [d for x in runs for d in x.rebn_in_run_s]
+    if in_run:
+        lines += [
+            "",
+            f"In-run re-calibrations (every {PAPER_REBN_EVERY} env steps): " + ", ".join(f"{d:.3f} s" for d in in_run),
+        ]
+    return lines
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--env", default="InvertedPendulum-v5")
+    parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--warmup", type=int, default=500, help="random-action env steps before the timed part")
     parser.add_argument("--steps", type=int, default=2000, help="timed env steps (one update each) after warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--actors", nargs="+", choices=ACTORS, default=list(ACTORS))
+    parser.add_argument("--official", help="folder of the CaRe-BN code's continuous_control/main.py (a checkout)")
+    parser.add_argument("--official-version", default="", help="what to call that code in the report (e.g. its commit)")
     parser.add_argument(
-        "--frames-per-batch", type=int, default=10, help="extra SpikingTD3 row with this frames_per_batch (0: none)"
+        "--batches-per-iteration",
+        type=int,
+        default=10,
+        help="extra SpikingTD3 row (ANN actor) with this batches_per_iteration (same numbers, fewer Lightning "
+        "iterations; 1: none)",
     )
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-part timer run")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile top list of a spikenorm run")
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads for both loops (0: torch's default); see the module doc",
+        "--threads", type=int, default=1, help="torch intra-op threads for every loop (0: torch's default)"
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.frames_per_batch and (args.warmup % args.frames_per_batch or args.steps % args.frames_per_batch):
-        parser.error("--warmup and --steps must be multiples of --frames-per-batch")
+    if args.warmup < 2 * COST_FROM:
+        parser.error(f"--warmup must be at least {2 * COST_FROM} (the loop's own cost is timed over its steps)")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     hp = HParams()
-    device = torch.device("cpu")
     load_before = os.getloadavg()
-    runs: dict[str, list[Run]] = defaultdict(list)
+    runs: dict[tuple[str, str], list[Run]] = defaultdict(list)
     rebn: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    fpb_label = f"spikenorm fpb={args.frames_per_batch}"
     for r in range(args.repeats):
         seed = args.seed + r
-        runs["plain"].append(run_plain(args.env, args.warmup, args.steps, seed, hp))
-        run, task = run_spikenorm(args.env, args.warmup, args.steps, seed, hp)
-        runs["spikenorm"].append(run)
-        for mode in ("exact", "single_pass"):
-            rebn[mode].append(time_rebn(task, mode))
-        del task
-        if args.frames_per_batch > 1:
-            run, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, args.frames_per_batch, label=fpb_label)
-            runs[fpb_label].append(run)
-        print(" | ".join(f"{k}: {v[-1].steps_per_s:.1f} steps/s" for k, v in runs.items()), flush=True)
+        for actor in args.actors:
+            runs[(actor, "plain")].append(run_plain(args.env, actor, args.warmup, args.steps, seed, hp))
+            run, task = run_spikenorm(args.env, actor, args.warmup, args.steps, seed, hp)
+            runs[(actor, "spikenorm")].append(run)
+            if actor == "spiking":
+                for mode in ("exact", "single_pass"):
+                    rebn[mode].append(time_rebn(task, mode))
+            del task
+            if args.batches_per_iteration > 1 and actor == "ann":
+                run, _ = run_spikenorm(
+                    args.env, actor, args.warmup, args.steps, seed, hp, batches_per_iteration=args.batches_per_iteration
+                )
+                runs[(actor, run.loop)].append(run)
+            if args.official:
+                runs[(actor, "official")].append(
+                    run_official(args.official, args.env, actor, args.warmup, args.steps, seed)
+                )
+            print(
+                f"repeat {r} {actor}: "
+                + " | ".join(f"{k[1]}: {v[-1].steps_per_s:.1f} env steps/s" for k, v in runs.items() if k[0] == actor),
+                flush=True,
+            )
     load_after = os.getloadavg()
 
-    median_sps = {k: statistics.median(x.steps_per_s for x in v) for k, v in runs.items()}
-    ratio = median_sps["spikenorm"] / median_sps["plain"]
-    t_step = 1.0 / median_sps["spikenorm"]
-    rebn_med = {
-        mode: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for mode, v in rebn.items()
-    }
-    share = {mode: sec / (PAPER_REBN_EVERY * t_step) for mode, (sec, _) in rebn_med.items()}
-    in_run = [d for x in runs["spikenorm"] for d in x.rebn_in_run_s]
-
+    official = "no official script (no `--official`)"
+    if args.official:
+        official = f"the official script ({args.official_version or 'version not given'})"
     lines = [
-        stamp(device),
+        stamp(torch.device("cpu")),
         "",
         (
-            f"`{args.env}`, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with one "
-            f"TD3 update each (batch {hp.batch_size}, PopSAN actor CLIF/CaRe-BN T={hp.time_steps}, twin-Q critic "
-            f"{list(hp.hidden)}); loops alternated, {args.repeats} repeats "
-            f"(seeds {args.seed}..{args.seed + args.repeats - 1}),"
-            f" medians. Steps/s over the post-warm-up part only (timestamps at the end of env step {args.warmup} and"
-            f" of the last step); whole-run wall time includes construction. Load average (1/5/15 min) before "
+            f"`{args.env}`, TD3, {args.warmup} warm-up env steps (random actions) + {args.steps} timed env steps with "
+            f"one update each (batch {hp.batch_size}, twin-Q critic {list(hp.hidden)}); actors: `ann` (ReLU MLP "
+            f"{list(hp.hidden)}) and `spiking` (PopSAN, CLIF/CaRe-BN, T={hp.time_steps}); loops plain, spikenorm "
+            f"(SpikingTD3) and {official}; alternated, {args.repeats} repeats (seeds {args.seed}.."
+            f"{args.seed + args.repeats - 1}), medians. Env steps/s over the post-warm-up part (end of env step "
+            f"{args.warmup} to end of the last); the loop's own cost = ms per env step over warm-up steps "
+            f"{COST_FROM}..{args.warmup} (no network call, no update). Load average (1/5/15 min) before "
             f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
-            f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), "
-            f"torch threads {torch.get_num_threads()}; {code_state()}."
+            f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} ({os.cpu_count()} cores), torch threads "
+            f"{torch.get_num_threads()}; torch {torch.__version__}, lightning {lightning.__version__}, torchrl "
+            f"{torchrl.__version__}, gymnasium {gym.__version__}; {code_state()}."
         ),
         "",
-        "| loop | post-warm-up steps/s (median) | per repeat | ms / env step | whole-run s (median) | updates "
-        "| vs plain |",
-        "|---|---|---|---|---|---|---|",
+        *throughput_table(runs, args.actors),
+        "",
+        *verdicts(runs, args.actors),
     ]
-    for k, v in runs.items():
-        per = ", ".join(f"{x.steps_per_s:.1f}" for x in v)
-        lines.append(
-            f"| {k} | {median_sps[k]:.1f} | {per} | {1e3 / median_sps[k]:.2f} | "
-            f"{statistics.median(x.total_s for x in v):.1f} | {v[0].updates} | "
-            f"{median_sps[k] / median_sps['plain']:.3f}x |"
-        )
-    verdict = "PASS" if ratio >= 0.9 else "FAIL"
-    lines += [
-        "",
-        f"**Throughput ratio spikenorm / plain = {ratio:.3f} (target >= 0.9): {verdict}.**",
-        "",
-        (
-            f"Re-BN (one re-calibration as `ReplayRecalibration` makes it: sample {REBN_BATCHES} x {REBN_BATCH_SIZE} "
-            f"observations from the replay buffer, then `recalibrate_bn` on the trained actor), median of "
-            f"{args.repeats}. Share at the paper's rate = t_recalibration / ({PAPER_REBN_EVERY} x t_env_step), "
-            f"t_env_step = {t_step * 1e3:.2f} ms (median spikenorm post-warm-up):"
-        ),
-        "",
-        "| mode | s / re-calibration | of which recalibrate_bn | share of training time | target <= 3% |",
-        "|---|---|---|---|---|",
-    ]
-    for mode, (sec, inner) in rebn_med.items():
-        lines.append(
-            f"| {mode} | {sec:.3f} | {inner:.3f} | {share[mode]:.2%} | {'PASS' if share[mode] <= 0.03 else 'FAIL'} |"
-        )
-    if in_run:
-        lines += [
-            "",
-            f"In-run re-calibrations by the callback (every {PAPER_REBN_EVERY} env steps): "
-            + ", ".join(f"{d:.3f} s" for d in in_run),
-        ]
-    else:
-        lines += [
-            "",
-            (
-                f"(The runs are shorter than {PAPER_REBN_EVERY} env steps, so the attached callback did not "
-                "fire; the share above is computed from the timed re-calibrations.)"
-            ),
-        ]
-
+    if rebn:
+        lines += ["", *rebn_lines(runs[("spiking", "spikenorm")], rebn, args.repeats)]
     if not args.no_breakdown:
-        seed = args.seed
-        t_plain, t_spike = Timers(), Timers()
-        plain = run_plain(args.env, args.warmup, args.steps, seed, hp, timers=t_plain)
-        spike, _ = run_spikenorm(args.env, args.warmup, args.steps, seed, hp, timers=t_spike)
-        lines += [
-            "",
-            (
-                f"Where the time goes (one extra instrumented run each, seed {seed}, post-warm-up part: plain "
-                f"{plain.steps_per_s:.1f} steps/s, spikenorm {spike.steps_per_s:.1f} steps/s). Parts nest for "
-                "spikenorm: `training_step` holds `collector next`, `buffer extend`, `buffer sample`, "
-                "`update (incl. self.log)`, `_log_episodes` and the throughput `self.log` calls; "
-                "the rest of the wall time is Lightning's loop (and the callbacks)."
-            ),
-            "",
-            "| loop | part | calls | ms / env step | share of wall |",
-            "|---|---|---|---|---|",
-            *breakdown_rows("plain", t_plain, plain.post_s, plain.steps),
-            *breakdown_rows("spikenorm", t_spike, spike.post_s, spike.steps),
-        ]
-        ts = t_spike.seconds
+        timers = Timers()
+        spike, _ = run_spikenorm(args.env, "ann", args.warmup, args.steps, args.seed, hp, timers=timers)
+        ts = timers.seconds
         outside = spike.post_s - ts["training_step"]
-        in_step_other = ts["training_step"] - sum(
-            ts[k]
-            for k in ("collector next", "buffer extend", "buffer sample", "update (incl. self.log)", "_log_episodes")
-        )
+        inside = ts["training_step"] - sum(v for k, v in ts.items() if k != "training_step")
         lines += [
+            "",
             (
-                f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | "
-                f"{outside / spike.steps * 1e3:.3f} | "
-                f"{outside / spike.post_s:.1%} |"
+                f"Where SpikingTD3's time goes with the ANN actor (one extra instrumented run, seed {args.seed}, "
+                f"post-warm-up part, {spike.steps_per_s:.1f} env steps/s). `training_step` holds `collect`, "
+                "`replay sample`, `update`, `_log_episodes` and the `self.log` calls; the rest of the wall time is "
+                "Lightning's loop and the callbacks."
             ),
-            (
-                f"| spikenorm | rest of training_step (throughput self.log, ...) | | "
-                f"{in_step_other / spike.steps * 1e3:.3f} | {in_step_other / spike.post_s:.1%} |"
+            "",
+            *markdown_table(
+                "loop | part | calls | ms / env step | share of wall",
+                [
+                    *breakdown_rows("spikenorm", timers, spike.post_s, spike.steps),
+                    f"| spikenorm | Lightning loop + callbacks (wall - training_step) | | "
+                    f"{outside / spike.steps * 1e3:.3f} | {outside / spike.post_s:.1%} |",
+                    f"| spikenorm | rest of training_step | | {inside / spike.steps * 1e3:.3f} | "
+                    f"{inside / spike.post_s:.1%} |",
+                ],
             ),
         ]
     lines.append("")
-    report = "\n".join(lines)
     publish(
         "rl_throughput",
-        "RL throughput: SpikingTD3 vs a plain PyTorch TD3 loop, and Re-BN's share",
-        report,
+        "RL throughput: SpikingTD3 vs a plain PyTorch TD3 loop and the CaRe-BN paper's script",
+        "\n".join(lines),
         save=not args.no_save,
     )
     if args.profile:

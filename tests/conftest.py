@@ -94,9 +94,9 @@ def count_fused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = fused.fused_forward
 
-    def spy(neuron, x):
+    def spy(neuron, x, input_norm=None):
         calls.append(type(neuron).__name__)
-        return real(neuron, x)
+        return real(neuron, x, input_norm)
 
     monkeypatch.setattr(fused, "fused_forward", spy)
     return calls

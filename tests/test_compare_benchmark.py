@@ -121,6 +121,22 @@ def test_a_network_that_fails_is_reported_not_dropped():
     assert targets.count("FAIL (spikenorm failed: RuntimeError: cannot compile this)") == 2
 
 
+def synthetic_measured(compare, modes, train_sps, infer_sps, neuron=None):
+    """A :class:`Measured` with given throughputs (and neuron times) only: what the report's tables read."""
+    return compare.Measured(
+        modes=modes,
+        batch=4,
+        libraries={},
+        runs={},
+        train_sps=train_sps,
+        infer_sps=infer_sps,
+        memory={},
+        agree={},
+        profiles={},
+        neuron=neuron or {},
+    )
+
+
 @pytest.mark.parametrize(
     ("flags", "verdict"),
     [({"amx_bf16", "amx_tile", "avx512_bf16"}, "PASS"), ({"avx512_bf16"}, "not applicable: AVX-512 BF16 without")],
@@ -138,21 +154,92 @@ def test_targets_say_pass_fail_and_where_the_bf16_target_applies(monkeypatch, fl
         ("bf16", "spikingjelly"): 25.0,
         ("bf16", "snntorch"): 10.0,
     }
-    measured = compare.Measured(
-        modes=["fp32", "bf16"],
-        batch=4,
-        libraries={},
-        runs={},
-        train_sps=sps,
-        infer_sps={},
-        memory={},
-        agree={},
-        profiles={},
-        neuron={},
-    )
-    rows = compare.target_rows(measured, torch.device("cpu"))[2:]
+    measured = synthetic_measured(compare, ["fp32", "bf16"], sps, {})
+    rows = [row for row in compare.target_rows(measured, torch.device("cpu")) if row.startswith("| 18 |")]
     assert f"| 2.50x | {verdict}" in rows[0]
     assert [row.rsplit("|", 2)[1].strip() for row in rows[1:]] == ["PASS", "FAIL", "FAIL", "PASS"]
+
+
+def test_fastest_vs_fastest_picks_each_librarys_best_measured_configuration():
+    """Any mode, and for spikenorm any variant, can win; a mode a library failed in (no throughput) cannot."""
+    compare = load_compare()
+    train = {
+        ("fp32", "spikenorm"): 20.0,
+        ("fp32", "spikenorm[eager]"): 18.0,
+        ("fp32", "spikingjelly"): 16.0,
+        ("fp32", "snntorch"): 17.0,
+        ("bf16", "spikenorm"): 60.0,
+        ("bf16", "spikenorm[eager]"): 66.0,  # spikenorm's fastest in training: a variant
+        ("bf16", "spikingjelly"): 40.0,
+        ("bf16", "snntorch"): 30.0,
+        ("compiled-bf16", "spikenorm"): 64.0,
+        ("compiled-bf16", "spikingjelly"): 48.0,  # 66 / 48 = 1.375: PASS
+        # snntorch failed in compiled-bf16 (no throughput): its fastest training is bf16's, 66 / 30 = 2.2: PASS
+    }
+    infer = {key: value * 3 for key, value in train.items()}
+    infer[("compiled-bf16", "spikenorm")] = 150.0  # 3 * 66 = 198 (bf16, spikenorm[eager]) stays faster
+    infer[("fp32", "snntorch")] = 220.0  # snnTorch infers fastest in fp32, not its training's bf16: 198 / 220 = 0.9
+    m = synthetic_measured(compare, ["fp32", "bf16", "compiled-bf16"], train, infer)
+
+    assert compare.fastest(train) == {
+        "spikenorm": ("bf16", "spikenorm[eager]"),
+        "spikingjelly": ("compiled-bf16", "spikingjelly"),
+        "snntorch": ("bf16", "snntorch"),
+    }
+    assert compare.fastest(infer)["snntorch"] == ("fp32", "snntorch")
+    assert compare.fastest_rows(m) == [
+        "| spikenorm | bf16, spikenorm[eager] | 66.0 | 1.00 | bf16, spikenorm[eager] | 198.0 | 1.00 |",
+        "| spikingjelly | compiled-bf16 | 48.0 | 1.38 | compiled-bf16 | 144.0 | 1.38 |",
+        "| snntorch | bf16 | 30.0 | 2.20 | fp32 | 220.0 | 0.90 |",
+    ]
+    assert compare.fastest_target_rows(m) == [
+        "| 30 | spikenorm's fastest >= 1.25x spikingjelly's fastest, training "
+        "| 1.38x (spikenorm: bf16, spikenorm[eager]; spikingjelly: compiled-bf16) | PASS |",
+        "| 30 | spikenorm's fastest >= 1.25x snntorch's fastest, training "
+        "| 2.20x (spikenorm: bf16, spikenorm[eager]; snntorch: bf16) | PASS |",
+        "| 30 | spikenorm's fastest >= 1x spikingjelly's fastest, inference "
+        "| 1.38x (spikenorm: bf16, spikenorm[eager]; spikingjelly: compiled-bf16) | PASS |",
+        "| 30 | spikenorm's fastest >= 1x snntorch's fastest, inference "
+        "| 0.90x (spikenorm: bf16, spikenorm[eager]; snntorch: fp32) | FAIL |",
+    ]
+
+
+def test_fastest_vs_fastest_with_one_mode_and_a_library_that_failed_everywhere():
+    """``--modes fp32`` alone: fp32 is every library's fastest; a library with no throughput is not measured."""
+    compare = load_compare()
+    train = {("fp32", "spikenorm"): 12.0, ("fp32", "spikingjelly"): 10.0}  # snntorch failed
+    m = synthetic_measured(compare, ["fp32"], train, dict(train))
+    assert compare.fastest_rows(m)[2] == (
+        "| snntorch | not measured (every configuration failed) | – | – "
+        "| not measured (every configuration failed) | – | – |"
+    )
+    rows = compare.fastest_target_rows(m)
+    assert rows[0].endswith("| 1.20x (spikenorm: fp32; spikingjelly: fp32) | FAIL |")
+    assert rows[1].endswith("| – | not measured (no snntorch configuration measured) |")
+    assert rows[2].endswith("| 1.20x (spikenorm: fp32; spikingjelly: fp32) | PASS |")
+    nothing = synthetic_measured(compare, ["fp32"], {}, {})
+    assert all(
+        row.endswith("| – | FAIL (no spikenorm configuration measured) |")
+        for row in compare.fastest_target_rows(nothing)
+    )
+
+
+def test_neuron_targets_divide_forward_and_forward_backward_by_the_same_floor():
+    """The floor is one forward ``torch.mul``, the mean of its medians in the two rounds (here 2 ms), for both."""
+    compare = load_compare()
+    floor = compare.FLOOR
+    neuron = {
+        "float32": ({"spikenorm": 2.9e-3, floor: 1e-3}, {"spikenorm": 6.2e-3, floor: 3e-3}),  # 1.45x, 3.10x
+        "bfloat16": ({"spikenorm": 3.2e-3, floor: 2e-3}, {"spikenorm": 5.0e-3, floor: 2e-3}),  # 1.60x, 2.50x
+    }
+    m = synthetic_measured(compare, ["fp32", "bf16"], {}, {}, neuron)
+    assert compare.neuron_target_rows(m) == [
+        "| 30 | spikenorm LIF fwd <= 1.5x the elementwise floor, float32 | 1.45x | PASS |",
+        "| 30 | spikenorm LIF fwd+bwd <= 3x the elementwise floor, float32 | 3.10x | FAIL |",
+        "| 30 | spikenorm LIF fwd <= 1.5x the elementwise floor, bfloat16 | 1.60x | FAIL |",
+        "| 30 | spikenorm LIF fwd+bwd <= 3x the elementwise floor, bfloat16 | 2.50x | PASS |",
+    ]
+    assert "| float32 | spikenorm | 2.90 (1.00; 1.4x floor) | 6.20 (1.00; 3.1x floor) |" in compare.neuron_rows(m)
 
 
 def test_main_reports_every_mode_and_writes_the_output_file(tmp_path, monkeypatch, capsys):
@@ -173,5 +260,11 @@ def test_main_reports_every_mode_and_writes_the_output_file(tmp_path, monkeypatc
             assert f"| {mode} | {library} | " in text
         assert f"training, {mode} |" in text
     assert "spikenorm bf16 training >= 2x spikenorm fp32" in text
+    assert "### Fastest vs fastest" in text and text.index("### Fastest vs fastest") < text.index("### Targets")
+    for library in compare.LIBRARIES:
+        assert sum(line.startswith(f"| {library} | ") for line in text.splitlines()) == 2  # fastest, across modes
+    assert "| 30 | spikenorm's fastest >= 1.25x snntorch's fastest, training |" in text
+    assert "| 30 | spikenorm LIF fwd+bwd <= 3x the elementwise floor, bfloat16 |" in text
+    assert text.index("| 30 | ") < text.index("| 18 | ")  # issue 30's targets first
     assert "| bf16 / fp32 train |" in text and "| bfloat16 | spikingjelly |" in text
     assert "failed" not in text

@@ -193,7 +193,7 @@ def _assert_eager_fallback(neuron: SpikingNeuron, x: torch.Tensor, calls: list, 
 def test_fallback_for_unsupported_cases(count_fused, device):
     x = torch.randn(SHAPE).to(device)
     _assert_eager_fallback(LIF(ots=True).to(device), x, count_fused)
-    training_norm = build_norm("mpbn", SHAPE[2])  # training mode: batch statistics
+    training_norm = build_norm("tdbn", SHAPE[2])  # training mode, no per-step running update it could be handed
     _assert_eager_fallback(LIF(membrane_norm=training_norm).to(device), x, count_fused)
     _assert_eager_fallback(LIF(detach_membrane=True).to(device), x, count_fused)
     _assert_eager_fallback(LIF(surrogate=CallableSurrogate(Sigmoid(4.0))).to(device), x, count_fused)

@@ -294,6 +294,23 @@ class SpikingNeuron(nn.Module):
             self._carried_state = state
         return torch.stack(spikes).to(spike_dtype)
 
+    def forward_normalized(self, norm: nn.Module, x: Tensor) -> Tensor:
+        """Spikes of this neuron on ``norm(x)``: with ``norm`` applied inside the fused kernels when they cover both
+        (:func:`spikenorm.fused.input_norm_unsupported_reason`; the same statistics, running update, spikes and
+        gradients as the two layers one after the other, one pass fewer over the tensor each way), else
+        ``self(norm(x))``. Neither layer may carry forward hooks for the fused call (they would see other
+        arguments), so a hooked layer runs unfused. :class:`spikenorm.models.layers.SpikingStage` calls this for
+        every norm followed by a neuron."""
+        if (
+            self.backend != "eager"
+            and not (self._forward_hooks or self._forward_pre_hooks)
+            and fused.use_fused(self, x, self.backend)
+            and fused.input_norm_unsupported_reason(norm, x) is None
+        ):
+            check_time_major(x, type(self).__name__)
+            return fused.fused_forward(self, x, norm)
+        return self(norm(x))
+
     def extra_repr(self) -> str:
         theta = self.threshold
         shown = f"{theta.item():g}" if theta.ndim == 0 else f"tensor{tuple(theta.shape)}"

@@ -1,6 +1,6 @@
 """Spiking models: input ``[T, B, ...]``, output per-step logits ``[T, B, num_classes]``."""
 
-from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel
+from spikenorm.models.layers import LayerSpec, SpikingLayerFactory, SpikingModel, SpikingStage
 from spikenorm.models.mlp import SpikingMLP
 from spikenorm.models.resnet import SpikingResNet19
 from spikenorm.models.transformer import SpikingTransformer
@@ -12,6 +12,7 @@ __all__ = [
     "SpikingMLP",
     "SpikingModel",
     "SpikingResNet19",
+    "SpikingStage",
     "SpikingTransformer",
     "SpikingVGG",
     "VGG_CONFIGS",

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from spikenorm.binary import binarize_model
@@ -217,6 +218,29 @@ def conv_output_size(size: int | None, stride: int) -> int | None:
     return None if size is None else (size - 1) // stride + 1
 
 
+class SpikingStage(nn.Sequential):
+    """A ``synapse -> norm -> neuron`` sequence (any modules, in order) in which a neuron runs together with the
+    layer before it: ``neuron.forward_normalized(norm, x)``
+    (:meth:`~spikenorm.neurons.SpikingNeuron.forward_normalized`), which fuses the norm into the neuron's kernels
+    where :mod:`spikenorm.fused` covers both, and is ``neuron(norm(x))`` otherwise. Module names and the state
+    dict are those of ``nn.Sequential``; under ``torch.fx`` tracing (folding, export) it is a plain ``nn.Sequential``,
+    so its layers stay the leaves the tracer sees."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            return super().forward(x)
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            module = modules[i]
+            after = modules[i + 1] if i + 1 < len(modules) else None
+            if isinstance(after, SpikingNeuron) and isinstance(module, TimeMajorNorm):
+                x, i = after.forward_normalized(module, x), i + 2
+            else:
+                x, i = module(x), i + 1
+        return x
+
+
 def spiking_conv(
     factory: SpikingLayerFactory,
     in_channels: int,
@@ -230,7 +254,7 @@ def spiking_conv(
     size = conv_output_size(in_size, stride)
     neuron = factory.make_neuron((out_channels, size, size))
     synapse = factory.synapse(TimeDistributed(conv), receives_spikes)
-    return nn.Sequential(synapse, factory.make_norm(out_channels), neuron)
+    return SpikingStage(synapse, factory.make_norm(out_channels), neuron)
 
 
 def spiking_linear(
@@ -238,7 +262,7 @@ def spiking_linear(
 ) -> nn.Sequential:
     """``linear -> norm -> neuron`` on ``[T, B, F]`` (Linear acts on the last axis at every step)."""
     linear = factory.synapse(nn.Linear(in_features, out_features, bias=not factory.uses_norm), receives_spikes)
-    return nn.Sequential(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
+    return SpikingStage(linear, factory.make_norm(out_features), factory.make_neuron((out_features,)))
 
 
 @traceable

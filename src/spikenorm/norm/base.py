@@ -28,12 +28,14 @@ and losses, not reductions, elementwise arithmetic or ``batch_norm``.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikenorm.distributed import distributed_world_size
 from spikenorm.precision import accumulation_dtype
 from spikenorm.registry import Registry
 from spikenorm.sequence import SequenceAware
@@ -65,6 +67,10 @@ class TimeMajorNorm(nn.Module):
     #: whether the running variance estimates the unbiased (Bessel-corrected) variance, as torch BN does;
     #: exact re-calibration (:func:`spikenorm.recalibrate.recalibrate_bn`) writes the same kind
     running_var_unbiased: ClassVar[bool] = True
+    #: whether :meth:`batch_statistics` returns the mean and biased variance of its input over the axes the
+    #: statistics broadcast along (the batch, and time unless per step), pooled across processes: then the fused
+    #: kernels differentiate through them in closed form (:meth:`fused_input_parameters`)
+    batch_statistics_are_moments: ClassVar[bool] = True
     #: for per-step statistics (``[T, *feature_shape]``): whether those of step ``t`` pool the steps ``0..t``
     #: (TAB's accumulated statistics) rather than step ``t`` alone; exact re-calibration writes the same kind
     accumulates_over_time: ClassVar[bool] = False
@@ -140,9 +146,18 @@ class TimeMajorNorm(nn.Module):
         """Training statistics ``(mean, biased var)`` of ``x``, updating the running estimate."""
         raise NotImplementedError
 
+    @property
+    def normalization_gain(self) -> float:
+        """A constant gain ``k`` of the normalised input, before the affine map (1 here; tdBN's ``alpha * v_th``)."""
+        return 1.0
+
     def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        """``(x - mean) / sqrt(var + eps)`` with per-feature (optionally per-step) statistics."""
-        return (x - self.feature_view(mean, x)) * torch.rsqrt(self.feature_view(var, x) + self.eps)
+        """``k (x - mean) / sqrt(var + eps)`` with per-feature (optionally per-step) statistics and ``k`` the
+        :attr:`normalization_gain` (computed as ``((x - mean) * rsqrt(var + eps)) * k``, the product skipped when
+        ``k = 1``)."""
+        x_hat = (x - self.feature_view(mean, x)) * torch.rsqrt(self.feature_view(var, x) + self.eps)
+        gain = self.normalization_gain
+        return x_hat if gain == 1.0 else x_hat * gain
 
     def uses_torch_batch_norm(self, x: Tensor) -> bool:
         """Whether this training forward is exactly torch's channel-wise batch norm of ``x`` with the time
@@ -231,6 +246,73 @@ class TimeMajorNorm(nn.Module):
             rstd = torch.rsqrt(self.running_var + self.eps)  # exactly normalize()
         weight, bias = affine if affine else (None, None)
         return self.running_mean, rstd, weight, bias
+
+    def fused_membrane_training_parameters(self, x: Tensor) -> tuple[Tensor | None, Tensor | None, float] | str:
+        """As a membrane norm in training mode: ``(weight, bias, eps)`` for the fused neuron kernels, which compute
+        the batch statistics of every step themselves (mean and biased variance of the membrane ``h_t`` over the
+        batch and the axes after the feature shape, as :meth:`forward` does on the ``[1, B, ...]`` step the neuron
+        hands it) and give them back through :meth:`record_step_moments`; or the reason they cannot: the
+        overrides and dtypes of :meth:`fused_input_unsupported_reason`, no per-step running update
+        (:attr:`records_step_moments`), a normalisation gain, one value per feature and step, or statistics that
+        would be pooled across processes at every step (DDP)."""
+        reason = self.fused_input_unsupported_reason(x)
+        if reason is not None:
+            return reason
+        name = type(self).__name__
+        if not self.records_step_moments:
+            return f"membrane norm {name} in training mode updates no running statistics from per-step moments"
+        if self.normalization_gain != 1.0:
+            return f"membrane norm {name} with a normalisation gain"
+        if distributed_world_size() > 1:
+            return "membrane norm in training under DDP (its statistics are pooled across processes at every step)"
+        if math.prod(x.shape[2 + len(self.feature_shape) :]) * x.shape[1] < 2:
+            return "membrane norm in training with one value per feature and step"
+        return (self.weight, self.bias, self.eps) if self.affine else (None, None, self.eps)
+
+    #: whether :meth:`record_step_moments` makes the running update of a forward on one step (then a training-mode
+    #: membrane norm can run inside the fused kernels); the base class makes none
+    records_step_moments: ClassVar[bool] = False
+
+    def record_step_moments(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """The running update :meth:`forward` makes on one step whose batch moments (biased ``var``, over ``count``
+        values per feature) are given, computed by the fused kernels."""
+        raise NotImplementedError(f"{type(self).__name__} records no per-step moments (records_step_moments)")
+
+    def fused_input_unsupported_reason(self, x: Tensor) -> str | None:
+        """Why the fused neuron kernels (:mod:`spikenorm.fused`) cannot apply this layer to ``x``, the input of
+        the neuron that follows it, or None when they can. Pure (nothing computed or updated). They can when the
+        layer's forward is this class's reference forward (:meth:`forward`, :meth:`normalize`,
+        :meth:`affine_transform`, :meth:`feature_view` not overridden; :meth:`batch_statistics` and
+        :meth:`running_statistics` may be) and its tensors have the dtype of the neuron's membrane
+        (:func:`~spikenorm.precision.accumulation_dtype` of ``x``) and ``x``'s device."""
+        for name in ("forward", "normalize", "affine_transform", "feature_view"):
+            if getattr(type(self), name) is not getattr(TimeMajorNorm, name):
+                return f"{type(self).__name__} overrides {name}"
+        membrane = accumulation_dtype(x.dtype)
+        tensors = (self.running_mean, self.running_var, *((self.weight, self.bias) if self.affine else ()))
+        if any(t.dtype != membrane or t.device != x.device for t in tensors):
+            return f"{type(self).__name__} tensors of another dtype than the membrane ({membrane}) or on another device"
+        return None
+
+    def fused_input_parameters(self, x: Tensor) -> tuple[Tensor, Tensor, float, Tensor | None, Tensor | None, bool]:
+        """What the fused neuron kernels need to apply this layer to ``x`` themselves: ``(mean, rstd, gain,
+        weight, bias, own)`` for ``y = ((x - mean) * rstd) * gain * weight + bias`` (weight and bias None without
+        affine), the tensors shaped to broadcast against ``x`` (:meth:`feature_view`), ``rstd = rsqrt(var +
+        eps)``. In training the batch statistics are computed and the running ones updated here, by
+        :meth:`batch_statistics` exactly as :meth:`forward`'s reference path does (pooled across processes under
+        DDP), and they keep their autograd history. ``own``: the statistics are the batch moments of ``x`` alone
+        (training on one process, :attr:`batch_statistics_are_moments`), so the kernels may differentiate through
+        them in closed form. Call only when :meth:`fused_input_unsupported_reason` is None.
+
+        Raises:
+            ValueError: ``x`` does not fit the layer (as :meth:`forward` would).
+        """
+        self.check_input(x)
+        mean, var = self.batch_statistics(x) if self.training else self.running_statistics(x)
+        rstd = torch.rsqrt(self.feature_view(var, x) + self.eps)
+        affine = (self.feature_view(self.weight, x), self.feature_view(self.bias, x)) if self.affine else (None, None)
+        own = self.training and self.batch_statistics_are_moments and distributed_world_size() == 1
+        return self.feature_view(mean, x), rstd, self.normalization_gain, *affine, own
 
     @torch.no_grad()
     def update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:

@@ -106,6 +106,15 @@ class VanillaBN(TimeMajorNorm, PerSequenceRunningUpdate):
         per-step statistics are then torch's batch norm of the step."""
         return x.shape[0] == 1 and self.running_update == "per_call" and channelwise_single_process(self)
 
+    @property
+    def records_step_moments(self) -> bool:
+        """``"per_call"``: one update per call, from the moments of each step (so MPBN fuses into its neuron)."""
+        return self.running_update == "per_call"
+
+    def record_step_moments(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """``"per_call"``'s update on a one-step call: ``mu_hat <- (1 - m) mu_hat + m mu``, likewise ``var n/(n-1)``."""
+        self.update_running(mean, unbiased(var, count))
+
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var, count = batch_moments(x, self.reduce_dims(x, over_time=False))  # [T, C] each
         require_two_values_per_step(count, x, "bn", self.feature_shape)
@@ -163,8 +172,10 @@ class TDBN(TimeMajorNorm):
     def batch_statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return pooled_batch_statistics(self, x)
 
-    def normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        return super().normalize(x, mean, var) * (self.alpha * self.v_th)
+    @property
+    def normalization_gain(self) -> float:
+        """``alpha * v_th``, applied to the normalised input before ``gamma`` (:meth:`TimeMajorNorm.normalize`)."""
+        return self.alpha * self.v_th
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha={self.alpha}, v_th={self.v_th}"

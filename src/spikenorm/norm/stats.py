@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from spikenorm import fused
 from spikenorm.distributed import distributed_world_size
 from spikenorm.precision import accumulation_dtype
 
@@ -69,13 +70,13 @@ def batch_moments(x: Tensor, dims: Sequence[int], sync: bool = True) -> tuple[Te
         ``(mean, var, count)``, in :func:`~spikenorm.precision.accumulation_dtype` of ``x``; ``mean`` and ``var``
         have the shape of ``x`` with ``dims`` removed.
     """
-    x = x.to(accumulation_dtype(x.dtype))
     dims = tuple(d % x.ndim for d in dims)
     local_count = math.prod([x.shape[d] for d in dims])
     world = distributed_world_size() if sync else 1
     if world == 1:
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        var, mean = fused.var_mean(x, dims, accumulation_dtype(x.dtype))
         return mean, var, local_count
+    x = x.to(accumulation_dtype(x.dtype))
     count = local_count * world
     mean = _all_reduce_sum(x.sum(dim=dims)) / count
     centred = x - mean.reshape(_keepdim_shape(x, dims))

@@ -13,6 +13,11 @@ logging step; :func:`log_event` writes it once, at its env step.
 
 Envs built by :func:`make_env` can be checkpointed mid-episode: :func:`env_state` and :func:`load_env_state`
 (through :class:`EpisodeRecorder`) save and restore their RNG and the episode in progress as plain data.
+
+An online loop that takes one env step and one update at a time pays a TorchRL collector's and replay buffer's
+per-call work at every step; :class:`EnvStepper` (the collector's transitions, stepping the gymnasium env directly)
+and :class:`ReplayRows` (``extend`` of one row and ``sample``, with the same contents and random draws) do the same
+for a fraction of it.
 """
 
 from spikenorm.rl.collect import (
@@ -36,12 +41,16 @@ from spikenorm.rl.envs import (
     observation_dim,
 )
 from spikenorm.rl.events import log_event
+from spikenorm.rl.replay import ReplayRows
+from spikenorm.rl.stepper import EnvStepper
 from spikenorm.rl.target import hard_update, make_target, soft_update
 
 __all__ = [
     "BatchedActor",
+    "EnvStepper",
     "EpisodeRecorder",
     "EvalModePolicy",
+    "ReplayRows",
     "TD3GaussianNoise",
     "action_bounds",
     "action_dim",

@@ -102,6 +102,7 @@ class TD3GaussianNoise(AdditiveGaussianModule):
     ) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0.0:
             raise ValueError(f"sigma must be a non-negative float, got {sigma!r}")
+        self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None  # (low, high) of the spec, once it is set
         super().__init__(
             spec=None,
             sigma_init=float(sigma),
@@ -114,6 +115,20 @@ class TD3GaussianNoise(AdditiveGaussianModule):
         if spec is not None:
             self.spec = spec
 
+    def noisy(self, action: torch.Tensor) -> torch.Tensor:
+        """``action`` plus the noise, projected into the spec's box: what ``forward`` writes under random exploration
+        (the same random draw), on a plain tensor."""
+        return self._add_noise(action)
+
+    def _add_noise(self, action: torch.Tensor) -> torch.Tensor:
+        """TorchRL's computation (``normal(mean, std)``, times ``sigma``, added, then ``Bounded.project``: a clamp
+        to the box, the identity inside it) without its per-call spec lookups."""
+        if self._bounds is None:
+            raise RuntimeError("TD3GaussianNoise has no action spec yet: pass spec=... or set .spec")
+        noise = torch.normal(mean=self.mean.expand(action.shape), std=self.std.expand(action.shape))
+        low, high = (bound.to(action.device) for bound in self._bounds)
+        return torch.clamp(action + noise.to(action.device) * self.sigma, low, high)
+
     @property
     def spec(self) -> TensorSpec | None:
         return self._spec
@@ -124,6 +139,7 @@ class TD3GaussianNoise(AdditiveGaussianModule):
         low, high = bounds_from_spec(self._spec[self.action_key])
         # the parent draws N(mean, std) * sigma: a per-dimension std of max_action gives TD3's noise
         self.std = ((high - low) / 2).to(self.std.device)
+        self._bounds = (low, high)
 
 
 def make_exploration_policy(

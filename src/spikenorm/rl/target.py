@@ -83,12 +83,18 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffer
         TypeError: a non-module argument or a non-float ``tau``.
     """
     tau = _check_tau(tau)
+    averaged: list[torch.Tensor] = []
+    sources: list[torch.Tensor] = []
     for _, t, s in _paired_tensors(target, source, include_buffers):
         s = s.to(device=t.device, dtype=t.dtype)
         if t.is_floating_point() or t.is_complex():
-            t.mul_(1.0 - tau).add_(s * tau)
+            averaged.append(t)
+            sources.append(s)
         else:
             t.copy_(s)
+    if averaged:  # t.mul_(1 - tau).add_(s * tau) for each pair, in one call per operation
+        torch._foreach_mul_(averaged, 1.0 - tau)
+        torch._foreach_add_(averaged, torch._foreach_mul(sources, tau))
 
 
 @torch.no_grad()

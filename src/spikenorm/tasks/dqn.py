@@ -61,7 +61,7 @@ class SpikingDQN(OffPolicyTask):
     ``vanilla_dsqn.py``; any registered norm, neuron and surrogate), or a ReLU MLP (``q_network="ann"``, the ANN
     baseline, for which the reference code has none).
 
-    Each iteration collects ``frames_per_batch`` env steps (TorchRL ``Collector``; the greedy policy in eval mode,
+    Each collection batch takes ``frames_per_batch`` env steps (the greedy policy in eval mode,
     i.e. with running statistics, through TorchRL's ``QValueModule`` and ``EGreedyModule``; uniformly random
     actions for the first ``warmup_steps``), stores them in the replay buffer and makes ``updates_per_step``
     updates per step:
@@ -120,9 +120,20 @@ class SpikingDQN(OffPolicyTask):
         epsilon_end: exploration rate after ``epsilon_decay_updates`` updates.
         epsilon_decay_updates: updates over which the rate falls linearly.
         truncation_as_terminal: end the bootstrap at time-limit truncations too (the reference code).
+        batches_per_iteration: collection batches (each with its updates) per Lightning iteration: the same numbers,
+            fewer Lightning iterations (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`, Iterations).
     """
 
     diagnosis_output = "logits"
+    #: the replay entries :meth:`update` reads
+    sample_keys = (
+        "observation",
+        "action",
+        ("next", "reward"),
+        ("next", "terminated"),
+        ("next", "done"),
+        ("next", "observation"),
+    )
     #: ALE v5 caps an episode at 108 000 frames, 27 000 agent steps (frameskip 4); shorter envs end themselves
     EVAL_MAX_STEPS = 27_000
 
@@ -156,6 +167,7 @@ class SpikingDQN(OffPolicyTask):
         seed: int = 0,
         env_kwargs: dict | None = None,
         compile: CompileOption = False,
+        batches_per_iteration: int = 1,
     ) -> None:
         check_choice(q_network, QNetworkKind, "q_network")
         check_choice(loss, TDLoss, "loss")
@@ -197,6 +209,7 @@ class SpikingDQN(OffPolicyTask):
             seed,
             compile,
             env_kwargs,
+            batches_per_iteration,
         )
         self.save_hyperparameters()
         # plain data, so that checkpoints load without unpickling code and loggers get layers/<field> keys
@@ -215,7 +228,7 @@ class SpikingDQN(OffPolicyTask):
             )
             self.give_time_steps(self.q_network, time_steps)
         self.q_target = make_target(self.q_network)  # pinned to eval mode, whatever Lightning sets
-        # the exploration module of the running collector: not a submodule (no state dict entries; its eps follows
+        # the exploration module of the running collection: not a submodule (no state dict entries; its eps follows
         # epsilon_at of the update count, which the checkpoint holds)
         object.__setattr__(self, "_exploration", None)
 

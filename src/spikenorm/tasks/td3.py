@@ -18,6 +18,7 @@ with needs_extra("rl", __name__):
 
 from spikenorm.models.layers import LayerSpec
 from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, MLPActor, PopSANActor, TwinQCritic
+from spikenorm.modes import eval_mode
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.rl import (
     action_bounds,
@@ -49,10 +50,10 @@ class SpikingTD3(OffPolicyTask):
     (the BN-free pop-SAN); or, as the ANN baseline of the CaRe-BN paper, TD3's ReLU MLP
     (:class:`~spikenorm.models.MLPActor`, ``actor="ann"``).
 
-    Each training iteration collects ``frames_per_batch`` environment steps with a TorchRL ``Collector``
-    (the policy in eval mode: BN layers use their running statistics, so a batch of one works; Gaussian
-    exploration noise; uniform random actions for the first ``warmup_steps``), stores them in a TensorDict
-    replay buffer, and then makes ``updates_per_step`` gradient updates per collected step:
+    Each collection batch takes ``frames_per_batch`` environment steps (the policy in eval mode: BN layers use their
+    running statistics, so a batch of one works; Gaussian exploration noise, :meth:`explore`; uniform random actions
+    for the first ``warmup_steps``), stores them in a TensorDict replay buffer, and then makes ``updates_per_step``
+    gradient updates per collected step:
 
     * critic: ``y = r + gamma (1 - terminated) min(Q1', Q2')(s', clip(actor'(s') + clip(N(0, policy_noise),
       +-noise_clip)))`` (TD3; DDPG: one critic, no target noise), MSE loss;
@@ -92,7 +93,12 @@ class SpikingTD3(OffPolicyTask):
             ``{"dynamic": False}``, or a dict of ``torch.compile`` arguments; checked here). The critics and the
             target actor (a copy made before compiling) stay uncompiled; the actor compiles one graph for the
             training batch and one for collection's batch of one.
+        batches_per_iteration: collection batches (each with its updates) per Lightning iteration: the same numbers,
+            fewer Lightning iterations (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`, Iterations).
     """
+
+    #: the replay entries :meth:`update` reads
+    sample_keys = ("observation", "action", ("next", "reward"), ("next", "terminated"), ("next", "observation"))
 
     def __init__(
         self,
@@ -123,6 +129,7 @@ class SpikingTD3(OffPolicyTask):
         eval_episodes: int = 10,
         seed: int = 0,
         compile: CompileOption = False,
+        batches_per_iteration: int = 1,
     ) -> None:
         check_choice(algorithm, Algorithm, "algorithm")
         check_choice(actor, Actor, "actor")
@@ -151,6 +158,8 @@ class SpikingTD3(OffPolicyTask):
             eval_episodes,
             seed,
             compile,
+            None,
+            batches_per_iteration,
         )
         ddpg = algorithm == "ddpg"
         defaults = {
@@ -189,7 +198,15 @@ class SpikingTD3(OffPolicyTask):
 
     def collection_policy(self) -> TensorDictModuleBase:
         """The actor with TD3's Gaussian exploration noise (:class:`~spikenorm.rl.TD3GaussianNoise`)."""
-        return make_exploration_policy(make_policy(self.actor), None, sigma=self.hparams.exploration_noise)
+        policy = make_exploration_policy(make_policy(self.actor), self.env, sigma=self.hparams.exploration_noise)
+        object.__setattr__(self, "_noise", policy[-1])  # for explore; not a submodule (no state dict entries)
+        return policy
+
+    def explore(self, observation: Tensor) -> Tensor:
+        """What :meth:`collection_policy` computes, on plain tensors: the actor in eval mode, then the noise."""
+        with eval_mode(self.actor):
+            action = self.actor(observation.unsqueeze(0))[0]
+        return self._noise.noisy(action)
 
     def acting_policy(self) -> TensorDictModuleBase:
         """The deterministic actor."""
