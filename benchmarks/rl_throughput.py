@@ -7,7 +7,9 @@ TD3's ReLU MLP (``ann``) and the PopSAN actor with CaRe-BN (``spiking``: CLIF ne
 * ``plain``: no Lightning, no TorchRL. ``gymnasium.make(env)`` stepped directly, a preallocated numpy ring
   replay buffer, spikenorm's ``MLPActor`` / ``PopSANActor`` and ``TwinQCritic``, the actor in eval mode under
   ``no_grad`` when acting, the actor loss under :func:`spikenorm.norm.carebn.ca_bn_updates`, targets by
-  :func:`spikenorm.rl.soft_update`. One update per env step from the last warm-up step on, as SpikingTD3 does.
+  :func:`spikenorm.rl.soft_update`. One update per env step from the last warm-up step on, as SpikingTD3 does, with
+  SpikingTD3's arithmetic: fused Adam and the critic's parameters frozen in the actor loss
+  (:func:`spikenorm.modes.frozen_parameters`), so that spikenorm / plain measures the loop alone.
 * ``spikenorm``: :class:`spikenorm.tasks.SpikingTD3` (``actor="ann"`` or the default PopSAN actor) under
   ``lightning.pytorch.Trainer(max_epochs=1, logger=False, ...)``, with the
   :class:`spikenorm.callbacks.ReplayRecalibration` callback attached at the paper's rate (every 5000 env steps,
@@ -15,7 +17,9 @@ TD3's ReLU MLP (``ann``) and the PopSAN actor with CaRe-BN (``spiking``: CLIF ne
   evaluation of the final policy that ends every fit is one episode, after the timed part. With the ANN actor a
   second row, ``spikenorm bpi=K`` (``--batches-per-iteration K``, default 10), runs K env steps (each with its
   update, in the same order: the same numbers) per Lightning iteration, which saves Lightning's own per-iteration
-  cost; callbacks then see every K-th env step.
+  cost; callbacks then see every K-th env step. A third ANN row, ``spikenorm default Adam``, runs SpikingTD3 with
+  ``fused_optimizer=False`` (torch's default Adam, the official script's): it separates what the fused optimizer
+  gains from what the loop costs.
 * ``official``: the paper's ``continuous_control/main.py`` (xuzijie32/CaRe-BN), given with ``--official PATH``
   (a folder outside this repository, e.g. ``git archive`` of a clone; its code is never copied here), run as a
   subprocess through ``official_carebn.py`` with ``--policy TD3 --spiking_neurons ANN`` or ``CLIF`` (CaRe-BN on),
@@ -85,6 +89,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from spikenorm.callbacks import ReplayRecalibration
 from spikenorm.models.rl import POPSAN_LAYERS, MLPActor, PopSANActor, TwinQCritic
+from spikenorm.modes import frozen_parameters
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.recalibrate import recalibrate_bn
 from spikenorm.rl import soft_update
@@ -235,8 +240,8 @@ def run_plain(env_name: str, actor_kind: str, warmup: int, steps: int, seed: int
     critic = TwinQCritic(obs_dim, act_dim, hidden=hp.hidden)
     actor_target = copy.deepcopy(actor).eval().requires_grad_(False)
     critic_target = copy.deepcopy(critic).eval().requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=hp.lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=hp.lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=hp.lr, fused=True)  # SpikingTD3's default
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=hp.lr, fused=True)
     buffer = NumpyReplay(hp.buffer_size, obs_dim, act_dim, seed)
     updates = 0
 
@@ -260,7 +265,8 @@ def run_plain(env_name: str, actor_kind: str, warmup: int, steps: int, seed: int
         if updates % hp.policy_delay == 0:
             with ca_bn_updates(actor):
                 policy_action = actor(obs)
-            actor_loss = -critic.q1(obs, policy_action).mean()
+            with frozen_parameters(critic):
+                actor_loss = -critic.q1(obs, policy_action).mean()
             actor_opt.zero_grad()
             actor_loss.backward()
             actor_opt.step()
@@ -349,6 +355,7 @@ def run_spikenorm(
     hp: HParams,
     timers: Timers = NULL_TIMERS,
     batches_per_iteration: int = 1,
+    fused_optimizer: bool = True,
 ) -> tuple[Run, SpikingTD3]:
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
@@ -363,6 +370,7 @@ def run_spikenorm(
         eval_episodes=1,
         seed=seed,
         batches_per_iteration=batches_per_iteration,
+        fused_optimizer=fused_optimizer,
         **actor,
         **hp.td3_options(),
     )
@@ -380,6 +388,8 @@ def run_spikenorm(
     quiet_trainer(max_epochs=1, devices=1, callbacks=callbacks).fit(task)
     timers.enabled = False
     loop = "spikenorm" if batches_per_iteration == 1 else f"spikenorm bpi={batches_per_iteration}"
+    if not fused_optimizer:
+        loop += " default Adam"
     run = Run(loop, actor_kind, time.perf_counter() - start, clock.step_ends, warmup, task.updates)
     run.rebn_in_run_s = rebn.durations
     return run, task
@@ -582,6 +592,9 @@ def main() -> None:
                 run, _ = run_spikenorm(
                     args.env, actor, args.warmup, args.steps, seed, hp, batches_per_iteration=args.batches_per_iteration
                 )
+                runs[(actor, run.loop)].append(run)
+            if actor == "ann":
+                run, _ = run_spikenorm(args.env, actor, args.warmup, args.steps, seed, hp, fused_optimizer=False)
                 runs[(actor, run.loop)].append(run)
             if args.official:
                 runs[(actor, "official")].append(

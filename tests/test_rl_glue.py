@@ -16,7 +16,7 @@ pytest.importorskip("mujoco")
 from tensordict.nn import TensorDictModule
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from spikenorm.modes import eval_mode
+from spikenorm.modes import eval_mode, frozen_parameters
 from spikenorm.norm import build_norm, ca_bn_updates
 from spikenorm.rl import (
     BatchedActor,
@@ -209,6 +209,27 @@ def test_hard_update_and_structure_errors():
         soft_update(source, source, 0.1)
 
 
+def test_soft_update_follows_modules_that_changed_since_its_last_call():
+    """soft_update reuses its last matching of the two modules only while they hold the same tensors: a reassigned
+    buffer, a conversion that replaces buffers, a new source or a new submodule are matched again."""
+    source = bn1d_model()
+    target = make_target(source)
+    soft_update(target, source, 0.5)  # matched and kept
+    source[1].running_mean = torch.full((4,), 2.0, dtype=torch.float64)  # a new tensor under the same name
+    before = target[1].running_mean.clone()
+    soft_update(target, source, 0.5)
+    assert torch.equal(target[1].running_mean, 0.5 * before + 1.0)
+    target.float()  # replaces every buffer: the averaging must write into the new ones
+    soft_update(target, source, 1.0)
+    assert torch.equal(target[1].running_mean, torch.full((4,), 2.0))
+    other = bn1d_model()
+    soft_update(target, other, 1.0)  # another source: its own tensors
+    assert torch.equal(target[0].weight, other[0].weight.float())
+    other.append(nn.Linear(2, 2).double())
+    with pytest.raises(ValueError, match="structure"):
+        soft_update(target, other, 0.1)
+
+
 def test_make_target_is_frozen_independent_and_pinned_to_eval():
     source = bn1d_model()
     target = make_target(source)
@@ -291,6 +312,25 @@ def test_eval_mode_restores_mixed_flags_also_on_error():
         raise RuntimeError("boom")
     assert [m.training for m in model.modules()] == before
     with pytest.raises(TypeError), eval_mode("not a module"):
+        pass
+
+
+def test_frozen_parameters_pass_input_gradients_skip_weight_gradients_and_restore_flags():
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    critic[2].bias.requires_grad_(False)  # mixed flags come back as they were
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(critic(x).sum(), x)[0]
+    with frozen_parameters(critic):
+        out = critic(x).sum()
+    out.backward()
+    assert torch.equal(x.grad, expected)  # the same input gradient, bit for bit
+    assert all(p.grad is None for p in critic.parameters())  # no weight gradient computed
+    assert [p.requires_grad for p in critic.parameters()] == [True, True, True, False]
+    with pytest.raises(RuntimeError, match="boom"), frozen_parameters(critic):
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in critic.parameters()] == [True, True, True, False]
+    with pytest.raises(TypeError), frozen_parameters("not a module"):
         pass
 
 

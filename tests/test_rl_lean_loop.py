@@ -60,6 +60,8 @@ def test_env_stepper_gives_the_collector_frames(env_name):
     collector.shutdown()
 
     stepper = EnvStepper(make_env(env_name, seed=3))
+    # box actions take the stepper's own readers, discrete ones the wrapper's: both must give the collector's frames
+    assert (stepper._readers is not None) == ("CartPole" not in env_name)
     acting = EvalModePolicy(policy)
     torch.manual_seed(1)
     with torch.no_grad():  # a collector calls its policy once when it is built
@@ -77,6 +79,22 @@ def test_env_stepper_gives_the_collector_frames(env_name):
             got = transition.get(key)
             assert got.dtype == value.dtype and got.shape == value.shape and torch.equal(got, value), (step, key)
     assert sum(bool(frame["next", "done"]) for frame in frames) >= 2  # episodes ended and the env was reset
+
+
+def test_env_stepper_readers_read_as_the_gym_wrapper_reads():
+    import numpy as np
+
+    wrapper = make_env("Hopper-v5").base_env
+    readers = EnvStepper(make_env("Hopper-v5"))._readers
+    action = torch.tensor([0.25, -1.0, 0.5])
+    assert np.array_equal(readers.action(action), wrapper.read_action(action))
+    observation = np.linspace(-1.0, 1.0, 11)
+    for value in (observation, observation[::-1], observation.astype(np.float32)):  # a negative stride, a cast
+        ours, theirs = readers.observation(value), wrapper.read_obs(value)["observation"]
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and torch.equal(ours, theirs)
+    for reward in (0.75, np.float64(-2.5), np.float32(1.5), 0, 3):
+        ours, theirs = readers.reward(reward), wrapper.read_reward(reward)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and torch.equal(ours, theirs), reward
 
 
 def test_env_stepper_state_restores_the_step_carrier():

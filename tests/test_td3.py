@@ -165,6 +165,23 @@ def test_bad_arguments():
         SpikingTD3(warmup_steps=100, total_env_steps=100)
 
 
+def test_fused_optimizer_option_and_the_implementation_a_checkpoint_records():
+    from spikenorm.tasks import SpikingDQN
+
+    fused = SpikingTD3(actor="ann", actor_layers=None, hidden=(8,))
+    default = SpikingTD3(actor="ann", actor_layers=None, hidden=(8,), fused_optimizer=False)
+    assert [o.param_groups[0]["fused"] for o in fused.configure_optimizers()] == [True, True]
+    assert [o.param_groups[0]["fused"] for o in default.configure_optimizers()] == [None, None]
+    assert SpikingDQN(fused_optimizer=False).configure_optimizers().param_groups[0]["fused"] is None
+    # resuming restores the optimizer state, which records the implementation: a checkpoint written with torch's
+    # default Adam (as before the option existed) continues with it, bit for bit
+    critic_opt = fused.configure_optimizers()[1]
+    critic_opt.load_state_dict(default.configure_optimizers()[1].state_dict())
+    assert critic_opt.param_groups[0]["fused"] is None
+    with pytest.raises(TypeError, match="fused_optimizer"):
+        SpikingTD3(fused_optimizer="yes")
+
+
 def test_actor_norm_kwargs_reach_the_carebn_layers():
     from spikenorm.norm import CaReBN
 

@@ -26,3 +26,22 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for sub, flag in saved:
             sub.training = flag
+
+
+@contextlib.contextmanager
+def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` without gradients for their parameters: what is computed inside still carries gradients to
+    its other inputs, and a backward of it skips the parameters' weight gradients (e.g. TD3's actor loss
+    ``-Q1(s, actor(s))``, which needs the critic's gradient with respect to the action, not its weights'). The
+    ``requires_grad`` flags are restored one by one on exit, also after an exception."""
+    for m in modules:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"frozen_parameters expects torch.nn.Module arguments, got {type(m).__name__}")
+    trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)

@@ -3,7 +3,8 @@
 A TorchRL ``Collector`` over an env built by :func:`~spikenorm.rl.make_env` spends about 2 ms per env step on one
 core (tensordict device casts, the transforms' ``step_and_maybe_reset``, stacking the batch) around a gymnasium
 step of about 0.1 ms (MuJoCo Hopper). :class:`EnvStepper` steps the gymnasium env inside such an env directly,
-reading its output with the ``GymWrapper``'s own readers, and does the four transforms of ``make_env`` itself
+reading its output as the ``GymWrapper``'s readers do (for box actions and array observations without their spec
+lookups per step, otherwise with the readers themselves), and does the four transforms of ``make_env`` itself
 (``DoubleToFloat``, ``StepCounter``, ``RewardSum``, ``InitTracker``), so that each transition holds the same
 entries, with the same values and dtypes, as a single-env collector's frame (``("collector", "traj_ids")``
 included): a replay buffer filled from it, and every number computed from that buffer, are the same. Episode
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,7 +27,11 @@ from spikenorm.extras import needs_extra
 from spikenorm.rl.envs import _recorder
 
 with needs_extra("rl", __name__):
+    from torchrl.data import Bounded, Unbounded
+    from torchrl.data import tensor_specs as _tensor_specs
     from torchrl.envs import Compose, DoubleToFloat, EnvBase, InitTracker, RewardSum, StepCounter, TransformedEnv
+    from torchrl.envs.gym_like import GymLikeEnv
+    from torchrl.envs.libs.gym import GymWrapper
 
 __all__ = ["TRANSITION_KEYS", "EnvStepper", "Transition"]
 
@@ -38,6 +44,58 @@ _FLAGS = ("done", "terminated", "truncated")
 _CARRIER_KEYS = ("observation", "step_count", "episode_reward", "is_init", *_FLAGS)
 #: the root entries of a :data:`Transition`
 TRANSITION_KEYS = (*_CARRIER_KEYS, "action", "next", "collector")
+
+
+class _ArrayReaders:
+    """What a TorchRL ``GymWrapper``'s ``read_action``, ``read_reward`` and ``read_obs`` return for a continuous (box)
+    action and a single array observation, without their spec lookups at every step (about a third of a MuJoCo env
+    step on one core): ``action.detach().cpu().numpy()``, and ``torch.as_tensor`` with the spec's dtype, reshaped
+    to the spec's shape. Anything else (an int or None reward, an observation that is not a plain array) goes to
+    the wrapper's own readers. :meth:`for_wrapper` gives None where the wrapper reads differently."""
+
+    def __init__(self, wrapper: GymWrapper, observation_spec: Any) -> None:
+        self.wrapper = wrapper
+        self._observation = (observation_spec.dtype, observation_spec.shape)
+        self._reward = (wrapper.reward_spec.dtype, wrapper.reward_spec.shape)
+
+    @classmethod
+    def for_wrapper(cls, wrapper: EnvBase) -> _ArrayReaders | None:
+        """The readers for ``wrapper``, or None when it is not a plain GymWrapper over a box action and one array
+        observation, or TorchRL checks every encoded value (``CHECK_SPEC_ENCODE``)."""
+        if (
+            not isinstance(wrapper, GymWrapper)
+            or _tensor_specs._CHECK_SPEC_ENCODE
+            or getattr(wrapper.read_action, "__func__", None) is not GymWrapper.read_action
+            or getattr(wrapper.read_reward, "__func__", None) is not GymLikeEnv.read_reward
+            or getattr(wrapper.read_obs, "__func__", None) is not GymLikeEnv.read_obs
+            or len(wrapper.action_keys) != 1
+            or not isinstance(wrapper.full_action_spec[wrapper.action_keys[0]], (Bounded, Unbounded))
+        ):
+            return None
+        observations = list(wrapper.observation_spec.items(True, True))
+        if (
+            len(observations) != 1
+            or observations[0][0] != "observation"
+            or not isinstance(observations[0][1], (Bounded, Unbounded))
+        ):
+            return None
+        return cls(wrapper, observations[0][1])
+
+    def action(self, action: Tensor) -> np.ndarray:
+        return action.detach().cpu().numpy()
+
+    def reward(self, reward: Any) -> Tensor:
+        if not isinstance(reward, (float, np.floating)):
+            return self.wrapper.read_reward(reward)
+        dtype, shape = self._reward
+        return torch.as_tensor(reward, dtype=dtype).reshape(shape)
+
+    def observation(self, observation: Any) -> Tensor:
+        if type(observation) is not np.ndarray or any(stride <= 0 for stride in observation.strides):
+            return self.wrapper.read_obs(observation)["observation"]
+        dtype, shape = self._observation
+        value = torch.as_tensor(observation, dtype=dtype)
+        return value if value.shape == shape else value.reshape(shape)
 
 
 class EnvStepper:
@@ -61,6 +119,7 @@ class EnvStepper:
             )
         self.env = env
         self._wrapper = env.base_env
+        self._readers = _ArrayReaders.for_wrapper(self._wrapper)
         self._gym = _recorder(env)
         self._action_spec = env.input_spec["full_action_spec"]["action"]
         self._observation_dtype = env.observation_spec["observation"].dtype
@@ -84,8 +143,13 @@ class EnvStepper:
 
     def step(self, action: Tensor) -> Transition:
         """Take ``action`` and return the transition; reset the env when the episode ends."""
-        observation, reward, terminated, truncated, _ = self._gym.step(self._wrapper.read_action(action))
-        reward = self._wrapper.read_reward(reward)
+        readers = self._readers
+        if readers is None:
+            observation, reward, terminated, truncated, _ = self._gym.step(self._wrapper.read_action(action))
+            reward = self._wrapper.read_reward(reward)
+        else:
+            observation, reward, terminated, truncated, _ = self._gym.step(readers.action(action))
+            reward = readers.reward(reward)
         terminated, truncated = bool(terminated), bool(truncated)
         carrier = self._carrier
         following = {
@@ -109,7 +173,10 @@ class EnvStepper:
 
     def _observation(self, observation: Any) -> Tensor:
         """The wrapper's reading of a gymnasium observation, cast as ``DoubleToFloat`` casts it."""
-        value = self._wrapper.read_obs(observation)["observation"]
+        if self._readers is None:
+            value = self._wrapper.read_obs(observation)["observation"]
+        else:
+            value = self._readers.observation(observation)
         return value.to(self._observation_dtype) if value.dtype != self._observation_dtype else value.clone()
 
     def _reset(self) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ cannot be averaged and are copied.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import weakref
 
 import torch
 from torch import nn
@@ -24,38 +24,73 @@ from torch import nn
 __all__ = ["hard_update", "make_target", "soft_update"]
 
 
-def _named_tensors(module: nn.Module, include_buffers: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from module.named_parameters()
-    if include_buffers:
-        yield from module.named_buffers()
+class _TensorPairs:
+    """The tensors of ``target`` and ``source`` matched by name (names and shapes checked), split into the floats to
+    average and the rest to copy, with what :meth:`is_current` needs to tell whether the modules still hold them.
 
+    Matching walks both modules and compares names and shapes (about 0.1 ms for TD3's critic on one core, more than
+    the averaging itself on small networks); :func:`soft_update` keeps the pairs of its last calls and matches again
+    only when a module changed: a parameter, buffer or submodule added, removed or replaced (``module.to(device)``
+    replaces buffers, a load or diagnosis may reassign them).
+    """
 
-def _paired_tensors(
-    target: nn.Module, source: nn.Module, include_buffers: bool
-) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Match the tensors of ``target`` and ``source`` by name; raise if names or shapes differ."""
-    for name, mod in (("target", target), ("source", source)):
-        if not isinstance(mod, nn.Module):
-            raise TypeError(f"{name} must be a torch.nn.Module, got {type(mod).__name__}")
-    if target is source:
-        raise ValueError("target and source are the same module; build the target with make_target(source)")
-    t_items = dict(_named_tensors(target, include_buffers))
-    s_items = dict(_named_tensors(source, include_buffers))
-    if t_items.keys() != s_items.keys():
-        only_t = sorted(t_items.keys() - s_items.keys())
-        only_s = sorted(s_items.keys() - t_items.keys())
-        raise ValueError(
-            f"target and source have different structure: only in target {only_t[:8]}, only in source {only_s[:8]}"
-        )
-    pairs = []
-    for name, t in t_items.items():
-        s = s_items[name]
-        if t.shape != s.shape:
+    def __init__(self, target: nn.Module, source: nn.Module, include_buffers: bool) -> None:
+        for name, mod in (("target", target), ("source", source)):
+            if not isinstance(mod, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module, got {type(mod).__name__}")
+        if target is source:
+            raise ValueError("target and source are the same module; build the target with make_target(source)")
+        t_items = self._named_tensors(target, include_buffers)
+        s_items = self._named_tensors(source, include_buffers)
+        if t_items.keys() != s_items.keys():
+            only_t = sorted(t_items.keys() - s_items.keys())
+            only_s = sorted(s_items.keys() - t_items.keys())
             raise ValueError(
-                f"target and source differ in shape at {name!r}: target {tuple(t.shape)}, source {tuple(s.shape)}"
+                f"target and source have different structure: only in target {only_t[:8]}, only in source {only_s[:8]}"
             )
-        pairs.append((name, t, s))
-    return pairs
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, t in t_items.items():
+            s = s_items[name]
+            if t.shape != s.shape:
+                raise ValueError(
+                    f"target and source differ in shape at {name!r}: target {tuple(t.shape)}, source {tuple(s.shape)}"
+                )
+            self.pairs.append((t, s))
+        # every module's own parameters, buffers and children as they are now (identities), for is_current
+        self._members = [
+            (members, tuple(members.values()))
+            for module in (target, source)
+            for sub in module.modules()
+            for members in (sub._parameters, sub._buffers, sub._modules)
+        ]
+
+    @staticmethod
+    def _named_tensors(module: nn.Module, include_buffers: bool) -> dict[str, torch.Tensor]:
+        items = dict(module.named_parameters())
+        if include_buffers:
+            items.update(module.named_buffers())
+        return items
+
+    def is_current(self) -> bool:
+        """Whether every module still holds exactly the parameters, buffers and submodules it held when matched."""
+        for members, held in self._members:
+            if len(members) != len(held) or any(a is not b for a, b in zip(members.values(), held)):
+                return False
+        return True
+
+
+#: the pairs of recent soft_update / hard_update calls, by target (dropped with the target)
+_MATCHED: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, bool, _TensorPairs]] = weakref.WeakKeyDictionary()
+
+
+def _paired_tensors(target: nn.Module, source: nn.Module, include_buffers: bool) -> list[tuple[torch.Tensor, ...]]:
+    """``(target tensor, source tensor)`` for each name; raise if names or shapes differ (see :class:`_TensorPairs`)."""
+    known = _MATCHED.get(target) if isinstance(target, nn.Module) else None
+    if known is not None and known[0]() is source and known[1] == include_buffers and known[2].is_current():
+        return known[2].pairs
+    pairs = _TensorPairs(target, source, include_buffers)
+    _MATCHED[target] = (weakref.ref(source), include_buffers, pairs)
+    return pairs.pairs
 
 
 def _check_tau(tau: float) -> float:
@@ -85,7 +120,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffer
     tau = _check_tau(tau)
     averaged: list[torch.Tensor] = []
     sources: list[torch.Tensor] = []
-    for _, t, s in _paired_tensors(target, source, include_buffers):
+    for t, s in _paired_tensors(target, source, include_buffers):
         s = s.to(device=t.device, dtype=t.dtype)
         if t.is_floating_point() or t.is_complex():
             averaged.append(t)
@@ -100,7 +135,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffer
 @torch.no_grad()
 def hard_update(target: nn.Module, source: nn.Module) -> None:
     """Copy every parameter and buffer of ``source`` into ``target`` (same names and shapes required)."""
-    for _, t, s in _paired_tensors(target, source, include_buffers=True):
+    for t, s in _paired_tensors(target, source, include_buffers=True):
         t.copy_(s)
 
 

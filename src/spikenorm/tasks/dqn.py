@@ -122,6 +122,8 @@ class SpikingDQN(OffPolicyTask):
         truncation_as_terminal: end the bootstrap at time-limit truncations too (the reference code).
         batches_per_iteration: collection batches (each with its updates) per Lightning iteration: the same numbers,
             fewer Lightning iterations (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`, Iterations).
+        fused_optimizer: fused Adam (default) or torch's default implementation (the reference code's, bit for
+            bit): the same update to float round-off (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`).
     """
 
     diagnosis_output = "logits"
@@ -168,6 +170,7 @@ class SpikingDQN(OffPolicyTask):
         env_kwargs: dict | None = None,
         compile: CompileOption = False,
         batches_per_iteration: int = 1,
+        fused_optimizer: bool = True,
     ) -> None:
         check_choice(q_network, QNetworkKind, "q_network")
         check_choice(loss, TDLoss, "loss")
@@ -210,6 +213,7 @@ class SpikingDQN(OffPolicyTask):
             compile,
             env_kwargs,
             batches_per_iteration,
+            fused_optimizer,
         )
         self.save_hyperparameters()
         # plain data, so that checkpoints load without unpickling code and loggers get layers/<field> keys
@@ -267,7 +271,7 @@ class SpikingDQN(OffPolicyTask):
         return [self.q_network]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.q_network.parameters(), lr=self.hparams.lr)
+        return self.adam(self.q_network.parameters(), lr=self.hparams.lr)
 
     # -- the algorithm ------------------------------------------------------------------------------------
     def update(self, sample: TensorDict) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ with needs_extra("rl", __name__):
 
 from spikenorm.models.layers import LayerSpec
 from spikenorm.models.rl import POPSAN_LAYERS, DDPGCritic, MLPActor, PopSANActor, TwinQCritic
-from spikenorm.modes import eval_mode
+from spikenorm.modes import eval_mode, frozen_parameters
 from spikenorm.norm.carebn import ca_bn_updates
 from spikenorm.rl import (
     action_bounds,
@@ -59,7 +59,9 @@ class SpikingTD3(OffPolicyTask):
       +-noise_clip)))`` (TD3; DDPG: one critic, no target noise), MSE loss;
     * actor, every ``policy_delay`` updates (DDPG: every update): ``-Q1(s, actor(s))``; this is the only
       training-mode actor forward, and it is where CaRe-BN's confidence-adaptive update happens
-      (:func:`spikenorm.norm.carebn.ca_bn_updates`);
+      (:func:`spikenorm.norm.carebn.ca_bn_updates`). The critic's parameters are frozen in this loss
+      (:func:`spikenorm.modes.frozen_parameters`): its backward computes the actor's gradient only, not the critic
+      weight gradients the reference code computes and then discards (same values, less work);
     * targets: Polyak averaging with ``tau`` over parameters *and* BN statistics, as the CaRe-BN reference
       code does (TorchRL's ``SoftUpdate`` skips BN buffers), or a hard copy every ``hard_update_every``
       updates. The target actor always runs in eval mode.
@@ -95,6 +97,8 @@ class SpikingTD3(OffPolicyTask):
             training batch and one for collection's batch of one.
         batches_per_iteration: collection batches (each with its updates) per Lightning iteration: the same numbers,
             fewer Lightning iterations (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`, Iterations).
+        fused_optimizer: fused Adam (default) or torch's default implementation (the reference code's, bit for
+            bit): the same update to float round-off (:class:`~spikenorm.tasks.off_policy.OffPolicyTask`).
     """
 
     #: the replay entries :meth:`update` reads
@@ -130,6 +134,7 @@ class SpikingTD3(OffPolicyTask):
         seed: int = 0,
         compile: CompileOption = False,
         batches_per_iteration: int = 1,
+        fused_optimizer: bool = True,
     ) -> None:
         check_choice(algorithm, Algorithm, "algorithm")
         check_choice(actor, Actor, "actor")
@@ -160,6 +165,7 @@ class SpikingTD3(OffPolicyTask):
             compile,
             None,
             batches_per_iteration,
+            fused_optimizer,
         )
         ddpg = algorithm == "ddpg"
         defaults = {
@@ -218,8 +224,8 @@ class SpikingTD3(OffPolicyTask):
         return [self.actor]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.hparams.actor_lr)
-        critic_opt = torch.optim.Adam(
+        actor_opt = self.adam(self.actor.parameters(), lr=self.hparams.actor_lr)
+        critic_opt = self.adam(
             self.critic.parameters(), lr=self.hparams.critic_lr, weight_decay=self.hparams.critic_weight_decay
         )
         return [actor_opt, critic_opt]
@@ -259,7 +265,8 @@ class SpikingTD3(OffPolicyTask):
         if hp.algorithm == "ddpg" or self.updates % hp.policy_delay == 0:
             with ca_bn_updates(self.actor):  # the only training-mode actor forward: CaRe-BN updates here
                 policy_action = self.actor(obs)
-            q = self.critic.q1(obs, policy_action) if hp.algorithm == "td3" else self.critic(obs, policy_action)
+            with frozen_parameters(self.critic):  # the actor's gradient only: no weight gradients for the critic
+                q = self.critic.q1(obs, policy_action) if hp.algorithm == "td3" else self.critic(obs, policy_action)
             actor_loss = -q.mean()
             actor_opt.zero_grad()
             self.manual_backward(actor_loss)
