@@ -56,6 +56,8 @@ class _TensorPairs:
                     f"target and source differ in shape at {name!r}: target {tuple(t.shape)}, source {tuple(s.shape)}"
                 )
             self.pairs.append((t, s))
+        self.averaged = [(t, s) for t, s in self.pairs if t.is_floating_point() or t.is_complex()]
+        self.copied = [(t, s) for t, s in self.pairs if not (t.is_floating_point() or t.is_complex())]
         # every module's own parameters, buffers and children as they are now (identities), for is_current
         self._members = [
             (members, tuple(members.values()))
@@ -83,14 +85,15 @@ class _TensorPairs:
 _MATCHED: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, bool, _TensorPairs]] = weakref.WeakKeyDictionary()
 
 
-def _paired_tensors(target: nn.Module, source: nn.Module, include_buffers: bool) -> list[tuple[torch.Tensor, ...]]:
-    """``(target tensor, source tensor)`` for each name; raise if names or shapes differ (see :class:`_TensorPairs`)."""
+def _paired_tensors(target: nn.Module, source: nn.Module, include_buffers: bool) -> _TensorPairs:
+    """The tensors of ``target`` and ``source`` matched by name; raise if names or shapes differ (see
+    :class:`_TensorPairs`)."""
     known = _MATCHED.get(target) if isinstance(target, nn.Module) else None
     if known is not None and known[0]() is source and known[1] == include_buffers and known[2].is_current():
-        return known[2].pairs
+        return known[2]
     pairs = _TensorPairs(target, source, include_buffers)
     _MATCHED[target] = (weakref.ref(source), include_buffers, pairs)
-    return pairs.pairs
+    return pairs
 
 
 def _check_tau(tau: float) -> float:
@@ -118,15 +121,11 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffer
         TypeError: a non-module argument or a non-float ``tau``.
     """
     tau = _check_tau(tau)
-    averaged: list[torch.Tensor] = []
-    sources: list[torch.Tensor] = []
-    for t, s in _paired_tensors(target, source, include_buffers):
-        s = s.to(device=t.device, dtype=t.dtype)
-        if t.is_floating_point() or t.is_complex():
-            averaged.append(t)
-            sources.append(s)
-        else:
-            t.copy_(s)
+    pairs = _paired_tensors(target, source, include_buffers)
+    for t, s in pairs.copied:
+        t.copy_(s)
+    averaged = [t for t, _ in pairs.averaged]
+    sources = [s.to(device=t.device, dtype=t.dtype) for t, s in pairs.averaged]
     if averaged:  # t.mul_(1 - tau).add_(s * tau) for each pair, in one call per operation
         torch._foreach_mul_(averaged, 1.0 - tau)
         torch._foreach_add_(averaged, torch._foreach_mul(sources, tau))
@@ -135,7 +134,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float, include_buffer
 @torch.no_grad()
 def hard_update(target: nn.Module, source: nn.Module) -> None:
     """Copy every parameter and buffer of ``source`` into ``target`` (same names and shapes required)."""
-    for t, s in _paired_tensors(target, source, include_buffers=True):
+    for t, s in _paired_tensors(target, source, include_buffers=True).pairs:
         t.copy_(s)
 
 
