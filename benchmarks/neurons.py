@@ -8,7 +8,13 @@ therefore approach 2.5x the floor when arithmetic is free; what the backward com
 surrogate derivative: an exponential and a division for the sigmoid, none for the triangle) adds to it on a CPU with
 few cores. The rows: the default backend (``auto``: the fused kernels at this size) with the sigmoid surrogate (the
 compared configuration of ``compare.py``) and with the triangle surrogate (no transcendental function: what the
-memory traffic alone costs), and the eager loop. All calls interleaved (the order rotated each round), medians of
+memory traffic alone costs), and the eager loop. Then the norm that feeds the neuron in spikenorm's stages (tdBN in
+training mode, per-channel batch statistics) on the same tensor in channels-last layout (what spikenorm's
+convolutions return on CPU), with the same LIF: applied inside the fused kernels
+(``LIF.forward_normalized``, what :class:`~spikenorm.models.layers.SpikingStage` calls) and as a layer of its own
+before the neuron. Its memory bound: forward 1.5x the floor (the statistics read the input once more), backward 4x
+(the fused backward writes ``dL/dy`` in the input's dtype, the norm's reductions read it with the input, and one pass
+forms the input's gradient), 5.5x together. All calls interleaved (the order rotated each round), medians of
 ``--repeats`` rounds; ratios to the floor of the same dtype.
 
     python benchmarks/neurons.py                       # CPU (or CUDA when available), writes results
@@ -26,6 +32,7 @@ import torch
 from common import benchmark_parser, forward_and_backward, interleaved, publish, table_report
 
 from spikenorm.neurons import LIF
+from spikenorm.norm import build_norm
 
 #: the rows besides the floor: (name, LIF keyword arguments)
 CONFIGURATIONS = {
@@ -47,6 +54,16 @@ def measure(shape: list[int], dtype: torch.dtype, device: torch.device, repeats:
     for name, kwargs in CONFIGURATIONS.items():
         neuron = LIF(decay=0.5, threshold=1.0, detach_reset=True, **kwargs).to(device)
         fns[f"{name}: forward"], fns[f"{name}: forward+backward"] = forward_and_backward(neuron, x)
+    neuron = LIF(decay=0.5, threshold=1.0, detach_reset=True, **CONFIGURATIONS["LIF, sigmoid surrogate"]).to(device)
+    norm = build_norm("tdbn", shape[2]).to(device)  # training mode: batch statistics, running update
+    stages: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "tdBN + LIF, norm inside the fused kernels": lambda inp: neuron.forward_normalized(norm, inp),
+        "tdBN, then LIF (two layers)": lambda inp: neuron(norm(inp)),
+    }
+    t, b, *features = shape
+    x_cl = x.reshape(t * b, *features).contiguous(memory_format=torch.channels_last).reshape(shape)
+    for name, stage in stages.items():
+        fns[f"{name}: forward"], fns[f"{name}: forward+backward"] = forward_and_backward(stage, x_cl)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -70,7 +87,8 @@ def main() -> None:
     description = (
         f"Input {list(args.shape)}, LIF (decay 0.5, threshold 1, hard reset, detached reset), default backend "
         f"unless marked; medians of {args.repeats} interleaved rounds after {args.warmup} warm-up calls of each. "
-        "Memory bound of the fused kernels: forward 1x the floor, forward+backward 2.5x (module docstring)."
+        "Memory bound of the fused kernels: forward 1x the floor, forward+backward 2.5x; with tdBN inside them 1.5x "
+        "and 5.5x (module docstring)."
     )
     report = table_report(args.device, description, "dtype | measurement | median ms | ratio to floor", rows)
     publish("neurons", "Multi-step neuron vs the elementwise memory-bandwidth floor", report, save=not args.no_save)

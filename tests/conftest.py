@@ -53,6 +53,11 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes sharing the cores (pyproject addopts)
+        # one thread each, for torch and for the processes the tests start (DDP, the CLI): OpenMP threads that spin
+        # on an oversubscribed core make the parallel suite slower than the serial one
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     config.addinivalue_line(
         "markers", "gpu: CUDA-only assertion; deselected without CUDA, and -m gpu there is a usage error"
     )

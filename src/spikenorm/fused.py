@@ -12,7 +12,11 @@ What is saved for the backward: the kernel's input ``x`` only (plus the small pe
 backward recomputes the forward recurrence from ``x`` (the same operations, hence the same ``h_t`` bit for bit) and
 then runs the reverse-time recurrence below, in one kernel. Per element, the forward reads ``x`` and writes the
 spikes; the backward reads ``x`` and the spikes' gradient and writes the input's gradient: five passes over the
-tensor in all, near the memory floor (``benchmarks/compare.py``, the neuron alone).
+tensor in all, near the memory floor (``benchmarks/compare.py``, the neuron alone). With an input norm the backward
+writes ``dL/dy_t`` in ``x``'s dtype from that kernel, reduces it with ``x`` to the norm's parameter gradients (and
+its statistics' share), and forms ``dL/dx`` in one more pass; the norm's parameters and the threshold go to the
+kernels in their own broadcast shapes (a per-channel statistic as ``[C]`` values, not copied per element), so that
+they stay in cache.
 
 The contract. This module imports nothing from spikenorm: it writes its kernels from what the objects declare,
 so a new neuron, surrogate or norm gets the fused path without an edit here.
@@ -409,18 +413,27 @@ def _forward_src(c: _Config) -> str:
 
 
 def _input_grad_src(c: _Config) -> list[str]:
-    """From ``gy`` (``dL/dy_t``, state dtype) to ``dL/dx_t`` (``X_t`` when the statistics' share is added after
-    the loop, :func:`_statistics_grad_src`) and the input norm's per-step parameter gradients."""
-    if c.input_norm == "none":
-        return ["gx[t] = gy.to(x.dtype)"]
-    lines = ["gy = gy.to(x.dtype).to(gy.dtype)"]  # the gradient the unfused layer receives (x's dtype)
-    xh = "xhs[t]"
+    """The input's gradient from ``ys`` (``Y_t = dL/dy_t`` of every step, rounded to ``x``'s dtype: what the unfused
+    input norm receives), after the reverse loop, over all steps at once: ``X_t = Y_t w k r`` plus, for statistics
+    that are the batch moments of ``x``, their share (:func:`_statistics_grad_src`); and the input norm's per-step
+    parameter gradients (``gim``, ``gir``, ``giw``, ``gib``, summed to their parameters' shapes). Written over the
+    stacked ``Y`` rather than step by step, so that the compiled kernel stores ``Y`` once in ``x``'s dtype and the
+    reductions and the last pass read it (and ``x``) instead of float32 intermediates of the recurrence."""
+    lines = [
+        "gy = torch.stack(ys).to(theta.dtype)",
+        "xc = x.to(theta.dtype) - im.unsqueeze(1)",
+        "xh = xc * ir.unsqueeze(1)",
+    ]
+    if c.input_gain != 1.0:
+        lines.append(f"xh = xh * {c.input_gain!r}")
     if c.input_norm == "affine":
-        lines += [f"giw[t] = (gy * {xh}).sum(0)", "gib[t] = gy.sum(0)", "gy = gy * iw[t]"]
+        lines += ["giw = (gy * xh).sum(1).sum_to_size(iw.shape)", "gib = gy.sum(1).sum_to_size(ib.shape)"]
+        lines.append("gy = gy * iw.unsqueeze(1)")
     if c.input_gain != 1.0:
         lines.append(f"gy = gy * {c.input_gain!r}")
-    lines += ["gir[t] = (gy * xcs[t]).sum(0)", "gy = gy * ir[t]", "gim[t] = -gy.sum(0)"]
-    return lines + ["gx[t] = gy.to(x.dtype)" if c.input_stat_dims is None else "gx[t] = gy"]
+    lines += ["gir = (gy * xc).sum(1).sum_to_size(ir.shape)", "gy = gy * ir.unsqueeze(1)"]
+    lines.append("gim = -gy.sum(1).sum_to_size(im.shape)")
+    return lines + (["gx = gy.to(x.dtype)"] if c.input_stat_dims is None else _statistics_grad_src(c))
 
 
 def _statistics_grad_src(c: _Config) -> list[str]:
@@ -428,14 +441,11 @@ def _statistics_grad_src(c: _Config) -> list[str]:
     over ``n`` values (``m`` the mean, ``r = rsqrt(var + eps)``, ``var`` biased), the sums ``dL/dm``, ``dL/dr``
     pooled over the statistics' axes first."""
     dims = c.input_stat_dims
-    if dims is None:
-        return []
+    assert dims is not None
     sizes = " * ".join(["x.shape[1]", *(f"x.shape[{0 if d == 0 else d + 1}]" for d in dims)])
-    step = "0" if 0 in dims else "t"
-    lines = [f"n = {sizes}", f"gm = torch.stack(gim).sum({dims}, keepdim=True)"]
-    lines += [f"gr = torch.stack(gir).sum({dims}, keepdim=True)", "for t in range(x.shape[0]):"]
-    shares = f"gm[{step}] / n - gr[{step}] * (ir[t] * ir[t] * ir[t]) * xcs[t] / n"
-    return lines + [f"    gx[t] = (gx[t] + {shares}).to(x.dtype)"]
+    lines = [f"n = {sizes}", f"gm = gim.sum({dims}, keepdim=True).unsqueeze(1)"]
+    lines += [f"gr = gir.sum({dims}, keepdim=True).unsqueeze(1)", "r3 = (ir * ir * ir).unsqueeze(1)"]
+    return lines + ["gx = (gy + gm / n - gr * r3 * xc / n).to(x.dtype)"]
 
 
 def _membrane_grad_src(c: _Config) -> list[str]:
@@ -445,7 +455,7 @@ def _membrane_grad_src(c: _Config) -> list[str]:
     autograd)."""
     lines = []
     if c.norm == "batch_affine":
-        lines += ["gnw[t] = (gu * uh).sum(0)", "gnb[t] = gu.sum(0)", "gu = gu * nw"]
+        lines += ["gnw[t] = (gu * uh).sum_to_size(nw.shape)", "gnb[t] = gu.sum_to_size(nb.shape)", "gu = gu * nw"]
     dims = c.membrane_stat_dims
     mean_gu, mean_guh = f"gu.mean({dims}, keepdim=True)", f"(gu * uh).mean({dims}, keepdim=True)"
     return lines + [f"gh = rt * (gu - {mean_gu} - uh * {mean_guh})"]
@@ -472,15 +482,12 @@ def _backward_src(c: _Config) -> str:
     ``derivative`` is the surrogate's ``g``. Returns ``dL/dx`` and the input norm's per-step parameter gradients."""
     decays = c.charge.current_decays
     stages = [f"c{k}" for k in range(len(decays))]
-    kept = ["hs"] + (["xcs", "xhs"] if c.input_norm != "none" else [])
     lines = [f"def kernel(gs, x, {_BACKWARD_ARGS}):", *_zeros(["v", *stages], "x[0]", "theta.dtype")]
-    lines += [f"    {name} = []" for name in kept]
+    lines.append("    hs = []")
     lines.append("    for t in range(x.shape[0]):")
     lines += _indent([*_step_src(c, recompute=True), "hs.append(h)"], 2)
-    if c.input_norm != "none":
-        lines += _indent(["xcs.append(xc)", "xhs.append(xh)"], 2)
     lines += _zeros(["gv", *[f"g{s}" for s in stages]], "x[0]", "theta.dtype")
-    names = ["gx", *_INPUT_GRADS[c.input_norm]] + (["gnw", "gnb"] if c.norm == "batch_affine" else [])
+    names = ["gx" if c.input_norm == "none" else "ys"] + (["gnw", "gnb"] if c.norm == "batch_affine" else [])
     lines += [f"    {name} = [None] * x.shape[0]" for name in names]
     lines += ["    for t in range(x.shape[0] - 1, -1, -1):", "        h = hs[t]", "        gst = gs[t].to(h.dtype)"]
     body = _u_src(c, recompute=True) + ["z = u - theta", "g = derivative(z)"]
@@ -503,10 +510,17 @@ def _backward_src(c: _Config) -> str:
     for k in reversed(range(len(decays))):  # the stage next to the membrane first
         body.append(f"gc{k} = {grad} + {_times(decays[k], f'gc{k}')}")
         grad = f"gc{k}"
-    body += [f"gy = {_times(c.charge.input_scale, grad)}", *_input_grad_src(c), f"gv = {_times(c.charge.decay, 'gh')}"]
-    lines += _indent(body, 2) + _indent(_statistics_grad_src(c), 1)
-    outputs = ["torch.stack(gx)"]  # dL/dx in the input's dtype
-    outputs += [f"torch.stack({name})" + (".sum(0)" if name in ("gnw", "gnb") else "") for name in _grads(c)]
+    gy = _times(c.charge.input_scale, grad)
+    # dL/dy_t in the input's dtype: dL/dx itself without an input norm, else what the unfused norm receives
+    body += [
+        f"{'gx' if c.input_norm == 'none' else 'ys'}[t] = ({gy}).to(x.dtype)",
+        f"gv = {_times(c.charge.decay, 'gh')}",
+    ]
+    lines += _indent(body, 2)
+    if c.input_norm != "none":
+        lines += _indent(_input_grad_src(c), 1)
+    outputs = ["torch.stack(gx)" if c.input_norm == "none" else "gx"]  # dL/dx in the input's dtype
+    outputs += [f"torch.stack({name}).sum(0)" if name in ("gnw", "gnb") else name for name in _grads(c)]
     lines.append(f"    return ({', '.join(outputs)},)")
     return "\n".join(lines) + "\n"
 
@@ -515,6 +529,14 @@ def _key(c: _Config, x: Tensor, part: str = "fwd") -> tuple:
     if part == "fwd":  # the forward does not depend on the surrogate or on detach_reset
         c = replace(c, detach_reset=False, surrogate=None)
     return (part, c, x.dtype, x.device.type)
+
+
+def _broadcast_pattern(tensors: list[Tensor]) -> tuple:
+    """Which axes of each operator tensor have size 1 (it is shared along them). Part of a kernel's cache key:
+    dynamo specialises on size-1 axes, so a function called with a scalar, a per-channel and a per-element threshold
+    would compile three times under one cache entry and reach its recompile limit; one function per pattern
+    does not."""
+    return tuple(tuple(n == 1 for n in t.shape) for t in tensors)
 
 
 def _build(src: str, name: str, **names: Any) -> Callable[..., Any]:
@@ -614,11 +636,11 @@ def _registered(name: str) -> tuple[_Config, Callable[[Tensor], Tensor]]:
 def _neuron_op(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
     """The spikes of the configuration named ``config`` on ``x`` (contiguous ``[T, B, ...]``), and for a
     training-mode membrane norm its per-step batch means, variances and ``rsqrt(var + eps)`` (``[T, 1, ...]``);
-    ``tensors`` are the threshold, the membrane-norm and the input-norm parameters, laid out like ``x[0]`` and
-    ``x[:, 0]`` (:func:`_params`)."""
+    ``tensors`` are the threshold, the membrane-norm and the input-norm parameters, shaped to broadcast against
+    ``x[0]`` and ``x[:, 0]`` (:func:`_params`)."""
     c = _registered(config)[0]
     key = _key(c, x)
-    return list(_run(key, _kernels(key, _forward_src(c)), x, *tensors))
+    return list(_run(key, _kernels((*key, _broadcast_pattern(tensors)), _forward_src(c)), x, *tensors))
 
 
 @_neuron_op.register_fake
@@ -636,7 +658,7 @@ def _neuron_backward_op(grad_spikes: Tensor, x: Tensor, tensors: list[Tensor], c
     followed by the membrane norm's saved means and rstds (zero-dim placeholders without one in training)."""
     c, derivative = _registered(config)
     key = _key(c, x, "bwd")
-    kernels = _kernels(key, _backward_src(c), derivative=derivative)
+    kernels = _kernels((*key, _broadcast_pattern(tensors)), _backward_src(c), derivative=derivative)
     return list(_run(key, kernels, grad_spikes.contiguous(), x, *tensors))
 
 
@@ -679,10 +701,13 @@ def _memory_order(x: Tensor) -> tuple[int, ...] | None:
     return order if x.permute(order).is_contiguous() else None
 
 
-def _dense(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Tensor:
-    """``t`` (scalar, ``[C]`` or ``[C, ...]``) broadcast to ``features`` and laid out like the input: its
-    feature dims permuted by ``order`` (an input permutation, see :func:`_memory_order`), contiguous."""
-    t = t.reshape(tuple(t.shape) + (1,) * (len(features) - t.ndim)).expand(features)
+def _broadcast(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Tensor:
+    """``t`` (scalar, ``[C]`` or ``[C, ...]``) shaped to broadcast against one step of the input, ``x[t]``
+    (``[B, *features]`` laid out in memory order): one axis per feature axis, size 1 where ``t`` is shared, its
+    feature axes permuted by ``order`` (an input permutation, see :func:`_memory_order`), contiguous. Kept small
+    (not expanded to the features), so that the kernels read a per-channel parameter from cache instead of a
+    per-element copy of it."""
+    t = t.reshape(tuple(t.shape) + (1,) * (len(features) - t.ndim))
     if order is not None:
         t = t.permute([d - 2 for d in order[2:]])
     return t.contiguous()
@@ -691,26 +716,34 @@ def _dense(t: Tensor, features: torch.Size, order: tuple[int, ...] | None) -> Te
 def _params(
     neuron: Any, x: Tensor, order: tuple[int, ...] | None, norm: _NormParams | None, inputs: _InputParams | None
 ) -> list[Tensor]:
-    """The operator's tensors: the dense threshold and the membrane-norm parameters ``(mean, rstd, weight, bias)``
-    of one step (eval: detached; training: weight and bias only, with their history), laid out like
-    ``x.permute(order)[0]``, then the input-norm parameters ``(mean, rstd, weight,
-    bias)`` of every step, laid out like ``x.permute(order)[:, 0]`` (zero-dim placeholders for what the
+    """The operator's tensors: the threshold and the membrane-norm parameters ``(mean, rstd, weight, bias)`` of one
+    step (eval: detached; training: weight and bias only, with their history), shaped to broadcast against
+    ``x.permute(order)[0]`` (:func:`_broadcast`), then the input-norm parameters ``(mean, rstd, weight, bias)`` of
+    every step, shaped to broadcast against ``x.permute(order)[:, 0]`` (zero-dim placeholders for what the
     configuration does not use), in the neuron's state dtype (the threshold's dtype tells the kernels which it
-    is). The input-norm tensors keep their autograd history: their gradients reach the statistics."""
+    is). The input-norm tensors keep their autograd history: their gradients reach the statistics. The kernels
+    sum each parameter's gradient to the parameter's shape (``sum_to_size``). With an input norm, a threshold
+    shared more widely than its parameters (a scalar beside per-channel statistics) is widened to their shape:
+    inductor then runs the recomputed forward (which reads the norm's parameters) and the reverse pass (which
+    reads the threshold) with the same loop nest and fuses them, instead of storing the membrane potentials of
+    every step in float32 between two kernels (measured: bf16 tdBN + LIF backward, channels-last)."""
     features = x.shape[2:]
     state = neuron.state_dtype(x.dtype)
     theta = neuron.threshold_for(x[0])  # validates the shape like the eager path
     theta = theta.to(state) if theta.ndim == 0 else theta  # eager: a 0-dim theta takes the membrane's dtype
     empty = x.new_zeros((), dtype=state)
-    tensors = [_dense(theta.detach(), features, order)]
+    tensors = [_broadcast(theta.detach(), features, order)]
     membrane = (None,) * 4 if norm is None else norm
-    tensors += [empty if p is None else _dense(p, features, order) for p in membrane]  # (training: with history)
+    tensors += [empty if p is None else _broadcast(p, features, order) for p in membrane]  # (training: with history)
     per_step = (None,) * 4 if inputs is None else (inputs[0], inputs[1], inputs[3], inputs[4])
     steps_order = None if order is None else [0, *(d - 1 for d in order[2:])]
-    steps = (x.shape[0], *features)
-    for p in per_step:  # broadcast against x, e.g. [C, 1, 1] or [T, 1, C, 1, 1] -> [T, C, H, W]
-        p = empty if p is None else p.reshape((1,) * (x.ndim - p.ndim) + tuple(p.shape)).select(1, 0).expand(steps)
-        tensors.append(p if p.ndim == 0 or steps_order is None else p.permute(steps_order))
+    for p in per_step:  # as broadcast against x, with a step axis: e.g. [C, 1, 1] or [T, 1, C, 1, 1] -> [T, C, 1, 1]
+        if p is not None:
+            p = p.reshape((1,) * (x.ndim - p.ndim) + tuple(p.shape)).select(1, 0)
+            p = p.expand(x.shape[0], *p.shape[1:])
+        tensors.append(empty if p is None else p if steps_order is None else p.permute(steps_order))
+    if inputs is not None:  # the threshold as wide as the input norm's parameters (see below)
+        tensors[0] = tensors[0].expand(torch.broadcast_shapes(tensors[0].shape, tensors[5].shape[1:]))
     return [t.contiguous() for t in tensors]
 
 

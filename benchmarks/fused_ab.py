@@ -1,0 +1,125 @@
+"""The fused kernels of this checkout against another version of ``spikenorm/fused.py``, in one process.
+
+A change to the fused kernels is measured against the code before it, side by side: the baseline file (e.g. the
+previous commit's, ``git show HEAD~1:src/spikenorm/fused.py > /tmp/fused_before.py``) is loaded as a second module
+with its operators renamed (``spikenorm::`` -> ``spikenorm_baseline::``), so both register and run in the same
+process, on the same neuron, norm and input, timed in interleaved rounds (the order rotated each round): on a VM
+whose speed drifts between runs, the per-round ratios still compare like with like. The stage measured is what
+spikenorm's ``conv -> tdBN -> LIF`` stages run in training: tdBN (per-channel batch statistics, running update)
+applied inside the LIF's fused kernels (``fused_forward(neuron, x, norm)``), forward+backward, float32 and
+bfloat16, channels-last (what spikenorm's convolutions return on CPU) and NCHW. Both versions must give the same
+spikes (checked) and input gradients within rounding (the largest difference is reported).
+
+    python benchmarks/fused_ab.py --baseline /tmp/fused_before.py
+    python benchmarks/fused_ab.py --baseline /tmp/fused_before.py --baseline-version "62b9640" --repeats 30
+
+Results (machine, date, CPU flags, medians and ratios) replace benchmarks/results/fused_ab.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from common import benchmark_parser, interleaved, publish, table_report
+
+from spikenorm import fused
+from spikenorm.neurons import LIF
+from spikenorm.norm import build_norm
+
+
+def load_baseline(path: Path) -> ModuleType:
+    """``path`` (a version of ``spikenorm/fused.py``) as the module ``fused_baseline``, its operators renamed."""
+    source = path.read_text().replace('"spikenorm::', '"spikenorm_baseline::')
+    spec = importlib.util.spec_from_loader("fused_baseline", loader=None, origin=str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses resolve their annotations there)
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - a file the user names
+    return module
+
+
+def stage_input(shape: list[int], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """A ``[T, B, C, H, W]`` leaf tensor, each step's ``[B, C, H, W]`` in the given layout."""
+    t, b, *features = shape
+    x = (torch.randn(t * b, *features) + 0.5).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.reshape(shape).requires_grad_()
+
+
+def measure(
+    baseline: ModuleType, shape: list[int], dtype: torch.dtype, channels_last: bool, repeats: int
+) -> tuple[float, float, list[float], bool, float]:
+    """Median seconds of the baseline and of this checkout, the per-round ratios (this / baseline), whether the
+    spikes are equal and the largest input-gradient difference."""
+    torch.manual_seed(0)
+    x = stage_input(shape, dtype, channels_last)
+    grad = torch.ones_like(x)
+    neuron = LIF(decay=0.5, threshold=1.0, surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}, detach_reset=True)
+    norm = build_norm("tdbn", shape[2])  # training mode
+
+    def step(module: ModuleType) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            x.grad = None
+            spikes = module.fused_forward(neuron, x, norm)
+            spikes.backward(grad)
+            return spikes, x.grad
+
+        return run
+
+    fns = {"baseline": step(baseline), "this checkout": step(fused)}
+    (s0, g0), (s1, g1) = (fn() for fn in fns.values())
+    same_spikes = torch.equal(s0, s1)
+    grad_diff = (g0.float() - g1.float()).abs().max().item()
+    for fn in fns.values():
+        fn()
+    times = interleaved(fns, torch.device("cpu"), repeats)
+    ratios = [new / old for new, old in zip(times["this checkout"], times["baseline"])]
+    return (
+        statistics.median(times["baseline"]),
+        statistics.median(times["this checkout"]),
+        ratios,
+        same_spikes,
+        grad_diff,
+    )
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--baseline", type=Path, required=True, help="another version of src/spikenorm/fused.py")
+    parser.add_argument("--baseline-version", default="", help="what the baseline is (a commit), for the report")
+    parser.add_argument("--shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    baseline = load_baseline(args.baseline)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for channels_last in (True, False):
+            old, new, ratios, same, diff = measure(baseline, args.shape, dtype, channels_last, args.repeats)
+            dtype_name, layout = str(dtype).removeprefix("torch."), "channels-last" if channels_last else "NCHW"
+            rows.append(
+                f"| {dtype_name} | {layout} | {old * 1e3:.2f} | {new * 1e3:.2f} | {new / old:.3f} | "
+                f"{statistics.median(ratios):.3f} | {'yes' if same else 'NO'} | {diff:.1e} |"
+            )
+            print(rows[-1], flush=True)
+    version = f" ({args.baseline_version})" if args.baseline_version else ""
+    description = (
+        f"tdBN (training) inside the LIF's fused kernels, forward+backward, input {list(args.shape)}; baseline: "
+        f"`{args.baseline.name}`{version}. Medians of {args.repeats} interleaved rounds in one process; per-round: "
+        "the median of this checkout's time over the baseline's in the same round."
+    )
+    header = (
+        "dtype | layout | baseline ms | this checkout ms | ratio of medians | per-round ratio | same spikes | "
+        "max abs input-gradient difference"
+    )
+    report = table_report(torch.device("cpu"), description, header, rows)
+    publish("fused_ab", "Fused norm + neuron kernels: this checkout against a baseline", report, save=not args.no_save)
+
+
+if __name__ == "__main__":
+    main()
