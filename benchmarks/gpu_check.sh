@@ -97,12 +97,13 @@ step() {
     return 0
 }
 
+# pytest in one process (-n 0; the default suite runs in parallel workers): the tests share one device
 device_tests=(tests/test_neurons.py tests/test_fused_neurons.py tests/test_norm.py tests/test_fold.py
     tests/test_recalibrate.py tests/test_online.py)
 if [ "$dry" = 1 ]; then
     device=cpu
     # test_gpu.py is collected (imported) and its tests deselected; one device test runs
-    tests=(python -m pytest -p no:cacheprovider -q -rfE -k "membrane_norm_hook or test_gpu" tests/test_gpu.py
+    tests=(python -m pytest -p no:cacheprovider -n 0 -q -rfE -k "membrane_norm_hook or test_gpu" tests/test_gpu.py
         tests/test_neurons.py)
     compare=(python benchmarks/compare.py --device cpu --modes fp32 --batch 2 --time-steps 2 --size 8 --cfg 8 A
         --neuron-shape 2 2 4 4 4 --repeats 1 --neuron-repeats 1 --output "$work/compare.md")
@@ -111,7 +112,7 @@ if [ "$dry" = 1 ]; then
 else
     device=cuda
     # the gpu tests, and the device tests' cuda runs (their cpu runs are the default suite's)
-    tests=(python -m pytest -p no:cacheprovider -q -rfE --durations=15 -m "gpu or not slow" -k "cuda or test_gpu"
+    tests=(python -m pytest -p no:cacheprovider -n 0 -q -rfE --durations=15 -m "gpu or not slow" -k "cuda or test_gpu"
         tests/test_gpu.py "${device_tests[@]}")
     compare=(python benchmarks/compare.py --device cuda --modes fp32,bf16,compiled --output "$work/compare.md")
     cases=(resnet19_tdbn resnet19_mpbn vggsnn_osr)
