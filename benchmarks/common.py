@@ -77,6 +77,13 @@ def interleaved(fns: dict[Key, Callable[[], object]], device: torch.device, repe
     return times
 
 
+def channels_last_steps(x: Tensor) -> Tensor:
+    """``x`` (``[T, B, C, H, W]``) with each step's ``[B, C, H, W]`` in channels-last layout, what spikenorm's
+    convolutions return on CPU."""
+    t, b, *features = x.shape
+    return x.reshape(t * b, *features).contiguous(memory_format=torch.channels_last).reshape(x.shape)
+
+
 def forward_and_backward(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
     """Two calls to time: ``fn(x)`` without autograd, and ``fn(x').backward(ones)`` on a leaf copy ``x'`` of
     ``x`` whose gradient is reset first."""

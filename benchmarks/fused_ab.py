@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from common import benchmark_parser, interleaved, publish, table_report
+from common import benchmark_parser, channels_last_steps, interleaved, publish, table_report
 
 from spikenorm import fused
 from spikenorm.neurons import LIF
@@ -47,15 +47,6 @@ def load_baseline(path: Path) -> ModuleType:
     exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - a file the user names
     module.namespace = namespace
     return module
-
-
-def stage_input(shape: list[int], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """A ``[T, B, C, H, W]`` leaf tensor, each step's ``[B, C, H, W]`` in the given layout."""
-    t, b, *features = shape
-    x = (torch.randn(t * b, *features) + 0.5).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.reshape(shape).requires_grad_()
 
 
 #: the stages measured: (name, with tdBN before the neuron, with the backward)
@@ -78,7 +69,8 @@ def measure(
     """Median seconds of the baseline and of this checkout, the per-round ratios (this / baseline), whether the
     spikes are equal and the largest input-gradient difference (0 without the backward)."""
     torch.manual_seed(0)
-    x = stage_input(shape, dtype, channels_last)
+    x = (torch.randn(shape) + 0.5).to(dtype)
+    x = (channels_last_steps(x) if channels_last else x).requires_grad_()
     grad = torch.ones_like(x)
     neuron = LIF(decay=0.5, threshold=1.0, surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}, detach_reset=True)
     norm = build_norm("tdbn", shape[2]) if with_norm else None  # training mode

@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import benchmark_parser, forward_and_backward, interleaved, publish, table_report
+from common import benchmark_parser, channels_last_steps, forward_and_backward, interleaved, publish, table_report
 
 from spikenorm.neurons import LIF
 from spikenorm.norm import build_norm
@@ -60,10 +60,8 @@ def measure(shape: list[int], dtype: torch.dtype, device: torch.device, repeats:
         "tdBN + LIF, norm inside the fused kernels": lambda inp: neuron.forward_normalized(norm, inp),
         "tdBN, then LIF (two layers)": lambda inp: neuron(norm(inp)),
     }
-    t, b, *features = shape
-    x_cl = x.reshape(t * b, *features).contiguous(memory_format=torch.channels_last).reshape(shape)
     for name, stage in stages.items():
-        fns[f"{name}: forward"], fns[f"{name}: forward+backward"] = forward_and_backward(stage, x_cl)
+        fns[f"{name}: forward"], fns[f"{name}: forward+backward"] = forward_and_backward(stage, channels_last_steps(x))
     for fn in fns.values():
         for _ in range(warmup):
             fn()

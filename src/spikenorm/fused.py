@@ -101,6 +101,7 @@ marked broken (one warning) and runs its kernels uncompiled (the same operations
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import math
 import threading
@@ -398,6 +399,7 @@ def _indent(lines: list[str], depth: int) -> list[str]:
     return ["    " * depth + line for line in lines]
 
 
+@functools.cache  # (a configuration's source is written once, not at every call)
 def _forward_src(c: _Config) -> str:
     stages = [f"c{k}" for k in range(len(c.charge.current_decays))]
     lines = [f"def kernel(x, {_ARGS}):", *_zeros(["v", *stages], "x[0]", "theta.dtype")]
@@ -477,6 +479,7 @@ def _grads(c: _Config) -> list[str]:
     return grads + (["gnw", "gnb"] if c.norm == "batch_affine" else [])
 
 
+@functools.cache  # (a configuration's source is written once, not at every call)
 def _backward_src(c: _Config) -> str:
     """The forward recurrence recomputed from ``x``, then the reverse-time BPTT of the module docstring;
     ``derivative`` is the surrogate's ``g``. Returns ``dL/dx`` and the input norm's per-step parameter gradients."""
