@@ -9,7 +9,10 @@ alone (forward, and forward+backward; the neuron of ``compare.py``'s neuron benc
 ``conv -> tdBN -> LIF`` stages run in training: tdBN (per-channel batch statistics, running update) applied inside
 the LIF's fused kernels (``fused_forward(neuron, x, norm)``), forward+backward, channels-last (what spikenorm's
 convolutions return on CPU) and NCHW; float32 and bfloat16. Both versions must give the same spikes (checked) and
-input gradients within rounding (the largest difference is reported).
+input gradients within rounding (the largest difference is reported). The process keeps freed memory for reuse
+(:func:`spikenorm.allocator.retain_freed_memory`): with glibc's defaults a 16 MiB block is sometimes a fresh
+``mmap`` whose pages are faulted in and zeroed at first touch, sometimes reused heap, depending on what the previous
+call freed, which made the same stage 4.9 or 7.2 ms from one run to the next.
 
     python benchmarks/fused_ab.py --baseline /tmp/fused_before.py
     python benchmarks/fused_ab.py --baseline /tmp/fused_before.py --baseline-version "62b9640" --repeats 30
@@ -31,6 +34,7 @@ import torch
 from common import benchmark_parser, channels_last_steps, interleaved, publish, table_report
 
 from spikenorm import fused
+from spikenorm.allocator import retain_freed_memory
 from spikenorm.neurons import LIF
 from spikenorm.norm import build_norm
 
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs="+", default=[4, 32, 128, 16, 16], help="T B C H W")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
+    retain_freed_memory()
     baseline = load_baseline(args.baseline)
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -129,7 +134,8 @@ def main() -> None:
     description = (
         f"The LIF alone and with tdBN (training) inside its fused kernels, input {list(args.shape)}; baseline: "
         f"`{args.baseline.name}`{version}. Medians of {args.repeats} interleaved rounds in one process; per-round: "
-        "the median of this checkout's time over the baseline's in the same round."
+        "the median of this checkout's time over the baseline's in the same round. Freed memory kept for reuse "
+        "(`spikenorm.allocator.retain_freed_memory`)."
     )
     header = (
         "stage | dtype | layout | baseline ms | this checkout ms | ratio of medians | per-round ratio | same spikes | "

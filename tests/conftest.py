@@ -99,9 +99,9 @@ def count_fused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = fused.fused_forward
 
-    def spy(neuron, x, input_norm=None):
+    def spy(neuron, x, *args, **kwargs):
         calls.append(type(neuron).__name__)
-        return real(neuron, x, input_norm)
+        return real(neuron, x, *args, **kwargs)
 
     monkeypatch.setattr(fused, "fused_forward", spy)
     return calls

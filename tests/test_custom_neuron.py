@@ -93,7 +93,7 @@ def compare(neuron: SpikingNeuron, dtype: torch.dtype, atol: float) -> None:
 def test_decay_input_lif_with_fast_sigmoid_runs_fused(monkeypatch):
     calls = []
     real = fused.fused_forward
-    monkeypatch.setattr(fused, "fused_forward", lambda n, x: calls.append(type(n)) or real(n, x))
+    monkeypatch.setattr(fused, "fused_forward", lambda n, x, **kw: calls.append(type(n)) or real(n, x, **kw))
     neuron = DecayInputLIF(threshold=0.3, surrogate=FastSigmoid(4.0), reset_value=-0.1)
     compare(neuron.double(), torch.float64, atol=1e-12)
     compare(neuron.float(), torch.float32, atol=1e-5)

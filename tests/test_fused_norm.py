@@ -184,6 +184,58 @@ def test_training_mpbn_inside_the_kernels_matches_the_eager_loop(feature_shape, 
     assert int(fast.membrane_norm.num_batches_tracked) == SHAPE[0]  # one running update per step, as the loop makes
 
 
+def _tdbn_and_mpbn_lif(call: str, monkeypatch: pytest.MonkeyPatch, grad: bool) -> tuple[list, list[str]]:
+    """tdBN (training) inside the kernels of a LIF with MPBN (training) as its membrane norm, every parameter
+    taking a gradient, run with the kernels called as ``call`` says (``"default"``: as ``fused_forward`` chooses;
+    ``"operator"``: always through the custom operator, what ``torch.compile`` uses). Returns the results and the
+    ways the kernels were called."""
+    monkeypatch.undo()
+    calls: list[str] = []
+    apply, operator = fused._EagerNeuron.apply, fused._neuron_op
+    monkeypatch.setattr(fused._EagerNeuron, "apply", lambda *a: calls.append("function") or apply(*a))
+    monkeypatch.setattr(fused, "_neuron_op", lambda *a: calls.append("operator") or operator(*a))
+    if call == "operator":
+        monkeypatch.setattr(fused, "_call_neuron", lambda x, tensors, config: fused._neuron_op(x, tensors, config))
+    norm = _norm("tdbn", torch.float64)
+    mpbn = build_norm("mpbn", SHAPE[2]).double()
+    with torch.no_grad():
+        mpbn.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+        mpbn.bias.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(3))
+    neuron = LIF(decay=0.6, threshold=0.5, membrane_norm=mpbn, backend="fused").double()
+    leaf = _input().requires_grad_(True)
+    with torch.set_grad_enabled(grad):
+        spikes = neuron.forward_normalized(norm, leaf)
+    stats = [norm.running_mean, norm.running_var, mpbn.running_mean, mpbn.running_var]
+    if not grad:
+        return [spikes, spikes.grad_fn, *stats], calls
+    (spikes * torch.linspace(-1, 2, spikes.numel(), dtype=torch.float64).reshape(spikes.shape)).sum().backward()
+    return [spikes, leaf.grad, norm.weight.grad, norm.bias.grad, mpbn.weight.grad, mpbn.bias.grad, *stats], calls
+
+
+def test_eager_calls_equal_the_operator_bit_for_bit(monkeypatch):
+    """Outside torch.compile the kernels are called without the custom operator (through ``_EagerNeuron`` when a
+    gradient is wanted, directly when not): the same spikes, gradients (input, tdBN's and MPBN's weight and bias) and
+    running statistics, bit for bit, as through the operator; without a gradient nothing is recorded."""
+    want, via = _tdbn_and_mpbn_lif("operator", monkeypatch, grad=True)
+    got, calls = _tdbn_and_mpbn_lif("default", monkeypatch, grad=True)
+    assert via == ["operator"] and calls == ["function"]
+    assert 0.05 < want[0].mean() < 0.95 and all(g.abs().max() > 1e-3 for g in want[1:6])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    got, calls = _tdbn_and_mpbn_lif("default", monkeypatch, grad=False)
+    assert calls == [] and got[1] is None
+    assert torch.equal(got[0], want[0]) and all(torch.equal(a, b) for a, b in zip(got[2:], want[6:]))
+
+
+def test_fused_kernels_refuse_double_backward():
+    """A gradient with a graph (gradient penalties) is refused by name, never returned without one: a later
+    backward through it would silently miss the neuron's second-order terms."""
+    x = _input().requires_grad_(True)
+    spikes = LIF(threshold=0.5, backend="fused").double()(x)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(spikes.sum(), x, create_graph=True)
+
+
 def test_hooked_or_uncovered_norms_run_unfused(count_fused):
     x = _input()
     neuron = LIF(backend="fused").double()

@@ -79,7 +79,7 @@ def test_auto_backend_runs_the_compiled_kernel_and_agrees_with_eager(kind, monke
     assert x.numel() >= fused.AUTO_MIN_NUMEL["cuda"] and fused.use_fused(neuron, x, "auto")
     calls = []
     real = fused.fused_forward
-    monkeypatch.setattr(fused, "fused_forward", lambda n, t: calls.append(n) or real(n, t))
+    monkeypatch.setattr(fused, "fused_forward", lambda n, t, **kw: calls.append(n) or real(n, t, **kw))
 
     xf, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     with warnings.catch_warnings(record=True) as caught:

@@ -5,8 +5,11 @@ For the cases it covers, one custom operator (``torch.ops.spikenorm.fused_neuron
 ``torch.ops.spikenorm.fused_neuron_backward``) replaces the eager loop of
 :meth:`spikenorm.neurons.SpikingNeuron.forward`. Each runs one ``torch.compile``-d function of tensors, generated
 per configuration. Being an operator, it is kept whole by an outer ``torch.compile`` (inductor calls it as one
-node), so compiled models use these kernels too instead of tracing the time loop. Neurons take this path with
-``backend="fused"``, or with ``backend="auto"`` for large inputs (:func:`use_fused`), eager or compiled.
+node), so compiled models use these kernels too instead of tracing the time loop. Outside ``torch.compile`` the
+operators' implementations are called directly, through a ``torch.autograd.Function`` when a gradient is wanted:
+the same kernels without the operators' Python dispatch, which cost about as much as the rest of a call
+(``benchmarks/results/fused_ab.md``). Neurons take this path with ``backend="fused"``, or with ``backend="auto"``
+for large inputs (:func:`fused_plan`), eager or compiled.
 
 What is saved for the backward: the kernel's input ``x`` only (plus the small per-feature parameters). The
 backward recomputes the forward recurrence from ``x`` (the same operations, hence the same ``h_t`` bit for bit) and
@@ -117,6 +120,7 @@ __all__ = [
     "clear_cache",
     "compile_available",
     "fused_forward",
+    "fused_plan",
     "input_norm_unsupported_reason",
     "unsupported_reason",
     "use_fused",
@@ -135,6 +139,11 @@ def compile_available() -> bool:
     """Whether ``torch.compile`` can be used in this process (dynamo supported on this Python)."""
     if torch.compiler.is_compiling():  # (and dynamo could not trace the check)
         return True
+    return _dynamo_supported()
+
+
+@functools.cache  # (a property of the process: asked once, not at every neuron call)
+def _dynamo_supported() -> bool:
     try:
         import torch._dynamo as dynamo
 
@@ -252,8 +261,12 @@ def _membrane_config(membrane: Any, x: Tensor) -> tuple[str, _NormParams | None,
     return ("norm" if params[2] is None else "affine"), params, 0.0, ()
 
 
-def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
-    """Why the fused path cannot run ``neuron`` on ``x`` (``[T, B, ...]``), or None when it can."""
+#: what the fused path runs a neuron with: its kernel configuration and membrane-norm parameters
+Plan = tuple[_Config, _NormParams | None]
+
+
+def _plan(neuron: Any, x: Tensor) -> Plan | str:
+    """The :data:`Plan` of ``neuron`` on ``x`` (``[T, B, ...]``), or why the fused path cannot run it."""
     if not compile_available():
         return "torch.compile is unavailable"
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64) or x.ndim < 2:
@@ -261,7 +274,6 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
     planned = _neuron_config(neuron, x)
     if isinstance(planned, str):
         return planned
-    config, _ = planned
     theta = neuron.threshold
     if theta.requires_grad and torch.is_grad_enabled():
         return "threshold requires grad"
@@ -270,9 +282,15 @@ def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
         return f"tensor threshold of another dtype than the neuron state ({state}; type promotion)"
     if theta.device != x.device:
         return "threshold on another device"
-    if _key(config, x) in _BROKEN:
+    if _BROKEN and _key(planned[0], x) in _BROKEN:
         return "compilation failed for this configuration"
-    return None
+    return planned
+
+
+def unsupported_reason(neuron: Any, x: Tensor) -> str | None:
+    """Why the fused path cannot run ``neuron`` on ``x`` (``[T, B, ...]``), or None when it can."""
+    planned = _plan(neuron, x)
+    return planned if isinstance(planned, str) else None
 
 
 def input_norm_unsupported_reason(norm: Any, x: Tensor) -> str | None:
@@ -293,8 +311,9 @@ def _global_module_hooks() -> bool:
     return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
-def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
-    """Whether ``backend`` (``"eager" | "fused" | "auto"``) runs ``neuron`` on ``x`` fused.
+def fused_plan(neuron: Any, x: Tensor, backend: str) -> Plan | None:
+    """The :data:`Plan` with which ``backend`` (``"eager" | "fused" | "auto"``) runs ``neuron`` on ``x`` fused, or
+    None when it runs the eager loop; :func:`fused_forward` takes it (the checks are then made once per call).
 
     ``"fused"`` means fused whenever covered; ``"auto"`` additionally asks for an input of at least
     :data:`AUTO_MIN_NUMEL` elements for its device type: the first call of each configuration pays a compilation,
@@ -304,11 +323,17 @@ def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
     ``torch.compile``) is not compared, since the comparison would become a guard: the operator is used.
     """
     if backend == "eager":
-        return False
+        return None
     numel = x.numel()  # a symbolic size (dynamic shapes under torch.compile) is not compared: it would become a guard
     if backend == "auto" and isinstance(numel, int) and numel < AUTO_MIN_NUMEL.get(x.device.type, math.inf):
-        return False
-    return unsupported_reason(neuron, x) is None
+        return None
+    planned = _plan(neuron, x)
+    return None if isinstance(planned, str) else planned
+
+
+def use_fused(neuron: Any, x: Tensor, backend: str) -> bool:
+    """Whether ``backend`` runs ``neuron`` on ``x`` fused (:func:`fused_plan`)."""
+    return fused_plan(neuron, x, backend) is not None
 
 
 def var_mean(x: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -567,7 +592,7 @@ def _kernels(key: tuple, src: str, **names: Any) -> _Kernels:
 def _run(key: tuple, kernels: _Kernels, *args: Tensor) -> Any:
     """Run the compiled kernel; on failure mark ``key`` broken, warn once and run it uncompiled."""
     compiled, plain = kernels
-    if key not in _BROKEN:
+    if not _BROKEN or key not in _BROKEN:
         try:
             return compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compile error surfaces at the first call
@@ -635,8 +660,7 @@ def _registered(name: str) -> tuple[_Config, Callable[[Tensor], Tensor]]:
     return _CONFIGS[name]
 
 
-@torch.library.custom_op("spikenorm::fused_neuron", mutates_args=())
-def _neuron_op(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
+def _neuron_impl(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
     """The spikes of the configuration named ``config`` on ``x`` (contiguous ``[T, B, ...]``), and for a
     training-mode membrane norm its per-step batch means, variances and ``rsqrt(var + eps)`` (``[T, 1, ...]``);
     ``tensors`` are the threshold, the membrane-norm and the input-norm parameters, shaped to broadcast against
@@ -644,6 +668,22 @@ def _neuron_op(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
     c = _registered(config)[0]
     key = _key(c, x)
     return list(_run(key, _kernels((*key, _broadcast_pattern(tensors)), _forward_src(c)), x, *tensors))
+
+
+def _neuron_backward_impl(grad_spikes: Tensor, x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
+    """``dL/dx`` and the parameter gradients (:func:`_grads`) of :func:`_neuron_impl`; ``tensors`` are its tensors
+    followed by the membrane norm's saved means and rstds (zero-dim placeholders without one in training)."""
+    c, derivative = _registered(config)
+    key = _key(c, x, "bwd")
+    kernels = _kernels((*key, _broadcast_pattern(tensors)), _backward_src(c), derivative=derivative)
+    return list(_run(key, kernels, grad_spikes.contiguous(), x, *tensors))
+
+
+#: the operators, for ``torch.compile``: an outer compilation keeps each as one node of its graph
+_neuron_op = torch.library.custom_op("spikenorm::fused_neuron", _neuron_impl, mutates_args=())
+_neuron_backward_op = torch.library.custom_op(
+    "spikenorm::fused_neuron_backward", _neuron_backward_impl, mutates_args=()
+)
 
 
 @_neuron_op.register_fake
@@ -655,41 +695,79 @@ def _(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
     return [torch.empty_like(x), *(x.new_empty(shape, dtype=tensors[0].dtype) for _ in range(3))]
 
 
-@torch.library.custom_op("spikenorm::fused_neuron_backward", mutates_args=())
-def _neuron_backward_op(grad_spikes: Tensor, x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
-    """``dL/dx`` and the parameter gradients (:func:`_grads`) of :func:`_neuron_op`; ``tensors`` are its tensors
-    followed by the membrane norm's saved means and rstds (zero-dim placeholders without one in training)."""
-    c, derivative = _registered(config)
-    key = _key(c, x, "bwd")
-    kernels = _kernels((*key, _broadcast_pattern(tensors)), _backward_src(c), derivative=derivative)
-    return list(_run(key, kernels, grad_spikes.contiguous(), x, *tensors))
-
-
 @_neuron_backward_op.register_fake
 def _(grad_spikes: Tensor, x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
     grads = _grads(_registered(config)[0])
     return [torch.empty_like(x), *(torch.empty_like(tensors[_GRAD_SLOTS[name]]) for name in grads)]
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: list[Tensor]) -> None:
-    x, tensors, config = inputs
+def _save_for_backward(ctx: Any, x: Tensor, tensors: list[Tensor], config: str, output: list[Tensor]) -> None:
     statistics = (output[1], output[3]) if len(output) > 1 else (x.new_zeros(()), x.new_zeros(()))
     ctx.save_for_backward(x, *tensors, *statistics)
     ctx.config = config
 
 
-def _neuron_op_backward(ctx: Any, grads: list[Tensor]) -> tuple[Tensor, list[Tensor | None], None]:
+def _gradients(
+    ctx: Any, grad_spikes: Tensor, backward: Callable[..., list[Tensor]]
+) -> tuple[Tensor, list[Tensor | None]]:
+    """``dL/dx`` and the gradient of each operator tensor (None where it takes none) from ``backward``, the
+    backward operator or its implementation."""
     x, *tensors = ctx.saved_tensors
-    gx, *parameter_grads = _neuron_backward_op(grads[0], x, tensors, ctx.config)
+    gx, *parameter_grads = backward(grad_spikes, x, tensors, ctx.config)
     # theta and an eval-mode membrane norm take no gradient (refused when they want one), nor do batch statistics
     # whose share the kernel added to dL/dx itself; the norms' other parameters do
     inputs: list[Tensor | None] = [None] * (len(tensors) - 2)
     for name, grad in zip(_grads(_registered(ctx.config)[0]), parameter_grads):
         inputs[_GRAD_SLOTS[name]] = grad
-    return gx, inputs, None
+    return gx, inputs
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: list[Tensor]) -> None:
+    x, tensors, config = inputs
+    _save_for_backward(ctx, x, tensors, config, output)
+
+
+def _neuron_op_backward(ctx: Any, grads: list[Tensor]) -> tuple[Tensor, list[Tensor | None], None]:
+    return (*_gradients(ctx, grads[0], _neuron_backward_op), None)
 
 
 _neuron_op.register_autograd(_neuron_op_backward, setup_context=_setup_context)
+
+
+class _EagerNeuron(torch.autograd.Function):
+    """:func:`_neuron_op` with its autograd, outside ``torch.compile``: the same implementations called without
+    the operators' Python dispatch (forward and backward), which costs most after a large kernel, as in a network,
+    where the interpreter's data has left the caches (``benchmarks/results/fused_ab.md``)."""
+
+    @staticmethod
+    def forward(x: Tensor, config: str, *tensors: Tensor) -> tuple[Tensor, ...]:
+        return tuple(_neuron_impl(x, list(tensors), config))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple[Tensor, ...]) -> None:
+        x, config, *tensors = inputs
+        ctx.mark_non_differentiable(*output[1:])  # the statistics
+        _save_for_backward(ctx, x, tensors, config, list(output))
+
+    @staticmethod
+    def backward(ctx: Any, grad_spikes: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # (the gradient would hold no graph: a later backward would miss its terms)
+            raise RuntimeError(
+                "spikenorm.fused: the fused neuron kernels have no double backward (create_graph=True); run the "
+                "neuron with backend='eager'"
+            )
+        gx, inputs = _gradients(ctx, grad_spikes, _neuron_backward_impl)
+        return gx, None, *inputs
+
+
+def _call_neuron(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor] | tuple[Tensor, ...]:
+    """:func:`_neuron_impl` through the operator under ``torch.compile``; outside it through ``_EagerNeuron`` when
+    a gradient is wanted, else directly (no autograd to record)."""
+    if torch.compiler.is_compiling():
+        return _neuron_op(x, tensors, config)
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
+        return _EagerNeuron.apply(x, config, *tensors)
+    return _neuron_impl(x, tensors, config)
 
 
 # -- layout and parameters -------------------------------------------------------------------------
@@ -759,17 +837,18 @@ def _statistics_dims(mean: Tensor, x: Tensor, order: tuple[int, ...] | None) -> 
     return tuple(d for d, axis in enumerate(kept) if shape[axis] == 1)
 
 
-def fused_forward(neuron: Any, x: Tensor, input_norm: Any = None) -> Tensor:
+def fused_forward(neuron: Any, x: Tensor, input_norm: Any = None, plan: Plan | None = None) -> Tensor:
     """Spikes of ``neuron`` on ``x`` (``[T, B, ...]``) through the fused kernels, or of ``neuron`` on
     ``input_norm(x)`` with the norm applied inside them.
 
     Call only when :func:`unsupported_reason` is None (and :func:`input_norm_unsupported_reason`, for an
-    ``input_norm``). The kernels are elementwise over the features, so an input whose features are stored in
-    another order (channels-last convolution outputs) runs in that order: no copy, and the spikes (and the input
-    gradient) keep the input's layout. With an ``input_norm`` in training, its batch statistics and running
-    update happen here (:meth:`~spikenorm.norm.TimeMajorNorm.fused_input_parameters`).
+    ``input_norm``); ``plan`` is :func:`fused_plan`'s, when the caller has it. The kernels are elementwise over the
+    features, so an input whose features are stored in another order (channels-last convolution outputs) runs in
+    that order: no copy, and the spikes (and the input gradient) keep the input's layout. With an ``input_norm`` in
+    training, its batch statistics and running update happen here
+    (:meth:`~spikenorm.norm.TimeMajorNorm.fused_input_parameters`).
     """
-    planned = _neuron_config(neuron, x)
+    planned = _plan(neuron, x) if plan is None else plan
     assert not isinstance(planned, str), planned
     config, norm = planned
     inputs, order = None, _memory_order(x)
@@ -785,7 +864,7 @@ def fused_forward(neuron: Any, x: Tensor, input_norm: Any = None) -> Tensor:
     name = _config_name(config)
     if not torch.compiler.is_compiling():  # (compiled: rebuilt from the name at the first run, see _registered)
         _register(name, config, neuron.surrogate)
-    spikes, *statistics = _neuron_op(xk, tensors, name)
+    spikes, *statistics = _call_neuron(xk, tensors, name)
     if statistics:
         _record_membrane_statistics(neuron.membrane_norm, statistics[0], statistics[1], config, xk, order)
     return spikes if order is None else spikes.permute([order.index(d) for d in range(x.ndim)])

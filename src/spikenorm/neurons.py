@@ -282,8 +282,9 @@ class SpikingNeuron(nn.Module):
         """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape and dtype (the state in
         :meth:`state_dtype`: float32 for a half-precision ``x``, see the module doc)."""
         check_time_major(x, type(self).__name__)
-        if self.backend != "eager" and fused.use_fused(self, x, self.backend):
-            return fused.fused_forward(self, x)
+        plan = None if self.backend == "eager" else fused.fused_plan(self, x, self.backend)
+        if plan is not None:
+            return fused.fused_forward(self, x, plan=plan)
         spike_dtype, x = x.dtype, x.to(self.state_dtype(x.dtype))  # no-op unless half precision
         state = self._carried_state if self._carried_state else self.init_state(x[0])
         spikes = []
@@ -301,14 +302,11 @@ class SpikingNeuron(nn.Module):
         ``self(norm(x))``. Neither layer may carry forward hooks for the fused call (they would see other
         arguments), so a hooked layer runs unfused. :class:`spikenorm.models.layers.SpikingStage` calls this for
         every norm followed by a neuron."""
-        if (
-            self.backend != "eager"
-            and not (self._forward_hooks or self._forward_pre_hooks)
-            and fused.use_fused(self, x, self.backend)
-            and fused.input_norm_unsupported_reason(norm, x) is None
-        ):
+        hooked = bool(self._forward_hooks or self._forward_pre_hooks)
+        plan = None if self.backend == "eager" or hooked else fused.fused_plan(self, x, self.backend)
+        if plan is not None and fused.input_norm_unsupported_reason(norm, x) is None:
             check_time_major(x, type(self).__name__)
-            return fused.fused_forward(self, x, norm)
+            return fused.fused_forward(self, x, norm, plan)
         return self(norm(x))
 
     def extra_repr(self) -> str:
