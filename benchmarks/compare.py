@@ -84,7 +84,11 @@ round, so drift of the machine is shared; medians):
   from the system allocator by itself is not seen;
 - the neuron alone, in float32 and (when a bf16 mode runs) on a bfloat16 input: forward (no grad) and
   forward+backward time of each library's LIF on a ``[4, 32, 128, 16, 16]`` tensor, against the
-  elementwise floor ``torch.mul(x, 0.5)`` over the same tensor (as in benchmarks/neurons.py).
+  elementwise floor ``torch.mul(x, 0.5)`` over the same tensor (as in benchmarks/neurons.py). Measured last,
+  on CPU with freed memory kept for reuse (:func:`spikenorm.allocator.retain_freed_memory`): every call
+  allocates its 16 MiB output, and with glibc's defaults whether that block is faulted in and zeroed anew
+  depends on what the call before it (another library's) freed; the floor, one ``torch.mul``, measured from
+  1.2 to 3.0 ms on one machine in one day, once slower than the LIF itself.
 
 Everything is reported also as ratios to spikenorm in the same mode and as ratios across modes (bf16 /
 fp32, compiled / eager), and fastest against fastest: each library's fastest configuration among those measured
@@ -1038,7 +1042,14 @@ def report(m: Measured, args: argparse.Namespace, eq: dict[str, float], allocato
         *markdown_table(neuron_header, neuron_rows(m)),
         "",
         "In brackets: ratio to spikenorm's LIF on the same dtype, and to the elementwise floor (`torch.mul(x, 0.5)` "
-        "on the neuron tensor of that dtype, forward only: both columns are divided by it). Peak memory: "
+        "on the neuron tensor of that dtype, forward only: both columns are divided by it)"
+        + (
+            "; measured last, with freed memory kept for reuse (`retain_freed_memory`: the outputs' allocations "
+            "page-faulted or not depending on the call before)"
+            if args.device.type == "cpu"
+            else ""
+        )
+        + ". Peak memory: "
         + (
             "`torch.cuda.max_memory_allocated` above the pre-step allocation."
             if args.device.type == "cuda"
@@ -1131,6 +1142,8 @@ def measure(args: argparse.Namespace) -> Measured:
     dtypes = {"float32": torch.float32} | (
         {"bfloat16": torch.bfloat16} if any(MODES[m].bf16 for m in args.modes) else {}
     )
+    if device.type == "cpu":  # (the neuron alone: see the module docstring)
+        retain_freed_memory()
     neuron = {
         name: neuron_times(args.neuron_shape, device, variants, dtype, args.neuron_repeats)
         for name, dtype in dtypes.items()

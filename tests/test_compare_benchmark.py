@@ -252,8 +252,11 @@ def test_main_reports_every_mode_and_writes_the_output_file(tmp_path, monkeypatc
     tiny = ["--compile-backend", "eager", "--cfg", "8", "A", "16", "A", "--batch", "4", "--size", "8"]
     tiny += ["--time-steps", "2", "--repeats", "1", "--neuron-repeats", "1", "--neuron-shape", "2", "4", "8", "4", "4"]
     monkeypatch.setattr(sys, "argv", argv + tiny + ["--variants"])
+    retained: list[bool] = []  # (a spy: the real call would change this test process's malloc for good)
+    monkeypatch.setattr(compare, "retain_freed_memory", lambda: retained.append(True) or True)
     compare.main()
     text = output.read_text()
+    assert retained == [True] and "measured last, with freed memory kept for reuse" in text  # the neuron alone
     assert text.startswith("# spikenorm vs SpikingJelly vs snnTorch")
     for mode in ("fp32", "bf16", "compiled"):
         for library in compare.LIBRARIES:
