@@ -227,6 +227,24 @@ def test_eager_calls_equal_the_operator_bit_for_bit(monkeypatch):
     assert torch.equal(got[0], want[0]) and all(torch.equal(a, b) for a, b in zip(got[2:], want[6:]))
 
 
+def test_training_and_evaluation_calls_share_one_compilation():
+    """Dynamo specialises a compiled kernel on the grad mode and each input's requires_grad: the eager calls pass
+    detached inputs under no_grad, so evaluation (under no_grad, or with a gradient-free input) runs the kernel the
+    training step compiled instead of compiling it again."""
+    from torch._dynamo.utils import counters
+
+    neuron = LIF(decay=0.37, threshold=0.41, backend="fused").double()  # a configuration no other test compiles
+    x = _input()
+    before = counters["stats"]["unique_graphs"]
+    neuron(x.clone().requires_grad_(True)).sum().backward()
+    trained = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        neuron(x.clone().requires_grad_(True))
+    neuron(x)
+    assert trained - before == 2  # the forward and the backward kernel
+    assert counters["stats"]["unique_graphs"] == trained
+
+
 def test_fused_kernels_refuse_double_backward():
     """A gradient with a graph (gradient penalties) is refused by name, never returned without one: a later
     backward through it would silently miss the neuron's second-order terms."""

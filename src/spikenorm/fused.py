@@ -741,7 +741,7 @@ class _EagerNeuron(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, config: str, *tensors: Tensor) -> tuple[Tensor, ...]:
-        return tuple(_neuron_impl(x, list(tensors), config))
+        return tuple(_untracked_impl(x, list(tensors), config))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple[Tensor, ...]) -> None:
@@ -767,7 +767,15 @@ def _call_neuron(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor] 
         return _neuron_op(x, tensors, config)
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
         return _EagerNeuron.apply(x, config, *tensors)
-    return _neuron_impl(x, tensors, config)
+    with torch.no_grad():
+        return _untracked_impl(x, tensors, config)
+
+
+def _untracked_impl(x: Tensor, tensors: list[Tensor], config: str) -> list[Tensor]:
+    """:func:`_neuron_impl` on detached inputs (call it under ``no_grad``): dynamo specialises a compiled kernel on
+    the grad mode and on each input's ``requires_grad``, so this way the training and the evaluation calls of one
+    configuration share one compilation instead of compiling it two or three times."""
+    return _neuron_impl(x.detach(), [t.detach() for t in tensors], config)
 
 
 # -- layout and parameters -------------------------------------------------------------------------
