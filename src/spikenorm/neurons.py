@@ -282,7 +282,7 @@ class SpikingNeuron(nn.Module):
         """Multi-step forward: ``x`` is ``[T, B, ...]``; returns spikes of the same shape and dtype (the state in
         :meth:`state_dtype`: float32 for a half-precision ``x``, see the module doc)."""
         check_time_major(x, type(self).__name__)
-        plan = None if self.backend == "eager" else fused.fused_plan(self, x, self.backend)
+        plan = fused.fused_plan(self, x, self.backend)  # (None for backend="eager")
         if plan is not None:
             return fused.fused_forward(self, x, plan=plan)
         spike_dtype, x = x.dtype, x.to(self.state_dtype(x.dtype))  # no-op unless half precision
@@ -303,7 +303,7 @@ class SpikingNeuron(nn.Module):
         arguments), so a hooked layer runs unfused. :class:`spikenorm.models.layers.SpikingStage` calls this for
         every norm followed by a neuron."""
         hooked = bool(self._forward_hooks or self._forward_pre_hooks)
-        plan = None if self.backend == "eager" or hooked else fused.fused_plan(self, x, self.backend)
+        plan = None if hooked else fused.fused_plan(self, x, self.backend)
         if plan is not None and fused.input_norm_unsupported_reason(norm, x) is None:
             check_time_major(x, type(self).__name__)
             return fused.fused_forward(self, x, norm, plan)
